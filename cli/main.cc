@@ -1,0 +1,77 @@
+// blkmirror: block replication over TCP (and, later, RDMA and DPDK).
+//
+//   blkmirror serve  --listen HOST:PORT --target PATH [--transport auto|tcp] [--once]
+//   blkmirror push   --source PATH --peer HOST:PORT [--peer ...] [--ack sent|received|durable]
+//                    [--block-size BYTES] [--window BLOCKS] [--transport auto|tcp] [--json]
+//                    [--progress|--no-progress]
+//   blkmirror verify --source PATH --peer HOST:PORT [--json]
+#include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "cli/commands.h"
+
+namespace {
+
+void SetupLogging(const std::string& level) {
+  auto logger = spdlog::stderr_logger_st("blkmirror");
+  logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  spdlog::set_default_logger(logger);
+  spdlog::set_level(spdlog::level::from_str(level));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace blkmirror::cli;
+  CLI::App app{"blkmirror: mirror a volume to replicas, block by block, CRC32C-checked"};
+  app.require_subcommand(1);
+  std::string log_level = "info";
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
+  const std::vector<std::string> transports = {"auto", "tcp"};
+
+  ServeArgs serve;
+  auto* s = app.add_subcommand("serve", "receive blocks from primaries into a target");
+  s->add_option("--listen", serve.listen, "HOST:PORT to accept primaries on")->required();
+  s->add_option("--target", serve.target, "regular file or block device to write")->required();
+  s->add_option("--transport", serve.transport, "auto or tcp")->check(CLI::IsMember(transports));
+  s->add_flag("--once", serve.once, "exit after the first write session ends");
+  s->add_option("--max-block-size", serve.max_block_size, "largest block accepted (default 4M)");
+  s->add_option("--pool-size", serve.pool_size, "receive buffer memory (default 256M)");
+  s->add_option("--test-fault", serve.test_fault, "TEST ONLY: inject faults")->group("");
+
+  PushArgs push;
+  auto* p = app.add_subcommand("push", "mirror a source to one or more replicas");
+  p->add_option("--source", push.source, "regular file or block device to read")->required();
+  p->add_option("--peer", push.peers, "replica HOST:PORT (repeat for fan-out)")->required();
+  p->add_option("--ack", push.ack, "sent, received or durable (default)")
+      ->check(CLI::IsMember({"sent", "received", "durable"}));
+  p->add_option("--block-size", push.block_size, "block size (default 1M)");
+  p->add_option("--window", push.window, "blocks in flight per peer (default 32)");
+  p->add_option("--transport", push.transport, "auto or tcp")->check(CLI::IsMember(transports));
+  p->add_flag("--json", push.json, "print one JSON object on stdout");
+  p->add_flag("--progress{1},--no-progress{0}", push.progress, "progress line on stderr");
+  p->add_option("--test-fault", push.test_fault, "TEST ONLY: inject faults")->group("");
+
+  VerifyArgs verify;
+  auto* v = app.add_subcommand("verify", "compare a source with a replica by per-block CRC32C");
+  v->add_option("--source", verify.source, "regular file or block device")->required();
+  v->add_option("--peer", verify.peer, "replica HOST:PORT")->required();
+  v->add_option("--block-size", verify.block_size, "block size (default 1M)");
+  v->add_option("--transport", verify.transport, "auto or tcp")->check(CLI::IsMember(transports));
+  v->add_flag("--json", verify.json, "print one JSON object on stdout");
+  v->add_flag("--progress{1},--no-progress{0}", verify.progress, "progress line on stderr");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int rc = app.exit(e);
+    return rc == 0 ? 0 : kExitUsage;
+  }
+  SetupLogging(log_level);
+  if (*s) return RunServe(serve);
+  if (*p) return RunPush(push);
+  if (*v) return RunVerify(verify);
+  return kExitUsage;
+}

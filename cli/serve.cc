@@ -1,0 +1,143 @@
+// `blkmirror serve`: accept primaries and apply their blocks to the target.
+#include <signal.h>
+
+#include <atomic>
+#include <cstdio>
+
+#include <spdlog/spdlog.h>
+
+#include "cli/commands.h"
+#include "cli/setup.h"
+#include "common/units.h"
+#include "engine/replica.h"
+#include "io/uring/uring_block_device.h"
+
+namespace blkmirror::cli {
+namespace {
+
+std::atomic<bool> g_stop{false};
+
+void OnSignal(int) { g_stop.store(true); }
+
+// Opens (and for a writer creates or extends) the target for a session.
+Result<std::unique_ptr<io::BlockDevice>> OpenTarget(io::Ring& ring, const std::string& path,
+                                                    uint32_t depth, uint64_t volume_size,
+                                                    engine::TargetUse use) {
+  auto info = io::StatPath(path);
+  if (!info.ok() && info.status().code() != ErrorCode::kNotFound) return info.status();
+  io::UringOpenOptions options;
+  options.writable = true;
+  options.queue_depth = depth;
+  if (use == engine::TargetUse::kVerify) {
+    if (!info.ok()) {
+      return Status::Error(ErrorCode::kNotFound,
+                           fmt::format("replica target {} does not exist: nothing to verify", path));
+    }
+    return io::OpenUringDevice(ring, path, options);
+  }
+  if (info.ok() && info->is_block_device && info->size < volume_size) {
+    return Status::Error(ErrorCode::kRefused,
+                         fmt::format("the volume ({} bytes) does not fit the replica's block "
+                                     "device {} ({} bytes)",
+                                     volume_size, path, info->size));
+  }
+  if (info.ok() && !info->is_block_device && info->size > volume_size) {
+    return Status::Error(ErrorCode::kRefused,
+                         fmt::format("the replica's target {} ({} bytes) is larger than the "
+                                     "volume ({} bytes); refusing to truncate it (remove it or "
+                                     "serve another target)",
+                                     path, info->size, volume_size));
+  }
+  options.create = true;
+  options.min_size = volume_size;
+  auto dev = io::OpenUringDevice(ring, path, options);
+  if (!dev.ok()) {
+    if (dev.status().err() == ENOSPC) {
+      return Status::Errno(ENOSPC, fmt::format("replica disk full: cannot make room for {} "
+                                               "bytes in {}",
+                                               volume_size, path));
+    }
+    return dev.status();
+  }
+  return dev;
+}
+
+}  // namespace
+
+int RunServe(const ServeArgs& args) {
+  auto fail = [](const Status& s, int code = kExitFailed) {
+    PrintError("serve", s);
+    return code;
+  };
+  auto listen = transport::Endpoint::Parse(args.listen);
+  if (!listen.ok()) return fail(listen.status().Context("--listen"), kExitUsage);
+  auto max_block = ParseSize(args.max_block_size);
+  if (!max_block.ok()) return fail(max_block.status().Context("--max-block-size"), kExitUsage);
+  if (*max_block < proto::kBlockAlign || *max_block % proto::kBlockAlign != 0 ||
+      *max_block > proto::kMaxBlockSize) {
+    return fail(Status::Invalid("--max-block-size {}: must be a multiple of 4K between 4K and 64M",
+                                args.max_block_size),
+                kExitUsage);
+  }
+  auto pool_size = ParseSize(args.pool_size);
+  if (!pool_size.ok()) return fail(pool_size.status().Context("--pool-size"), kExitUsage);
+  uint64_t count = *pool_size / *max_block;
+  if (count < 4 || count > 16384) {
+    return fail(Status::Invalid("--pool-size {} holds {} blocks of {}: need 4 to 16384",
+                                args.pool_size, count, args.max_block_size),
+                kExitUsage);
+  }
+  auto info = io::StatPath(args.target);
+  if (!info.ok() && info.status().code() != ErrorCode::kNotFound) {
+    return fail(info.status().Context("--target"));
+  }
+
+  auto loop = MakeLoop(*max_block, count, 1024);
+  if (!loop.ok()) return fail(loop.status());
+  std::string why;
+  auto t = MakeTransport(*loop, args.transport, args.test_fault, &why);
+  if (!t.ok()) return fail(t.status(), t.status().code() == ErrorCode::kInvalidArgument ? kExitUsage
+                                                                                        : kExitFailed);
+  if (!why.empty()) spdlog::info("--transport auto: serving {} ({})", (*t)->name(), why);
+  auto bound = (*t)->Listen(*listen);
+  if (!bound.ok()) return fail(bound.status());
+
+  io::Ring& ring = *loop->ring;
+  const auto depth = static_cast<uint32_t>(count + 2);
+  engine::ReplicaOptions options;
+  options.target_name = args.target;
+  options.once = args.once;
+  options.open_target = [&ring, path = args.target, depth](uint64_t size, engine::TargetUse use) {
+    return OpenTarget(ring, path, depth, size, use);
+  };
+  auto server = engine::ReplicaServer::Create(ring, *loop->pool, std::move(options));
+  if (!server.ok()) return fail(server.status());
+  (*server)->AddTransport(t->get());
+
+  struct sigaction sa {};
+  sa.sa_handler = OnSignal;
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  spdlog::info("serving {} on {} {} ({} buffers of {})", args.target, (*t)->name(),
+               bound->ToString(), count, FormatBytes(static_cast<double>(*max_block)));
+  // Scripts read the bound address (useful with port 0) from this line.
+  std::printf("listening %s %s\n", std::string((*t)->name()).c_str(), bound->ToString().c_str());
+  std::fflush(stdout);
+
+  while (!g_stop.load() && !(*server)->finished()) {
+    size_t events = (*server)->Step();
+    Status s = events == 0 ? ring.Wait(std::chrono::milliseconds(200)) : ring.Submit();
+    if (!s.ok()) return fail(s);
+  }
+  spdlog::info("{}; shutting down", g_stop.load() ? "signal received" : "session done (--once)");
+  (*server)->Shutdown();
+  const auto& st = (*server)->stats();
+  spdlog::info("served {} sessions: {} blocks, {} written, {} CRC mismatches, {} protocol errors",
+               st.sessions, st.blocks_written, FormatBytes(static_cast<double>(st.bytes_written)),
+               st.crc_mismatches, st.protocol_errors);
+  return kExitOk;
+}
+
+}  // namespace blkmirror::cli

@@ -1,0 +1,66 @@
+#include "cli/setup.h"
+
+#include <sodium.h>
+
+#include <climits>
+#include <cstdlib>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "transport/registry.h"
+#include "transport/testing/faulty_transport.h"
+
+namespace blkmirror::cli {
+
+Result<Loop> MakeLoop(size_t buffer_size, size_t count, unsigned entries) {
+  Loop loop;
+  ASSIGN_OR_RETURN(loop.ring, io::Ring::Create(entries));
+  ASSIGN_OR_RETURN(loop.pool, io::BufferPool::Create(buffer_size, count));
+  Status registered = loop.ring->RegisterBuffers(*loop.pool);
+  if (!registered.ok()) {
+    // Fixed buffers save a page-table walk per I/O; without them I/O still works. Say so.
+    spdlog::warn("{}; continuing without fixed buffers", registered.message());
+  }
+  spdlog::debug("buffer pool: {} x {} on {}", count, buffer_size,
+                loop.pool->on_hugetlb() ? "hugetlb pages" : "anonymous memory");
+  return loop;
+}
+
+Result<std::unique_ptr<transport::Transport>> MakeTransport(const Loop& loop,
+                                                            std::string_view name,
+                                                            const std::string& test_fault,
+                                                            std::string* why) {
+  transport::TransportContext context;
+  context.ring = loop.ring.get();
+  std::string_view chosen = name;
+  if (name == "auto") {
+    // Only tcp is built so far: auto means tcp, and the reason is reported.
+    chosen = "tcp";
+    if (why != nullptr) *why = "no RDMA backend in this build";
+  }
+  ASSIGN_OR_RETURN(auto t, transport::CreateTransport(chosen, context));
+  if (!test_fault.empty()) {
+    ASSIGN_OR_RETURN(auto spec, transport::FaultSpec::Parse(test_fault));
+    spdlog::warn("TEST FAULT INJECTION ACTIVE: {} (never use this in production)", test_fault);
+    t = std::make_unique<transport::FaultyTransport>(std::move(t), spec);
+  }
+  RETURN_IF_ERROR(t->Register(*loop.pool));
+  return t;
+}
+
+Result<proto::VolumeId> VolumeIdFor(const std::string& path) {
+  char real[PATH_MAX];
+  if (realpath(path.c_str(), real) == nullptr) return Status::Errno(errno, path);
+  if (sodium_init() < 0) return Status::Error(ErrorCode::kUnavailable, "libsodium init failed");
+  proto::VolumeId id;
+  crypto_generichash(id.bytes.data(), id.bytes.size(), reinterpret_cast<const unsigned char*>(real),
+                     std::strlen(real), nullptr, 0);
+  return id;
+}
+
+void PrintError(std::string_view command, const Status& status) {
+  fmt::print(stderr, "blkmirror {}: error: {}\n", command, status.message());
+}
+
+}  // namespace blkmirror::cli

@@ -1,0 +1,39 @@
+// Setup shared by the commands: the ring and pool of the loop, transports by name, the
+// volume id. Setup code only: nothing here runs per block.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "common/status.h"
+#include "io/buffer_pool.h"
+#include "io/ring.h"
+#include "proto/frame.h"
+#include "transport/transport.h"
+
+namespace blkmirror::cli {
+
+struct Loop {
+  std::unique_ptr<io::Ring> ring;
+  std::unique_ptr<io::BufferPool> pool;
+};
+
+// A ring with `entries` SQEs and a pool of `count` buffers of `buffer_size`, registered with it.
+Result<Loop> MakeLoop(size_t buffer_size, size_t count, unsigned entries);
+
+// The transport for `--transport NAME` ("auto" picks the first backend of this build that can
+// reach peers; with only tcp built, tcp), registered with the loop's pool and wrapped in a
+// FaultyTransport when `test_fault` is not empty. `why` receives the reason for an auto choice.
+Result<std::unique_ptr<transport::Transport>> MakeTransport(const Loop& loop,
+                                                            std::string_view name,
+                                                            const std::string& test_fault,
+                                                            std::string* why);
+
+// A stable id for the volume at `path` (BLAKE2b-128 of its canonical path).
+Result<proto::VolumeId> VolumeIdFor(const std::string& path);
+
+// Prints "blkmirror <command>: error: <message>" on stderr.
+void PrintError(std::string_view command, const Status& status);
+
+}  // namespace blkmirror::cli

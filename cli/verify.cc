@@ -1,0 +1,90 @@
+// `blkmirror verify`: compare the source with a replica's copy by per-block CRC32C.
+#include <unistd.h>
+
+#include <cstdio>
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "cli/commands.h"
+#include "cli/setup.h"
+#include "common/clock.h"
+#include "common/progress.h"
+#include "common/units.h"
+#include "engine/verifier.h"
+#include "io/uring/uring_block_device.h"
+
+namespace blkmirror::cli {
+
+int RunVerify(const VerifyArgs& args) {
+  auto fail = [](const Status& s, int code = kExitFailed) {
+    PrintError("verify", s);
+    return code;
+  };
+  auto peer = transport::Endpoint::Parse(args.peer);
+  if (!peer.ok()) return fail(peer.status().Context("--peer"), kExitUsage);
+  auto block_size = ParseSize(args.block_size);
+  if (!block_size.ok()) return fail(block_size.status().Context("--block-size"), kExitUsage);
+  if (*block_size < proto::kBlockAlign || *block_size % proto::kBlockAlign != 0 ||
+      *block_size > proto::kMaxBlockSize) {
+    return fail(Status::Invalid("--block-size {}: must be a multiple of 4K between 4K and 64M",
+                                args.block_size),
+                kExitUsage);
+  }
+  auto info = io::StatPath(args.source);
+  if (!info.ok()) return fail(info.status().Context("--source"));
+  if (info->size == 0) return fail(Status::Invalid("the source {} is empty", args.source));
+  auto volume_id = VolumeIdFor(args.source);
+  if (!volume_id.ok()) return fail(volume_id.status());
+
+  engine::VerifyOptions options;
+  options.block_size = static_cast<uint32_t>(*block_size);
+  options.volume_id = *volume_id;
+  auto loop = MakeLoop(options.block_size, options.read_depth + 2, 256);
+  if (!loop.ok()) return fail(loop.status());
+  io::UringOpenOptions open_options;
+  open_options.queue_depth = options.read_depth;
+  auto source = io::OpenUringDevice(*loop->ring, args.source, open_options);
+  if (!source.ok()) return fail(source.status());
+  auto t = MakeTransport(*loop, args.transport, "", nullptr);
+  if (!t.ok()) return fail(t.status(), kExitUsage);
+
+  bool show = args.progress == 1 || (args.progress == -1 && isatty(STDERR_FILENO));
+  Progress progress("verify", (*source)->size(), show);
+  options.progress = [&progress](uint64_t bytes) { progress.Update(bytes); };
+  uint64_t start = NowNs();
+  auto report = engine::Verify(*loop->ring, *loop->pool, **source, **t, *peer, options);
+  progress.Finish();
+  if (!report.ok()) return fail(report.status());
+  double seconds = static_cast<double>(NowNs() - start) / 1e9;
+  bool equal = report->diffs.empty();
+  if (args.json) {
+    nlohmann::json diffs = nlohmann::json::array();
+    for (const auto& d : report->diffs) diffs.push_back({{"offset", d.offset}, {"length", d.length}});
+    nlohmann::json out = {{"equal", equal},
+                          {"peer", peer->ToString()},
+                          {"source", args.source},
+                          {"blocks", report->blocks},
+                          {"bytes", report->bytes},
+                          {"block_size", options.block_size},
+                          {"differing_blocks", report->differing_blocks},
+                          {"diffs", diffs},
+                          {"seconds", seconds}};
+    std::printf("%s\n", out.dump().c_str());
+  } else if (equal) {
+    std::printf("%s matches %s: %llu blocks, %s compared in %.2f s\n", peer->ToString().c_str(),
+                args.source.c_str(), static_cast<unsigned long long>(report->blocks),
+                FormatBytes(static_cast<double>(report->bytes)).c_str(), seconds);
+  } else {
+    std::printf("%s differs from %s in %llu of %llu blocks:\n", peer->ToString().c_str(),
+                args.source.c_str(), static_cast<unsigned long long>(report->differing_blocks),
+                static_cast<unsigned long long>(report->blocks));
+    for (const auto& d : report->diffs) {
+      std::printf("  offset %llu length %llu\n", static_cast<unsigned long long>(d.offset),
+                  static_cast<unsigned long long>(d.length));
+    }
+  }
+  return equal ? kExitOk : kExitDiffers;
+}
+
+}  // namespace blkmirror::cli

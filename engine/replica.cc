@@ -1,0 +1,617 @@
+#include "engine/replica.h"
+
+#include <algorithm>
+#include <array>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+#include "common/crc32c.h"
+#include "engine/seq_tracker.h"
+#include "engine/session.h"
+#include "proto/frame.h"
+
+namespace blkmirror::engine {
+namespace {
+
+constexpr uint64_t kErrorTag = 1;  // tag of a session's Error frame: close once it has left
+constexpr uint64_t kFlushTag = UINT64_MAX;
+constexpr size_t kMaxVerifyJobs = 4;      // VerifyReqs a session may have outstanding
+constexpr uint32_t kVerifyReadsPerSession = 8;
+
+}  // namespace
+
+class ReplicaServer::Impl {
+ public:
+  Impl(io::Ring& ring, io::BufferPool& pool, ReplicaOptions options)
+      : ring_(ring), pool_(pool), options_(std::move(options)) {
+    ops_.resize(pool.count() + 1);
+    free_ops_.reserve(ops_.size());
+    for (uint32_t i = static_cast<uint32_t>(ops_.size()); i-- > 0;) free_ops_.push_back(i);
+    unflushed_.reserve(ops_.size());
+    flushing_.reserve(ops_.size());
+  }
+
+  ~Impl() { Shutdown(); }
+
+  void AddTransport(transport::Transport* t) { transports_.push_back(t); }
+
+  size_t Step() {
+    size_t events = 0;
+    for (transport::Transport* t : transports_) {
+      for (;;) {
+        size_t n = t->Poll(completions_);
+        for (size_t i = 0; i < n; ++i) OnTransport(*t, completions_[i]);
+        events += n;
+        if (n < completions_.size()) break;
+      }
+    }
+    if (device_) {
+      for (;;) {
+        size_t n = device_->Poll(io_done_);
+        for (size_t i = 0; i < n; ++i) OnDisk(io_done_[i]);
+        events += n;
+        if (n < io_done_.size()) break;
+      }
+    }
+    StartFlush();
+    for (auto& s : sessions_) {
+      PumpVerify(*s);
+      SendAcks(*s);
+    }
+    Reap();
+    return events;
+  }
+
+  bool finished() const { return options_.once && once_done_; }
+
+  void Shutdown() {
+    for (auto& s : sessions_) {
+      if (s->phase != Phase::kClosed) s->t->Close(s->conn);
+    }
+    for (int i = 0; i < 100 && (!sessions_.empty() || device_ops_ > 0); ++i) {
+      (void)ring_.Wait(std::chrono::milliseconds(20));
+      Step();
+    }
+  }
+
+  const ReplicaStats& stats() const { return stats_; }
+
+ private:
+  enum class Phase : uint8_t { kHello, kWriter, kVerifier, kDraining, kClosed };
+
+  struct VerifyJob {
+    proto::VerifyReq req;
+    uint32_t count = 0;
+    uint32_t issued = 0;
+    uint32_t done = 0;
+    int32_t err = 0;
+    std::array<std::byte, proto::kMaxControlPayload> crcs{};
+  };
+
+  struct Session {
+    explicit Session(uint64_t span) : accepted(span), acked(span) {}
+    transport::Transport* t = nullptr;
+    transport::ConnId conn = transport::kNoConn;
+    std::string peer;
+    Phase phase = Phase::kHello;
+    bool uses_device = false;
+    bool was_writer = false;
+    bool bye = false;
+    proto::Hello hello;
+    proto::AckLevel level = proto::AckLevel::kReceived;
+    bool level_set = false;
+    SeqTracker accepted;  // CRC-checked and being written (or done)
+    SeqTracker acked;     // reached `level`
+    uint64_t acks_sent_cum = 0;
+    bool ack_dirty = false;
+    uint32_t ops = 0;     // disk operations in flight for this session
+    uint32_t verify_reads = 0;
+    std::array<VerifyJob, kMaxVerifyJobs> jobs;
+    size_t job_head = 0, job_count = 0;
+    uint64_t blocks = 0, bytes = 0;
+  };
+
+  struct DiskOp {
+    enum class Kind : uint8_t { kWrite, kVerifyRead } kind = Kind::kWrite;
+    Session* session = nullptr;
+    transport::Transport* t = nullptr;
+    transport::ConnId conn = transport::kNoConn;
+    io::BufferRef buffer;
+    uint64_t seq = 0;
+    uint64_t offset = 0;
+    uint32_t length = 0;
+    VerifyJob* job = nullptr;
+    uint32_t block = 0;
+  };
+
+  // --- transport events ----------------------------------------------------------------------
+
+  void OnTransport(transport::Transport& t, transport::Completion& c) {
+    switch (c.kind) {
+      case transport::CompletionKind::kAccepted: {
+        auto s = std::make_unique<Session>(SeqSpan(1));
+        s->t = &t;
+        s->conn = c.conn;
+        s->peer = t.PeerName(c.conn);
+        spdlog::info("{}: connected over {}", s->peer, t.name());
+        sessions_.push_back(std::move(s));
+        ++stats_.sessions;
+        return;
+      }
+      case transport::CompletionKind::kSent: {
+        Session* s = Find(t, c.conn);
+        if (s != nullptr && c.tag == kErrorTag) t.Close(c.conn);
+        return;
+      }
+      case transport::CompletionKind::kClosed: {
+        Session* s = Find(t, c.conn);
+        if (s == nullptr) return;
+        if (!c.status.ok() && !s->bye) {
+          spdlog::warn("{}: connection closed: {}", s->peer, c.status.message());
+        } else {
+          spdlog::info("{}: session ended: {} blocks, {} bytes written", s->peer, s->blocks,
+                       s->bytes);
+        }
+        s->phase = Phase::kClosed;
+        if (writer_ == s) writer_ = nullptr;
+        return;
+      }
+      case transport::CompletionKind::kRecv: {
+        Session* s = Find(t, c.conn);
+        if (s == nullptr || s->phase == Phase::kClosed || s->phase == Phase::kDraining) {
+          if (c.data) t.Release(c.conn, std::move(c.data));
+          return;
+        }
+        OnFrame(*s, c);
+        return;
+      }
+    }
+  }
+
+  Session* Find(const transport::Transport& t, transport::ConnId conn) {
+    for (auto& s : sessions_) {
+      if (s->t == &t && s->conn == conn && s->phase != Phase::kClosed) return s.get();
+    }
+    return nullptr;
+  }
+
+  void OnFrame(Session& s, transport::Completion& c) {
+    auto frame = proto::Decode(c.header);
+    if (!frame.ok()) {
+      if (c.data) s.t->Release(c.conn, std::move(c.data));
+      ProtocolError(s, frame.status());
+      return;
+    }
+    switch (frame->type()) {
+      case proto::FrameType::kHello:
+        if (s.phase == Phase::kHello) return OnHello(s, std::get<proto::Hello>(frame->body));
+        break;
+      case proto::FrameType::kData:
+        if (s.phase == Phase::kWriter) {
+          return OnData(s, *frame, std::get<proto::Data>(frame->body), std::move(c.data));
+        }
+        break;
+      case proto::FrameType::kVerifyReq:
+        if (s.phase == Phase::kVerifier) {
+          return OnVerifyReq(s, std::get<proto::VerifyReq>(frame->body));
+        }
+        break;
+      case proto::FrameType::kHeartbeat:
+        return;
+      case proto::FrameType::kBye:
+        if (s.phase == Phase::kWriter || s.phase == Phase::kVerifier) {
+          s.bye = true;
+          s.phase = Phase::kDraining;
+          return;
+        }
+        break;
+      case proto::FrameType::kError:
+        spdlog::warn("{}",
+                     StatusFromError(std::get<proto::Error>(frame->body), c.control, s.peer)
+                         .message());
+        s.phase = Phase::kDraining;
+        s.bye = true;
+        s.t->Close(s.conn);
+        return;
+      default:
+        break;
+    }
+    if (c.data) s.t->Release(c.conn, std::move(c.data));
+    ProtocolError(s, Status::Protocol("unexpected {} frame in this session",
+                                      proto::FrameTypeName(frame->type())));
+  }
+
+  // Ends the session: an Error frame to the peer, a log line here.
+  void Refuse(Session& s, const Status& status) {
+    spdlog::warn("{}: {}; closing the connection", s.peer, status.message());
+    s.phase = Phase::kDraining;
+    if (!PostError(*s.t, s.conn, status, kErrorTag)) s.t->Close(s.conn);
+  }
+
+  void ProtocolError(Session& s, const Status& status) {
+    ++stats_.protocol_errors;
+    Refuse(s, Status::Error(status.code(), "protocol error: " + status.message()));
+  }
+
+  void OnHello(Session& s, const proto::Hello& h) {
+    uint16_t version = std::min(h.max_version, proto::kMaxProtocolVersion);
+    if (version < h.min_version || version < proto::kMinProtocolVersion) {
+      return Refuse(s, Status::Error(ErrorCode::kRefused,
+                                     fmt::format("protocol version mismatch: the primary speaks "
+                                                 "{}..{}, this replica speaks {}..{}",
+                                                 h.min_version, h.max_version,
+                                                 proto::kMinProtocolVersion,
+                                                 proto::kMaxProtocolVersion)));
+    }
+    if (h.block_size > pool_.buffer_size()) {
+      return Refuse(s, Status::Error(ErrorCode::kRefused,
+                                     fmt::format("block size {} exceeds this replica's maximum "
+                                                 "{} (serve --max-block-size)",
+                                                 h.block_size, pool_.buffer_size())));
+    }
+    bool write = h.kind == proto::SessionKind::kWrite;
+    if (write && writer_ != nullptr) {
+      return Refuse(s, Status::Error(ErrorCode::kBusy,
+                                     fmt::format("{} is already being written by {}; one writer "
+                                                 "per volume",
+                                                 options_.target_name, writer_->peer)));
+    }
+    Status opened = AcquireDevice(h.volume_size, write ? TargetUse::kWrite : TargetUse::kVerify);
+    if (!opened.ok()) return Refuse(s, opened);
+    s.uses_device = true;
+    s.hello = h;
+    s.accepted = SeqTracker(SeqSpan(h.window));
+    s.acked = SeqTracker(SeqSpan(h.window));
+    if (write) {
+      writer_ = &s;
+      s.was_writer = true;
+      s.phase = Phase::kWriter;
+    } else {
+      s.phase = Phase::kVerifier;
+    }
+    proto::Frame f;
+    f.body = proto::HelloOk{version, static_cast<uint32_t>(pool_.buffer_size()),
+                            device_->size()};
+    auto item = ControlItem(s.conn, f);
+    Status posted = s.t->Post(std::span(&item, 1));
+    if (!posted.ok()) return Refuse(s, posted);
+    spdlog::info("{}: {} session for {} ({} bytes, block {} KiB, window {})", s.peer,
+                 write ? "write" : "verify", options_.target_name, h.volume_size,
+                 h.block_size >> 10, h.window);
+  }
+
+  Status AcquireDevice(uint64_t volume_size, TargetUse use) {
+    bool in_use = std::any_of(sessions_.begin(), sessions_.end(),
+                              [](const auto& x) { return x->uses_device; });
+    if (device_ && (in_use || device_ops_ > 0)) {
+      if (use == TargetUse::kWrite && device_->size() < volume_size) {
+        return Status::Error(ErrorCode::kBusy,
+                             fmt::format("{} is in use by verify sessions and holds only {} "
+                                         "bytes; the volume has {}",
+                                         options_.target_name, device_->size(), volume_size));
+      }
+      return Status::Ok();
+    }
+    device_.reset();
+    auto dev = options_.open_target(volume_size, use);
+    if (!dev.ok()) return dev.status();
+    device_ = std::move(dev).value();
+    return Status::Ok();
+  }
+
+  void OnData(Session& s, const proto::Frame& f, const proto::Data& d, io::BufferRef buffer) {
+    const proto::Hello& h = s.hello;
+    auto level = static_cast<proto::AckLevel>(f.flags & proto::kDataAckMask);
+    Status bad;
+    if (!buffer) {
+      bad = Status::Protocol("Data seq {} arrived without its payload", d.seq);
+    } else if (d.offset % h.block_size != 0 || d.offset >= h.volume_size) {
+      bad = Status::Protocol("Data seq {}: offset {} is not a block of the {}-byte volume "
+                             "(block size {})",
+                             d.seq, d.offset, h.volume_size, h.block_size);
+    } else if (d.length != std::min<uint64_t>(h.block_size, h.volume_size - d.offset)) {
+      bad = Status::Protocol("Data seq {}: length {} at offset {} does not match the block size "
+                             "{} of the {}-byte volume",
+                             d.seq, d.length, d.offset, h.block_size, h.volume_size);
+    } else if (!s.accepted.InWindow(d.seq) || s.accepted.Has(d.seq)) {
+      bad = Status::Protocol("Data seq {} is outside the window [{}, +{}) or a duplicate", d.seq,
+                             s.accepted.cumulative(), s.accepted.span());
+    } else if (s.level_set && level != s.level) {
+      bad = Status::Protocol("Data seq {} asks for ack level {}, the session uses {}", d.seq,
+                             proto::AckLevelName(level), proto::AckLevelName(s.level));
+    }
+    if (!bad.ok()) {
+      if (buffer) s.t->Release(s.conn, std::move(buffer));
+      ProtocolError(s, bad);
+      return;
+    }
+    s.level = level;
+    s.level_set = true;
+    uint32_t crc = Crc32c(buffer.data(), d.length);
+    if (crc != d.crc) {
+      // Never written: NACK it, the primary sends it again.
+      ++stats_.crc_mismatches;
+      spdlog::warn("{}: block at offset {} (seq {}) failed its CRC32C check (frame says "
+                   "0x{:08x}, data gives 0x{:08x}); not written, asking for a resend",
+                   s.peer, d.offset, d.seq, d.crc, crc);
+      s.t->Release(s.conn, std::move(buffer));
+      proto::Frame nf;
+      nf.body = proto::Nack{d.seq, d.offset, proto::NackReason::kCrcMismatch, d.crc, crc, 0};
+      auto item = ControlItem(s.conn, nf);
+      Status posted = s.t->Post(std::span(&item, 1));
+      if (!posted.ok()) Refuse(s, posted);
+      return;
+    }
+    s.accepted.Mark(d.seq);
+    if (level == proto::AckLevel::kReceived) {
+      s.acked.Mark(d.seq);
+      s.ack_dirty = true;
+    }
+    if (free_ops_.empty()) {
+      // Cannot happen while every op holds a buffer of our pool; a transport with its own
+      // buffers would break that, and this says so rather than corrupting state.
+      s.t->Release(s.conn, std::move(buffer));
+      Refuse(s, Status::Error(ErrorCode::kBusy, "replica has no free disk operation slot"));
+      return;
+    }
+    uint32_t oi = free_ops_.back();
+    free_ops_.pop_back();
+    DiskOp& op = ops_[oi];
+    op.kind = DiskOp::Kind::kWrite;
+    op.session = &s;
+    op.t = s.t;
+    op.conn = s.conn;
+    op.seq = d.seq;
+    op.offset = d.offset;
+    op.length = d.length;
+    op.buffer = std::move(buffer);
+    io::IoRequest req;
+    req.op = io::IoOp::kWrite;
+    req.offset = d.offset;
+    req.data = op.buffer.data();
+    req.len = d.length;
+    req.buf_index = op.buffer.pool() == &pool_ ? op.buffer.index() : io::kNoBufIndex;
+    req.tag = oi;
+    Status submitted = device_->Submit(std::span(&req, 1));
+    if (!submitted.ok()) {
+      FreeOp(oi);
+      Refuse(s, submitted);
+      return;
+    }
+    ++s.ops;
+    ++device_ops_;
+  }
+
+  void OnVerifyReq(Session& s, const proto::VerifyReq& r) {
+    const proto::Hello& h = s.hello;
+    if (r.block_size != h.block_size || r.offset >= h.volume_size ||
+        r.length > h.volume_size - r.offset) {
+      return ProtocolError(s, Status::Protocol("VerifyReq [{}, +{}) with block size {} does not "
+                                               "fit the {}-byte volume of block size {}",
+                                               r.offset, r.length, r.block_size, h.volume_size,
+                                               h.block_size));
+    }
+    if (s.job_count == kMaxVerifyJobs) {
+      return ProtocolError(s, Status::Protocol("more than {} VerifyReqs outstanding",
+                                               kMaxVerifyJobs));
+    }
+    VerifyJob& job = s.jobs[(s.job_head + s.job_count) % kMaxVerifyJobs];
+    ++s.job_count;
+    job.req = r;
+    job.count = static_cast<uint32_t>((r.length + r.block_size - 1) / r.block_size);
+    job.issued = 0;
+    job.done = 0;
+    job.err = 0;
+  }
+
+  // Reads blocks for the session's oldest verify request, as buffers allow.
+  void PumpVerify(Session& s) {
+    while (s.job_count > 0 && s.phase == Phase::kVerifier) {
+      VerifyJob& job = s.jobs[s.job_head];
+      while (job.issued < job.count && s.verify_reads < kVerifyReadsPerSession) {
+        uint64_t off = job.req.offset + uint64_t{job.issued} * job.req.block_size;
+        uint64_t end = std::min(job.req.offset + job.req.length, off + job.req.block_size);
+        auto len = static_cast<uint32_t>(end - off);
+        if (off >= device_->size()) {
+          // Beyond the target's end: the CRC of nothing, which no real block has.
+          proto::StoreLe32(job.crcs.data() + 4 * job.issued, Crc32c(nullptr, 0));
+          ++job.issued;
+          ++job.done;
+          continue;
+        }
+        if (free_ops_.empty()) break;
+        auto buffer = pool_.TryGet();
+        if (!buffer) break;
+        uint32_t oi = free_ops_.back();
+        free_ops_.pop_back();
+        DiskOp& op = ops_[oi];
+        op.kind = DiskOp::Kind::kVerifyRead;
+        op.session = &s;
+        op.t = s.t;
+        op.conn = s.conn;
+        op.offset = off;
+        op.length = len;
+        op.job = &job;
+        op.block = job.issued;
+        op.buffer = std::move(*buffer);
+        io::IoRequest req;
+        req.op = io::IoOp::kRead;
+        req.offset = off;
+        req.data = op.buffer.data();
+        req.len = len;
+        req.buf_index = op.buffer.index();
+        req.tag = oi;
+        if (!device_->Submit(std::span(&req, 1)).ok()) {
+          FreeOp(oi);
+          break;
+        }
+        ++job.issued;
+        ++s.ops;
+        ++s.verify_reads;
+        ++device_ops_;
+      }
+      if (job.done < job.count) return;
+      proto::Frame f;
+      f.body = proto::VerifyResp{job.req.offset, job.err == 0 ? job.count : 0,
+                                 job.req.request_id, -job.err};
+      auto payload = std::span<const std::byte>(job.crcs.data(), job.err == 0 ? job.count * 4 : 0);
+      auto item = ControlItem(s.conn, f, payload);
+      if (s.t->SendSpace(s.conn) == 0) return;  // retried at the next Step
+      Status posted = s.t->Post(std::span(&item, 1));
+      if (!posted.ok()) return Refuse(s, posted);
+      s.job_head = (s.job_head + 1) % kMaxVerifyJobs;
+      --s.job_count;
+    }
+  }
+
+  // --- disk events ---------------------------------------------------------------------------
+
+  void OnDisk(const io::IoCompletion& c) {
+    --device_ops_;
+    if (c.tag == kFlushTag) return OnFlushed(c.res);
+    auto oi = static_cast<uint32_t>(c.tag);
+    DiskOp& op = ops_[oi];
+    Session& s = *op.session;
+    --s.ops;
+    if (op.kind == DiskOp::Kind::kVerifyRead) {
+      --s.verify_reads;
+      if (c.res < 0) {
+        op.job->err = -c.res;
+      } else {
+        uint32_t crc = Crc32c(op.buffer.data(), static_cast<size_t>(c.res));
+        proto::StoreLe32(op.job->crcs.data() + 4 * op.block, crc);
+      }
+      ++op.job->done;
+      FreeOp(oi);
+      return;
+    }
+    if (c.res < 0) {
+      int err = -c.res;
+      Status status = Status::Errno(
+          err, fmt::format("{}writing {} bytes at offset {} of {} failed",
+                           err == ENOSPC ? "replica disk full: " : "replica disk error: ",
+                           op.length, op.offset, options_.target_name));
+      spdlog::error("{}: {}", s.peer, status.message());
+      if (s.phase == Phase::kWriter) Refuse(s, status);
+      FreeOp(oi);
+      return;
+    }
+    ++stats_.blocks_written;
+    stats_.bytes_written += op.length;
+    ++s.blocks;
+    s.bytes += op.length;
+    if (s.level == proto::AckLevel::kDurable) {
+      ++s.ops;  // held until the flush that covers it
+      unflushed_.push_back(oi);
+      return;
+    }
+    FreeOp(oi);
+  }
+
+  void StartFlush() {
+    if (flush_inflight_ || unflushed_.empty() || !device_) return;
+    std::swap(unflushed_, flushing_);
+    io::IoRequest req;
+    req.op = io::IoOp::kFlush;
+    req.tag = kFlushTag;
+    Status submitted = device_->Submit(std::span(&req, 1));
+    if (!submitted.ok()) {
+      OnFlushed(-EIO);
+      return;
+    }
+    flush_inflight_ = true;
+    ++device_ops_;
+  }
+
+  void OnFlushed(int32_t res) {
+    flush_inflight_ = false;
+    ++stats_.flushes;
+    for (uint32_t oi : flushing_) {
+      DiskOp& op = ops_[oi];
+      Session& s = *op.session;
+      --s.ops;
+      if (res < 0) {
+        if (s.phase == Phase::kWriter) {
+          Refuse(s, Status::Errno(-res, fmt::format("replica flush (fdatasync) of {} failed",
+                                                    options_.target_name)));
+        }
+      } else if (s.phase != Phase::kClosed) {
+        s.acked.Mark(op.seq);
+        s.ack_dirty = true;
+      }
+      FreeOp(oi);
+    }
+    flushing_.clear();
+  }
+
+  void FreeOp(uint32_t oi) {
+    DiskOp& op = ops_[oi];
+    if (op.buffer) op.t->Release(op.conn, std::move(op.buffer));
+    op.session = nullptr;
+    op.job = nullptr;
+    free_ops_.push_back(oi);
+  }
+
+  void SendAcks(Session& s) {
+    if (!s.ack_dirty || s.phase == Phase::kClosed) return;
+    if (s.t->SendSpace(s.conn) == 0) return;  // the state is cumulative: send it later
+    proto::Frame f;
+    uint64_t cum = s.acked.cumulative();
+    f.body = proto::Ack{s.level, cum, cum, s.acked.Bits(cum)};
+    auto item = ControlItem(s.conn, f);
+    if (s.t->Post(std::span(&item, 1)).ok()) s.ack_dirty = false;
+  }
+
+  // Sessions that are closed or drained and have nothing on the disk go away.
+  void Reap() {
+    for (size_t i = 0; i < sessions_.size();) {
+      Session& s = *sessions_[i];
+      if (s.phase == Phase::kDraining && s.bye && s.ops == 0 && !s.ack_dirty) {
+        s.t->Close(s.conn);  // its kClosed makes it kClosed
+      }
+      if (s.phase == Phase::kClosed && s.ops == 0) {
+        if (writer_ == &s) writer_ = nullptr;
+        if (s.was_writer && options_.once) once_done_ = true;
+        sessions_.erase(sessions_.begin() + static_cast<ptrdiff_t>(i));
+        continue;
+      }
+      ++i;
+    }
+  }
+
+  io::Ring& ring_;
+  io::BufferPool& pool_;
+  ReplicaOptions options_;
+  std::vector<transport::Transport*> transports_;
+  std::vector<std::unique_ptr<Session>> sessions_;
+  Session* writer_ = nullptr;
+  std::unique_ptr<io::BlockDevice> device_;
+  uint32_t device_ops_ = 0;
+  std::vector<DiskOp> ops_;
+  std::vector<uint32_t> free_ops_;
+  std::vector<uint32_t> unflushed_;  // written, waiting for a flush
+  std::vector<uint32_t> flushing_;   // covered by the flush in flight
+  bool flush_inflight_ = false;
+  bool once_done_ = false;
+  ReplicaStats stats_;
+  std::array<transport::Completion, 64> completions_;
+  std::array<io::IoCompletion, 64> io_done_;
+};
+
+Result<std::unique_ptr<ReplicaServer>> ReplicaServer::Create(io::Ring& ring, io::BufferPool& pool,
+                                                             ReplicaOptions options) {
+  if (!options.open_target) return Status::Invalid("replica: no target opener");
+  return std::unique_ptr<ReplicaServer>(
+      new ReplicaServer(std::make_unique<Impl>(ring, pool, std::move(options))));
+}
+
+ReplicaServer::ReplicaServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ReplicaServer::~ReplicaServer() = default;
+void ReplicaServer::AddTransport(transport::Transport* t) { impl_->AddTransport(t); }
+size_t ReplicaServer::Step() { return impl_->Step(); }
+bool ReplicaServer::finished() const { return impl_->finished(); }
+void ReplicaServer::Shutdown() { impl_->Shutdown(); }
+const ReplicaStats& ReplicaServer::stats() const { return impl_->stats(); }
+
+}  // namespace blkmirror::engine

@@ -1,0 +1,82 @@
+// ReplicaServer: the replica side of blkmirror (`blkmirror serve`).
+//
+// Accepts sessions from primaries on any number of transports and applies them to one target
+// (a BlockDevice). For every Data frame it checks the header against the session (offset within
+// the volume, block alignment, sequence window), verifies the CRC32C of the payload, and only
+// then writes the block, from the very buffer it was received into. A block that fails its CRC
+// is NACKed and never written. Acks follow the level the primary asked for:
+//   received  sent as soon as the CRC checked out
+//   durable   sent after the write completed and a flush (fdatasync) covering it completed;
+//             flushes are shared by every write that completed before them (group commit)
+// Malformed or out-of-place frames end that session with an Error frame and a log line naming
+// the peer; the server keeps serving the others.
+//
+// One writer per target: a second primary that opens a write session while one is active is
+// refused. Verify sessions (per-block CRCs of a range) run alongside a writer.
+//
+// Thread safety: none; the server, its ring, pool, transports and target belong to one thread.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "common/status.h"
+#include "io/block_device.h"
+#include "io/buffer_pool.h"
+#include "io/ring.h"
+#include "transport/transport.h"
+
+namespace blkmirror::engine {
+
+enum class TargetUse : uint8_t { kWrite, kVerify };
+
+// Opens the target for a session. For kWrite, `volume_size` is what the primary announced: a
+// regular file is created or extended to it, a block device must hold it. For kVerify the target
+// must exist. The error is what the primary is told.
+using TargetOpener =
+    std::function<Result<std::unique_ptr<io::BlockDevice>>(uint64_t volume_size, TargetUse use)>;
+
+struct ReplicaOptions {
+  std::string target_name;  // for messages
+  TargetOpener open_target;
+  bool once = false;        // finished() after the first write session ends
+};
+
+struct ReplicaStats {
+  uint64_t sessions = 0;
+  uint64_t blocks_written = 0;
+  uint64_t bytes_written = 0;
+  uint64_t crc_mismatches = 0;
+  uint64_t protocol_errors = 0;
+  uint64_t flushes = 0;
+};
+
+class ReplicaServer {
+ public:
+  static Result<std::unique_ptr<ReplicaServer>> Create(io::Ring& ring, io::BufferPool& pool,
+                                                       ReplicaOptions options);
+  ~ReplicaServer();
+
+  // Serves the connections `transport` accepts (listening is the caller's). Before Step.
+  void AddTransport(transport::Transport* transport);
+
+  // Makes all the progress possible without blocking; returns how many events it handled.
+  size_t Step();
+
+  // With `once`: the first write session has ended and everything it wrote is settled.
+  bool finished() const;
+
+  // Closes every session and waits (bounded) for the disk to settle.
+  void Shutdown();
+
+  const ReplicaStats& stats() const;
+
+ private:
+  class Impl;
+  explicit ReplicaServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace blkmirror::engine

@@ -1,0 +1,111 @@
+// Replicator: the primary side of blkmirror. The CLI's `push` and a storage daemon both use it.
+//
+// Submit a write (an offset and a pool buffer holding the block); the Replicator computes the
+// block's CRC32C once, sends the block from that same buffer to every peer, and reports the
+// write complete when every peer has reached the ack level asked for:
+//   sent      the frame was handed to the peer's transport (kernel socket, NIC)
+//   received  the replica verified the CRC and holds the block in memory
+//   durable   the block is on the replica's disk (written and flushed)
+// Acks are pipelined: up to `window` writes are in flight per peer, and completions follow the
+// ack stream, not the submission order. A block the replica rejects (NACK: CRC mismatch) is sent
+// again from the same buffer, up to `max_retries` times; after that the write fails, naming the
+// block's offset and the replica.
+//
+// Buffer ownership: Submit takes the BufferRef. The buffer goes back to its pool when every
+// peer is done with it (for `sent` that is later than the completion: a NACK may still need it).
+//
+// Failure: a peer that closes, errors or refuses the session fails the Replicator (failure()):
+// in-flight writes complete with that error and Submit refuses new ones.
+//
+// Thread safety: none; the Replicator, its ring, pool and transports belong to one thread.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "io/buffer_pool.h"
+#include "io/ring.h"
+#include "proto/frame.h"
+#include "transport/transport.h"
+
+namespace blkmirror::engine {
+
+struct PeerConfig {
+  transport::Transport* transport = nullptr;
+  transport::Endpoint endpoint;
+};
+
+struct ReplicatorOptions {
+  proto::AckLevel ack = proto::AckLevel::kDurable;
+  uint32_t block_size = 1u << 20;
+  uint32_t window = 32;
+  uint64_t volume_size = 0;
+  proto::VolumeId volume_id;
+  uint32_t max_retries = 5;
+  std::chrono::milliseconds connect_timeout{10000};
+  std::chrono::milliseconds handshake_timeout{10000};
+  // Test hook: the protocol versions offered in Hello.
+  uint16_t min_version = proto::kMinProtocolVersion;
+  uint16_t max_version = proto::kMaxProtocolVersion;
+};
+
+struct WriteCompletion {
+  uint64_t token = 0;
+  uint64_t offset = 0;
+  uint32_t length = 0;
+  uint64_t latency_ns = 0;  // Submit to completion at the ack level
+  Status status;
+};
+
+struct PeerStats {
+  std::string peer;
+  std::string transport;
+  uint64_t blocks_acked = 0;
+  uint64_t bytes_acked = 0;
+  uint64_t retransmits = 0;
+  uint64_t crc_mismatches = 0;
+  bool connected = false;
+};
+
+class Replicator {
+ public:
+  static Result<std::unique_ptr<Replicator>> Create(io::Ring& ring, io::BufferPool& pool,
+                                                    const ReplicatorOptions& options);
+  ~Replicator();
+
+  // Connects to every peer and completes the handshakes (setup: blocks, bounded by the
+  // options' timeouts). Fails with the first peer's error.
+  Status Connect(std::span<const PeerConfig> peers);
+
+  // True when Submit would be accepted now (window space on every peer).
+  bool CanSubmit() const;
+
+  // Replicates buffer[0, length) to [offset, offset + length) of the volume. `offset` must be
+  // block-aligned and `length` the block's size (shorter only for the volume's last block).
+  Status Submit(uint64_t offset, io::BufferRef buffer, uint32_t length, uint64_t token);
+
+  // Processes what the transports report; moves finished writes into `out`. Never blocks.
+  size_t Poll(std::span<WriteCompletion> out);
+
+  // Writes submitted and not yet reported complete.
+  uint32_t in_flight() const;
+  // OK, or why the Replicator stopped.
+  const Status& failure() const;
+
+  // Ends every session cleanly (Bye) once nothing is in flight. Blocks, bounded.
+  Status Close();
+
+  std::vector<PeerStats> stats() const;
+
+ private:
+  class Impl;
+  explicit Replicator(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace blkmirror::engine

@@ -1,0 +1,277 @@
+#include "io/uring/uring_block_device.h"
+
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+namespace blkmirror::io {
+namespace {
+
+class UringBlockDevice final : public BlockDevice, public RingHandler {
+ public:
+  UringBlockDevice(Ring& ring, std::string name, uint32_t depth)
+      : ring_(ring), name_(std::move(name)), slots_(depth), done_(depth) {
+    free_.reserve(depth);
+    for (uint32_t i = 0; i < depth; ++i) {
+      slots_[i].handler = this;
+      free_.push_back(depth - 1 - i);
+    }
+  }
+
+  ~UringBlockDevice() override {
+    // Requests still in the kernel reference our slots: wait them out before freeing.
+    while (in_flight_ > pending_) {
+      if (!ring_.Wait(std::chrono::milliseconds(100)).ok()) break;
+    }
+    if (direct_idx_ >= 0) ring_.UnregisterFile(direct_idx_);
+    if (buffered_idx_ >= 0) ring_.UnregisterFile(buffered_idx_);
+    if (direct_fd_ >= 0 && direct_fd_ != buffered_fd_) close(direct_fd_);
+    if (buffered_fd_ >= 0) close(buffered_fd_);
+  }
+
+  Status Init(int buffered_fd, int direct_fd, uint64_t size, uint32_t alignment) {
+    buffered_fd_ = buffered_fd;
+    direct_fd_ = direct_fd;
+    size_ = size;
+    alignment_ = alignment;
+    ASSIGN_OR_RETURN(buffered_idx_, ring_.RegisterFile(buffered_fd_));
+    if (direct_fd_ >= 0) {
+      ASSIGN_OR_RETURN(direct_idx_, ring_.RegisterFile(direct_fd_));
+    }
+    return Status::Ok();
+  }
+
+  uint64_t size() const override { return size_; }
+  const std::string& name() const override { return name_; }
+  bool direct() const override { return direct_fd_ >= 0; }
+  uint32_t alignment() const override { return alignment_; }
+  uint32_t queue_depth() const override { return static_cast<uint32_t>(slots_.size()); }
+  uint32_t in_flight() const override { return in_flight_; }
+
+  Status Submit(std::span<const IoRequest> requests) override {
+    if (requests.size() > free_.size()) {
+      return Status::Error(ErrorCode::kBusy,
+                           fmt::format("{}: {} requests exceed the free queue depth {} of {}",
+                                       name_, requests.size(), free_.size(), slots_.size()));
+    }
+    for (const IoRequest& r : requests) {
+      if (r.op == IoOp::kWrite && (r.offset > size_ || r.len > size_ - r.offset)) {
+        return Status::Invalid("{}: write of {} bytes at offset {} exceeds the size {}", name_,
+                               r.len, r.offset, size_);
+      }
+    }
+    for (const IoRequest& r : requests) {
+      uint32_t idx = free_.back();
+      free_.pop_back();
+      Slot& s = slots_[idx];
+      s.req = r;
+      s.done = 0;
+      ++in_flight_;
+      Issue(s);
+    }
+    return Status::Ok();
+  }
+
+  size_t Poll(std::span<IoCompletion> out) override {
+    size_t n = 0;
+    while (n < out.size() && pending_ > 0) {
+      out[n++] = done_[done_head_];
+      done_head_ = (done_head_ + 1) % done_.size();
+      --pending_;
+      --in_flight_;
+    }
+    return n;
+  }
+
+  void OnCqe(RingOp* op, int32_t res, uint32_t /*flags*/) override {
+    auto& s = *static_cast<Slot*>(op);
+    if (res == -EAGAIN || res == -EINTR) {
+      Issue(s);
+      return;
+    }
+    if (res < 0) {
+      Complete(s, res);
+      return;
+    }
+    if (s.req.op == IoOp::kFlush) {
+      Complete(s, 0);
+      return;
+    }
+    s.done += static_cast<uint32_t>(res);
+    if (s.done >= s.req.len || (s.req.op == IoOp::kRead && res == 0)) {
+      Complete(s, static_cast<int32_t>(s.done));
+      return;
+    }
+    if (s.req.op == IoOp::kWrite && res == 0) {
+      Complete(s, -EIO);  // a write that makes no progress would loop forever
+      return;
+    }
+    Issue(s);  // short transfer: the rest
+  }
+
+ private:
+  struct Slot : RingOp {
+    IoRequest req;
+    uint32_t done = 0;
+  };
+
+  void Issue(Slot& s) {
+    io_uring_sqe* sqe = ring_.GetSqe(&s);
+    if (s.req.op == IoOp::kFlush) {
+      io_uring_prep_fsync(sqe, buffered_idx_, IORING_FSYNC_DATASYNC);
+      sqe->flags |= IOSQE_FIXED_FILE;
+      return;
+    }
+    std::byte* p = s.req.data + s.done;
+    uint64_t off = s.req.offset + s.done;
+    uint32_t len = s.req.len - s.done;
+    bool aligned = direct_fd_ >= 0 && off % alignment_ == 0 && len % alignment_ == 0 &&
+                   reinterpret_cast<uintptr_t>(p) % alignment_ == 0;
+    int file = aligned ? direct_idx_ : buffered_idx_;
+    bool fixed = s.req.buf_index != kNoBufIndex && ring_.has_buffers();
+    if (s.req.op == IoOp::kRead) {
+      if (fixed) {
+        io_uring_prep_read_fixed(sqe, file, p, len, off, static_cast<int>(s.req.buf_index));
+      } else {
+        io_uring_prep_read(sqe, file, p, len, off);
+      }
+    } else {
+      if (fixed) {
+        io_uring_prep_write_fixed(sqe, file, p, len, off, static_cast<int>(s.req.buf_index));
+      } else {
+        io_uring_prep_write(sqe, file, p, len, off);
+      }
+    }
+    sqe->flags |= IOSQE_FIXED_FILE;
+  }
+
+  void Complete(Slot& s, int32_t res) {
+    size_t tail = (done_head_ + pending_) % done_.size();
+    done_[tail] = IoCompletion{s.req.tag, res};
+    ++pending_;
+    free_.push_back(static_cast<uint32_t>(&s - slots_.data()));
+  }
+
+  Ring& ring_;
+  std::string name_;
+  int buffered_fd_ = -1;
+  int direct_fd_ = -1;
+  int buffered_idx_ = -1;
+  int direct_idx_ = -1;
+  uint64_t size_ = 0;
+  uint32_t alignment_ = 4096;
+  std::vector<Slot> slots_;
+  std::vector<uint32_t> free_;
+  // Completions not yet polled. Their slots are free again, but they still count in in_flight_
+  // until polled, so the ring never holds more than queue_depth entries.
+  std::vector<IoCompletion> done_;
+  size_t done_head_ = 0;
+  size_t pending_ = 0;
+  uint32_t in_flight_ = 0;
+};
+
+Status ExtendFile(int fd, const std::string& path, uint64_t have, uint64_t want) {
+  if (fallocate(fd, 0, static_cast<off_t>(have), static_cast<off_t>(want - have)) == 0) {
+    return Status::Ok();
+  }
+  int err = errno;
+  if (err == ENOSPC || err == EDQUOT || err == EFBIG) {
+    return Status::Errno(err, fmt::format("{}: cannot extend from {} to {} bytes", path, have, want));
+  }
+  // File systems without fallocate: a sparse extension.
+  if (ftruncate(fd, static_cast<off_t>(want)) != 0) {
+    return Status::Errno(errno, fmt::format("{}: ftruncate to {} bytes", path, want));
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<PathInfo> StatPath(const std::string& path) {
+  struct stat st {};
+  if (stat(path.c_str(), &st) != 0) {
+    int err = errno;
+    if (err == ENOENT) return Status::Error(ErrorCode::kNotFound, path + ": no such file");
+    return Status::Errno(err, path);
+  }
+  PathInfo info;
+  if (S_ISBLK(st.st_mode)) {
+    info.is_block_device = true;
+    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return Status::Errno(errno, path);
+    uint64_t bytes = 0;
+    int rc = ioctl(fd, BLKGETSIZE64, &bytes);
+    int err = errno;
+    close(fd);
+    if (rc != 0) return Status::Errno(err, path + ": BLKGETSIZE64");
+    info.size = bytes;
+  } else if (S_ISREG(st.st_mode)) {
+    info.size = static_cast<uint64_t>(st.st_size);
+  } else {
+    return Status::Invalid("{}: not a regular file or block device", path);
+  }
+  return info;
+}
+
+Result<std::unique_ptr<BlockDevice>> OpenUringDevice(Ring& ring, const std::string& path,
+                                                     const UringOpenOptions& options) {
+  int flags = (options.writable ? O_RDWR : O_RDONLY) | O_CLOEXEC;
+  if (options.create) flags |= O_CREAT;
+  int fd = open(path.c_str(), flags, 0644);
+  if (fd < 0) {
+    int err = errno;
+    return Status::Errno(err, fmt::format("cannot open {} for {}", path,
+                                          options.writable ? "writing" : "reading"));
+  }
+  struct stat st {};
+  if (fstat(fd, &st) != 0) {
+    int err = errno;
+    close(fd);
+    return Status::Errno(err, path);
+  }
+  uint64_t size = 0;
+  uint32_t alignment = 4096;
+  if (S_ISBLK(st.st_mode)) {
+    if (ioctl(fd, BLKGETSIZE64, &size) != 0) {
+      int err = errno;
+      close(fd);
+      return Status::Errno(err, path + ": BLKGETSIZE64");
+    }
+    int lbs = 0;
+    if (ioctl(fd, BLKSSZGET, &lbs) == 0 && lbs > 0) alignment = static_cast<uint32_t>(lbs);
+  } else if (S_ISREG(st.st_mode)) {
+    size = static_cast<uint64_t>(st.st_size);
+    if (options.writable && size < options.min_size) {
+      Status s = ExtendFile(fd, path, size, options.min_size);
+      if (!s.ok()) {
+        close(fd);
+        return s;
+      }
+      size = options.min_size;
+    }
+  } else {
+    close(fd);
+    return Status::Invalid("{}: not a regular file or block device", path);
+  }
+
+  int direct_fd = -1;
+  if (options.prefer_direct) {
+    direct_fd = open(path.c_str(), (flags & ~O_CREAT) | O_DIRECT);
+    if (direct_fd < 0) {
+      // tmpfs and some FUSE file systems refuse O_DIRECT: buffered it is, said once.
+      spdlog::info("{}: the file system refuses O_DIRECT ({}); using buffered I/O", path,
+                   std::strerror(errno));
+    }
+  }
+  auto dev = std::make_unique<UringBlockDevice>(ring, path, options.queue_depth);
+  RETURN_IF_ERROR(dev->Init(fd, direct_fd, size, alignment));
+  return std::unique_ptr<BlockDevice>(std::move(dev));
+}
+
+}  // namespace blkmirror::io

@@ -1,0 +1,185 @@
+// The blkmirror wire format (docs/protocol.md is the prose version of this file).
+//
+// Every frame is a fixed 64-byte little-endian header followed by `payload_len` bytes:
+//
+//   off  size  field
+//   0    4     magic        'BKMR' (0x524D4B42)
+//   4    1     version      frame format version (kFrameVersion)
+//   5    1     type         FrameType
+//   6    2     flags        per type; unknown bits are rejected
+//   8    4     payload_len  bytes that follow the header
+//   12   4     header_crc   CRC32C of the 64 header bytes with this field zeroed
+//   16   48    body         per type (Hello, Data, Ack, ...); reserved bytes must be zero
+//
+// Decode() checks everything that can be checked without context (magic, version, CRC, type,
+// flags, reserved bytes, per-type bounds and payload sizes). Checks that need the session
+// (offset within the volume, alignment to the block size, sequence window) are the engine's.
+//
+// Thread safety: pure functions, no state.
+#pragma once
+
+#include <array>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string_view>
+#include <variant>
+
+#include "common/status.h"
+
+namespace blkmirror::proto {
+
+inline constexpr uint32_t kMagic = 0x524D4B42;  // "BKMR" in little-endian byte order
+inline constexpr uint8_t kFrameVersion = 1;
+// Protocol versions this build speaks (negotiated in Hello/HelloOk).
+inline constexpr uint16_t kMinProtocolVersion = 1;
+inline constexpr uint16_t kMaxProtocolVersion = 1;
+
+inline constexpr size_t kHeaderSize = 64;
+inline constexpr size_t kBodySize = 48;
+// Largest payload of any frame that is not Data (error text, verify CRC lists).
+inline constexpr uint32_t kMaxControlPayload = 4096;
+// Largest block the protocol carries; a replica may accept less (HelloOk::max_block_size).
+inline constexpr uint32_t kMaxBlockSize = 64u << 20;
+// Block sizes are multiples of this (the O_DIRECT granularity every device supports).
+inline constexpr uint32_t kBlockAlign = 4096;
+inline constexpr uint32_t kMaxErrorText = 1024;
+inline constexpr uint32_t kMaxVerifyBlocks = kMaxControlPayload / 4;
+
+using RawHeader = std::array<std::byte, kHeaderSize>;
+
+enum class FrameType : uint8_t {
+  kHello = 1,       // primary -> replica: open a session
+  kHelloOk = 2,     // replica -> primary: session accepted
+  kError = 3,       // either way: fatal error, text in payload; the sender closes
+  kData = 4,        // primary -> replica: one block
+  kAck = 5,         // replica -> primary: blocks reached an ack level
+  kNack = 6,        // replica -> primary: a block was rejected (CRC, I/O error)
+  kHeartbeat = 7,   // either way: liveness
+  kVerifyReq = 8,   // primary -> replica: CRCs of a range, please
+  kVerifyResp = 9,  // replica -> primary: CRCs, payload = count x u32
+  kBye = 10,        // primary -> replica: clean end of session
+};
+std::string_view FrameTypeName(FrameType type);
+
+enum class SessionKind : uint8_t { kWrite = 1, kVerify = 2 };
+
+// Ack levels, in increasing strength. kSent is never on the wire (the primary's transport
+// reports it); Data frames carry the level the replica must ack.
+enum class AckLevel : uint8_t { kSent = 0, kReceived = 1, kDurable = 2 };
+std::string_view AckLevelName(AckLevel level);
+
+struct VolumeId {
+  std::array<uint8_t, 16> bytes{};
+  bool operator==(const VolumeId&) const = default;
+};
+
+struct Hello {
+  uint16_t min_version = kMinProtocolVersion;
+  uint16_t max_version = kMaxProtocolVersion;
+  SessionKind kind = SessionKind::kWrite;
+  uint32_t block_size = 0;
+  uint32_t window = 0;
+  uint64_t volume_size = 0;
+  VolumeId volume_id;
+};
+
+struct HelloOk {
+  uint16_t version = 0;
+  uint32_t max_block_size = 0;
+  uint64_t capacity = 0;  // bytes the replica's target can hold
+};
+
+struct Error {
+  uint32_t code = 0;  // ErrorCode value; text in the payload
+};
+
+// Data flags: bits 0-1 the ack level wanted, bit 2 set on a resend.
+inline constexpr uint16_t kDataAckMask = 0x3;
+inline constexpr uint16_t kDataResend = 0x4;
+struct Data {
+  uint64_t seq = 0;     // per-session sequence, dense from 0; a resend keeps its seq
+  uint64_t offset = 0;  // byte offset in the volume
+  uint32_t length = 0;  // == payload_len
+  uint32_t crc = 0;     // CRC32C of the payload
+};
+
+struct Ack {
+  AckLevel level = AckLevel::kReceived;
+  uint64_t cumulative = 0;  // every seq < cumulative reached `level`
+  uint64_t sack_base = 0;   // bit i of sack_bits: seq sack_base + i reached `level`
+  uint64_t sack_bits = 0;
+};
+
+enum class NackReason : uint32_t { kCrcMismatch = 1, kIoError = 2 };
+struct Nack {
+  uint64_t seq = 0;
+  uint64_t offset = 0;
+  NackReason reason = NackReason::kCrcMismatch;
+  uint32_t expected_crc = 0;
+  uint32_t actual_crc = 0;
+  int32_t err = 0;  // errno for kIoError
+};
+
+inline constexpr uint16_t kHeartbeatReply = 0x1;  // flag: this heartbeat answers one
+struct Heartbeat {
+  uint64_t sent_ns = 0;  // sender's monotonic clock
+  uint64_t echo_ns = 0;  // on a reply: the sent_ns being answered
+};
+
+struct VerifyReq {
+  uint64_t offset = 0;
+  uint64_t length = 0;  // at most kMaxVerifyBlocks blocks
+  uint32_t block_size = 0;
+  uint32_t request_id = 0;
+};
+
+struct VerifyResp {
+  uint64_t offset = 0;
+  uint32_t count = 0;  // CRCs in the payload (u32 little-endian each)
+  uint32_t request_id = 0;
+  int32_t err = 0;  // errno when the replica could not read the range; count is then 0
+};
+
+struct Bye {};
+
+using Body = std::variant<Hello, HelloOk, Error, Data, Ack, Nack, Heartbeat, VerifyReq, VerifyResp,
+                          Bye>;
+
+struct Frame {
+  uint16_t flags = 0;
+  uint32_t payload_len = 0;
+  Body body;
+  FrameType type() const;
+};
+
+// Encodes `frame` into a 64-byte header (payload_len and CRC included).
+RawHeader Encode(const Frame& frame);
+
+// Decodes and validates a header. The error names the field and the bad value.
+Result<Frame> Decode(std::span<const std::byte, kHeaderSize> raw);
+
+// The parts a transport needs to delimit frames, after checking magic, version, CRC and the
+// payload bound for the type. Used by stream transports before the full Decode.
+struct Prefix {
+  FrameType type;
+  uint32_t payload_len;
+};
+Result<Prefix> DecodePrefix(std::span<const std::byte, kHeaderSize> raw);
+
+// True for frames whose payload is block data (lands in a pool buffer on receipt); every other
+// payload is at most kMaxControlPayload bytes.
+inline bool CarriesBlockData(FrameType type) { return type == FrameType::kData; }
+
+// Helpers for the little-endian u32 arrays in VerifyResp payloads.
+inline void StoreLe32(std::byte* p, uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = static_cast<std::byte>(v >> (8 * i));
+}
+inline uint32_t LoadLe32(const std::byte* p) {
+  uint32_t v = 0;
+  for (int i = 0; i < 4; ++i) v |= static_cast<uint32_t>(p[i]) << (8 * i);
+  return v;
+}
+
+}  // namespace blkmirror::proto

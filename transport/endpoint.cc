@@ -1,0 +1,39 @@
+#include <charconv>
+
+#include "transport/transport.h"
+
+namespace blkmirror::transport {
+
+Result<Endpoint> Endpoint::Parse(std::string_view text) {
+  std::string_view host;
+  std::string_view port;
+  if (!text.empty() && text.front() == '[') {
+    size_t close = text.find(']');
+    if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':') {
+      return Status::Invalid("bad address '{}': expected [IPv6]:PORT", text);
+    }
+    host = text.substr(1, close - 1);
+    port = text.substr(close + 2);
+  } else {
+    size_t colon = text.rfind(':');
+    if (colon == std::string_view::npos) {
+      return Status::Invalid("bad address '{}': expected HOST:PORT", text);
+    }
+    host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+  }
+  if (host.empty()) return Status::Invalid("bad address '{}': empty host", text);
+  unsigned value = 0;
+  auto [ptr, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
+  if (ec != std::errc() || ptr != port.data() + port.size() || value > 65535) {
+    return Status::Invalid("bad address '{}': port '{}' is not a number in 0..65535", text, port);
+  }
+  return Endpoint{std::string(host), static_cast<uint16_t>(value)};
+}
+
+std::string Endpoint::ToString() const {
+  if (host.find(':') != std::string::npos) return fmt::format("[{}]:{}", host, port);
+  return fmt::format("{}:{}", host, port);
+}
+
+}  // namespace blkmirror::transport

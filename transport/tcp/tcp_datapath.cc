@@ -1,0 +1,388 @@
+// TCP backend, data-path half: Post, Poll, and the io_uring completions of sends and receives.
+// Nothing here allocates: every queue was sized when its connection was made.
+#include <sys/socket.h>
+
+#include <cstring>
+
+#include <spdlog/spdlog.h>
+
+#include "transport/tcp/tcp_internal.h"
+
+namespace blkmirror::transport::tcp {
+namespace {
+
+// Completion slots are reused from Poll to Poll: clear what the last use left.
+Completion& Fresh(Completion& c) {
+  c.data.Reset();
+  c.control = {};
+  c.status = Status();
+  c.tag = 0;
+  c.res = 0;
+  return c;
+}
+
+}  // namespace
+
+Conn* TcpTransport::Find(ConnId id) const {
+  for (const auto& c : conns_) {
+    if (c->id == id) return c.get();
+  }
+  return nullptr;
+}
+
+void TcpTransport::Fail(Conn& conn, Status reason) {
+  if (conn.closing) return;
+  conn.closing = true;
+  conn.close_reason = std::move(reason);
+  // Wakes the RECV (and any SENDMSG) in flight; they complete and the connection winds down.
+  shutdown(conn.fd, SHUT_RDWR);
+}
+
+size_t TcpTransport::SendSpace(ConnId id) const {
+  Conn* conn = Find(id);
+  if (conn == nullptr || conn->closing) return 0;
+  return conn->sendq.size() - (conn->sq_tail - conn->sq_head);
+}
+
+bool TcpTransport::CtrlAlloc(Conn& conn, uint32_t len, std::byte** out, uint32_t* held) {
+  const size_t cap = conn.ctrl_ring.size();
+  if (conn.ctrl_used == 0) conn.ctrl_tail = 0;
+  size_t head = (conn.ctrl_tail + cap - conn.ctrl_used) % cap;
+  size_t pad = 0;
+  if (conn.ctrl_used > 0 && head >= conn.ctrl_tail) {
+    // Free space is the gap [tail, head).
+    if (head - conn.ctrl_tail < len) return false;
+  } else if (cap - conn.ctrl_tail < len) {
+    // Not enough room before the end: skip to the start, if the start is free far enough.
+    pad = cap - conn.ctrl_tail;
+    if (conn.ctrl_used > 0 && head < len) return false;
+    if (conn.ctrl_used == 0) pad = 0, conn.ctrl_tail = 0;
+  }
+  if (pad > 0) conn.ctrl_tail = 0;
+  *out = conn.ctrl_ring.data() + conn.ctrl_tail;
+  *held = static_cast<uint32_t>(pad + len);
+  conn.ctrl_tail = (conn.ctrl_tail + len) % cap;
+  conn.ctrl_used += pad + len;
+  return true;
+}
+
+Status TcpTransport::Post(std::span<const WorkItem> items) {
+  // Validate the whole batch first: all or nothing.
+  for (const WorkItem& item : items) {
+    Conn* conn = Find(item.conn);
+    if (conn == nullptr || conn->closing) {
+      return Status::Error(ErrorCode::kClosed,
+                           fmt::format("tcp: connection to {} is closed", PeerName(item.conn)));
+    }
+    ASSIGN_OR_RETURN(proto::Prefix prefix, proto::DecodePrefix(item.header));
+    bool block = proto::CarriesBlockData(prefix.type);
+    if (block && prefix.payload_len > 0 && item.data == nullptr) {
+      return Status::Invalid("tcp: Data frame without a payload buffer");
+    }
+    if (!block && prefix.payload_len != item.control.size()) {
+      return Status::Invalid("tcp: {} frame says {} payload bytes, {} given",
+                             proto::FrameTypeName(prefix.type), prefix.payload_len,
+                             item.control.size());
+    }
+  }
+  for (const WorkItem& item : items) {
+    if (SendSpace(item.conn) == 0) {
+      return Status::Error(ErrorCode::kBusy,
+                           fmt::format("tcp: send queue to {} is full", PeerName(item.conn)));
+    }
+  }
+  for (const WorkItem& item : items) {
+    Conn& conn = *Find(item.conn);
+    SendEntry& e = conn.entry(conn.sq_tail);
+    e.header = item.header;
+    e.tag = item.tag;
+    e.signal = item.signal;
+    e.ctrl_bytes = 0;
+    if (item.data != nullptr) {
+      e.payload = item.data;
+      e.payload_len = proto::DecodePrefix(item.header)->payload_len;
+    } else if (!item.control.empty()) {
+      std::byte* dst = nullptr;
+      uint32_t held = 0;
+      if (!CtrlAlloc(conn, static_cast<uint32_t>(item.control.size()), &dst, &held)) {
+        return Status::Error(ErrorCode::kBusy,
+                             fmt::format("tcp: control queue to {} is full", conn.peer));
+      }
+      std::memcpy(dst, item.control.data(), item.control.size());
+      e.payload = dst;
+      e.payload_len = static_cast<uint32_t>(item.control.size());
+      e.ctrl_bytes = held;
+    } else {
+      e.payload = nullptr;
+      e.payload_len = 0;
+    }
+    ++conn.sq_tail;
+    if (!conn.send_inflight) StartSend(conn);
+  }
+  return Status::Ok();
+}
+
+void TcpTransport::StartSend(Conn& conn) {
+  if (conn.closing || conn.send_inflight || conn.sq_batch_end == conn.sq_tail) return;
+  size_t n = 0;
+  uint64_t c = conn.sq_batch_end;
+  for (; c < conn.sq_tail && c - conn.sq_batch_end < kMaxBatchFrames; ++c) {
+    SendEntry& e = conn.entry(c);
+    conn.iov[n] = iovec{e.header.data(), e.header.size()};
+    conn.iov_ends_entry[n] = e.payload_len == 0;
+    ++n;
+    if (e.payload_len > 0) {
+      conn.iov[n] = iovec{const_cast<std::byte*>(e.payload), e.payload_len};
+      conn.iov_ends_entry[n] = true;
+      ++n;
+    }
+  }
+  conn.sq_batch_end = c;
+  conn.iov_count = n;
+  conn.iov_pos = 0;
+  conn.msg = msghdr{};
+  conn.msg.msg_iov = conn.iov.data();
+  conn.msg.msg_iovlen = n;
+  io_uring_sqe* sqe = ring_.GetSqe(&conn.send_op);
+  io_uring_prep_sendmsg(sqe, conn.fd, &conn.msg, MSG_NOSIGNAL | MSG_WAITALL);
+  conn.send_inflight = true;
+}
+
+void TcpTransport::OnSend(Conn& conn, int32_t res) {
+  conn.send_inflight = false;
+  if (conn.closing) return;
+  if (res == -EAGAIN || res == -EINTR) {
+    io_uring_sqe* sqe = ring_.GetSqe(&conn.send_op);
+    io_uring_prep_sendmsg(sqe, conn.fd, &conn.msg, MSG_NOSIGNAL | MSG_WAITALL);
+    conn.send_inflight = true;
+    return;
+  }
+  if (res < 0) {
+    Fail(conn, Status::Errno(-res, fmt::format("send to {} failed", conn.peer)));
+    return;
+  }
+  // Consume `res` bytes from the gather list; each fully sent entry moves to "done".
+  size_t left = static_cast<size_t>(res);
+  while (conn.iov_pos < conn.iov_count) {
+    iovec& v = conn.iov[conn.iov_pos];
+    if (left < v.iov_len) {
+      v.iov_base = static_cast<char*>(v.iov_base) + left;
+      v.iov_len -= left;
+      break;
+    }
+    left -= v.iov_len;
+    if (conn.iov_ends_entry[conn.iov_pos]) ++conn.sq_done;
+    ++conn.iov_pos;
+  }
+  if (conn.iov_pos < conn.iov_count) {
+    // Short send (MSG_WAITALL makes it rare): send the rest of the same gather list.
+    conn.msg.msg_iov = conn.iov.data() + conn.iov_pos;
+    conn.msg.msg_iovlen = conn.iov_count - conn.iov_pos;
+    io_uring_sqe* sqe = ring_.GetSqe(&conn.send_op);
+    io_uring_prep_sendmsg(sqe, conn.fd, &conn.msg, MSG_NOSIGNAL | MSG_WAITALL);
+    conn.send_inflight = true;
+    return;
+  }
+  StartSend(conn);
+}
+
+void TcpTransport::StartRecv(Conn& conn) {
+  if (conn.closing || conn.recv_inflight) return;
+  if (conn.ready_count + conn.ready_lent >= kReadyCap) return;  // resumed by Poll
+  ReadyFrame& f = conn.ready[(conn.ready_head + conn.ready_count) % kReadyCap];
+  std::byte* dst;
+  uint32_t want;
+  if (!conn.rx_in_payload) {
+    dst = f.header.data() + conn.rx_got;
+    want = static_cast<uint32_t>(proto::kHeaderSize) - conn.rx_got;
+  } else {
+    if (proto::CarriesBlockData(conn.rx_prefix.type)) {
+      if (!f.data) {
+        auto buffer = pool_->TryGet();
+        if (!buffer) {
+          conn.rx_wait_buffer = true;  // resumed by Poll once a buffer is free
+          return;
+        }
+        f.data = std::move(*buffer);
+      }
+      dst = f.data.data() + conn.rx_got;
+    } else {
+      dst = f.ctrl.data() + conn.rx_got;
+    }
+    want = conn.rx_prefix.payload_len - conn.rx_got;
+  }
+  conn.rx_wait_buffer = false;
+  io_uring_sqe* sqe = ring_.GetSqe(&conn.recv_op);
+  io_uring_prep_recv(sqe, conn.fd, dst, want, MSG_WAITALL);
+  conn.recv_inflight = true;
+}
+
+void TcpTransport::OnRecv(Conn& conn, int32_t res) {
+  conn.recv_inflight = false;
+  if (conn.closing) return;
+  if (res == -EAGAIN || res == -EINTR) {
+    StartRecv(conn);
+    return;
+  }
+  if (res < 0) {
+    Fail(conn, Status::Errno(-res, fmt::format("receive from {} failed", conn.peer)));
+    return;
+  }
+  if (res == 0) {
+    if (!conn.rx_in_payload && conn.rx_got == 0) {
+      Fail(conn, Status::Error(ErrorCode::kClosed,
+                               fmt::format("{} closed the connection", conn.peer)));
+    } else {
+      uint32_t total = conn.rx_in_payload ? conn.rx_prefix.payload_len : proto::kHeaderSize;
+      Fail(conn, Status::Protocol("{} closed the connection in the middle of a frame {} "
+                                  "({} of {} bytes): truncated frame",
+                                  conn.peer, conn.rx_in_payload ? "payload" : "header",
+                                  conn.rx_got, total));
+    }
+    return;
+  }
+  conn.rx_got += static_cast<uint32_t>(res);
+  ReadyFrame& f = conn.ready[(conn.ready_head + conn.ready_count) % kReadyCap];
+  if (!conn.rx_in_payload) {
+    if (conn.rx_got < proto::kHeaderSize) {
+      StartRecv(conn);
+      return;
+    }
+    auto prefix = proto::DecodePrefix(f.header);
+    if (!prefix.ok()) {
+      Fail(conn, prefix.status().Context(fmt::format("bad frame from {}", conn.peer)));
+      return;
+    }
+    if (proto::CarriesBlockData(prefix->type) && prefix->payload_len > pool_->buffer_size()) {
+      Fail(conn, Status::Protocol("bad frame from {}: Data payload of {} bytes exceeds the "
+                                  "buffer size {}",
+                                  conn.peer, prefix->payload_len, pool_->buffer_size()));
+      return;
+    }
+    conn.rx_prefix = *prefix;
+    conn.rx_got = 0;
+    if (prefix->payload_len == 0) {
+      FrameReceived(conn);
+    } else {
+      conn.rx_in_payload = true;
+    }
+    StartRecv(conn);
+    return;
+  }
+  if (conn.rx_got < conn.rx_prefix.payload_len) {
+    StartRecv(conn);
+    return;
+  }
+  conn.rx_in_payload = false;
+  conn.rx_got = 0;
+  FrameReceived(conn);
+  StartRecv(conn);
+}
+
+void TcpTransport::FrameReceived(Conn& conn) { ++conn.ready_count; }
+
+void TcpTransport::OnCqe(io::RingOp* ring_op, int32_t res, uint32_t /*flags*/) {
+  auto* op = static_cast<Op*>(ring_op);
+  switch (op->kind) {
+    case Op::Kind::kSend:
+      OnSend(*op->conn, res);
+      break;
+    case Op::Kind::kRecv:
+      OnRecv(*op->conn, res);
+      break;
+    case Op::Kind::kAccept:
+      OnAccept(*op->listener, res);
+      break;
+  }
+}
+
+size_t TcpTransport::Drain(Conn& conn, std::span<Completion> out) {
+  size_t n = 0;
+  // Sends the kernel has taken, in order.
+  while (n < out.size() && conn.sq_head < conn.sq_done) {
+    SendEntry& e = conn.entry(conn.sq_head);
+    if (e.signal) {
+      Completion& c = Fresh(out[n++]);
+      c.kind = CompletionKind::kSent;
+      c.conn = conn.id;
+      c.tag = e.tag;
+      c.res = static_cast<int32_t>(proto::kHeaderSize + e.payload_len);
+    }
+    conn.ctrl_used -= e.ctrl_bytes;
+    ++conn.sq_head;
+  }
+  // Frames received (dropped after a local Close: the caller is done with the connection).
+  while (n < out.size() && conn.ready_count > 0) {
+    ReadyFrame& f = conn.ready[conn.ready_head];
+    conn.ready_head = (conn.ready_head + 1) % kReadyCap;
+    --conn.ready_count;
+    if (conn.local_close) {
+      f.data.Reset();
+      continue;
+    }
+    Completion& c = Fresh(out[n++]);
+    c.kind = CompletionKind::kRecv;
+    c.conn = conn.id;
+    c.header = f.header;
+    uint32_t len = proto::DecodePrefix(f.header)->payload_len;
+    if (f.data) {
+      c.data = std::move(f.data);
+      c.control = {};
+    } else {
+      c.control = std::span<const std::byte>(f.ctrl.data(), len);
+    }
+    ++conn.ready_lent;
+  }
+  if (!conn.closing || conn.busy() || conn.ready_count > 0 || conn.sq_head < conn.sq_done) {
+    return n;
+  }
+  // Closing and idle: cancel what never left, then report the close.
+  while (n < out.size() && conn.sq_head < conn.sq_tail) {
+    SendEntry& e = conn.entry(conn.sq_head);
+    if (e.signal) {
+      Completion& c = Fresh(out[n++]);
+      c.kind = CompletionKind::kSent;
+      c.conn = conn.id;
+      c.tag = e.tag;
+      c.res = -ECANCELED;
+    }
+    conn.ctrl_used -= e.ctrl_bytes;
+    ++conn.sq_head;
+  }
+  if (n < out.size() && conn.sq_head == conn.sq_tail) {
+    Completion& c = Fresh(out[n++]);
+    c.kind = CompletionKind::kClosed;
+    c.conn = conn.id;
+    c.status = conn.close_reason;
+    // A payload buffer half-filled for a frame that never completed goes back to the pool.
+    conn.ready[(conn.ready_head + conn.ready_count) % kReadyCap].data.Reset();
+    Destroy(&conn);
+  }
+  return n;
+}
+
+size_t TcpTransport::Poll(std::span<Completion> out) {
+  size_t n = 0;
+  while (n < out.size() && !accepted_.empty()) {
+    Completion& c = Fresh(out[n++]);
+    c.kind = CompletionKind::kAccepted;
+    c.conn = accepted_.front();
+    accepted_.erase(accepted_.begin());
+  }
+  // Drain may destroy a connection: walk by index, backwards.
+  for (size_t i = conns_.size(); i-- > 0 && n < out.size();) {
+    Conn& conn = *conns_[i];
+    conn.ready_lent = 0;  // control payloads handed out at the previous Poll are dead now
+    bool resume = !conn.closing && !conn.recv_inflight;
+    n += Drain(conn, out.subspan(n));
+    if (resume && i < conns_.size() && conns_[i].get() == &conn) StartRecv(conn);
+  }
+  return n;
+}
+
+void TcpTransport::Release(ConnId id, io::BufferRef buffer) {
+  buffer.Reset();  // back to the pool; a receive waiting for a buffer resumes at the next Poll
+  (void)id;
+}
+
+}  // namespace blkmirror::transport::tcp

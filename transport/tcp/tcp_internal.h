@@ -1,0 +1,144 @@
+// Private to the TCP backend: the transport object shared by its setup (tcp_transport.cc) and
+// data-path (tcp_datapath.cc) halves.
+#pragma once
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <array>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "io/ring.h"
+#include "transport/transport.h"
+
+namespace blkmirror::transport::tcp {
+
+inline constexpr size_t kMaxBatchFrames = 32;  // frames per SENDMSG
+inline constexpr size_t kReadyCap = 16;        // received frames held for Poll per connection
+inline constexpr size_t kCtrlRingBytes = 128 << 10;  // queued control payloads per connection
+
+struct Conn;
+struct Listener;
+
+struct Op : io::RingOp {
+  enum class Kind : uint8_t { kSend, kRecv, kAccept };
+  Kind kind = Kind::kSend;
+  Conn* conn = nullptr;
+  Listener* listener = nullptr;
+};
+
+struct SendEntry {
+  proto::RawHeader header{};
+  const std::byte* payload = nullptr;
+  uint32_t payload_len = 0;
+  uint32_t ctrl_bytes = 0;  // control-ring bytes held (payload + wrap padding)
+  uint64_t tag = 0;
+  bool signal = false;
+};
+
+struct ReadyFrame {
+  proto::RawHeader header{};
+  io::BufferRef data;
+  alignas(8) std::array<std::byte, proto::kMaxControlPayload> ctrl{};
+};
+
+struct Conn {
+  ConnId id = kNoConn;
+  int fd = -1;
+  std::string peer;
+
+  // Lifecycle: once `closing`, no new operation starts; when none is in flight the connection
+  // reports its remaining completions and kClosed, and is destroyed.
+  bool closing = false;
+  bool local_close = false;
+  Status close_reason;
+
+  // Send queue: a ring of entries addressed by monotonic counters.
+  //   [sq_head, sq_done)      sent, not yet reported by Poll
+  //   [sq_done, sq_batch_end) in the SENDMSG in flight
+  //   [sq_batch_end, sq_tail) queued
+  std::vector<SendEntry> sendq;
+  uint64_t sq_head = 0, sq_done = 0, sq_batch_end = 0, sq_tail = 0;
+  Op send_op;
+  bool send_inflight = false;
+  msghdr msg{};
+  std::array<iovec, 2 * kMaxBatchFrames> iov{};
+  std::array<bool, 2 * kMaxBatchFrames> iov_ends_entry{};
+  size_t iov_count = 0;
+  size_t iov_pos = 0;  // first iovec not fully sent
+  std::vector<std::byte> ctrl_ring;
+  size_t ctrl_tail = 0, ctrl_used = 0;
+
+  // Receive: one RECV in flight, into ready[(ready_head + ready_count) % kReadyCap].
+  Op recv_op;
+  bool recv_inflight = false;
+  bool rx_in_payload = false;
+  bool rx_wait_buffer = false;  // payload needs a pool buffer; retried at Poll
+  uint32_t rx_got = 0;
+  proto::Prefix rx_prefix{};
+  std::array<ReadyFrame, kReadyCap> ready;
+  size_t ready_head = 0, ready_count = 0;
+  size_t ready_lent = 0;  // delivered at the last Poll; their control spans live until the next
+
+  SendEntry& entry(uint64_t counter) { return sendq[counter % sendq.size()]; }
+  bool busy() const { return send_inflight || recv_inflight; }
+};
+
+struct Listener {
+  int fd = -1;
+  Endpoint local;
+  Op op;
+  bool inflight = false;
+  sockaddr_storage addr{};
+  socklen_t addr_len = sizeof(sockaddr_storage);
+};
+
+class TcpTransport final : public Transport, public io::RingHandler {
+ public:
+  explicit TcpTransport(const TransportContext& context);
+  ~TcpTransport() override;
+
+  std::string_view name() const override { return "tcp"; }
+  Status Register(io::BufferPool& pool) override;
+  Result<Endpoint> Listen(const Endpoint& local) override;
+  Result<ConnId> Connect(const Endpoint& peer, std::chrono::milliseconds timeout) override;
+  Status Post(std::span<const WorkItem> items) override;
+  size_t SendSpace(ConnId conn) const override;
+  size_t Poll(std::span<Completion> out) override;
+  void Release(ConnId conn, io::BufferRef buffer) override;
+  void Close(ConnId conn) override;
+  std::string PeerName(ConnId conn) const override;
+
+  void OnCqe(io::RingOp* op, int32_t res, uint32_t flags) override;
+
+ private:
+  // Setup (tcp_transport.cc).
+  Conn* AddConn(int fd, std::string peer);
+  void Destroy(Conn* conn);
+  void ArmAccept(Listener& listener);
+  void OnAccept(Listener& listener, int32_t res);
+
+  // Data path (tcp_datapath.cc).
+  Conn* Find(ConnId id) const;
+  void Fail(Conn& conn, Status reason);
+  void StartSend(Conn& conn);
+  void OnSend(Conn& conn, int32_t res);
+  void StartRecv(Conn& conn);
+  void OnRecv(Conn& conn, int32_t res);
+  void FrameReceived(Conn& conn);
+  bool CtrlAlloc(Conn& conn, uint32_t len, std::byte** out, uint32_t* held);
+  size_t Drain(Conn& conn, std::span<Completion> out);
+
+  io::Ring& ring_;
+  TransportOptions options_;
+  io::BufferPool* pool_ = nullptr;
+  ConnId next_id_ = 1;
+  std::vector<std::unique_ptr<Conn>> conns_;
+  std::vector<std::unique_ptr<Listener>> listeners_;
+  std::vector<ConnId> accepted_;  // new connections not yet reported
+  bool shutting_down_ = false;
+};
+
+}  // namespace blkmirror::transport::tcp
