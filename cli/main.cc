@@ -37,8 +37,10 @@ int main(int argc, char** argv) {
   s->add_option("--target", serve.target, "regular file or block device to write")->required();
   s->add_option("--transport", serve.transport, "auto or tcp")->check(CLI::IsMember(transports));
   s->add_flag("--once", serve.once, "exit after the first write session ends");
-  s->add_option("--max-block-size", serve.max_block_size, "largest block accepted (default 4M)");
-  s->add_option("--pool-size", serve.pool_size, "receive buffer memory (default 256M)");
+  s->add_option("--max-block-size", serve.max_block_size, "largest block accepted (default 4M)")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  s->add_option("--pool-size", serve.pool_size, "receive buffer memory (default 256M)")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   s->add_option("--test-fault", serve.test_fault, "TEST ONLY: inject faults")->group("");
 
   PushArgs push;
@@ -63,6 +65,8 @@ int main(int argc, char** argv) {
   v->add_flag("--json", verify.json, "print one JSON object on stdout");
   v->add_flag("--progress{1},--no-progress{0}", verify.progress, "progress line on stderr");
 
+  // --log-level may come before or after the command.
+  for (auto* sub : {s, p, v}) sub->fallthrough();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -81,7 +81,9 @@ int RunServe(const ServeArgs& args) {
   }
   auto pool_size = ParseSize(args.pool_size);
   if (!pool_size.ok()) return fail(pool_size.status().Context("--pool-size"), kExitUsage);
-  uint64_t count = *pool_size / *max_block;
+  // Each receive buffer holds a block plus the transports' headroom.
+  const uint64_t buffer_size = *max_block + transport::kReceiveHeadroom;
+  uint64_t count = *pool_size / buffer_size;
   if (count < 4 || count > 16384) {
     return fail(Status::Invalid("--pool-size {} holds {} blocks of {}: need 4 to 16384",
                                 args.pool_size, count, args.max_block_size),
@@ -92,7 +94,7 @@ int RunServe(const ServeArgs& args) {
     return fail(info.status().Context("--target"));
   }
 
-  auto loop = MakeLoop(*max_block, count, 1024);
+  auto loop = MakeLoop(buffer_size, count, 1024);
   if (!loop.ok()) return fail(loop.status());
   std::string why;
   auto t = MakeTransport(*loop, args.transport, args.test_fault, &why);

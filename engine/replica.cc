@@ -244,11 +244,11 @@ class ReplicaServer::Impl {
                                                  proto::kMinProtocolVersion,
                                                  proto::kMaxProtocolVersion)));
     }
-    if (h.block_size > pool_.buffer_size()) {
+    if (h.block_size > MaxBlock()) {
       return Refuse(s, Status::Error(ErrorCode::kRefused,
                                      fmt::format("block size {} exceeds this replica's maximum "
                                                  "{} (serve --max-block-size)",
-                                                 h.block_size, pool_.buffer_size())));
+                                                 h.block_size, MaxBlock())));
     }
     bool write = h.kind == proto::SessionKind::kWrite;
     if (write && writer_ != nullptr) {
@@ -271,8 +271,7 @@ class ReplicaServer::Impl {
       s.phase = Phase::kVerifier;
     }
     proto::Frame f;
-    f.body = proto::HelloOk{version, static_cast<uint32_t>(pool_.buffer_size()),
-                            device_->size()};
+    f.body = proto::HelloOk{version, static_cast<uint32_t>(MaxBlock()), device_->size()};
     auto item = ControlItem(s.conn, f);
     Status posted = s.t->Post(std::span(&item, 1));
     if (!posted.ok()) return Refuse(s, posted);
@@ -280,6 +279,9 @@ class ReplicaServer::Impl {
                  write ? "write" : "verify", options_.target_name, h.volume_size,
                  h.block_size >> 10, h.window);
   }
+
+  // The largest block every transport can land in one of our buffers.
+  size_t MaxBlock() const { return pool_.buffer_size() - transport::kReceiveHeadroom; }
 
   Status AcquireDevice(uint64_t volume_size, TargetUse use) {
     bool in_use = std::any_of(sessions_.begin(), sessions_.end(),
@@ -602,6 +604,10 @@ class ReplicaServer::Impl {
 Result<std::unique_ptr<ReplicaServer>> ReplicaServer::Create(io::Ring& ring, io::BufferPool& pool,
                                                              ReplicaOptions options) {
   if (!options.open_target) return Status::Invalid("replica: no target opener");
+  if (pool.buffer_size() < proto::kBlockAlign + transport::kReceiveHeadroom) {
+    return Status::Invalid("replica: buffers of {} bytes leave no room for a block",
+                           pool.buffer_size());
+  }
   return std::unique_ptr<ReplicaServer>(
       new ReplicaServer(std::make_unique<Impl>(ring, pool, std::move(options))));
 }

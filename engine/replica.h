@@ -55,6 +55,8 @@ struct ReplicaStats {
 
 class ReplicaServer {
  public:
+  // `pool` receives blocks: its buffers hold the largest block accepted plus
+  // transport::kReceiveHeadroom.
   static Result<std::unique_ptr<ReplicaServer>> Create(io::Ring& ring, io::BufferPool& pool,
                                                        ReplicaOptions options);
   ~ReplicaServer();

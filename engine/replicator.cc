@@ -31,8 +31,15 @@ class Replicator::Impl {
     for (uint32_t i = options.window; i-- > 0;) free_.push_back(i);
   }
 
-  Status Connect(std::span<const PeerConfig> configs) {
+  Status StartConnect(std::span<const PeerConfig> configs) {
     if (configs.empty()) return Status::Invalid("no peer to replicate to");
+    hello_.min_version = options_.min_version;
+    hello_.max_version = options_.max_version;
+    hello_.kind = proto::SessionKind::kWrite;
+    hello_.block_size = options_.block_size;
+    hello_.window = options_.window;
+    hello_.volume_size = options_.volume_size;
+    hello_.volume_id = options_.volume_id;
     for (const PeerConfig& config : configs) {
       auto peer = std::make_unique<Peer>(span_);
       peer->t = config.transport;
@@ -44,24 +51,25 @@ class Replicator::Impl {
       if (std::find(transports_.begin(), transports_.end(), peer->t) == transports_.end()) {
         transports_.push_back(peer->t);
       }
-      hello_.min_version = options_.min_version;
-      hello_.max_version = options_.max_version;
-      hello_.kind = proto::SessionKind::kWrite;
-      hello_.block_size = options_.block_size;
-      hello_.window = options_.window;
-      hello_.volume_size = options_.volume_size;
-      hello_.volume_id = options_.volume_id;
       proto::Frame f;
       f.body = hello_;
       auto item = ControlItem(peer->conn, f);
       RETURN_IF_ERROR(peer->t->Post(std::span(&item, 1)));
       peers_.push_back(std::move(peer));
     }
+    return Status::Ok();
+  }
+
+  bool ready() const {
+    return !peers_.empty() && std::all_of(peers_.begin(), peers_.end(), [](const auto& p) {
+      return p->state == State::kReady;
+    });
+  }
+
+  Status Connect(std::span<const PeerConfig> configs) {
+    RETURN_IF_ERROR(StartConnect(configs));
     auto deadline = NowNs() + static_cast<uint64_t>(options_.handshake_timeout.count()) * 1000000;
-    while (failure_.ok()) {
-      bool all_ready = std::all_of(peers_.begin(), peers_.end(),
-                                   [](const auto& p) { return p->state == State::kReady; });
-      if (all_ready) return Status::Ok();
+    while (failure_.ok() && !ready()) {
       if (NowNs() > deadline) {
         for (auto& p : peers_) {
           if (p->state != State::kReady) {
@@ -158,15 +166,10 @@ class Replicator::Impl {
 
   uint32_t in_flight() const { return in_flight_; }
   const Status& failure() const { return failure_; }
+  // Nothing in flight and no buffer held for any peer.
+  bool idle() const { return in_flight_ == 0 && free_.size() == writes_.size(); }
 
-  Status Close() {
-    auto deadline = NowNs() + 10'000'000'000ull;
-    // Let what is in flight finish first (the caller normally has drained it already).
-    while (in_flight_ > 0 && failure_.ok() && NowNs() < deadline) {
-      RETURN_IF_ERROR(ring_.Wait(std::chrono::milliseconds(20)));
-      std::array<WriteCompletion, 16> sink;
-      Poll(sink);
-    }
+  void StartClose() {
     for (auto& p : peers_) {
       if (p->state != State::kReady) continue;
       proto::Frame f;
@@ -174,19 +177,37 @@ class Replicator::Impl {
       auto item = ControlItem(p->conn, f);
       item.signal = true;
       item.tag = kByeTag;
-      if (p->t->Post(std::span(&item, 1)).ok()) {
-        p->state = State::kClosing;
-      } else {
-        p->t->Close(p->conn);
-        p->state = State::kClosed;
-      }
+      p->state = State::kClosing;
+      if (!p->t->Post(std::span(&item, 1)).ok()) p->t->Close(p->conn);
     }
-    while (NowNs() < deadline) {
-      bool open = std::any_of(peers_.begin(), peers_.end(),
-                              [](const auto& p) { return p->state != State::kClosed; });
-      if (!open) break;
+  }
+
+  bool closed() const {
+    return std::all_of(peers_.begin(), peers_.end(),
+                       [](const auto& p) { return p->state == State::kClosed; });
+  }
+
+  Status Close() {
+    auto deadline = NowNs() + 30'000'000'000ull;
+    // Let everything in flight settle first: completions (the caller normally has them already)
+    // and, at ack level `sent`, the replicas' receipts for blocks still held for a resend.
+    while (!idle() && failure_.ok() && NowNs() < deadline) {
+      RETURN_IF_ERROR(ring_.Wait(std::chrono::milliseconds(20)));
+      std::array<WriteCompletion, 16> sink;
+      Poll(sink);
+    }
+    StartClose();
+    while (!closed() && NowNs() < deadline) {
       RETURN_IF_ERROR(ring_.Wait(std::chrono::milliseconds(20)));
       PollTransports();
+    }
+    if (!closed()) {
+      for (auto& p : peers_) {
+        if (p->state != State::kClosed) {
+          Fail(Status::Error(ErrorCode::kTimeout,
+                             fmt::format("{} did not end the session after Bye", p->name)));
+        }
+      }
     }
     return failure_;
   }
@@ -318,10 +339,7 @@ class Replicator::Impl {
   }
 
   void OnSent(Peer& p, const transport::Completion& c) {
-    if (c.tag == kByeTag) {
-      p.t->Close(p.conn);
-      return;
-    }
+    if (c.tag == kByeTag) return;  // the replica closes once it has settled everything
     PeerWrite& pw = p.writes[c.tag % span_];
     if (pw.write == kNoWrite || pw.seq != c.tag || !pw.sending) return;
     pw.sending = false;
@@ -558,6 +576,13 @@ Result<std::unique_ptr<Replicator>> Replicator::Create(io::Ring& ring, io::Buffe
 Replicator::Replicator(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Replicator::~Replicator() = default;
 Status Replicator::Connect(std::span<const PeerConfig> peers) { return impl_->Connect(peers); }
+Status Replicator::StartConnect(std::span<const PeerConfig> peers) {
+  return impl_->StartConnect(peers);
+}
+bool Replicator::ready() const { return impl_->ready(); }
+void Replicator::StartClose() { impl_->StartClose(); }
+bool Replicator::closed() const { return impl_->closed(); }
+bool Replicator::idle() const { return impl_->idle(); }
 bool Replicator::CanSubmit() const { return impl_->CanSubmit(); }
 Status Replicator::Submit(uint64_t offset, io::BufferRef buffer, uint32_t length,
                           uint64_t token) {

@@ -81,6 +81,11 @@ class Replicator {
   // Connects to every peer and completes the handshakes (setup: blocks, bounded by the
   // options' timeouts). Fails with the first peer's error.
   Status Connect(std::span<const PeerConfig> peers);
+  // The same in steps, for a caller that runs the loop itself (a daemon, a single-threaded
+  // test that also steps the replica): StartConnect connects the transports and sends the
+  // Hellos; Poll completes the handshakes; ready() says when every peer is in session.
+  Status StartConnect(std::span<const PeerConfig> peers);
+  bool ready() const;
 
   // True when Submit would be accepted now (window space on every peer).
   bool CanSubmit() const;
@@ -99,6 +104,14 @@ class Replicator {
 
   // Ends every session cleanly (Bye) once nothing is in flight. Blocks, bounded.
   Status Close();
+  // The same in steps: StartClose sends the Byes (call it once idle()); each replica closes
+  // its end after settling what it received; Poll sees the closes; closed() says when every
+  // connection is gone.
+  void StartClose();
+  bool closed() const;
+  // Nothing in flight, and no buffer still held for a peer (at ack level `sent` a buffer stays
+  // held until the replica has received its block).
+  bool idle() const;
 
   std::vector<PeerStats> stats() const;
 

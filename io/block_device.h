@@ -63,8 +63,10 @@ class BlockDevice {
   virtual uint32_t queue_depth() const = 0;
   virtual uint32_t in_flight() const = 0;
 
-  // Queues the requests. Fails (queuing nothing) when they would exceed queue_depth() or a
-  // request lies outside the device (reads may cross the end; they return short).
+  // Queues the requests. Fails (queuing nothing) when they would exceed queue_depth() (requests
+  // completed but not yet polled count) or a write lies outside the device. Reads may cross or
+  // start past the end: they return what exists. An O_DIRECT read that crosses the end may
+  // also have written the rest of the last aligned block of the buffer.
   virtual Status Submit(std::span<const IoRequest> requests) = 0;
   // Moves up to out.size() finished requests into `out`; returns how many. Never blocks.
   virtual size_t Poll(std::span<IoCompletion> out) = 0;

@@ -18,6 +18,8 @@ BufferRef& BufferRef::operator=(BufferRef&& other) noexcept {
     capacity_ = other.capacity_;
     other.pool_ = nullptr;
     other.data_ = nullptr;
+    other.capacity_ = 0;
+    other.index_ = 0;
   }
   return *this;
 }
@@ -27,14 +29,17 @@ void BufferRef::Reset() {
     pool_->Put(index_);
     pool_ = nullptr;
     data_ = nullptr;
+    capacity_ = 0;
+    index_ = 0;
   }
 }
 
 Result<std::unique_ptr<BufferPool>> BufferPool::Create(size_t buffer_size, size_t count,
                                                        HugePages huge) {
-  if (buffer_size == 0 || buffer_size % 4096 != 0) {
-    return Status::Invalid("buffer pool: buffer size {} is not a positive multiple of 4096",
-                           buffer_size);
+  if (buffer_size == 0 || buffer_size % 4096 != 0 || buffer_size > kMaxBufferSize) {
+    return Status::Invalid("buffer pool: buffer size {} is not a multiple of 4096 between 4096 "
+                           "and {}",
+                           buffer_size, kMaxBufferSize);
   }
   if (count == 0 || count > (1u << 14)) {
     // io_uring registers at most 16384 fixed buffers.

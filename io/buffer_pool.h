@@ -64,6 +64,9 @@ enum class HugePages : uint8_t {
 class BufferPool {
  public:
   static constexpr size_t kHugePageSize = size_t{2} << 20;
+  // Largest buffer: a maximal block (64 MiB) plus headroom, with margin. With at most 16384
+  // buffers the region size cannot overflow.
+  static constexpr size_t kMaxBufferSize = size_t{1} << 30;
 
   // `buffer_size` must be a multiple of 4096. The region is rounded up to whole hugepages.
   static Result<std::unique_ptr<BufferPool>> Create(size_t buffer_size, size_t count,

@@ -87,6 +87,11 @@ struct Completion {
   Status status;      // kClosed: the reason (OK for a local Close)
 };
 
+// A backend may use the last kReceiveHeadroom bytes of a receive buffer for itself (RDMA writes
+// the frame header there, behind the block). A receiver whose pool buffers are B bytes accepts
+// blocks of at most B - kReceiveHeadroom bytes on every transport.
+inline constexpr size_t kReceiveHeadroom = 4096;
+
 struct TransportOptions {
   uint32_t send_queue_depth = 1024;  // frames a connection queues before Post refuses
 };

@@ -55,10 +55,12 @@ class UringBlockDevice final : public BlockDevice, public RingHandler {
   uint32_t in_flight() const override { return in_flight_; }
 
   Status Submit(std::span<const IoRequest> requests) override {
-    if (requests.size() > free_.size()) {
+    // Completions not yet polled still count: they hold places in the completion ring.
+    if (requests.size() > slots_.size() - in_flight_) {
       return Status::Error(ErrorCode::kBusy,
                            fmt::format("{}: {} requests exceed the free queue depth {} of {}",
-                                       name_, requests.size(), free_.size(), slots_.size()));
+                                       name_, requests.size(), slots_.size() - in_flight_,
+                                       slots_.size()));
     }
     for (const IoRequest& r : requests) {
       if (r.op == IoOp::kWrite && (r.offset > size_ || r.len > size_ - r.offset)) {

@@ -1,7 +1,8 @@
 // UringBlockDevice: regular files and block devices through the loop's io_uring.
 //
-// Opened with O_DIRECT where the file system allows it (a file system that refuses it, tmpfs for
-// one, falls back to buffered I/O and says so once in the log). Requests whose offset, length or
+// Opened with O_DIRECT where the file system allows it (one that refuses it, as tmpfs did before
+// Linux 6.6 and some FUSE file systems still do, falls back to buffered I/O and says so once in
+// the log). Requests whose offset, length or
 // address is not aligned for direct I/O (a volume's short last block) go through a second,
 // buffered descriptor of the same file. Both descriptors are fixed files of the ring; reads and
 // writes into the registered pool use READ_FIXED / WRITE_FIXED.

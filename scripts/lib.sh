@@ -1,0 +1,44 @@
+# Shared by the project's scripts (sourced, not run).
+# shellcheck shell=bash
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+# What building and testing blkmirror needs from Debian.
+BUILD_PACKAGES=(g++ cmake ninja-build pkg-config liburing-dev libisal-dev libcli11-dev libspdlog-dev
+                libfmt-dev nlohmann-json3-dev libsodium-dev libgtest-dev libbenchmark-dev
+                libibverbs-dev librdmacm-dev
+                jq python3 iproute2 util-linux netcat-openbsd iperf3)
+
+say() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; }
+die() { printf '%s: FAILED: %s\n' "$(basename "$0")" "$*" >&2; exit 1; }
+
+# ensure_packages PKG...: installs what is missing with apt-get; silent when nothing is.
+ensure_packages() {
+  dpkg -s "$@" > /dev/null 2>&1 && return 0
+  local missing=() p
+  for p in "$@"; do dpkg -s "$p" > /dev/null 2>&1 || missing+=("$p"); done
+  [ "$(id -u)" -eq 0 ] || die "missing packages (${missing[*]}); run: sudo apt-get install ${missing[*]}"
+  say "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  local log
+  log=$(mktemp)
+  if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" > "$log" 2>&1; then
+    apt-get update -qq >> "$log" 2>&1 || true
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >> "$log" 2>&1 \
+      || { tail -n 20 "$log" >&2; die "apt-get could not install ${missing[*]}"; }
+  fi
+  rm -f "$log"
+}
+
+# build DIR CMAKE_ARGS...: configures (once) and builds quietly; prints only on errors.
+# BUILD_TARGETS (default: all) limits what ninja builds.
+build() {
+  local dir=$1; shift
+  if [ ! -f "$dir/build.ninja" ]; then
+    cmake -S "$REPO" -B "$dir" -G Ninja "$@" > "$dir.cmake.log" 2>&1 \
+      || { mkdir -p "$dir"; cat "$dir.cmake.log" >&2; die "cmake failed for $dir"; }
+  fi
+  # shellcheck disable=SC2086
+  ninja -C "$dir" --quiet ${BUILD_TARGETS:-} > "$dir.ninja.log" 2>&1 \
+    || { cat "$dir.ninja.log" >&2; die "build failed in $dir"; }
+}

@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""A hostile or odd blkmirror peer, for integration tests: speaks raw frames to `serve`.
+
+    peer.py PORT malformed     run every malformed-input scenario; exit 0 when serve answered each
+                               one as expected (an Error frame naming the problem, or a close)
+    peer.py PORT hold-writer [VOLUME_BYTES]
+                               open a write session and hold it until stdin closes
+
+Frames are built here from docs/protocol.md (64-byte little-endian header, CRC32C over the
+header with the CRC field zeroed), independently of the C++ codec on purpose.
+"""
+import socket
+import struct
+import sys
+
+MAGIC = 0x524D4B42
+T_HELLO, T_HELLO_OK, T_ERROR, T_DATA, T_ACK, T_NACK, T_HB, T_VREQ, T_VRESP, T_BYE = range(1, 11)
+
+def _crc_table():
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+_TABLE = _crc_table()
+
+def crc32c(data: bytes) -> int:
+    c = 0xFFFFFFFF
+    for b in data:
+        c = _TABLE[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
+
+def header(ftype, body=b"", flags=0, payload_len=0, version=1, fix_crc=True):
+    body = body.ljust(48, b"\0")
+    h = struct.pack("<IBBHII", MAGIC, version, ftype, flags, payload_len, 0) + body
+    if fix_crc:
+        h = h[:12] + struct.pack("<I", crc32c(h)) + h[16:]
+    return h
+
+def hello(block_size=1 << 20, window=4, volume=64 << 20, vmin=1, vmax=1, kind=1):
+    body = struct.pack("<HHB3xIIQ16s", vmin, vmax, kind, block_size, window, volume, b"\x11" * 16)
+    return header(T_HELLO, body)
+
+def data(seq, offset, length, crc, level=2):
+    return header(T_DATA, struct.pack("<QQII", seq, offset, length, crc), flags=level,
+                  payload_len=length)
+
+def recv_exact(s, n):
+    buf = b""
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+def read_frames(s, timeout=5.0):
+    """Frames until the server closes: list of (type, body, payload)."""
+    s.settimeout(timeout)
+    frames = []
+    try:
+        while True:
+            h = recv_exact(s, 64)
+            if h is None:
+                return frames
+            _, _, ftype, _, plen, _ = struct.unpack("<IBBHII", h[:16])
+            payload = recv_exact(s, plen) if plen else b""
+            frames.append((ftype, h[16:], payload or b""))
+    except (socket.timeout, ConnectionResetError):
+        return frames
+
+def connect(port):
+    return socket.create_connection(("127.0.0.1", port), timeout=5)
+
+def expect_error(port, name, chunks, text, close_after=False):
+    s = connect(port)
+    for c in chunks:
+        s.sendall(c)
+    if close_after:
+        s.shutdown(socket.SHUT_WR)
+    frames = read_frames(s)
+    s.close()
+    errors = [p.decode(errors="replace") for t, _, p in frames if t == T_ERROR]
+    if text is None:
+        print(f"ok   {name}: closed ({len(frames)} frames)")
+        return True
+    if any(text in e for e in errors):
+        print(f"ok   {name}: {errors[0]}")
+        return True
+    print(f"FAIL {name}: expected an Error containing {text!r}, got {errors or frames}")
+    return False
+
+def malformed(port):
+    one_mib = 1 << 20
+    block = bytes(range(256)) * 4096
+    ok = True
+    # Bytes that are not blkmirror at all; the server closes (its log names the reason).
+    ok &= expect_error(port, "http garbage", [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".ljust(64, b"x")], None)
+    ok &= expect_error(port, "truncated header", [hello()[:20]], None, close_after=True)
+    ok &= expect_error(port, "frame version 2", [header(T_HELLO, version=2, fix_crc=False)], None)
+    bad = bytearray(hello()); bad[30] ^= 0x40
+    ok &= expect_error(port, "header CRC mismatch", [bytes(bad)], None)
+    ok &= expect_error(port, "unknown type", [header(99)], None)
+    # Well-formed frames with bad contents: an Error frame says what was wrong.
+    ok &= expect_error(port, "block size 3000", [hello(block_size=3000)], "block size 3000")
+    ok &= expect_error(port, "window 0", [hello(window=0)], "window 0")
+    ok &= expect_error(port, "volume 0", [hello(volume=0)], "volume size is 0")
+    ok &= expect_error(port, "version 7..9", [hello(vmin=7, vmax=9)], "protocol version mismatch")
+    ok &= expect_error(port, "data before hello", [data(0, 0, one_mib, 0), block], "unexpected Data")
+    ok &= expect_error(port, "offset beyond volume",
+                       [hello(), data(0, 128 << 20, one_mib, crc32c(block)), block],
+                       "is not a block of the")
+    ok &= expect_error(port, "short block", [hello(), data(0, 0, 4096, 0), block[:4096]],
+                       "does not match the block size")
+    ok &= expect_error(port, "seq far ahead",
+                       [hello(), data(100000, 0, one_mib, crc32c(block)), block],
+                       "outside the window")
+    ok &= expect_error(port, "truncated payload", [hello(), data(0, 0, one_mib, 0), block[:1000]],
+                       None, close_after=True)
+    ok &= expect_error(port, "oversized control payload", [header(T_ERROR, payload_len=1 << 20)], None)
+    ok &= expect_error(port, "ack from a primary", [hello(), header(T_ACK, b"\x01")], "unexpected Ack")
+    # A bad CRC is not a protocol error: the block is NACKed (and never written).
+    s = connect(port)
+    s.sendall(hello() + data(0, 0, one_mib, crc32c(block) ^ 1) + block)
+    s.settimeout(5)
+    frames = []
+    while len(frames) < 2:
+        h = recv_exact(s, 64)
+        if h is None:
+            break
+        frames.append(struct.unpack("<IBBHII", h[:16])[2])
+    s.close()
+    if frames == [T_HELLO_OK, T_NACK]:
+        print("ok   bad data CRC: NACK")
+    else:
+        print(f"FAIL bad data CRC: got frame types {frames}")
+        ok = False
+    return ok
+
+def hold_writer(port, volume=64 << 20):
+    s = connect(port)
+    s.sendall(hello(volume=volume))
+    h = recv_exact(s, 64)
+    if h is None or h[5] != T_HELLO_OK:
+        print("hold-writer: no HelloOk", file=sys.stderr)
+        return False
+    print("holding", flush=True)
+    sys.stdin.read()  # until the test closes our stdin
+    s.close()
+    return True
+
+if __name__ == "__main__":
+    port, mode = int(sys.argv[1]), sys.argv[2]
+    if mode == "malformed":
+        sys.exit(0 if malformed(port) else 1)
+    sys.exit(0 if hold_writer(port, *map(int, sys.argv[3:])) else 1)

@@ -1,0 +1,511 @@
+// The replication engine end to end in one thread: a Replicator and ReplicaServers connected by
+// the loopback transport, replicas writing to in-memory devices. Covers the window, ack levels,
+// ordering, NACK -> resend, retry exhaustion, fan-out, handshake refusals and malformed input.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <functional>
+#include <random>
+
+#include "common/crc32c.h"
+#include "engine/replica.h"
+#include "engine/replicator.h"
+#include "io/mem/mem_block_device.h"
+#include "io/ring.h"
+#include "transport/loopback/loopback_transport.h"
+#include "transport/testing/faulty_transport.h"
+
+namespace blkmirror::engine {
+namespace {
+
+using proto::AckLevel;
+
+// Forwards to a MemBlockDevice the test keeps, so the test can look at it after the server is
+// done with its copy of the pointer.
+class SharedDevice final : public io::BlockDevice {
+ public:
+  explicit SharedDevice(io::MemBlockDevice& dev) : dev_(dev) {}
+  uint64_t size() const override { return dev_.size(); }
+  const std::string& name() const override { return dev_.name(); }
+  bool direct() const override { return false; }
+  uint32_t alignment() const override { return 1; }
+  uint32_t queue_depth() const override { return dev_.queue_depth(); }
+  uint32_t in_flight() const override { return dev_.in_flight(); }
+  Status Submit(std::span<const io::IoRequest> r) override { return dev_.Submit(r); }
+  size_t Poll(std::span<io::IoCompletion> out) override { return dev_.Poll(out); }
+
+ private:
+  io::MemBlockDevice& dev_;
+};
+
+struct Replica {
+  std::unique_ptr<io::BufferPool> pool;
+  std::unique_ptr<transport::Transport> transport;
+  transport::FaultyTransport* faulty = nullptr;
+  std::unique_ptr<io::MemBlockDevice> device;
+  std::unique_ptr<ReplicaServer> server;
+  transport::Endpoint endpoint;
+};
+
+std::vector<std::byte> RandomBytes(size_t n, uint32_t seed) {
+  std::vector<std::byte> v(n);
+  std::mt19937 rng(seed);
+  for (auto& b : v) b = static_cast<std::byte>(rng());
+  return v;
+}
+
+class ReplicatorTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto ring = io::Ring::Create(64);
+    ASSERT_TRUE(ring.ok()) << ring.status().message();
+    ring_ = std::move(ring).value();
+  }
+
+  // A replica listening on "replica<i>:7000", with a target of `capacity` bytes and receive
+  // buffers of `max_block`.
+  Replica& AddReplica(uint64_t capacity, size_t max_block = 64 << 10, std::string fault = "") {
+    auto r = std::make_unique<Replica>();
+    r->pool = std::move(io::BufferPool::Create(max_block + transport::kReceiveHeadroom, 16,
+                                               io::HugePages::kNever)
+                            .value());
+    r->transport = net_.CreateTransport("replica" + std::to_string(replicas_.size()));
+    if (!fault.empty()) {
+      auto faulty = std::make_unique<transport::FaultyTransport>(
+          std::move(r->transport), transport::FaultSpec::Parse(fault).value());
+      r->faulty = faulty.get();
+      r->transport = std::move(faulty);
+    }
+    EXPECT_TRUE(r->transport->Register(*r->pool).ok());
+    r->endpoint = {"replica" + std::to_string(replicas_.size()), 7000};
+    EXPECT_TRUE(r->transport->Listen(r->endpoint).ok());
+    r->device = std::make_unique<io::MemBlockDevice>("mem" + std::to_string(replicas_.size()),
+                                                     capacity);
+    ReplicaOptions options;
+    options.target_name = r->device->name();
+    io::MemBlockDevice* dev = r->device.get();
+    options.open_target = [dev](uint64_t size,
+                                TargetUse) -> Result<std::unique_ptr<io::BlockDevice>> {
+      if (size > dev->size()) return Status::Error(ErrorCode::kRefused, "volume does not fit");
+      return std::unique_ptr<io::BlockDevice>(std::make_unique<SharedDevice>(*dev));
+    };
+    r->server = std::move(ReplicaServer::Create(*ring_, *r->pool, std::move(options)).value());
+    r->server->AddTransport(r->transport.get());
+    replicas_.push_back(std::move(r));
+    return *replicas_.back();
+  }
+
+  // The primary: a pool, a transport, and a Replicator to every replica added so far.
+  Status StartPrimary(ReplicatorOptions options) {
+    options_ = options;
+    primary_pool_ =
+        std::move(io::BufferPool::Create(options.block_size, options.window + 4,
+                                         io::HugePages::kNever)
+                      .value());
+    primary_transport_ = net_.CreateTransport("primary");
+    RETURN_IF_ERROR(primary_transport_->Register(*primary_pool_));
+    ASSIGN_OR_RETURN(rep_, Replicator::Create(*ring_, *primary_pool_, options));
+    std::vector<PeerConfig> peers;
+    for (auto& r : replicas_) peers.push_back({primary_transport_.get(), r->endpoint});
+    RETURN_IF_ERROR(rep_->StartConnect(peers));
+    for (int i = 0; i < 1000 && !rep_->ready() && rep_->failure().ok(); ++i) Step();
+    RETURN_IF_ERROR(rep_->failure());
+    return rep_->ready() ? Status::Ok() : Status::Error(ErrorCode::kTimeout, "no handshake");
+  }
+
+  // One turn of every loop. Completions the primary reports land in done_.
+  void Step() {
+    std::array<WriteCompletion, 16> out;
+    size_t n = rep_ ? rep_->Poll(out) : 0;
+    for (size_t i = 0; i < n; ++i) done_.push_back(out[i]);
+    for (auto& r : replicas_) r->server->Step();
+  }
+
+  // Pushes `data` as a volume through the Replicator; returns the first failed completion's
+  // status, or the Replicator's failure. Checks the window is never exceeded.
+  Status Push(const std::vector<std::byte>& data) {
+    const uint32_t bs = options_.block_size;
+    uint64_t next = 0;
+    size_t expected = (data.size() + bs - 1) / bs;
+    for (int guard = 0; guard < 100000 && done_.size() < expected; ++guard) {
+      while (next < data.size() && rep_->CanSubmit()) {
+        auto buf = primary_pool_->TryGet();
+        if (!buf) break;
+        auto len = static_cast<uint32_t>(std::min<uint64_t>(bs, data.size() - next));
+        std::memcpy(buf->data(), data.data() + next, len);
+        RETURN_IF_ERROR(rep_->Submit(next, std::move(*buf), len, next));
+        next += len;
+        max_in_flight_ = std::max(max_in_flight_, rep_->in_flight());
+      }
+      Step();
+      for (const auto& c : done_) RETURN_IF_ERROR(c.status);
+      RETURN_IF_ERROR(rep_->failure());
+    }
+    return done_.size() == expected ? Status::Ok()
+                                    : Status::Error(ErrorCode::kTimeout, "push did not finish");
+  }
+
+  void CloseAll() {
+    rep_->StartClose();
+    for (int i = 0; i < 1000 && !rep_->closed(); ++i) Step();
+    EXPECT_TRUE(rep_->closed());
+    for (int i = 0; i < 10; ++i) Step();
+  }
+
+  transport::LoopbackNetwork net_;
+  std::unique_ptr<io::Ring> ring_;
+  std::vector<std::unique_ptr<Replica>> replicas_;
+  ReplicatorOptions options_;
+  std::unique_ptr<io::BufferPool> primary_pool_;
+  std::unique_ptr<transport::Transport> primary_transport_;
+  std::unique_ptr<Replicator> rep_;
+  std::vector<WriteCompletion> done_;
+  uint32_t max_in_flight_ = 0;
+};
+
+ReplicatorOptions Options(uint64_t volume, AckLevel ack, uint32_t block = 16 << 10,
+                          uint32_t window = 4) {
+  ReplicatorOptions o;
+  o.ack = ack;
+  o.block_size = block;
+  o.window = window;
+  o.volume_size = volume;
+  return o;
+}
+
+bool Equal(std::span<const std::byte> a, const std::vector<std::byte>& b) {
+  return a.size() >= b.size() && std::memcmp(a.data(), b.data(), b.size()) == 0;
+}
+
+class AckLevels : public ReplicatorTest, public ::testing::WithParamInterface<AckLevel> {};
+
+TEST_P(AckLevels, ReplicatesEveryBlockAndRespectsTheWindow) {
+  auto data = RandomBytes(40 * (16 << 10) + 1234, 1);  // a short last block
+  Replica& r = AddReplica(data.size());
+  ASSERT_TRUE(StartPrimary(Options(data.size(), GetParam())).ok());
+  Status s = Push(data);
+  ASSERT_TRUE(s.ok()) << s.message();
+  CloseAll();
+  EXPECT_EQ(done_.size(), 41u);
+  EXPECT_LE(max_in_flight_, 4u);
+  EXPECT_TRUE(Equal(r.device->contents(), data));
+  EXPECT_EQ(r.device->writes(), 41u);  // each block written once
+  auto stats = rep_->stats();
+  ASSERT_EQ(stats.size(), 1u);
+  EXPECT_EQ(stats[0].blocks_acked, 41u);
+  EXPECT_EQ(stats[0].retransmits, 0u);
+  if (GetParam() == AckLevel::kDurable) {
+    EXPECT_GT(r.device->flushes(), 0u);
+    EXPECT_TRUE(Equal(r.device->durable_contents(), data));
+  }
+  // Every buffer went back to its pool.
+  rep_.reset();
+  EXPECT_EQ(primary_pool_->available(), primary_pool_->count());
+  EXPECT_EQ(r.pool->available(), r.pool->count());
+}
+
+INSTANTIATE_TEST_SUITE_P(Replicator, AckLevels,
+                         ::testing::Values(AckLevel::kSent, AckLevel::kReceived,
+                                           AckLevel::kDurable),
+                         [](const auto& info) { return std::string(proto::AckLevelName(info.param)); });
+
+TEST_F(ReplicatorTest, DurableCompletionMeansFlushed) {
+  // Every write reported complete at `durable` is in the device's flushed contents.
+  auto data = RandomBytes(16 * (16 << 10), 2);
+  Replica& r = AddReplica(data.size());
+  ASSERT_TRUE(StartPrimary(Options(data.size(), AckLevel::kDurable)).ok());
+  uint64_t next = 0;
+  for (int guard = 0; guard < 10000 && done_.size() < 16; ++guard) {
+    while (next < data.size() && rep_->CanSubmit()) {
+      auto buf = primary_pool_->TryGet();
+      std::memcpy(buf->data(), data.data() + next, 16 << 10);
+      ASSERT_TRUE(rep_->Submit(next, std::move(*buf), 16 << 10, next).ok());
+      next += 16 << 10;
+    }
+    size_t before = done_.size();
+    Step();
+    for (size_t i = before; i < done_.size(); ++i) {
+      const auto& c = done_[i];
+      ASSERT_TRUE(c.status.ok());
+      auto durable = r.device->durable_contents();
+      EXPECT_EQ(std::memcmp(durable.data() + c.offset, data.data() + c.offset, c.length), 0)
+          << "block at " << c.offset << " acked durable before its flush";
+    }
+  }
+  EXPECT_EQ(done_.size(), 16u);
+  CloseAll();
+}
+
+TEST_F(ReplicatorTest, CanSubmitIsFalseWhileTheWindowIsFull) {
+  auto data = RandomBytes(8 * (16 << 10), 3);
+  AddReplica(data.size());
+  ASSERT_TRUE(StartPrimary(Options(data.size(), AckLevel::kDurable, 16 << 10, 2)).ok());
+  for (uint64_t off = 0; off < 2 * (16 << 10); off += 16 << 10) {
+    ASSERT_TRUE(rep_->CanSubmit());
+    auto buf = primary_pool_->TryGet();
+    ASSERT_TRUE(rep_->Submit(off, std::move(*buf), 16 << 10, off).ok());
+  }
+  EXPECT_FALSE(rep_->CanSubmit());
+  auto buf = primary_pool_->TryGet();
+  Status s = rep_->Submit(2 * (16 << 10), std::move(*buf), 16 << 10, 0);
+  EXPECT_EQ(s.code(), ErrorCode::kBusy);
+  for (int i = 0; i < 100 && done_.size() < 2; ++i) Step();
+  EXPECT_EQ(done_.size(), 2u);
+  EXPECT_TRUE(rep_->CanSubmit());
+}
+
+TEST_F(ReplicatorTest, SubmitRejectsWritesThatAreNotOneBlock) {
+  AddReplica(1 << 20);
+  ASSERT_TRUE(StartPrimary(Options(100000, AckLevel::kDurable)).ok());
+  auto submit = [&](uint64_t off, uint32_t len) {
+    auto buf = primary_pool_->TryGet();
+    return rep_->Submit(off, std::move(*buf), len, 0);
+  };
+  EXPECT_EQ(submit(100, 16 << 10).code(), ErrorCode::kInvalidArgument);      // unaligned
+  EXPECT_EQ(submit(0, 1000).code(), ErrorCode::kInvalidArgument);            // short block
+  EXPECT_EQ(submit(98304, 16 << 10).code(), ErrorCode::kInvalidArgument);    // past the end
+  EXPECT_EQ(submit(6 * (16 << 10), 16 << 10).code(), ErrorCode::kInvalidArgument);
+  EXPECT_TRUE(submit(98304, 100000 - 98304).ok());                           // the last block
+}
+
+TEST_F(ReplicatorTest, CorruptedBlocksAreNackedResentAndNeverWritten) {
+  auto data = RandomBytes(30 * (16 << 10), 4);
+  Replica& r = AddReplica(data.size(), 64 << 10, "flip-rx-data:every=3");
+  ASSERT_TRUE(StartPrimary(Options(data.size(), AckLevel::kDurable)).ok());
+  Status s = Push(data);
+  ASSERT_TRUE(s.ok()) << s.message();
+  CloseAll();
+  EXPECT_TRUE(Equal(r.device->contents(), data));
+  ASSERT_GT(r.faulty->faults_injected(), 5u);
+  auto stats = rep_->stats();
+  EXPECT_EQ(stats[0].crc_mismatches, r.faulty->faults_injected());
+  EXPECT_EQ(stats[0].retransmits, r.faulty->faults_injected());
+  EXPECT_EQ(r.server->stats().crc_mismatches, r.faulty->faults_injected());
+  // A corrupted block is never written: one write per block, no more.
+  EXPECT_EQ(r.device->writes(), 30u);
+}
+
+TEST_F(ReplicatorTest, ABlockThatKeepsFailingFailsThePushNamingItsOffset) {
+  auto data = RandomBytes(8 * (16 << 10), 5);
+  const uint64_t bad = 5 * (16 << 10);
+  Replica& r = AddReplica(data.size(), 64 << 10, "flip-rx-data:offset=" + std::to_string(bad));
+  auto o = Options(data.size(), AckLevel::kDurable);
+  o.max_retries = 3;
+  ASSERT_TRUE(StartPrimary(o).ok());
+  Status s = Push(data);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("offset " + std::to_string(bad)), std::string::npos) << s.message();
+  EXPECT_EQ(r.faulty->faults_injected(), 4u);  // the first send and 3 resends
+  // The bad block never reached the disk.
+  std::vector<std::byte> zero(16 << 10);
+  EXPECT_EQ(std::memcmp(r.device->contents().data() + bad, zero.data(), zero.size()), 0);
+  for (int i = 0; i < 20; ++i) Step();
+  rep_.reset();
+  for (int i = 0; i < 20; ++i) Step();
+  EXPECT_EQ(primary_pool_->available(), primary_pool_->count());
+}
+
+TEST_F(ReplicatorTest, FansOutToThreeReplicas) {
+  auto data = RandomBytes(25 * (16 << 10) + 4096, 6);
+  for (int i = 0; i < 3; ++i) AddReplica(data.size());
+  ASSERT_TRUE(StartPrimary(Options(data.size(), AckLevel::kDurable, 16 << 10, 8)).ok());
+  ASSERT_TRUE(Push(data).ok());
+  CloseAll();
+  for (auto& r : replicas_) EXPECT_TRUE(Equal(r->device->contents(), data));
+  for (const auto& st : rep_->stats()) EXPECT_EQ(st.blocks_acked, 26u);
+}
+
+TEST_F(ReplicatorTest, RefusesABlockLargerThanTheReplicaAccepts) {
+  AddReplica(1 << 20, 16 << 10);
+  Status s = StartPrimary(Options(1 << 20, AckLevel::kDurable, 32 << 10));
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("block size 32768 exceeds"), std::string::npos) << s.message();
+}
+
+TEST_F(ReplicatorTest, RefusesAVolumeThatDoesNotFit) {
+  AddReplica(1 << 20);
+  Status s = StartPrimary(Options(2 << 20, AckLevel::kDurable));
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("does not fit"), std::string::npos) << s.message();
+}
+
+TEST_F(ReplicatorTest, RefusesAnUnsupportedProtocolVersion) {
+  AddReplica(1 << 20);
+  auto o = Options(1 << 20, AckLevel::kDurable);
+  o.min_version = 2;
+  o.max_version = 3;
+  Status s = StartPrimary(o);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("protocol version mismatch"), std::string::npos) << s.message();
+}
+
+TEST_F(ReplicatorTest, OneWriterPerVolume) {
+  auto data = RandomBytes(4 * (16 << 10), 7);
+  Replica& r = AddReplica(data.size());
+  ASSERT_TRUE(StartPrimary(Options(data.size(), AckLevel::kDurable)).ok());
+  // A second primary while the first is in session.
+  auto pool2 = std::move(io::BufferPool::Create(16 << 10, 8, io::HugePages::kNever).value());
+  auto t2 = net_.CreateTransport("primary2");
+  ASSERT_TRUE(t2->Register(*pool2).ok());
+  auto rep2 = std::move(Replicator::Create(*ring_, *pool2, Options(data.size(),
+                                                                    AckLevel::kDurable))
+                            .value());
+  PeerConfig peer{t2.get(), r.endpoint};
+  ASSERT_TRUE(rep2->StartConnect(std::span(&peer, 1)).ok());
+  std::array<WriteCompletion, 4> sink;
+  for (int i = 0; i < 100 && rep2->failure().ok(); ++i) {
+    rep2->Poll(sink);
+    Step();
+  }
+  ASSERT_FALSE(rep2->failure().ok());
+  EXPECT_NE(rep2->failure().message().find("one writer per volume"), std::string::npos)
+      << rep2->failure().message();
+  // The first session is unharmed.
+  ASSERT_TRUE(Push(data).ok());
+  CloseAll();
+  EXPECT_TRUE(Equal(r.device->contents(), data));
+}
+
+// A hand-driven client that speaks raw frames to a replica.
+class RawClient {
+ public:
+  RawClient(transport::LoopbackNetwork& net, const transport::Endpoint& ep)
+      : pool_(std::move(io::BufferPool::Create(64 << 10, 4, io::HugePages::kNever).value())),
+        t_(net.CreateTransport("raw")) {
+    EXPECT_TRUE(t_->Register(*pool_).ok());
+    conn_ = t_->Connect(ep, std::chrono::milliseconds(100)).value();
+  }
+  void Send(const proto::Frame& f, const std::byte* data = nullptr) {
+    transport::WorkItem item;
+    item.conn = conn_;
+    item.header = proto::Encode(f);
+    item.data = data;
+    ASSERT_TRUE(t_->Post(std::span(&item, 1)).ok());
+  }
+  // Collects frames until the connection closes or `steps` pass; returns the Error text if any.
+  std::string Drain(int steps = 200) {
+    std::string error;
+    std::array<transport::Completion, 8> cs;
+    for (int i = 0; i < steps && !closed_; ++i) {
+      step();
+      size_t n = t_->Poll(cs);
+      for (size_t k = 0; k < n; ++k) {
+        if (cs[k].kind == transport::CompletionKind::kClosed) closed_ = true;
+        if (cs[k].kind != transport::CompletionKind::kRecv) continue;
+        auto f = proto::Decode(cs[k].header);
+        if (f.ok() && f->type() == proto::FrameType::kError) {
+          error.assign(reinterpret_cast<const char*>(cs[k].control.data()), cs[k].control.size());
+        }
+        if (f.ok()) types.push_back(f->type());
+      }
+    }
+    return error;
+  }
+  bool closed() const { return closed_; }
+  std::vector<proto::FrameType> types;
+  std::function<void()> step;
+
+ private:
+  std::unique_ptr<io::BufferPool> pool_;
+  std::unique_ptr<transport::Transport> t_;
+  transport::ConnId conn_;
+  bool closed_ = false;
+};
+
+class ReplicaInputTest : public ReplicatorTest {
+ protected:
+  void SetUp() override {
+    ReplicatorTest::SetUp();
+    AddReplica(1 << 20);
+  }
+  std::unique_ptr<RawClient> Client() {
+    auto c = std::make_unique<RawClient>(net_, replicas_[0]->endpoint);
+    c->step = [this] { replicas_[0]->server->Step(); };
+    return c;
+  }
+  proto::Frame Hello() {
+    proto::Hello h;
+    h.block_size = 16 << 10;
+    h.window = 4;
+    h.volume_size = 1 << 20;
+    proto::Frame f;
+    f.body = h;
+    return f;
+  }
+  proto::Frame DataFrame(uint64_t seq, uint64_t offset, uint32_t len, uint32_t crc) {
+    proto::Frame f;
+    f.flags = static_cast<uint16_t>(AckLevel::kReceived);
+    f.payload_len = len;
+    f.body = proto::Data{seq, offset, len, crc};
+    return f;
+  }
+  // After a bad client, a good push still works.
+  void ExpectStillServing() {
+    auto data = RandomBytes(1 << 20, 9);
+    ASSERT_TRUE(StartPrimary(Options(data.size(), AckLevel::kDurable)).ok());
+    ASSERT_TRUE(Push(data).ok());
+    CloseAll();
+    EXPECT_TRUE(Equal(replicas_[0]->device->contents(), data));
+  }
+};
+
+TEST_F(ReplicaInputTest, DataBeforeHelloIsAProtocolError) {
+  auto c = Client();
+  std::vector<std::byte> block(16 << 10);
+  c->Send(DataFrame(0, 0, 16 << 10, 0), block.data());
+  std::string err = c->Drain();
+  EXPECT_TRUE(c->closed());
+  EXPECT_NE(err.find("protocol error: unexpected Data frame"), std::string::npos) << err;
+  EXPECT_EQ(replicas_[0]->device->writes(), 0u);
+  ExpectStillServing();
+}
+
+TEST_F(ReplicaInputTest, DataOutsideTheVolumeIsRefused) {
+  auto c = Client();
+  c->Send(Hello());
+  std::vector<std::byte> block(16 << 10);
+  c->Send(DataFrame(0, 2 << 20, 16 << 10, 0), block.data());
+  std::string err = c->Drain();
+  EXPECT_TRUE(c->closed());
+  EXPECT_NE(err.find("is not a block of the 1048576-byte volume"), std::string::npos) << err;
+  EXPECT_EQ(replicas_[0]->device->writes(), 0u);
+  ExpectStillServing();
+}
+
+TEST_F(ReplicaInputTest, WrongLengthAndDuplicateSeqAreRefused) {
+  {
+    auto c = Client();
+    c->Send(Hello());
+    std::vector<std::byte> block(8 << 10);
+    c->Send(DataFrame(0, 0, 8 << 10, 0), block.data());
+    std::string err = c->Drain();
+    EXPECT_NE(err.find("does not match the block size"), std::string::npos) << err;
+  }
+  {
+    auto c = Client();
+    c->Send(Hello());
+    std::vector<std::byte> block(16 << 10);
+    uint32_t crc = Crc32c(block.data(), block.size());
+    c->Send(DataFrame(0, 0, 16 << 10, crc), block.data());
+    c->Send(DataFrame(0, 16 << 10, 16 << 10, crc), block.data());
+    std::string err = c->Drain();
+    EXPECT_NE(err.find("duplicate"), std::string::npos) << err;
+  }
+  ExpectStillServing();
+}
+
+TEST_F(ReplicaInputTest, ABadCrcIsNackedAndNotWritten) {
+  auto c = Client();
+  c->Send(Hello());
+  std::vector<std::byte> block(16 << 10, std::byte{7});
+  c->Send(DataFrame(0, 0, 16 << 10, 0x12345678), block.data());
+  std::string err = c->Drain(50);
+  EXPECT_TRUE(err.empty()) << err;
+  EXPECT_FALSE(c->closed());
+  EXPECT_NE(std::find(c->types.begin(), c->types.end(), proto::FrameType::kNack), c->types.end());
+  EXPECT_EQ(replicas_[0]->device->writes(), 0u);
+  EXPECT_EQ(replicas_[0]->server->stats().crc_mismatches, 1u);
+}
+
+}  // namespace
+}  // namespace blkmirror::engine
