@@ -29,13 +29,13 @@ int main(int argc, char** argv) {
   std::string log_level = "info";
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
-  const std::vector<std::string> transports = {"auto", "tcp"};
+  const std::vector<std::string> transports = {"auto", "tcp", "rdma"};
 
   ServeArgs serve;
   auto* s = app.add_subcommand("serve", "receive blocks from primaries into a target");
   s->add_option("--listen", serve.listen, "HOST:PORT to accept primaries on")->required();
   s->add_option("--target", serve.target, "regular file or block device to write")->required();
-  s->add_option("--transport", serve.transport, "auto or tcp")->check(CLI::IsMember(transports));
+  s->add_option("--transport", serve.transport, "auto (rdma, else tcp), tcp or rdma")->check(CLI::IsMember(transports));
   s->add_flag("--once", serve.once, "exit after the first write session ends");
   s->add_option("--max-block-size", serve.max_block_size, "largest block accepted (default 4M)")
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
@@ -51,7 +51,7 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"sent", "received", "durable"}));
   p->add_option("--block-size", push.block_size, "block size (default 1M)");
   p->add_option("--window", push.window, "blocks in flight per peer (default 32)");
-  p->add_option("--transport", push.transport, "auto or tcp")->check(CLI::IsMember(transports));
+  p->add_option("--transport", push.transport, "auto (rdma, else tcp), tcp or rdma")->check(CLI::IsMember(transports));
   p->add_flag("--json", push.json, "print one JSON object on stdout");
   p->add_flag("--progress{1},--no-progress{0}", push.progress, "progress line on stderr");
   p->add_option("--test-fault", push.test_fault, "TEST ONLY: inject faults")->group("");
@@ -61,7 +61,7 @@ int main(int argc, char** argv) {
   v->add_option("--source", verify.source, "regular file or block device")->required();
   v->add_option("--peer", verify.peer, "replica HOST:PORT")->required();
   v->add_option("--block-size", verify.block_size, "block size (default 1M)");
-  v->add_option("--transport", verify.transport, "auto or tcp")->check(CLI::IsMember(transports));
+  v->add_option("--transport", verify.transport, "auto (rdma, else tcp), tcp or rdma")->check(CLI::IsMember(transports));
   v->add_flag("--json", verify.json, "print one JSON object on stdout");
   v->add_flag("--progress{1},--no-progress{0}", verify.progress, "progress line on stderr");
 

@@ -207,11 +207,12 @@ int RunPush(const PushArgs& args) {
   auto source = io::OpenUringDevice(*loop->ring, args.source, open_options);
   if (!source.ok()) return fail(source.status());
 
-  std::string why;
-  auto t = MakeTransport(*loop, args.transport, args.test_fault, &why);
-  if (!t.ok()) return fail(t.status(), t.status().code() == ErrorCode::kInvalidArgument ? kExitUsage
-                                                                                        : kExitFailed);
-  if (!why.empty()) spdlog::info("--transport auto: using {} ({})", (*t)->name(), why);
+  auto transports = MakeTransports(*loop, args.transport, args.test_fault);
+  if (!transports.ok()) {
+    return fail(transports.status(), transports.status().code() == ErrorCode::kInvalidArgument
+                                         ? kExitUsage
+                                         : kExitFailed);
+  }
 
   engine::ReplicatorOptions options;
   options.ack = *ack;
@@ -222,7 +223,9 @@ int RunPush(const PushArgs& args) {
   auto rep = engine::Replicator::Create(*loop->ring, *loop->pool, options);
   if (!rep.ok()) return fail(rep.status());
   std::vector<engine::PeerConfig> peers;
-  for (const auto& ep : endpoints) peers.push_back({t->get(), ep});
+  for (const auto& ep : endpoints) {
+    peers.push_back({transports->preferred.get(), ep, transports->fallback.get()});
+  }
   Status connected = (*rep)->Connect(peers);
   if (!connected.ok()) return fail(connected);
 
@@ -239,12 +242,15 @@ int RunPush(const PushArgs& args) {
 
   uint64_t retransmits = 0, crc_mismatches = 0;
   nlohmann::json peers_json = nlohmann::json::array();
+  std::string transport_used;
   for (const auto& s : stats) {
     retransmits += s.retransmits;
     crc_mismatches += s.crc_mismatches;
+    transport_used = transport_used.empty() || transport_used == s.transport ? s.transport : "mixed";
+    std::string why = !s.fallback_reason.empty() ? s.fallback_reason : transports->unavailable;
     peers_json.push_back({{"peer", s.peer},
                           {"transport", s.transport},
-                          {"fallback_reason", why.empty() ? nullptr : nlohmann::json(why)},
+                          {"fallback_reason", why.empty() ? nlohmann::json(nullptr) : nlohmann::json(why)},
                           {"blocks_acked", s.blocks_acked},
                           {"bytes_acked", s.bytes_acked},
                           {"retransmits", s.retransmits},
@@ -258,7 +264,7 @@ int RunPush(const PushArgs& args) {
                           {"blocks", report.blocks},
                           {"seconds", report.seconds},
                           {"bytes_per_second", rate},
-                          {"transport", std::string((*t)->name())},
+                          {"transport", transport_used},
                           {"ack", args.ack},
                           {"block_size", bs},
                           {"window", args.window},
@@ -268,10 +274,11 @@ int RunPush(const PushArgs& args) {
                           {"ack_latency_us", {{"p50", p50}, {"p99", p99}}}};
     std::printf("%s\n", out.dump().c_str());
   } else {
-    std::printf("pushed %s in %.2f s (%s) to %zu peer(s), ack %s; ack latency p50 %.1f us, "
-                "p99 %.1f us; %llu retransmits, %llu CRC mismatches\n",
+    std::printf("pushed %s in %.2f s (%s) to %zu peer(s) over %s, ack %s; ack latency p50 %.1f "
+                "us, p99 %.1f us; %llu retransmits, %llu CRC mismatches\n",
                 FormatBytes(static_cast<double>(report.bytes)).c_str(), report.seconds,
-                FormatRate(rate).c_str(), stats.size(), args.ack.c_str(), p50, p99,
+                FormatRate(rate).c_str(), stats.size(), transport_used.c_str(), args.ack.c_str(),
+                p50, p99,
                 static_cast<unsigned long long>(retransmits),
                 static_cast<unsigned long long>(crc_mismatches));
   }

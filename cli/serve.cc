@@ -96,14 +96,33 @@ int RunServe(const ServeArgs& args) {
 
   auto loop = MakeLoop(buffer_size, count, 1024);
   if (!loop.ok()) return fail(loop.status());
-  std::string why;
-  auto t = MakeTransport(*loop, args.transport, args.test_fault, &why);
-  if (!t.ok()) return fail(t.status(), t.status().code() == ErrorCode::kInvalidArgument ? kExitUsage
-                                                                                        : kExitFailed);
-  if (!why.empty()) spdlog::info("--transport auto: serving {} ({})", (*t)->name(), why);
-  auto bound = (*t)->Listen(*listen);
-  if (!bound.ok()) return fail(bound.status());
-
+  auto transports = MakeTransports(*loop, args.transport, args.test_fault);
+  if (!transports.ok()) {
+    return fail(transports.status(), transports.status().code() == ErrorCode::kInvalidArgument
+                                         ? kExitUsage
+                                         : kExitFailed);
+  }
+  // Listen on every transport asked for, on one port: TCP first (with port 0 it picks the
+  // port), then RDMA on the same port (rdma_cm has its own port space). With auto, RDMA is best
+  // effort: a host without an RDMA device on that address still serves TCP, and says why.
+  std::vector<transport::Transport*> serving;
+  std::vector<std::string> bound_lines;
+  transport::Endpoint local = *listen;
+  for (auto* t : {transports->fallback.get(), transports->preferred.get()}) {
+    if (t == nullptr) continue;
+    auto bound = t->Listen(local);
+    if (!bound.ok()) {
+      if (args.transport == "auto" && t == transports->preferred.get() && !serving.empty()) {
+        spdlog::info("--transport auto: not serving {} ({})", t->name(), bound.status().message());
+        continue;
+      }
+      return fail(bound.status());
+    }
+    local.port = bound->port;
+    serving.push_back(t);
+    bound_lines.push_back(fmt::format("listening {} {}", t->name(), bound->ToString()));
+    spdlog::info("serving {} on {} {}", args.target, t->name(), bound->ToString());
+  }
   io::Ring& ring = *loop->ring;
   const auto depth = static_cast<uint32_t>(count + 2);
   engine::ReplicaOptions options;
@@ -114,7 +133,7 @@ int RunServe(const ServeArgs& args) {
   };
   auto server = engine::ReplicaServer::Create(ring, *loop->pool, std::move(options));
   if (!server.ok()) return fail(server.status());
-  (*server)->AddTransport(t->get());
+  for (auto* t : serving) (*server)->AddTransport(t);
 
   struct sigaction sa {};
   sa.sa_handler = OnSignal;
@@ -122,10 +141,10 @@ int RunServe(const ServeArgs& args) {
   sigaction(SIGTERM, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
-  spdlog::info("serving {} on {} {} ({} buffers of {})", args.target, (*t)->name(),
-               bound->ToString(), count, FormatBytes(static_cast<double>(*max_block)));
-  // Scripts read the bound address (useful with port 0) from this line.
-  std::printf("listening %s %s\n", std::string((*t)->name()).c_str(), bound->ToString().c_str());
+  spdlog::info("{} receive buffers for blocks up to {}", count,
+               FormatBytes(static_cast<double>(*max_block)));
+  // Scripts read the bound addresses (useful with port 0) from these lines.
+  for (const auto& line : bound_lines) std::printf("%s\n", line.c_str());
   std::fflush(stdout);
 
   while (!g_stop.load() && !(*server)->finished()) {

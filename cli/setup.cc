@@ -27,26 +27,44 @@ Result<Loop> MakeLoop(size_t buffer_size, size_t count, unsigned entries) {
   return loop;
 }
 
-Result<std::unique_ptr<transport::Transport>> MakeTransport(const Loop& loop,
-                                                            std::string_view name,
-                                                            const std::string& test_fault,
-                                                            std::string* why) {
+namespace {
+
+Result<std::unique_ptr<transport::Transport>> MakeOne(const Loop& loop, std::string_view name,
+                                                      const std::string& test_fault) {
   transport::TransportContext context;
   context.ring = loop.ring.get();
-  std::string_view chosen = name;
-  if (name == "auto") {
-    // Only tcp is built so far: auto means tcp, and the reason is reported.
-    chosen = "tcp";
-    if (why != nullptr) *why = "no RDMA backend in this build";
-  }
-  ASSIGN_OR_RETURN(auto t, transport::CreateTransport(chosen, context));
+  ASSIGN_OR_RETURN(auto t, transport::CreateTransport(name, context));
   if (!test_fault.empty()) {
     ASSIGN_OR_RETURN(auto spec, transport::FaultSpec::Parse(test_fault));
-    spdlog::warn("TEST FAULT INJECTION ACTIVE: {} (never use this in production)", test_fault);
+    spdlog::warn("TEST FAULT INJECTION ACTIVE on {}: {} (never use this in production)", name,
+                 test_fault);
     t = std::make_unique<transport::FaultyTransport>(std::move(t), spec);
   }
   RETURN_IF_ERROR(t->Register(*loop.pool));
   return t;
+}
+
+}  // namespace
+
+Result<Transports> MakeTransports(const Loop& loop, std::string_view name,
+                                  const std::string& test_fault) {
+  Transports out;
+  if (name != "auto") {
+    ASSIGN_OR_RETURN(out.preferred, MakeOne(loop, name, test_fault));
+    return out;
+  }
+  auto rdma = MakeOne(loop, "rdma", test_fault);
+  ASSIGN_OR_RETURN(auto tcp, MakeOne(loop, "tcp", test_fault));
+  if (rdma.ok()) {
+    out.preferred = std::move(rdma).value();
+    out.fallback = std::move(tcp);
+  } else {
+    out.preferred = std::move(tcp);
+    out.unavailable = "rdma: " + rdma.status().message();
+    spdlog::info("--transport auto: RDMA cannot be used here ({}); using tcp",
+                 rdma.status().message());
+  }
+  return out;
 }
 
 Result<proto::VolumeId> VolumeIdFor(const std::string& path) {

@@ -22,13 +22,18 @@ struct Loop {
 // A ring with `entries` SQEs and a pool of `count` buffers of `buffer_size`, registered with it.
 Result<Loop> MakeLoop(size_t buffer_size, size_t count, unsigned entries);
 
-// The transport for `--transport NAME` ("auto" picks the first backend of this build that can
-// reach peers; with only tcp built, tcp), registered with the loop's pool and wrapped in a
-// FaultyTransport when `test_fault` is not empty. `why` receives the reason for an auto choice.
-Result<std::unique_ptr<transport::Transport>> MakeTransport(const Loop& loop,
-                                                            std::string_view name,
-                                                            const std::string& test_fault,
-                                                            std::string* why);
+// The transports for `--transport NAME`, registered with the loop's pool and wrapped in a
+// FaultyTransport when `test_fault` is not empty:
+//   tcp, rdma  that backend alone (`preferred`)
+//   auto       rdma as `preferred` and tcp as `fallback`; when rdma cannot be used on this host
+//              at all, tcp as `preferred` and the reason in `unavailable`
+struct Transports {
+  std::unique_ptr<transport::Transport> preferred;
+  std::unique_ptr<transport::Transport> fallback;
+  std::string unavailable;  // auto: why rdma is not even tried ("" when it is)
+};
+Result<Transports> MakeTransports(const Loop& loop, std::string_view name,
+                                  const std::string& test_fault);
 
 // A stable id for the volume at `path` (BLAKE2b-128 of its canonical path).
 Result<proto::VolumeId> VolumeIdFor(const std::string& path);

@@ -46,14 +46,15 @@ int RunVerify(const VerifyArgs& args) {
   open_options.queue_depth = options.read_depth;
   auto source = io::OpenUringDevice(*loop->ring, args.source, open_options);
   if (!source.ok()) return fail(source.status());
-  auto t = MakeTransport(*loop, args.transport, "", nullptr);
-  if (!t.ok()) return fail(t.status(), kExitUsage);
+  auto transports = MakeTransports(*loop, args.transport, "");
+  if (!transports.ok()) return fail(transports.status());
 
   bool show = args.progress == 1 || (args.progress == -1 && isatty(STDERR_FILENO));
   Progress progress("verify", (*source)->size(), show);
   options.progress = [&progress](uint64_t bytes) { progress.Update(bytes); };
   uint64_t start = NowNs();
-  auto report = engine::Verify(*loop->ring, *loop->pool, **source, **t, *peer, options);
+  auto report = engine::Verify(*loop->ring, *loop->pool, **source, *transports->preferred, *peer,
+                               options, transports->fallback.get());
   progress.Finish();
   if (!report.ok()) return fail(report.status());
   double seconds = static_cast<double>(NowNs() - start) / 1e9;

@@ -42,12 +42,21 @@ class Replicator::Impl {
     hello_.volume_id = options_.volume_id;
     for (const PeerConfig& config : configs) {
       auto peer = std::make_unique<Peer>(span_);
-      peer->t = config.transport;
       peer->name = config.endpoint.ToString();
       peer->stats.peer = peer->name;
-      peer->stats.transport = std::string(config.transport->name());
-      ASSIGN_OR_RETURN(peer->conn, config.transport->Connect(config.endpoint,
-                                                              options_.connect_timeout));
+      auto conn = config.transport->Connect(config.endpoint, options_.connect_timeout);
+      peer->t = config.transport;
+      if (!conn.ok() && config.fallback != nullptr) {
+        peer->stats.fallback_reason =
+            fmt::format("{}: {}", config.transport->name(), conn.status().message());
+        spdlog::info("{}: falling back to {} ({})", peer->name, config.fallback->name(),
+                     peer->stats.fallback_reason);
+        conn = config.fallback->Connect(config.endpoint, options_.connect_timeout);
+        peer->t = config.fallback;
+      }
+      if (!conn.ok()) return conn.status();
+      peer->conn = *conn;
+      peer->stats.transport = std::string(peer->t->name());
       if (std::find(transports_.begin(), transports_.end(), peer->t) == transports_.end()) {
         transports_.push_back(peer->t);
       }

@@ -38,6 +38,9 @@ namespace blkmirror::engine {
 struct PeerConfig {
   transport::Transport* transport = nullptr;
   transport::Endpoint endpoint;
+  // Tried when `transport` cannot connect to the peer (--transport auto: RDMA, then TCP). The
+  // reason the first one failed is reported in PeerStats::fallback_reason and logged.
+  transport::Transport* fallback = nullptr;
 };
 
 struct ReplicatorOptions {
@@ -64,7 +67,8 @@ struct WriteCompletion {
 
 struct PeerStats {
   std::string peer;
-  std::string transport;
+  std::string transport;        // the transport in use
+  std::string fallback_reason;  // why the preferred transport was not used ("" if it was)
   uint64_t blocks_acked = 0;
   uint64_t bytes_acked = 0;
   uint64_t retransmits = 0;

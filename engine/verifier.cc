@@ -36,8 +36,8 @@ struct Read {
 class VerifyRun {
  public:
   VerifyRun(io::Ring& ring, io::BufferPool& pool, io::BlockDevice& source,
-            transport::Transport& t, const VerifyOptions& options)
-      : ring_(ring), pool_(pool), source_(source), t_(t), options_(options),
+            transport::Transport& t, transport::Transport* fallback, const VerifyOptions& options)
+      : ring_(ring), pool_(pool), source_(source), t_(&t), fallback_(fallback), options_(options),
         reads_(options.read_depth) {
     for (uint32_t i = 0; i < reads_.size(); ++i) free_reads_.push_back(i);
   }
@@ -47,7 +47,15 @@ class VerifyRun {
     const uint64_t size = source_.size();
     if (size == 0) return Status::Invalid("{}: the source is empty", source_.name());
     total_blocks_ = (size + options_.block_size - 1) / options_.block_size;
-    ASSIGN_OR_RETURN(conn_, t_.Connect(peer, options_.connect_timeout));
+    auto conn = t_->Connect(peer, options_.connect_timeout);
+    if (!conn.ok() && fallback_ != nullptr) {
+      spdlog::info("{}: falling back to {} ({}: {})", peer_, fallback_->name(), t_->name(),
+                   conn.status().message());
+      t_ = fallback_;
+      conn = t_->Connect(peer, options_.connect_timeout);
+    }
+    if (!conn.ok()) return conn.status();
+    conn_ = *conn;
     hello_.kind = proto::SessionKind::kVerify;
     hello_.block_size = options_.block_size;
     hello_.window = 1;
@@ -56,7 +64,7 @@ class VerifyRun {
     proto::Frame f;
     f.body = hello_;
     auto item = ControlItem(conn_, f);
-    RETURN_IF_ERROR(t_.Post(std::span(&item, 1)));
+    RETURN_IF_ERROR(t_->Post(std::span(&item, 1)));
 
     uint64_t last_event = NowNs();
     const uint64_t timeout_ns = static_cast<uint64_t>(options_.reply_timeout.count()) * 1000000;
@@ -101,7 +109,7 @@ class VerifyRun {
       proto::Frame f;
       f.body = proto::VerifyReq{offset, end - offset, options_.block_size, c.id};
       auto item = ControlItem(conn_, f);
-      Status s = t_.Post(std::span(&item, 1));
+      Status s = t_->Post(std::span(&item, 1));
       if (!s.ok()) {
         status_ = s;
         return false;
@@ -175,7 +183,7 @@ class VerifyRun {
       }
     }
     std::array<transport::Completion, 16> cs;
-    while ((n = t_.Poll(cs)) > 0) {
+    while ((n = t_->Poll(cs)) > 0) {
       any = true;
       for (size_t i = 0; i < n; ++i) OnTransport(cs[i]);
     }
@@ -193,11 +201,11 @@ class VerifyRun {
       return;
     }
     if (c.kind == transport::CompletionKind::kSent) {
-      if (bye_sent_) t_.Close(conn_);
+      if (bye_sent_) t_->Close(conn_);
       return;
     }
     if (c.kind != transport::CompletionKind::kRecv) return;
-    if (c.data) t_.Release(c.conn, std::move(c.data));
+    if (c.data) t_->Release(c.conn, std::move(c.data));
     auto frame = proto::Decode(c.header);
     if (!frame.ok()) {
       status_ = frame.status().Context("bad frame from " + peer_);
@@ -280,7 +288,7 @@ class VerifyRun {
     auto item = ControlItem(conn_, f);
     item.signal = true;
     bye_sent_ = true;
-    if (!t_.Post(std::span(&item, 1)).ok()) t_.Close(conn_);
+    if (!t_->Post(std::span(&item, 1)).ok()) t_->Close(conn_);
     for (int i = 0; i < 100 && !closed_; ++i) {
       (void)ring_.Wait(std::chrono::milliseconds(20));
       PollAll();
@@ -290,7 +298,8 @@ class VerifyRun {
   io::Ring& ring_;
   io::BufferPool& pool_;
   io::BlockDevice& source_;
-  transport::Transport& t_;
+  transport::Transport* t_;
+  transport::Transport* fallback_;
   const VerifyOptions& options_;
   std::string peer_;
   transport::ConnId conn_ = transport::kNoConn;
@@ -313,13 +322,13 @@ class VerifyRun {
 
 Result<VerifyReport> Verify(io::Ring& ring, io::BufferPool& pool, io::BlockDevice& source,
                             transport::Transport& transport, const transport::Endpoint& peer,
-                            const VerifyOptions& options) {
+                            const VerifyOptions& options, transport::Transport* fallback) {
   if (pool.buffer_size() < options.block_size) {
     return Status::Invalid("verify: buffers of {} bytes cannot hold a {}-byte block",
                            pool.buffer_size(), options.block_size);
   }
   if (options.read_depth == 0) return Status::Invalid("verify: read depth 0");
-  auto run = std::make_unique<VerifyRun>(ring, pool, source, transport, options);
+  auto run = std::make_unique<VerifyRun>(ring, pool, source, transport, fallback, options);
   return run->Run(peer);
 }
 

@@ -45,9 +45,12 @@ struct VerifyReport {
 };
 
 // Compares `source` (its whole size) with the copy behind `peer`. The pool's buffers must hold
-// a block each and must be registered with `ring`, as the source device's ring.
+// a block each and must be registered with `ring`, as the source device's ring. When
+// `transport` cannot connect to the peer and `fallback` is given, the fallback is used (the
+// reason is logged).
 Result<VerifyReport> Verify(io::Ring& ring, io::BufferPool& pool, io::BlockDevice& source,
                             transport::Transport& transport, const transport::Endpoint& peer,
-                            const VerifyOptions& options);
+                            const VerifyOptions& options,
+                            transport::Transport* fallback = nullptr);
 
 }  // namespace blkmirror::engine

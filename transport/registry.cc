@@ -3,6 +3,9 @@
 #include <fmt/ranges.h>
 
 #include "transport/tcp/tcp_transport.h"
+#ifdef BLKMIRROR_HAVE_RDMA
+#include "transport/rdma/rdma_transport.h"
+#endif
 
 namespace blkmirror::transport {
 namespace {
@@ -14,6 +17,9 @@ struct Backend {
 
 // Every backend of this build. `auto` tries them in this order, per peer.
 constexpr Backend kBackends[] = {
+#ifdef BLKMIRROR_HAVE_RDMA
+    {"rdma", &CreateRdmaTransport},
+#endif
     {"tcp", &CreateTcpTransport},
 };
 
