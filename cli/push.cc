@@ -31,6 +31,9 @@ struct PushReport {
   uint64_t blocks = 0;
   double seconds = 0;
   LatencyHistogram latency;
+  // Where the loop waited, for finding what limits a push (in --json as "waits_ms").
+  uint64_t wait_acks_ns = 0;   // blocks read, window full: waiting for replicas
+  uint64_t wait_reads_ns = 0;  // window open, nothing read yet: waiting for the source
 };
 
 // Reads the source into buffers (as many in flight as buffers allow) and feeds the Replicator.
@@ -76,7 +79,10 @@ class PushLoop {
       RETURN_IF_ERROR(rep_.failure());
       progress_.Update(report.bytes);
       if (events == 0) {
+        uint64_t t0 = NowNs();
         RETURN_IF_ERROR(ring_.Wait(std::chrono::milliseconds(100)));
+        bool source_bound = ready_count_ == 0 && source_.in_flight() > 0;
+        (source_bound ? report.wait_reads_ns : report.wait_acks_ns) += NowNs() - t0;
       } else {
         RETURN_IF_ERROR(ring_.Submit());
       }
@@ -199,7 +205,9 @@ int RunPush(const PushArgs& args) {
   if (!volume_id.ok()) return fail(volume_id.status());
 
   const auto bs = static_cast<uint32_t>(*block_size);
-  const uint32_t readahead = std::max<uint32_t>(4, args.window / 2);
+  // As many reads in flight as writes: the source (O_DIRECT) must keep up with the window.
+  // As many source reads in flight as blocks in the window: O_DIRECT reads must keep up.
+  const uint32_t readahead = std::max<uint32_t>(4, args.window);
   auto loop = MakeLoop(bs, args.window + readahead, std::max<unsigned>(256, 4 * args.window));
   if (!loop.ok()) return fail(loop.status());
   io::UringOpenOptions open_options;
@@ -271,7 +279,10 @@ int RunPush(const PushArgs& args) {
                           {"peers", peers_json},
                           {"retransmits", retransmits},
                           {"crc_mismatches", crc_mismatches},
-                          {"ack_latency_us", {{"p50", p50}, {"p99", p99}}}};
+                          {"ack_latency_us", {{"p50", p50}, {"p99", p99}}},
+                          {"waits_ms",
+                           {{"acks", static_cast<double>(report.wait_acks_ns) / 1e6},
+                            {"source", static_cast<double>(report.wait_reads_ns) / 1e6}}}};
     std::printf("%s\n", out.dump().c_str());
   } else {
     std::printf("pushed %s in %.2f s (%s) to %zu peer(s) over %s, ack %s; ack latency p50 %.1f "

@@ -15,7 +15,6 @@ namespace blkmirror::engine {
 namespace {
 
 constexpr uint64_t kErrorTag = 1;  // tag of a session's Error frame: close once it has left
-constexpr uint64_t kFlushTag = UINT64_MAX;
 constexpr size_t kMaxVerifyJobs = 4;      // VerifyReqs a session may have outstanding
 constexpr uint32_t kVerifyReadsPerSession = 8;
 
@@ -28,8 +27,6 @@ class ReplicaServer::Impl {
     ops_.resize(pool.count() + 1);
     free_ops_.reserve(ops_.size());
     for (uint32_t i = static_cast<uint32_t>(ops_.size()); i-- > 0;) free_ops_.push_back(i);
-    unflushed_.reserve(ops_.size());
-    flushing_.reserve(ops_.size());
   }
 
   ~Impl() { Shutdown(); }
@@ -54,7 +51,6 @@ class ReplicaServer::Impl {
         if (n < io_done_.size()) break;
       }
     }
-    StartFlush();
     for (auto& s : sessions_) {
       PumpVerify(*s);
       SendAcks(*s);
@@ -375,6 +371,9 @@ class ReplicaServer::Impl {
     req.len = d.length;
     req.buf_index = op.buffer.pool() == &pool_ ? op.buffer.index() : io::kNoBufIndex;
     req.tag = oi;
+    // Durable acks: each write is its own durability point (RWF_DSYNC: FUA on devices that
+    // have it), so a durable ack follows its write with no separate flush round trip.
+    req.dsync = level == proto::AckLevel::kDurable;
     Status submitted = device_->Submit(std::span(&req, 1));
     if (!submitted.ok()) {
       FreeOp(oi);
@@ -471,7 +470,6 @@ class ReplicaServer::Impl {
 
   void OnDisk(const io::IoCompletion& c) {
     --device_ops_;
-    if (c.tag == kFlushTag) return OnFlushed(c.res);
     auto oi = static_cast<uint32_t>(c.tag);
     DiskOp& op = ops_[oi];
     Session& s = *op.session;
@@ -503,48 +501,12 @@ class ReplicaServer::Impl {
     stats_.bytes_written += op.length;
     ++s.blocks;
     s.bytes += op.length;
-    if (s.level == proto::AckLevel::kDurable) {
-      ++s.ops;  // held until the flush that covers it
-      unflushed_.push_back(oi);
-      return;
+    if (s.level == proto::AckLevel::kDurable && s.phase != Phase::kClosed) {
+      // The write was issued with dsync: complete means on stable storage.
+      s.acked.Mark(op.seq);
+      s.ack_dirty = true;
     }
     FreeOp(oi);
-  }
-
-  void StartFlush() {
-    if (flush_inflight_ || unflushed_.empty() || !device_) return;
-    std::swap(unflushed_, flushing_);
-    io::IoRequest req;
-    req.op = io::IoOp::kFlush;
-    req.tag = kFlushTag;
-    Status submitted = device_->Submit(std::span(&req, 1));
-    if (!submitted.ok()) {
-      OnFlushed(-EIO);
-      return;
-    }
-    flush_inflight_ = true;
-    ++device_ops_;
-  }
-
-  void OnFlushed(int32_t res) {
-    flush_inflight_ = false;
-    ++stats_.flushes;
-    for (uint32_t oi : flushing_) {
-      DiskOp& op = ops_[oi];
-      Session& s = *op.session;
-      --s.ops;
-      if (res < 0) {
-        if (s.phase == Phase::kWriter) {
-          Refuse(s, Status::Errno(-res, fmt::format("replica flush (fdatasync) of {} failed",
-                                                    options_.target_name)));
-        }
-      } else if (s.phase != Phase::kClosed) {
-        s.acked.Mark(op.seq);
-        s.ack_dirty = true;
-      }
-      FreeOp(oi);
-    }
-    flushing_.clear();
   }
 
   void FreeOp(uint32_t oi) {
@@ -592,9 +554,6 @@ class ReplicaServer::Impl {
   uint32_t device_ops_ = 0;
   std::vector<DiskOp> ops_;
   std::vector<uint32_t> free_ops_;
-  std::vector<uint32_t> unflushed_;  // written, waiting for a flush
-  std::vector<uint32_t> flushing_;   // covered by the flush in flight
-  bool flush_inflight_ = false;
   bool once_done_ = false;
   ReplicaStats stats_;
   std::array<transport::Completion, 64> completions_;

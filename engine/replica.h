@@ -6,8 +6,8 @@
 // then writes the block, from the very buffer it was received into. A block that fails its CRC
 // is NACKed and never written. Acks follow the level the primary asked for:
 //   received  sent as soon as the CRC checked out
-//   durable   sent after the write completed and a flush (fdatasync) covering it completed;
-//             flushes are shared by every write that completed before them (group commit)
+//   durable   sent after the write, issued with RWF_DSYNC (O_DIRECT + FUA, or write + flush
+//             of that range), completed
 // Malformed or out-of-place frames end that session with an Error frame and a log line naming
 // the peer; the server keeps serving the others.
 //
@@ -50,7 +50,6 @@ struct ReplicaStats {
   uint64_t bytes_written = 0;
   uint64_t crc_mismatches = 0;
   uint64_t protocol_errors = 0;
-  uint64_t flushes = 0;
 };
 
 class ReplicaServer {

@@ -39,6 +39,9 @@ struct IoRequest {
   uint32_t len = 0;
   uint32_t buf_index = kNoBufIndex;
   uint64_t tag = 0;  // returned in the completion
+  // kWrite only: complete only once the data is durable (RWF_DSYNC: a FUA write, or the write
+  // followed by a flush of what it wrote).
+  bool dsync = false;
 };
 
 struct IoCompletion {

@@ -36,6 +36,7 @@ Status MemBlockDevice::Submit(std::span<const IoRequest> requests) {
       }
       case IoOp::kWrite:
         std::memcpy(data_.data() + r.offset, r.data, r.len);
+        if (r.dsync) std::memcpy(durable_.data() + r.offset, r.data, r.len);
         res = static_cast<int32_t>(r.len);
         ++writes_;
         break;

@@ -30,9 +30,9 @@ class MemBlockDevice final : public BlockDevice {
   // The current contents (what a read returns).
   std::span<const std::byte> contents() const { return data_; }
   std::span<std::byte> mutable_contents() { return data_; }
-  // Contents as of the last completed flush.
+  // Contents as of the last completed flush, plus the dsync writes since.
   std::span<const std::byte> durable_contents() const { return durable_; }
-  // Simulated power loss: everything written since the last flush is lost.
+  // Simulated power loss: everything written since the last flush (dsync writes aside) is lost.
   void DropUnsynced() { data_ = durable_; }
   uint64_t writes() const { return writes_; }
   uint64_t flushes() const { return flushes_; }

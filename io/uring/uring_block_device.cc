@@ -4,6 +4,7 @@
 #include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <vector>
@@ -149,6 +150,7 @@ class UringBlockDevice final : public BlockDevice, public RingHandler {
       } else {
         io_uring_prep_write(sqe, file, p, len, off);
       }
+      if (s.req.dsync) sqe->rw_flags = RWF_DSYNC;
     }
     sqe->flags |= IOSQE_FIXED_FILE;
   }
@@ -178,15 +180,24 @@ class UringBlockDevice final : public BlockDevice, public RingHandler {
   uint32_t in_flight_ = 0;
 };
 
+// Extends a regular file to `want` bytes, sparsely (ftruncate): allocating a whole volume up
+// front would serialize that work before the first block (on tmpfs it zeroes every page). The
+// space is checked first, so a disk that cannot hold the volume is a clear error now rather
+// than ENOSPC in the middle.
 Status ExtendFile(int fd, const std::string& path, uint64_t have, uint64_t want) {
-  if (fallocate(fd, 0, static_cast<off_t>(have), static_cast<off_t>(want - have)) == 0) {
-    return Status::Ok();
+  struct stat st {};
+  struct statvfs vfs {};
+  if (fstat(fd, &st) == 0 && fstatvfs(fd, &vfs) == 0) {
+    uint64_t allocated = static_cast<uint64_t>(st.st_blocks) * 512;
+    uint64_t need = want > allocated ? want - allocated : 0;
+    uint64_t avail = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
+    if (need > avail) {
+      return Status::Errno(ENOSPC, fmt::format("{}: cannot grow to {} bytes: {} more needed, the "
+                                               "file system has {} available",
+                                               path, want, need, avail));
+    }
   }
-  int err = errno;
-  if (err == ENOSPC || err == EDQUOT || err == EFBIG) {
-    return Status::Errno(err, fmt::format("{}: cannot extend from {} to {} bytes", path, have, want));
-  }
-  // File systems without fallocate: a sparse extension.
+  (void)have;
   if (ftruncate(fd, static_cast<off_t>(want)) != 0) {
     return Status::Errno(errno, fmt::format("{}: ftruncate to {} bytes", path, want));
   }

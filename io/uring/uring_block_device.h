@@ -19,7 +19,7 @@ namespace blkmirror::io {
 struct UringOpenOptions {
   bool writable = false;
   bool create = false;      // create a regular file that does not exist
-  uint64_t min_size = 0;    // regular files: extend (fallocate, else ftruncate) to at least this
+  uint64_t min_size = 0;    // regular files: extend (sparsely, space checked) to at least this
   uint32_t queue_depth = 64;
   bool prefer_direct = true;
 };

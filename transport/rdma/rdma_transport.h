@@ -1,12 +1,50 @@
-// The RDMA verbs backend. (Being written: see issue 3.)
+// The RDMA verbs backend (rdma-core: librdmacm for connection setup, libibverbs for the data
+// path), over InfiniBand or RoCE (soft-RoCE included). Same HOST:PORT addressing as TCP; the
+// ports are rdma_cm's own port space (RDMA_PS_TCP), not the kernel's TCP ports.
+//
+// Wire use of a connection (one RC queue pair):
+//   - Data frames (proto::CarriesBlockData) go as ONE RDMA WRITE WITH IMMEDIATE each, straight
+//     from the caller's pool buffer (no copy): gather list = payload, then the 64-byte header,
+//     landing contiguously in a receive slot of the peer, so the header sits right behind the
+//     block (what transport::kReceiveHeadroom is for). The receiving side's slots are buffers of
+//     its registered BufferPool; it grants them to the sender in credit messages and re-grants
+//     a slot's buffer when the engine gives it back with Release(). Only the accepting side
+//     (the replica) advertises slots and registers its pool for remote write: Data frames flow
+//     from the connecting side to the accepting side.
+//   - Every other frame is a SEND (header + payload, <= 4160 bytes) into receive buffers the
+//     transport posted before connecting/accepting.
+//   - Credit messages (transport-internal SEND WITH IMMEDIATE) return receive-queue credits and
+//     grant slots; no frame is ever sent without a receive posted for it at the peer.
+// rdma_cm private data carries each side's queue sizes, path MTU and slot region (see
+// rdma_internal.h: ConnectInfo). Setup errors name the peer, the device, port, GID and MTU where
+// known, and what to check.
+//
+// Ownership: the transport owns every verbs object it creates (event channels, PDs, CQs, QPs,
+// MRs, cm_ids) and frees them in its destructor; the registered BufferPool must outlive it.
+// Thread safety: none; a transport belongs to the thread that runs its io::Ring. Two transports
+// in two threads (each with its own ring) may talk to each other.
 #pragma once
 
+#include <cstdint>
 #include <memory>
+#include <string>
 
 #include "transport/transport.h"
 
 namespace blkmirror::transport {
 
+struct RdmaOptions {
+  // Receive slots (pool buffers) an accepted connection grants its sender (1..1024). Fewer when
+  // the pool is short: a connection takes at most half of the free buffers, and tops up later.
+  uint32_t slots_per_connection = 16;
+  // Source address for Connect (an IP of a local RDMA device, "" = let the route decide). Needed
+  // when both ends live on one host (the soft-RoCE lab): without it the route to a local
+  // address goes over `lo`, which has no RDMA device.
+  std::string source_address;
+};
+
 Result<std::unique_ptr<Transport>> CreateRdmaTransport(const TransportContext& context);
+Result<std::unique_ptr<Transport>> CreateRdmaTransport(const TransportContext& context,
+                                                       const RdmaOptions& options);
 
 }  // namespace blkmirror::transport

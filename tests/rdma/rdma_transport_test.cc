@@ -1,0 +1,861 @@
+// The RDMA backend over soft-RoCE, inside the lab (scripts/lab): a server transport listening on
+// LAB_IP1 (rxe1) in a thread of its own, a client on LAB_IP0 (rxe0) in the test's thread; each
+// with its own io_uring ring, pool and transport (a transport is single-threaded, and the
+// passive side accepts only when its own Poll runs). Then the engine over RDMA: a Replicator
+// and a ReplicaServer in two threads.
+//
+// Outside the lab (no LAB_IP0/LAB_IP1 in the environment) every test is skipped, loudly; the lab
+// suite script fails when anything is skipped.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <future>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "engine/replica.h"
+#include "engine/replicator.h"
+#include "io/mem/mem_block_device.h"
+#include "io/ring.h"
+#include "transport/rdma/rdma_internal.h"
+#include "transport/rdma/rdma_transport.h"
+#include "transport/testing/faulty_transport.h"
+
+namespace blkmirror::transport {
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+// LAB_IP0 / LAB_IP1 / LAB_NORDMA_IP, or "" when not in the lab.
+std::string Env(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr ? v : "";
+}
+
+#define REQUIRE_LAB()                                                                        \
+  do {                                                                                       \
+    for (const char* v : {"LAB_IP0", "LAB_IP1", "LAB_NORDMA_IP"}) {                          \
+      if (Env(v).empty()) {                                                                  \
+        GTEST_SKIP() << "SKIPPED: " << v                                                     \
+                     << " is not set: this test needs the soft-RoCE lab (scripts/lab "       \
+                        "scripts/lab.d/suite.d/50-rdma-transport.sh)";                       \
+      }                                                                                      \
+    }                                                                                        \
+  } while (0)
+
+struct Event {
+  CompletionKind kind;
+  ConnId conn;
+  uint64_t tag;
+  int32_t res;
+  proto::RawHeader header;
+  std::vector<std::byte> payload;
+  std::string status;
+};
+
+size_t Count(const std::vector<Event>& events, CompletionKind kind) {
+  return static_cast<size_t>(std::count_if(events.begin(), events.end(),
+                                           [&](const Event& e) { return e.kind == kind; }));
+}
+
+Event Copy(const Completion& c) {
+  Event e{c.kind, c.conn, c.tag, c.res, c.header, {}, c.status.ok() ? "" : c.status.message()};
+  if (c.kind == CompletionKind::kRecv) {
+    if (c.data) {
+      uint32_t len = proto::DecodePrefix(c.header)->payload_len;
+      e.payload.assign(c.data.data(), c.data.data() + len);
+    } else {
+      e.payload.assign(c.control.begin(), c.control.end());
+    }
+  }
+  return e;
+}
+
+proto::RawHeader DataHeader(uint64_t seq, uint32_t len) {
+  proto::Frame f;
+  f.flags = static_cast<uint16_t>(proto::AckLevel::kReceived);
+  f.payload_len = len;
+  f.body = proto::Data{seq, seq * 65536, len, 0};
+  return proto::Encode(f);
+}
+
+WorkItem TextItem(ConnId conn, const std::string& text, uint64_t tag = 0, bool signal = false) {
+  proto::Frame f;
+  f.body = proto::Error{42};
+  f.payload_len = static_cast<uint32_t>(text.size());
+  WorkItem item;
+  item.conn = conn;
+  item.tag = tag;
+  item.signal = signal;
+  item.header = proto::Encode(f);
+  item.control = std::as_bytes(std::span(text.data(), text.size()));
+  return item;
+}
+
+std::string Text(const Event& e) {
+  return std::string(reinterpret_cast<const char*>(e.payload.data()), e.payload.size());
+}
+
+// ---- A transport in a thread of its own -----------------------------------------------------
+
+struct LoopConfig {
+  uint32_t slots = 16;
+  size_t buffers = 32;
+  size_t buffer_size = (64 << 10) + kReceiveHeadroom;
+};
+
+// Owns a thread running ring + pool + RDMA transport, listening on LAB_IP1:0. Every completion
+// is recorded (payload copied) and then given to `handler`, in the loop thread. Call() runs a
+// function in the loop thread and returns its result.
+class LoopThread {
+ public:
+  using Handler = std::function<void(LoopThread&, Completion&)>;
+  using Tick = std::function<void(LoopThread&)>;
+
+  LoopThread(LoopConfig config, Handler handler = {}, Tick tick = {})
+      : config_(config), handler_(std::move(handler)), tick_(std::move(tick)) {
+    std::promise<Result<Endpoint>> started;
+    auto f = started.get_future();
+    thread_ = std::thread([this, &started] { Run(started); });
+    auto r = f.get();
+    if (r.ok()) {
+      endpoint_ = *r;
+    } else {
+      error_ = r.status().message();
+    }
+  }
+  ~LoopThread() { Stop(); }
+
+  const std::string& error() const { return error_; }
+  const Endpoint& endpoint() const { return endpoint_; }
+
+  // Runs `f` in the loop thread, waits for it.
+  template <typename F>
+  auto Call(F f) -> decltype(f()) {
+    std::packaged_task<decltype(f())()> task(std::move(f));
+    auto result = task.get_future();
+    {
+      std::lock_guard lock(mu_);
+      calls_.push_back([&task] { task(); });
+    }
+    return result.get();
+  }
+
+  // Waits (polling from outside) until `pred` holds in the loop thread.
+  template <typename Pred>
+  bool WaitFor(Pred pred, std::chrono::milliseconds limit = 20s) {
+    auto deadline = Clock::now() + limit;
+    while (Clock::now() < deadline) {
+      if (Call(pred)) return true;
+      std::this_thread::sleep_for(2ms);
+    }
+    return false;
+  }
+
+  void Stop() {
+    if (!thread_.joinable()) return;
+    stop_ = true;
+    thread_.join();
+  }
+
+  // Loop-thread state (use from handlers or Call).
+  Transport& t() { return *transport_; }
+  rdma::RdmaTransport& rdma() { return *static_cast<rdma::RdmaTransport*>(transport_.get()); }
+  io::BufferPool& pool() { return *pool_; }
+  std::vector<Event> events;
+  std::deque<std::pair<ConnId, io::BufferRef>> held;  // Data buffers a handler keeps
+  size_t max_held = 0;
+
+ private:
+  void Run(std::promise<Result<Endpoint>>& started) {
+    auto ring = io::Ring::Create(256);
+    if (!ring.ok()) return started.set_value(ring.status());
+    ring_ = std::move(ring).value();
+    auto pool = io::BufferPool::Create(config_.buffer_size, config_.buffers,
+                                       io::HugePages::kNever);
+    if (!pool.ok()) return started.set_value(pool.status());
+    pool_ = std::move(pool).value();
+    RdmaOptions options;
+    options.slots_per_connection = config_.slots;
+    TransportContext ctx{ring_.get(), {}};
+    auto t = CreateRdmaTransport(ctx, options);
+    if (!t.ok()) return started.set_value(t.status());
+    transport_ = std::move(t).value();
+    if (Status s = transport_->Register(*pool_); !s.ok()) return started.set_value(s);
+    started.set_value(transport_->Listen({Env("LAB_IP1"), 0}));
+    std::array<Completion, 16> cs;
+    while (!stop_) {
+      for (;;) {
+        size_t n = transport_->Poll(cs);
+        for (size_t i = 0; i < n; ++i) {
+          events.push_back(Copy(cs[i]));
+          if (handler_) handler_(*this, cs[i]);
+          if (cs[i].data) transport_->Release(cs[i].conn, std::move(cs[i].data));
+        }
+        if (n < cs.size()) break;
+      }
+      max_held = std::max(max_held, held.size());
+      if (tick_) tick_(*this);
+      std::deque<std::function<void()>> calls;
+      {
+        std::lock_guard lock(mu_);
+        calls.swap(calls_);
+      }
+      for (auto& c : calls) c();
+      (void)ring_->Wait(1ms);
+    }
+    held.clear();
+    for (auto& c : cs) c.data.Reset();
+    transport_.reset();
+    pool_.reset();
+    ring_.reset();
+  }
+
+  LoopConfig config_;
+  Handler handler_;
+  Tick tick_;
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+  std::mutex mu_;
+  std::deque<std::function<void()>> calls_;
+  Endpoint endpoint_;
+  std::string error_;
+  std::unique_ptr<io::Ring> ring_;
+  std::unique_ptr<io::BufferPool> pool_;
+  std::unique_ptr<Transport> transport_;
+};
+
+// ---- The client side, driven by the test's thread -------------------------------------------
+
+class RdmaTransportTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    REQUIRE_LAB();
+    ring_ = std::move(io::Ring::Create(256).value());
+    pool_ = std::move(io::BufferPool::Create(64 << 10, 48, io::HugePages::kNever).value());
+    RdmaOptions options;
+    options.source_address = Env("LAB_IP0");
+    TransportContext ctx{ring_.get(), {}};
+    ctx.options.send_queue_depth = 64;
+    auto t = CreateRdmaTransport(ctx, options);
+    ASSERT_TRUE(t.ok()) << t.status().message();
+    client_ = std::move(t).value();
+    ASSERT_TRUE(client_->Register(*pool_).ok());
+  }
+
+  void TearDown() override {
+    client_.reset();
+    server_.reset();
+  }
+
+  void StartServer(LoopConfig config, LoopThread::Handler handler = {},
+                   LoopThread::Tick tick = {}) {
+    server_ = std::make_unique<LoopThread>(config, std::move(handler), std::move(tick));
+    ASSERT_TRUE(server_->error().empty()) << server_->error();
+    ASSERT_NE(server_->endpoint().port, 0);
+  }
+
+  // Runs the client's loop until `pred` holds (bounded by `limit`), collecting completions.
+  template <typename Pred>
+  bool RunUntil(Pred pred, std::chrono::milliseconds limit = 20s) {
+    auto deadline = Clock::now() + limit;
+    std::array<Completion, 16> cs;
+    for (;;) {
+      size_t n;
+      while ((n = client_->Poll(cs)) > 0) {
+        for (size_t i = 0; i < n; ++i) {
+          events_.push_back(Copy(cs[i]));
+          if (cs[i].data) client_->Release(cs[i].conn, std::move(cs[i].data));
+        }
+      }
+      if (pred()) return true;
+      if (Clock::now() > deadline) return false;
+      EXPECT_TRUE(ring_->Wait(1ms).ok());
+    }
+  }
+
+  // Runs the client's loop until `pred` holds in the server's thread.
+  template <typename Pred>
+  bool RunUntilServer(Pred pred, std::chrono::milliseconds limit = 20s) {
+    return RunUntil([&] { return server_->Call(pred); }, limit);
+  }
+
+  ConnId ConnectClient() {
+    auto conn = client_->Connect(server_->endpoint(), 10s);
+    EXPECT_TRUE(conn.ok()) << conn.status().message();
+    if (!conn.ok()) return kNoConn;
+    EXPECT_TRUE(server_->WaitFor(
+        [&] { return Count(server_->events, CompletionKind::kAccepted) == 1; }));
+    return *conn;
+  }
+
+  ConnId ServerConn() {
+    return server_->Call([&] {
+      for (auto& e : server_->events) {
+        if (e.kind == CompletionKind::kAccepted) return e.conn;
+      }
+      return kNoConn;
+    });
+  }
+
+  // A pool buffer filled with `len` random bytes (kept until the test ends).
+  const std::byte* Block(uint32_t len, uint32_t seed, std::vector<std::byte>* copy) {
+    auto buf = pool_->TryGet();
+    EXPECT_TRUE(buf.has_value()) << "client pool exhausted";
+    std::mt19937 rng(seed);
+    for (uint32_t i = 0; i < len; ++i) buf->data()[i] = static_cast<std::byte>(rng());
+    copy->assign(buf->data(), buf->data() + len);
+    blocks_.push_back(std::move(*buf));
+    return blocks_.back().data();
+  }
+
+  std::unique_ptr<io::Ring> ring_;
+  std::unique_ptr<io::BufferPool> pool_;
+  std::unique_ptr<Transport> client_;
+  std::unique_ptr<LoopThread> server_;
+  std::vector<Event> events_;
+  std::vector<io::BufferRef> blocks_;
+};
+
+TEST_F(RdmaTransportTest, FramesGoBothWaysInOrderWithTheirPayloads) {
+  // The server echoes every control frame it receives, as a control frame of its own.
+  StartServer({}, [](LoopThread& s, Completion& c) {
+    if (c.kind != CompletionKind::kRecv || c.data) return;
+    std::string text(reinterpret_cast<const char*>(c.control.data()), c.control.size());
+    auto item = TextItem(c.conn, "echo " + text);
+    ASSERT_TRUE(s.t().Post(std::span(&item, 1)).ok());
+  });
+  ConnId conn = ConnectClient();
+  ASSERT_NE(conn, kNoConn);
+  EXPECT_EQ(client_->name(), "rdma");
+  EXPECT_EQ(client_->PeerName(conn), server_->endpoint().ToString());
+  EXPECT_NE(server_->Call([&] { return server_->t().PeerName(ServerConn()); })
+                .find(Env("LAB_IP0") + ":"),
+            std::string::npos);
+
+  // 40 Data frames of varied sizes (more than the 16 slots: they are re-granted as the server
+  // releases them), a control frame after every 5th; all posted in batches of 4.
+  std::mt19937 rng(7);
+  std::vector<std::vector<std::byte>> sent(40);
+  std::vector<WorkItem> batch;
+  std::vector<std::string> texts;
+  texts.reserve(8);
+  for (uint64_t i = 0; i < sent.size(); ++i) {
+    uint32_t len = 1 + rng() % (64 << 10);
+    WorkItem item;
+    item.conn = conn;
+    item.tag = i;
+    item.signal = true;
+    item.header = DataHeader(i, len);
+    item.data = Block(len, static_cast<uint32_t>(i), &sent[i]);
+    batch.push_back(item);
+    if (i % 5 == 4) {
+      texts.push_back("control " + std::to_string(i));
+      batch.push_back(TextItem(conn, texts.back(), 1000 + i, true));
+    }
+    if (batch.size() >= 4 || i + 1 == sent.size()) {
+      ASSERT_TRUE(RunUntil([&] { return client_->SendSpace(conn) >= batch.size(); }));
+      Status s = client_->Post(batch);
+      ASSERT_TRUE(s.ok()) << s.message();
+      batch.clear();
+    }
+  }
+  ASSERT_TRUE(RunUntilServer([&] { return Count(server_->events, CompletionKind::kRecv) == 48; }))
+      << server_->Call([&] { return Count(server_->events, CompletionKind::kRecv); });
+  ASSERT_TRUE(RunUntil([&] {
+    return Count(events_, CompletionKind::kSent) == 48 && Count(events_, CompletionKind::kRecv) == 8;
+  }));
+  // Server side: every frame, in order, bytes intact.
+  auto server_events = server_->Call([&] { return server_->events; });
+  uint64_t next = 0;
+  size_t text_i = 0;
+  for (auto& e : server_events) {
+    if (e.kind != CompletionKind::kRecv) continue;
+    auto f = proto::Decode(e.header);
+    ASSERT_TRUE(f.ok()) << f.status().message();
+    if (f->type() == proto::FrameType::kError) {
+      ASSERT_LT(text_i, texts.size());
+      EXPECT_EQ(Text(e), texts[text_i++]);
+      EXPECT_EQ(next % 5, 0u) << "control frame out of place";
+      continue;
+    }
+    const auto& d = std::get<proto::Data>(f->body);
+    ASSERT_EQ(d.seq, next) << "Data frames out of order";
+    ASSERT_EQ(e.payload.size(), sent[next].size());
+    EXPECT_TRUE(e.payload == sent[next]) << "payload of frame " << next << " differs";
+    ++next;
+  }
+  EXPECT_EQ(next, 40u);
+  // Client side: kSent tags in posting order, with the bytes handed over; the echoes in order.
+  std::vector<uint64_t> expected_tags;
+  for (uint64_t i = 0; i < 40; ++i) {
+    expected_tags.push_back(i);
+    if (i % 5 == 4) expected_tags.push_back(1000 + i);
+  }
+  std::vector<uint64_t> tags;
+  size_t echo_i = 0;
+  for (auto& e : events_) {
+    if (e.kind == CompletionKind::kSent) {
+      tags.push_back(e.tag);
+      EXPECT_GT(e.res, 0);
+    } else if (e.kind == CompletionKind::kRecv) {
+      ASSERT_LT(echo_i, texts.size());
+      EXPECT_EQ(Text(e), "echo " + texts[echo_i++]);
+    }
+  }
+  EXPECT_EQ(tags, expected_tags);
+  // Data kSent res = header + payload.
+  for (auto& e : events_) {
+    if (e.kind == CompletionKind::kSent && e.tag < 40) {
+      EXPECT_EQ(e.res, static_cast<int32_t>(64 + sent[e.tag].size()));
+    }
+  }
+  // A clean close on the client: the server sees it, every slot goes back to its pool.
+  client_->Close(conn);
+  ASSERT_TRUE(RunUntil([&] { return Count(events_, CompletionKind::kClosed) == 1; }));
+  EXPECT_TRUE(events_.back().status.empty()) << events_.back().status;
+  ASSERT_TRUE(RunUntilServer([&] { return Count(server_->events, CompletionKind::kClosed) == 1; }));
+  EXPECT_NE(server_->Call([&] { return server_->events.back().status; })
+                .find("closed the connection"),
+            std::string::npos);
+  EXPECT_TRUE(RunUntilServer([&] { return server_->pool().available() == server_->pool().count(); }));
+}
+
+TEST_F(RdmaTransportTest, DataWaitsForCreditsAndAllArrivesInOrder) {
+  // 4 slots, 8 pool buffers (so no top-up), and a receiver that holds every block and gives one
+  // back every 10 ms: the sender runs out of slots again and again.
+  LoopConfig config;
+  config.slots = 4;
+  config.buffers = 8;
+  auto last_release = std::make_shared<Clock::time_point>(Clock::now());
+  StartServer(
+      config,
+      [](LoopThread& s, Completion& c) {
+        if (c.kind == CompletionKind::kRecv && c.data) s.held.emplace_back(c.conn, std::move(c.data));
+      },
+      [last_release](LoopThread& s) {
+        if (s.held.empty() || Clock::now() - *last_release < 10ms) return;
+        s.t().Release(s.held.front().first, std::move(s.held.front().second));
+        s.held.pop_front();
+        *last_release = Clock::now();
+      });
+  ConnId conn = ConnectClient();
+  ASSERT_NE(conn, kNoConn);
+  std::vector<std::vector<std::byte>> sent(30);
+  std::vector<WorkItem> items;
+  for (uint64_t i = 0; i < sent.size(); ++i) {
+    uint32_t len = 32 << 10;
+    WorkItem item;
+    item.conn = conn;
+    item.tag = i;
+    item.signal = true;
+    item.header = DataHeader(i, len);
+    item.data = Block(len, 100 + static_cast<uint32_t>(i), &sent[i]);
+    items.push_back(item);
+  }
+  ASSERT_TRUE(client_->Post(items).ok());  // all at once: 26 of them wait for slots
+  EXPECT_EQ(client_->SendSpace(conn), 64u - 30u);
+  ASSERT_TRUE(RunUntilServer([&] { return Count(server_->events, CompletionKind::kRecv) == 30; }, 30s));
+  ASSERT_TRUE(RunUntil([&] { return Count(events_, CompletionKind::kSent) == 30; }));
+  EXPECT_EQ(client_->SendSpace(conn), 64u);
+  EXPECT_EQ(server_->Call([&] { return server_->max_held; }), 4u) << "the slots were not the limit";
+  auto server_events = server_->Call([&] { return server_->events; });
+  uint64_t next = 0;
+  for (auto& e : server_events) {
+    if (e.kind != CompletionKind::kRecv) continue;
+    auto f = proto::Decode(e.header);
+    ASSERT_TRUE(f.ok());
+    ASSERT_EQ(std::get<proto::Data>(f->body).seq, next);
+    EXPECT_TRUE(e.payload == sent[next]) << "frame " << next;
+    ++next;
+  }
+  EXPECT_EQ(next, 30u);
+  uint64_t tag = 0;
+  for (auto& e : events_) {
+    if (e.kind == CompletionKind::kSent) {
+      EXPECT_EQ(e.tag, tag++);
+    }
+  }
+}
+
+TEST_F(RdmaTransportTest, ConnectToAnAddressWithoutRdmaFailsFastNamingIt) {
+  const std::string ip = Env("LAB_NORDMA_IP");
+  // No source address: the route to the dummy interface has no RDMA device.
+  auto ring = std::move(io::Ring::Create(32).value());
+  TransportContext ctx{ring.get(), {}};
+  auto t = std::move(CreateRdmaTransport(ctx).value());
+  ASSERT_TRUE(t->Register(*pool_).ok());
+  auto start = Clock::now();
+  auto conn = t->Connect({ip, 7000}, 5s);
+  auto took = Clock::now() - start;
+  ASSERT_FALSE(conn.ok());
+  const std::string& msg = conn.status().message();
+  EXPECT_NE(msg.find("cannot reach " + ip + ":7000 over RDMA"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("rdma_resolve_addr"), std::string::npos) << msg;
+  EXPECT_LT(took, 3s) << msg;
+  std::cout << "    error: " << msg << "\n";
+  // Listening there fails as clearly.
+  auto bound = t->Listen({ip, 0});
+  ASSERT_FALSE(bound.ok());
+  EXPECT_NE(bound.status().message().find("cannot listen on " + ip), std::string::npos)
+      << bound.status().message();
+  std::cout << "    error: " << bound.status().message() << "\n";
+}
+
+TEST_F(RdmaTransportTest, ConnectToAPortNobodyListensOnIsRefused) {
+  StartServer({});
+  Endpoint wrong = server_->endpoint();
+  wrong.port = static_cast<uint16_t>(wrong.port == 65535 ? 65534 : wrong.port + 1);
+  auto conn = client_->Connect(wrong, 5s);
+  ASSERT_FALSE(conn.ok());
+  const std::string& msg = conn.status().message();
+  EXPECT_NE(msg.find("cannot reach " + wrong.ToString()), std::string::npos) << msg;
+  EXPECT_NE(msg.find("device rxe"), std::string::npos) << msg;  // names the path
+  std::cout << "    error: " << msg << "\n";
+}
+
+// The server goes away (its transport destroyed: QP gone, DREQ sent) while the client still has
+// frames queued and in flight: every signaled one completes (sent or -ECANCELED), then kClosed
+// with a reason; nothing hangs.
+TEST_F(RdmaTransportTest, PeerTornDownMidStreamCancelsAndCloses) {
+  LoopConfig config;
+  config.slots = 4;
+  config.buffers = 8;
+  StartServer(config, [](LoopThread& s, Completion& c) {
+    if (c.kind == CompletionKind::kRecv && c.data) s.held.emplace_back(c.conn, std::move(c.data));
+  });
+  ConnId conn = ConnectClient();
+  ASSERT_NE(conn, kNoConn);
+  std::vector<std::vector<std::byte>> sent(20);
+  std::vector<WorkItem> items;
+  for (uint64_t i = 0; i < sent.size(); ++i) {
+    WorkItem item;
+    item.conn = conn;
+    item.tag = i;
+    item.signal = true;
+    item.header = DataHeader(i, 16 << 10);
+    item.data = Block(16 << 10, static_cast<uint32_t>(i), &sent[i]);
+    items.push_back(item);
+  }
+  ASSERT_TRUE(client_->Post(items).ok());
+  ASSERT_TRUE(RunUntilServer([&] { return Count(server_->events, CompletionKind::kRecv) >= 2; }));
+  auto start = Clock::now();
+  server_->Stop();  // destroys the server's transport
+  ASSERT_TRUE(RunUntil([&] { return Count(events_, CompletionKind::kClosed) == 1; }, 30s));
+  std::cout << "    closed after " << std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count()
+            << " ms: " << events_.back().status << "\n";
+  ASSERT_EQ(events_.back().kind, CompletionKind::kClosed);
+  EXPECT_FALSE(events_.back().status.empty());
+  EXPECT_NE(events_.back().status.find(server_->endpoint().ToString()), std::string::npos)
+      << events_.back().status;
+  size_t cancelled = 0;
+  uint64_t tag = 0;
+  for (auto& e : events_) {
+    if (e.kind != CompletionKind::kSent) continue;
+    EXPECT_EQ(e.tag, tag++);
+    if (e.res == -ECANCELED) ++cancelled;
+  }
+  EXPECT_EQ(tag, 20u) << "every signaled item completes before kClosed";
+  EXPECT_GE(cancelled, 12u);  // at most 8 could have been written (4 slots, 4 re-granted)
+  EXPECT_EQ(client_->SendSpace(conn), 0u);
+  WorkItem item = TextItem(conn, "late");
+  EXPECT_EQ(client_->Post(std::span(&item, 1)).code(), ErrorCode::kClosed);
+}
+
+TEST_F(RdmaTransportTest, ServerClosingMidStreamIsReportedAfterItsLastFrames) {
+  LoopConfig config;
+  config.slots = 2;
+  config.buffers = 4;
+  StartServer(config, [](LoopThread& s, Completion& c) {
+    if (c.kind == CompletionKind::kRecv && c.data) s.held.emplace_back(c.conn, std::move(c.data));
+  });
+  ConnId conn = ConnectClient();
+  ASSERT_NE(conn, kNoConn);
+  std::vector<std::vector<std::byte>> sent(10);
+  std::vector<WorkItem> items;
+  for (uint64_t i = 0; i < sent.size(); ++i) {
+    WorkItem item;
+    item.conn = conn;
+    item.tag = i;
+    item.signal = true;
+    item.header = DataHeader(i, 8 << 10);
+    item.data = Block(8 << 10, static_cast<uint32_t>(i), &sent[i]);
+    items.push_back(item);
+  }
+  ASSERT_TRUE(client_->Post(items).ok());
+  ASSERT_TRUE(RunUntilServer([&] { return Count(server_->events, CompletionKind::kRecv) == 2; }));
+  // The server sends a last frame, then closes.
+  server_->Call([&] {
+    auto bye = TextItem(ServerConn(), "last words");
+    EXPECT_TRUE(server_->t().Post(std::span(&bye, 1)).ok());
+    return 0;
+  });
+  ASSERT_TRUE(RunUntil([&] { return Count(events_, CompletionKind::kRecv) == 1; }));
+  server_->Call([&] {
+    server_->t().Close(ServerConn());
+    return 0;
+  });
+  ASSERT_TRUE(RunUntil([&] { return Count(events_, CompletionKind::kClosed) == 1; }, 30s));
+  EXPECT_EQ(Text(*std::find_if(events_.begin(), events_.end(),
+                               [](auto& e) { return e.kind == CompletionKind::kRecv; })),
+            "last words");
+  EXPECT_EQ(events_.back().kind, CompletionKind::kClosed);
+  EXPECT_NE(events_.back().status.find("closed the connection"), std::string::npos)
+      << events_.back().status;
+  EXPECT_EQ(Count(events_, CompletionKind::kSent), 10u);
+  ASSERT_TRUE(RunUntilServer([&] { return Count(server_->events, CompletionKind::kClosed) == 1; }));
+  EXPECT_TRUE(server_->Call([&] { return server_->events.back().status; }).empty());
+}
+
+TEST_F(RdmaTransportTest, ABadHeaderInASlotClosesTheConnectionWithTheReason) {
+  StartServer({});
+  ConnId conn = ConnectClient();
+  ASSERT_NE(conn, kNoConn);
+  std::vector<std::byte> copy;
+  WorkItem good;
+  good.conn = conn;
+  good.tag = 0;
+  good.signal = true;
+  good.header = DataHeader(0, 4096);
+  good.data = Block(4096, 1, &copy);
+  ASSERT_TRUE(client_->Post(std::span(&good, 1)).ok());
+  ASSERT_TRUE(RunUntilServer([&] { return Count(server_->events, CompletionKind::kRecv) == 1; }));
+  static_cast<rdma::RdmaTransport*>(client_.get())->TEST_CorruptNextDataHeader(conn);
+  WorkItem bad = good;
+  bad.tag = 1;
+  bad.header = DataHeader(1, 4096);
+  ASSERT_TRUE(client_->Post(std::span(&bad, 1)).ok());
+  ASSERT_TRUE(RunUntilServer([&] { return Count(server_->events, CompletionKind::kClosed) == 1; }));
+  std::string reason = server_->Call([&] { return server_->events.back().status; });
+  std::cout << "    server: " << reason << "\n";
+  EXPECT_NE(reason.find("bad frame from " + Env("LAB_IP0")), std::string::npos) << reason;
+  EXPECT_NE(reason.find("in RDMA slot"), std::string::npos) << reason;
+  EXPECT_NE(reason.find("bad frame magic"), std::string::npos) << reason;
+  EXPECT_EQ(server_->Call([&] { return Count(server_->events, CompletionKind::kRecv); }), 1u);
+  ASSERT_TRUE(RunUntil([&] { return Count(events_, CompletionKind::kClosed) == 1; }));
+  EXPECT_EQ(Count(events_, CompletionKind::kSent), 2u);
+}
+
+// ---- The engine over RDMA -------------------------------------------------------------------
+
+// Forwards to a MemBlockDevice the test keeps, so the test can look at it after the server is
+// done with its copy of the pointer.
+class SharedDevice final : public io::BlockDevice {
+ public:
+  explicit SharedDevice(io::MemBlockDevice& dev) : dev_(dev) {}
+  uint64_t size() const override { return dev_.size(); }
+  const std::string& name() const override { return dev_.name(); }
+  bool direct() const override { return false; }
+  uint32_t alignment() const override { return 1; }
+  uint32_t queue_depth() const override { return dev_.queue_depth(); }
+  uint32_t in_flight() const override { return dev_.in_flight(); }
+  Status Submit(std::span<const io::IoRequest> r) override { return dev_.Submit(r); }
+  size_t Poll(std::span<io::IoCompletion> out) override { return dev_.Poll(out); }
+
+ private:
+  io::MemBlockDevice& dev_;
+};
+
+// A ReplicaServer on LAB_IP1 over RDMA (optionally behind a FaultyTransport), in its own
+// thread, writing to an in-memory device.
+class ReplicaThread {
+ public:
+  ReplicaThread(uint64_t capacity, std::string fault)
+      : device_("mem-replica", capacity), fault_(std::move(fault)) {
+    std::promise<Result<Endpoint>> started;
+    auto f = started.get_future();
+    thread_ = std::thread([this, &started] { Run(started); });
+    auto r = f.get();
+    if (r.ok()) {
+      endpoint_ = *r;
+    } else {
+      error_ = r.status().message();
+    }
+  }
+  ~ReplicaThread() { Stop(); }
+
+  void Stop() {
+    if (!thread_.joinable()) return;
+    stop_ = true;
+    thread_.join();
+  }
+
+  const Endpoint& endpoint() const { return endpoint_; }
+  const std::string& error() const { return error_; }
+  // After Stop():
+  io::MemBlockDevice& device() { return device_; }
+  const engine::ReplicaStats& stats() const { return stats_; }
+  uint64_t faults_injected() const { return faults_; }
+  size_t pool_leaked() const { return pool_leaked_; }
+
+ private:
+  void Run(std::promise<Result<Endpoint>>& started) {
+    auto ring = io::Ring::Create(256);
+    if (!ring.ok()) return started.set_value(ring.status());
+    auto pool = io::BufferPool::Create((64 << 10) + kReceiveHeadroom, 32, io::HugePages::kNever);
+    if (!pool.ok()) return started.set_value(pool.status());
+    TransportContext ctx{ring->get(), {}};
+    auto made = CreateRdmaTransport(ctx);
+    if (!made.ok()) return started.set_value(made.status());
+    std::unique_ptr<Transport> t = std::move(made).value();
+    FaultyTransport* faulty = nullptr;
+    if (!fault_.empty()) {
+      auto spec = FaultSpec::Parse(fault_);
+      if (!spec.ok()) return started.set_value(spec.status());
+      auto wrapped = std::make_unique<FaultyTransport>(std::move(t), *spec);
+      faulty = wrapped.get();
+      t = std::move(wrapped);
+    }
+    if (Status s = t->Register(**pool); !s.ok()) return started.set_value(s);
+    auto bound = t->Listen({Env("LAB_IP1"), 0});
+    if (!bound.ok()) return started.set_value(bound.status());
+    engine::ReplicaOptions options;
+    options.target_name = device_.name();
+    io::MemBlockDevice* dev = &device_;
+    options.open_target = [dev](uint64_t size,
+                                engine::TargetUse) -> Result<std::unique_ptr<io::BlockDevice>> {
+      if (size > dev->size()) return Status::Error(ErrorCode::kRefused, "volume does not fit");
+      return std::unique_ptr<io::BlockDevice>(std::make_unique<SharedDevice>(*dev));
+    };
+    auto server = engine::ReplicaServer::Create(**ring, **pool, std::move(options));
+    if (!server.ok()) return started.set_value(server.status());
+    (*server)->AddTransport(t.get());
+    started.set_value(*bound);
+    while (!stop_) {
+      (*server)->Step();
+      (void)(*ring)->Wait(1ms);
+    }
+    (*server)->Shutdown();
+    stats_ = (*server)->stats();
+    if (faulty != nullptr) faults_ = faulty->faults_injected();
+    server->reset();
+    t.reset();
+    pool_leaked_ = (*pool)->count() - (*pool)->available();
+  }
+
+  io::MemBlockDevice device_;
+  std::string fault_;
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+  Endpoint endpoint_;
+  std::string error_;
+  engine::ReplicaStats stats_;
+  uint64_t faults_ = 0;
+  size_t pool_leaked_ = 0;
+};
+
+class RdmaEngineTest : public ::testing::Test {
+ protected:
+  void SetUp() override { REQUIRE_LAB(); }
+
+  // Replicates `data` (block 64 KiB, window 8, ack durable) to a replica over RDMA.
+  void Replicate(const std::vector<std::byte>& data, const std::string& fault) {
+    replica_ = std::make_unique<ReplicaThread>(data.size(), fault);
+    ASSERT_TRUE(replica_->error().empty()) << replica_->error();
+    auto ring = std::move(io::Ring::Create(256).value());
+    constexpr uint32_t kBlock = 64 << 10;
+    constexpr uint32_t kWindow = 8;
+    auto pool = std::move(io::BufferPool::Create(kBlock, kWindow + 4, io::HugePages::kNever).value());
+    RdmaOptions rdma_options;
+    rdma_options.source_address = Env("LAB_IP0");
+    TransportContext ctx{ring.get(), {}};
+    auto t = std::move(CreateRdmaTransport(ctx, rdma_options).value());
+    ASSERT_TRUE(t->Register(*pool).ok());
+    engine::ReplicatorOptions o;
+    o.ack = proto::AckLevel::kDurable;
+    o.block_size = kBlock;
+    o.window = kWindow;
+    o.volume_size = data.size();
+    auto rep = std::move(engine::Replicator::Create(*ring, *pool, o).value());
+    engine::PeerConfig peer;
+    peer.transport = t.get();
+    peer.endpoint = replica_->endpoint();
+    auto start = Clock::now();
+    Status connected = rep->Connect(std::span(&peer, 1));
+    ASSERT_TRUE(connected.ok()) << connected.message();
+    const size_t expected = (data.size() + kBlock - 1) / kBlock;
+    size_t done = 0;
+    uint64_t next = 0;
+    std::array<engine::WriteCompletion, 16> out;
+    auto deadline = Clock::now() + 120s;
+    while (done < expected && Clock::now() < deadline) {
+      while (next < data.size() && rep->CanSubmit()) {
+        auto buf = pool->TryGet();
+        if (!buf) break;
+        auto len = static_cast<uint32_t>(std::min<uint64_t>(kBlock, data.size() - next));
+        std::memcpy(buf->data(), data.data() + next, len);
+        Status s = rep->Submit(next, std::move(*buf), len, next);
+        ASSERT_TRUE(s.ok()) << s.message();
+        next += len;
+      }
+      size_t n = rep->Poll(out);
+      for (size_t i = 0; i < n; ++i) {
+        ASSERT_TRUE(out[i].status.ok()) << out[i].status.message();
+        ++done;
+      }
+      ASSERT_TRUE(rep->failure().ok()) << rep->failure().message();
+      if (n == 0) {
+        ASSERT_TRUE(ring->Wait(1ms).ok());
+      }
+    }
+    ASSERT_EQ(done, expected) << "the push did not finish in time";
+    Status closed = rep->Close();
+    ASSERT_TRUE(closed.ok()) << closed.message();
+    auto took = std::chrono::duration<double>(Clock::now() - start).count();
+    stats_ = rep->stats();
+    std::cout << "    " << data.size() / 1024 << " KiB in " << took << " s ("
+              << data.size() / took / 1e6 << " MB/s), retransmits " << stats_[0].retransmits
+              << "\n";
+    rep.reset();
+    EXPECT_EQ(pool->available(), pool->count());
+    t.reset();
+    replica_->Stop();
+    EXPECT_EQ(replica_->pool_leaked(), 0u);
+    const auto& written = replica_->device().contents();
+    ASSERT_GE(written.size(), data.size());
+    EXPECT_EQ(std::memcmp(written.data(), data.data(), data.size()), 0) << "replica differs";
+    const auto& durable = replica_->device().durable_contents();
+    EXPECT_EQ(std::memcmp(durable.data(), data.data(), data.size()), 0) << "not durable";
+    ASSERT_EQ(stats_.size(), 1u);
+    EXPECT_EQ(stats_[0].blocks_acked, expected);
+    EXPECT_EQ(stats_[0].transport, "rdma");
+    EXPECT_EQ(replica_->device().writes(), expected) << "a block was written twice or not at all";
+  }
+
+  static std::vector<std::byte> RandomBytes(size_t n, uint32_t seed) {
+    std::vector<std::byte> v(n);
+    std::mt19937 rng(seed);
+    for (auto& b : v) b = static_cast<std::byte>(rng());
+    return v;
+  }
+
+  std::unique_ptr<ReplicaThread> replica_;
+  std::vector<engine::PeerStats> stats_;
+};
+
+TEST_F(RdmaEngineTest, ReplicatesAVolumeAtAckDurable) {
+  auto data = RandomBytes((3 << 20) + 12288, 1);  // 3 MiB and a short last block
+  Replicate(data, "");
+  EXPECT_EQ(stats_[0].retransmits, 0u);
+  EXPECT_EQ(replica_->stats().crc_mismatches, 0u);
+}
+
+TEST_F(RdmaEngineTest, CorruptedBlocksAreNackedAndResent) {
+  auto data = RandomBytes(2 << 20, 2);
+  Replicate(data, "flip-rx-data:every=3");
+  EXPECT_GT(replica_->faults_injected(), 5u);
+  EXPECT_EQ(replica_->stats().crc_mismatches, replica_->faults_injected());
+  EXPECT_EQ(stats_[0].crc_mismatches, replica_->faults_injected());
+  EXPECT_EQ(stats_[0].retransmits, replica_->faults_injected());
+}
+
+}  // namespace
+}  // namespace blkmirror::transport
