@@ -205,7 +205,6 @@ int RunPush(const PushArgs& args) {
   if (!volume_id.ok()) return fail(volume_id.status());
 
   const auto bs = static_cast<uint32_t>(*block_size);
-  // As many reads in flight as writes: the source (O_DIRECT) must keep up with the window.
   // As many source reads in flight as blocks in the window: O_DIRECT reads must keep up.
   const uint32_t readahead = std::max<uint32_t>(4, args.window);
   auto loop = MakeLoop(bs, args.window + readahead, std::max<unsigned>(256, 4 * args.window));
