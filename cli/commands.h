@@ -33,6 +33,7 @@ struct PushArgs {
   bool json = false;
   int progress = -1;  // -1: on a terminal; 0: never; 1: always
   std::string test_fault;
+  bool tcp_zerocopy = false;
 };
 
 struct VerifyArgs {

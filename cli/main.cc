@@ -55,6 +55,8 @@ int main(int argc, char** argv) {
   p->add_flag("--json", push.json, "print one JSON object on stdout");
   p->add_flag("--progress{1},--no-progress{0}", push.progress, "progress line on stderr");
   p->add_option("--test-fault", push.test_fault, "TEST ONLY: inject faults")->group("");
+  p->add_flag("--tcp-zerocopy", push.tcp_zerocopy, "send with SENDMSG_ZC (experimental)")
+      ->group("");
 
   VerifyArgs verify;
   auto* v = app.add_subcommand("verify", "compare a source with a replica by per-block CRC32C");

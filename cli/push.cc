@@ -214,7 +214,9 @@ int RunPush(const PushArgs& args) {
   auto source = io::OpenUringDevice(*loop->ring, args.source, open_options);
   if (!source.ok()) return fail(source.status());
 
-  auto transports = MakeTransports(*loop, args.transport, args.test_fault);
+  transport::TransportOptions transport_options;
+  transport_options.tcp_zerocopy = args.tcp_zerocopy;
+  auto transports = MakeTransports(*loop, args.transport, args.test_fault, transport_options);
   if (!transports.ok()) {
     return fail(transports.status(), transports.status().code() == ErrorCode::kInvalidArgument
                                          ? kExitUsage

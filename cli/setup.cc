@@ -30,9 +30,11 @@ Result<Loop> MakeLoop(size_t buffer_size, size_t count, unsigned entries) {
 namespace {
 
 Result<std::unique_ptr<transport::Transport>> MakeOne(const Loop& loop, std::string_view name,
-                                                      const std::string& test_fault) {
+                                                      const std::string& test_fault,
+                                                      const transport::TransportOptions& options) {
   transport::TransportContext context;
   context.ring = loop.ring.get();
+  context.options = options;
   ASSIGN_OR_RETURN(auto t, transport::CreateTransport(name, context));
   if (!test_fault.empty()) {
     ASSIGN_OR_RETURN(auto spec, transport::FaultSpec::Parse(test_fault));
@@ -47,14 +49,15 @@ Result<std::unique_ptr<transport::Transport>> MakeOne(const Loop& loop, std::str
 }  // namespace
 
 Result<Transports> MakeTransports(const Loop& loop, std::string_view name,
-                                  const std::string& test_fault) {
+                                  const std::string& test_fault,
+                                  const transport::TransportOptions& options) {
   Transports out;
   if (name != "auto") {
-    ASSIGN_OR_RETURN(out.preferred, MakeOne(loop, name, test_fault));
+    ASSIGN_OR_RETURN(out.preferred, MakeOne(loop, name, test_fault, options));
     return out;
   }
-  auto rdma = MakeOne(loop, "rdma", test_fault);
-  ASSIGN_OR_RETURN(auto tcp, MakeOne(loop, "tcp", test_fault));
+  auto rdma = MakeOne(loop, "rdma", test_fault, options);
+  ASSIGN_OR_RETURN(auto tcp, MakeOne(loop, "tcp", test_fault, options));
   if (rdma.ok()) {
     out.preferred = std::move(rdma).value();
     out.fallback = std::move(tcp);

@@ -33,7 +33,8 @@ struct Transports {
   std::string unavailable;  // auto: why rdma is not even tried ("" when it is)
 };
 Result<Transports> MakeTransports(const Loop& loop, std::string_view name,
-                                  const std::string& test_fault);
+                                  const std::string& test_fault,
+                                  const transport::TransportOptions& options = {});
 
 // A stable id for the volume at `path` (BLAKE2b-128 of its canonical path).
 Result<proto::VolumeId> VolumeIdFor(const std::string& path);

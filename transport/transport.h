@@ -94,6 +94,9 @@ inline constexpr size_t kReceiveHeadroom = 4096;
 
 struct TransportOptions {
   uint32_t send_queue_depth = 1024;  // frames a connection queues before Post refuses
+  // tcp: send with IORING_OP_SENDMSG_ZC (pages pinned, not copied, where the NIC allows;
+  // loopback copies anyway). Off by default: see docs/performance.md for the measurement.
+  bool tcp_zerocopy = false;
 };
 
 class Transport {

@@ -14,7 +14,7 @@
 namespace blkmirror::transport {
 namespace {
 
-class TcpTransportTest : public ::testing::Test {
+class TcpTransportTest : public ::testing::TestWithParam<bool> {
  protected:
   void SetUp() override {
     ring_ = std::move(io::Ring::Create(256).value());
@@ -22,6 +22,7 @@ class TcpTransportTest : public ::testing::Test {
     client_pool_ = std::move(io::BufferPool::Create(64 << 10, 8, io::HugePages::kNever).value());
     TransportContext ctx{ring_.get(), {}};
     ctx.options.send_queue_depth = 64;
+    ctx.options.tcp_zerocopy = GetParam();
     server_ = std::move(CreateTransport("tcp", ctx).value());
     client_ = std::move(CreateTransport("tcp", ctx).value());
     ASSERT_TRUE(server_->Register(*server_pool_).ok());
@@ -127,7 +128,7 @@ class TcpTransportTest : public ::testing::Test {
   std::vector<Event> server_events_, client_events_;
 };
 
-TEST_F(TcpTransportTest, ConnectToAClosedPortNamesThePeer) {
+TEST_P(TcpTransportTest, ConnectToAClosedPortNamesThePeer) {
   auto conn = client_->Connect({"127.0.0.1", 1}, std::chrono::milliseconds(500));
   ASSERT_FALSE(conn.ok());
   EXPECT_NE(conn.status().message().find("cannot connect to 127.0.0.1:1"), std::string::npos)
@@ -135,13 +136,13 @@ TEST_F(TcpTransportTest, ConnectToAClosedPortNamesThePeer) {
   EXPECT_EQ(conn.status().err(), ECONNREFUSED);
 }
 
-TEST_F(TcpTransportTest, UnresolvableHostIsAClearError) {
+TEST_P(TcpTransportTest, UnresolvableHostIsAClearError) {
   auto conn = client_->Connect({"no-such-host.invalid", 7000}, std::chrono::milliseconds(500));
   ASSERT_FALSE(conn.ok());
   EXPECT_NE(conn.status().message().find("no-such-host.invalid"), std::string::npos);
 }
 
-TEST_F(TcpTransportTest, FramesArriveInOrderWithTheirPayloads) {
+TEST_P(TcpTransportTest, FramesArriveInOrderWithTheirPayloads) {
   auto conn = client_->Connect(endpoint_, std::chrono::milliseconds(1000));
   ASSERT_TRUE(conn.ok()) << conn.status().message();
   ConnId server_conn = Accepted();
@@ -200,7 +201,7 @@ TEST_F(TcpTransportTest, FramesArriveInOrderWithTheirPayloads) {
   EXPECT_EQ(server_pool_->available(), server_pool_->count());
 }
 
-TEST_F(TcpTransportTest, PostRefusesWhenTheQueueIsFullOrTheConnectionGone) {
+TEST_P(TcpTransportTest, PostRefusesWhenTheQueueIsFullOrTheConnectionGone) {
   auto conn = client_->Connect(endpoint_, std::chrono::milliseconds(1000));
   ASSERT_TRUE(conn.ok());
   Accepted();
@@ -227,7 +228,7 @@ TEST_F(TcpTransportTest, PostRefusesWhenTheQueueIsFullOrTheConnectionGone) {
   EXPECT_EQ(client_events_.back().kind, CompletionKind::kClosed);
 }
 
-TEST_F(TcpTransportTest, GarbageClosesTheConnectionWithAReason) {
+TEST_P(TcpTransportTest, GarbageClosesTheConnectionWithAReason) {
   int fd = RawSocket();
   const char junk[64] = "GET / HTTP/1.1\r\nHost: example\r\n\r\n";
   ASSERT_EQ(write(fd, junk, sizeof(junk)), 64);
@@ -236,7 +237,7 @@ TEST_F(TcpTransportTest, GarbageClosesTheConnectionWithAReason) {
   close(fd);
 }
 
-TEST_F(TcpTransportTest, ATruncatedFrameIsReportedAsSuch) {
+TEST_P(TcpTransportTest, ATruncatedFrameIsReportedAsSuch) {
   int fd = RawSocket();
   proto::Frame f;
   f.body = proto::Bye{};
@@ -247,7 +248,7 @@ TEST_F(TcpTransportTest, ATruncatedFrameIsReportedAsSuch) {
   EXPECT_NE(ClosedReason().find("truncated frame"), std::string::npos) << ClosedReason();
 }
 
-TEST_F(TcpTransportTest, AnOversizedDataFrameIsRefused) {
+TEST_P(TcpTransportTest, AnOversizedDataFrameIsRefused) {
   int fd = RawSocket();
   proto::Frame f;
   f.flags = static_cast<uint16_t>(proto::AckLevel::kReceived);
@@ -260,7 +261,7 @@ TEST_F(TcpTransportTest, AnOversizedDataFrameIsRefused) {
   close(fd);
 }
 
-TEST_F(TcpTransportTest, APeerClosingIsReportedAfterItsLastFrames) {
+TEST_P(TcpTransportTest, APeerClosingIsReportedAfterItsLastFrames) {
   auto conn = client_->Connect(endpoint_, std::chrono::milliseconds(1000));
   ASSERT_TRUE(conn.ok());
   ConnId server_conn = Accepted();
@@ -278,6 +279,9 @@ TEST_F(TcpTransportTest, APeerClosingIsReportedAfterItsLastFrames) {
   EXPECT_EQ(client_events_[0].kind, CompletionKind::kRecv);  // the Bye, then the close
   EXPECT_NE(client_events_.back().status.find("closed the connection"), std::string::npos);
 }
+
+INSTANTIATE_TEST_SUITE_P(Tcp, TcpTransportTest, ::testing::Values(false, true),
+                         [](const auto& info) { return info.param ? "ZeroCopy" : "Copy"; });
 
 }  // namespace
 }  // namespace blkmirror::transport

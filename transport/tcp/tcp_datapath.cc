@@ -124,6 +124,7 @@ Status TcpTransport::Post(std::span<const WorkItem> items) {
 
 void TcpTransport::StartSend(Conn& conn) {
   if (conn.closing || conn.send_inflight || conn.sq_batch_end == conn.sq_tail) return;
+  if (conn.zc_count == conn.zc_marks.size()) return;  // resumed by a zero-copy notification
   size_t n = 0;
   uint64_t c = conn.sq_batch_end;
   for (; c < conn.sq_tail && c - conn.sq_batch_end < kMaxBatchFrames; ++c) {
@@ -143,25 +144,54 @@ void TcpTransport::StartSend(Conn& conn) {
   conn.msg = msghdr{};
   conn.msg.msg_iov = conn.iov.data();
   conn.msg.msg_iovlen = n;
+  PrepSend(conn);
+}
+
+void TcpTransport::PrepSend(Conn& conn) {
   io_uring_sqe* sqe = ring_.GetSqe(&conn.send_op);
-  io_uring_prep_sendmsg(sqe, conn.fd, &conn.msg, MSG_NOSIGNAL | MSG_WAITALL);
+  if (options_.tcp_zerocopy) {
+    io_uring_prep_sendmsg_zc(sqe, conn.fd, &conn.msg, MSG_NOSIGNAL | MSG_WAITALL);
+  } else {
+    io_uring_prep_sendmsg(sqe, conn.fd, &conn.msg, MSG_NOSIGNAL | MSG_WAITALL);
+  }
   conn.send_inflight = true;
 }
 
-void TcpTransport::OnSend(Conn& conn, int32_t res) {
+void TcpTransport::OnSend(Conn& conn, int32_t res, uint32_t flags) {
+  if (flags & IORING_CQE_F_NOTIF) {
+    // Zero-copy: the kernel let go of the pages of the oldest send with a notification.
+    if (conn.zc_count > 0) {
+      conn.sq_done = std::max(conn.sq_done, conn.zc_marks[conn.zc_head]);
+      conn.zc_head = (conn.zc_head + 1) % conn.zc_marks.size();
+      --conn.zc_count;
+    }
+    return;
+  }
   conn.send_inflight = false;
-  if (conn.closing) return;
+  // Whatever this send completed: with zero-copy its buffers are free only at its notification.
+  auto settle = [&] {
+    if (flags & IORING_CQE_F_MORE) {
+      conn.zc_marks[(conn.zc_head + conn.zc_count) % conn.zc_marks.size()] = conn.sq_sent;
+      ++conn.zc_count;
+    } else if (conn.zc_count == 0) {
+      conn.sq_done = conn.sq_sent;
+    }
+  };
+  if (conn.closing) {
+    settle();
+    return;
+  }
   if (res == -EAGAIN || res == -EINTR) {
-    io_uring_sqe* sqe = ring_.GetSqe(&conn.send_op);
-    io_uring_prep_sendmsg(sqe, conn.fd, &conn.msg, MSG_NOSIGNAL | MSG_WAITALL);
-    conn.send_inflight = true;
+    settle();
+    PrepSend(conn);
     return;
   }
   if (res < 0) {
+    settle();
     Fail(conn, Status::Errno(-res, fmt::format("send to {} failed", conn.peer)));
     return;
   }
-  // Consume `res` bytes from the gather list; each fully sent entry moves to "done".
+  // Consume `res` bytes from the gather list; each fully sent entry moves to "sent".
   size_t left = static_cast<size_t>(res);
   while (conn.iov_pos < conn.iov_count) {
     iovec& v = conn.iov[conn.iov_pos];
@@ -171,16 +201,15 @@ void TcpTransport::OnSend(Conn& conn, int32_t res) {
       break;
     }
     left -= v.iov_len;
-    if (conn.iov_ends_entry[conn.iov_pos]) ++conn.sq_done;
+    if (conn.iov_ends_entry[conn.iov_pos]) ++conn.sq_sent;
     ++conn.iov_pos;
   }
+  settle();
   if (conn.iov_pos < conn.iov_count) {
     // Short send (MSG_WAITALL makes it rare): send the rest of the same gather list.
     conn.msg.msg_iov = conn.iov.data() + conn.iov_pos;
     conn.msg.msg_iovlen = conn.iov_count - conn.iov_pos;
-    io_uring_sqe* sqe = ring_.GetSqe(&conn.send_op);
-    io_uring_prep_sendmsg(sqe, conn.fd, &conn.msg, MSG_NOSIGNAL | MSG_WAITALL);
-    conn.send_inflight = true;
+    PrepSend(conn);
     return;
   }
   StartSend(conn);
@@ -281,11 +310,12 @@ void TcpTransport::OnRecv(Conn& conn, int32_t res) {
 
 void TcpTransport::FrameReceived(Conn& conn) { ++conn.ready_count; }
 
-void TcpTransport::OnCqe(io::RingOp* ring_op, int32_t res, uint32_t /*flags*/) {
+void TcpTransport::OnCqe(io::RingOp* ring_op, int32_t res, uint32_t flags) {
   auto* op = static_cast<Op*>(ring_op);
   switch (op->kind) {
     case Op::Kind::kSend:
-      OnSend(*op->conn, res);
+      OnSend(*op->conn, res, flags);
+      if (!op->conn->send_inflight && !op->conn->closing) StartSend(*op->conn);
       break;
     case Op::Kind::kRecv:
       OnRecv(*op->conn, res);

@@ -56,13 +56,18 @@ struct Conn {
   Status close_reason;
 
   // Send queue: a ring of entries addressed by monotonic counters.
-  //   [sq_head, sq_done)      sent, not yet reported by Poll
-  //   [sq_done, sq_batch_end) in the SENDMSG in flight
+  //   [sq_head, sq_done)      sent and their buffers free, not yet reported by Poll
+  //   [sq_done, sq_sent)      sent, buffers still referenced by the kernel (zero-copy only)
+  //   [sq_sent, sq_batch_end) in the SENDMSG in flight
   //   [sq_batch_end, sq_tail) queued
   std::vector<SendEntry> sendq;
-  uint64_t sq_head = 0, sq_done = 0, sq_batch_end = 0, sq_tail = 0;
+  uint64_t sq_head = 0, sq_done = 0, sq_sent = 0, sq_batch_end = 0, sq_tail = 0;
   Op send_op;
   bool send_inflight = false;
+  // Zero-copy sends: each SENDMSG_ZC result that announces a notification (CQE_F_MORE) leaves
+  // the sq_sent it reached here; its notification (CQE_F_NOTIF, in order) releases up to it.
+  std::array<uint64_t, 8> zc_marks{};
+  size_t zc_head = 0, zc_count = 0;
   msghdr msg{};
   std::array<iovec, 2 * kMaxBatchFrames> iov{};
   std::array<bool, 2 * kMaxBatchFrames> iov_ends_entry{};
@@ -83,7 +88,7 @@ struct Conn {
   size_t ready_lent = 0;  // delivered at the last Poll; their control spans live until the next
 
   SendEntry& entry(uint64_t counter) { return sendq[counter % sendq.size()]; }
-  bool busy() const { return send_inflight || recv_inflight; }
+  bool busy() const { return send_inflight || recv_inflight || zc_count > 0; }
 };
 
 struct Listener {
@@ -124,12 +129,14 @@ class TcpTransport final : public Transport, public io::RingHandler {
   Conn* Find(ConnId id) const;
   void Fail(Conn& conn, Status reason);
   void StartSend(Conn& conn);
-  void OnSend(Conn& conn, int32_t res);
+  void OnSend(Conn& conn, int32_t res, uint32_t flags);
   void StartRecv(Conn& conn);
   void OnRecv(Conn& conn, int32_t res);
   void FrameReceived(Conn& conn);
   bool CtrlAlloc(Conn& conn, uint32_t len, std::byte** out, uint32_t* held);
   size_t Drain(Conn& conn, std::span<Completion> out);
+
+  void PrepSend(Conn& conn);
 
   io::Ring& ring_;
   TransportOptions options_;
