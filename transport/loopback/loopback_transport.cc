@@ -54,6 +54,17 @@ class LoopbackTransport final : public Transport {
       if (it == conns_.end() || it->second.closing) {
         return Status::Error(ErrorCode::kClosed, "loopback: connection is closed");
       }
+      // The same checks a stream transport makes before it can frame a message.
+      ASSIGN_OR_RETURN(proto::Prefix prefix, proto::DecodePrefix(item.header));
+      bool block = proto::CarriesBlockData(prefix.type);
+      if (block && prefix.payload_len > 0 && item.data == nullptr) {
+        return Status::Invalid("loopback: Data frame without a payload buffer");
+      }
+      if (!block && prefix.payload_len != item.control.size()) {
+        return Status::Invalid("loopback: {} frame says {} payload bytes, {} given",
+                               proto::FrameTypeName(prefix.type), prefix.payload_len,
+                               item.control.size());
+      }
     }
     for (const WorkItem& item : items) {
       Conn& c = conns_[item.conn];
@@ -166,9 +177,20 @@ class LoopbackTransport final : public Transport {
     Conn& c = it->second;
     while (!c.out.empty() && c.peer != nullptr) {
       Outgoing& o = c.out.front();
-      auto prefix = proto::DecodePrefix(o.item.header);
+      auto prefix = proto::DecodePrefix(o.item.header);  // checked at Post
       Event e{CompletionKind::kRecv, c.peer_conn};
       e.header = o.item.header;
+      if (o.item.data != nullptr && prefix->payload_len > c.peer->pool_->buffer_size()) {
+        // As on TCP: the receiver cannot hold it, and says so by closing.
+        LoopbackTransport* peer = c.peer;
+        ConnId peer_conn = c.peer_conn;
+        Close(id);
+        peer->FailConn(peer_conn, Status::Protocol("Data payload of {} bytes exceeds the buffer "
+                                                   "size {}",
+                                                   prefix->payload_len,
+                                                   peer->pool_->buffer_size()));
+        return;
+      }
       if (o.item.data != nullptr) {
         auto buf = c.peer->pool_->TryGet();
         if (!buf) return;  // the receiver is full: wait for a Release
@@ -188,6 +210,12 @@ class LoopbackTransport final : public Transport {
 
   void PeerGone(ConnId id) {
     auto it = conns_.find(id);
+    if (it == conns_.end()) return;
+    FailConn(id, Status::Error(ErrorCode::kClosed, it->second.peer_name + " closed the connection"));
+  }
+
+  void FailConn(ConnId id, Status reason) {
+    auto it = conns_.find(id);
     if (it == conns_.end() || it->second.closing) return;
     Conn& c = it->second;
     // Frames already delivered stay readable; the close follows them.
@@ -198,7 +226,7 @@ class LoopbackTransport final : public Transport {
     }
     c.out.clear();
     Event e{CompletionKind::kClosed, id};
-    e.status = Status::Error(ErrorCode::kClosed, c.peer_name + " closed the connection");
+    e.status = std::move(reason);
     Push(std::move(e));
   }
 
