@@ -20,7 +20,11 @@ struct ServeArgs {
   bool once = false;
   std::string max_block_size = "4M";
   std::string pool_size = "256M";
+  std::string key_file;
+  bool insecure = false;  // serve a non-loopback address without a key
+  std::string meta_dir;
   std::string test_fault;
+  std::string test_disk_fault;
 };
 
 struct PushArgs {
@@ -32,6 +36,13 @@ struct PushArgs {
   std::string transport = "auto";
   bool json = false;
   int progress = -1;  // -1: on a terminal; 0: never; 1: always
+  std::string meta_dir;
+  bool full = false;           // ignore the bitmaps: send every block
+  bool resume = true;          // the default when metadata exists (--resume says it explicitly)
+  bool checksum_skip = false;  // compare per-block CRCs first, send only the differing blocks
+  uint32_t quorum = 0;         // 0: every peer
+  std::string peer_timeout = "6s";
+  std::string key_file;
   std::string test_fault;
   bool tcp_zerocopy = false;
 };
@@ -43,10 +54,14 @@ struct VerifyArgs {
   std::string transport = "auto";
   bool json = false;
   int progress = -1;
+  std::string key_file;
+  bool repair = false;  // resend the differing blocks
+  std::string meta_dir;
 };
 
 int RunServe(const ServeArgs& args);
 int RunPush(const PushArgs& args);
 int RunVerify(const VerifyArgs& args);
+int RunKeygen(const std::string& path);
 
 }  // namespace blkmirror::cli

@@ -4,7 +4,8 @@
 //   blkmirror push   --source PATH --peer HOST:PORT [--peer ...] [--ack sent|received|durable]
 //                    [--block-size BYTES] [--window BLOCKS] [--transport auto|tcp] [--json]
 //                    [--progress|--no-progress]
-//   blkmirror verify --source PATH --peer HOST:PORT [--json]
+//   blkmirror verify --source PATH --peer HOST:PORT [--json] [--repair]
+//   blkmirror keygen PATH
 #include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
@@ -41,7 +42,13 @@ int main(int argc, char** argv) {
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   s->add_option("--pool-size", serve.pool_size, "receive buffer memory (default 256M)")
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  s->add_option("--key-file", serve.key_file, "authenticate primaries with this key (keygen)");
+  s->add_flag("--insecure", serve.insecure,
+              "allow serving a non-loopback address without --key-file");
+  s->add_option("--meta-dir", serve.meta_dir,
+                "where the replica keeps its identity (default: beside the target)");
   s->add_option("--test-fault", serve.test_fault, "TEST ONLY: inject faults")->group("");
+  s->add_option("--test-disk-fault", serve.test_disk_fault, "TEST ONLY: disk faults")->group("");
 
   PushArgs push;
   auto* p = app.add_subcommand("push", "mirror a source to one or more replicas");
@@ -54,6 +61,16 @@ int main(int argc, char** argv) {
   p->add_option("--transport", push.transport, "auto (rdma, else tcp), tcp or rdma")->check(CLI::IsMember(transports));
   p->add_flag("--json", push.json, "print one JSON object on stdout");
   p->add_flag("--progress{1},--no-progress{0}", push.progress, "progress line on stderr");
+  p->add_option("--meta-dir", push.meta_dir,
+                "metadata (dirty bitmaps) directory (default: <source>.blkmirror)");
+  p->add_flag("--full", push.full, "send every block, whatever the bitmaps say");
+  p->add_flag("--resume", push.resume, "send only the blocks a replica may miss (the default)");
+  p->add_flag("--checksum-skip", push.checksum_skip,
+              "compare per-block CRCs with each replica first; send only what differs");
+  p->add_option("--quorum", push.quorum, "replicas a write needs (default: all)");
+  p->add_option("--peer-timeout", push.peer_timeout,
+                "a replica silent this long is lost (default 6s)");
+  p->add_option("--key-file", push.key_file, "authenticate to the replicas with this key");
   p->add_option("--test-fault", push.test_fault, "TEST ONLY: inject faults")->group("");
   p->add_flag("--tcp-zerocopy", push.tcp_zerocopy, "send with SENDMSG_ZC (experimental)")
       ->group("");
@@ -66,9 +83,16 @@ int main(int argc, char** argv) {
   v->add_option("--transport", verify.transport, "auto (rdma, else tcp), tcp or rdma")->check(CLI::IsMember(transports));
   v->add_flag("--json", verify.json, "print one JSON object on stdout");
   v->add_flag("--progress{1},--no-progress{0}", verify.progress, "progress line on stderr");
+  v->add_option("--key-file", verify.key_file, "authenticate to the replica with this key");
+  v->add_flag("--repair", verify.repair, "resend the blocks that differ");
+  v->add_option("--meta-dir", verify.meta_dir, "metadata directory (for --repair)");
+
+  std::string key_path;
+  auto* k = app.add_subcommand("keygen", "write a new random key for --key-file (mode 0600)");
+  k->add_option("PATH", key_path, "the key file to create")->required();
 
   // --log-level may come before or after the command.
-  for (auto* sub : {s, p, v}) sub->fallthrough();
+  for (auto* sub : {s, p, v, k}) sub->fallthrough();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -79,5 +103,6 @@ int main(int argc, char** argv) {
   if (*s) return RunServe(serve);
   if (*p) return RunPush(push);
   if (*v) return RunVerify(verify);
+  if (*k) return RunKeygen(key_path);
   return kExitUsage;
 }

@@ -1,19 +1,27 @@
-// `blkmirror push`: read the source with io_uring into pool buffers and replicate every block to
-// every peer through the Replicator, at the ack level asked for.
+// `blkmirror push`: read the source with io_uring into pool buffers and replicate its blocks to
+// the peers through the Replicator, at the ack level asked for. With metadata from an earlier
+// push (a dirty bitmap per replica), only the blocks a replica may be missing are sent to it.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <bit>
+#include <cstdio>
+
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
-#include <unistd.h>
-
-#include <cstdio>
-
 #include "cli/commands.h"
+#include "cli/meta.h"
+#include "cli/push_internal.h"
 #include "cli/setup.h"
 #include "common/clock.h"
 #include "common/histogram.h"
 #include "common/progress.h"
 #include "common/units.h"
+#include "engine/dirty_bitmap.h"
 #include "engine/replicator.h"
+#include "engine/session.h"
+#include "engine/verifier.h"
 #include "io/uring/uring_block_device.h"
 
 namespace blkmirror::cli {
@@ -27,8 +35,9 @@ Result<proto::AckLevel> ParseAck(std::string_view text) {
 }
 
 struct PushReport {
-  uint64_t bytes = 0;
+  uint64_t bytes = 0;   // bytes of the blocks replicated (each block counted once)
   uint64_t blocks = 0;
+  uint64_t blocks_skipped = 0;  // clean on every live peer: not read, not sent
   double seconds = 0;
   LatencyHistogram latency;
   // Where the loop waited, for finding what limits a push (in --json as "waits_ms").
@@ -36,12 +45,15 @@ struct PushReport {
   uint64_t wait_reads_ns = 0;  // window open, nothing read yet: waiting for the source
 };
 
-// Reads the source into buffers (as many in flight as buffers allow) and feeds the Replicator.
+// Reads the source's dirty blocks into buffers (as many reads in flight as buffers allow) and
+// feeds them to the Replicator, each to the live peers whose bitmap has it dirty.
 class PushLoop {
  public:
   PushLoop(io::Ring& ring, io::BufferPool& pool, io::BlockDevice& source,
-           engine::Replicator& replicator, uint32_t block_size, Progress& progress)
+           engine::Replicator& replicator, uint32_t block_size,
+           std::vector<engine::DirtyBitmap*> bitmaps, Progress& progress)
       : ring_(ring), pool_(pool), source_(source), rep_(replicator), block_size_(block_size),
+        blocks_((source.size() + block_size - 1) / block_size), bitmaps_(std::move(bitmaps)),
         progress_(progress), slots_(pool.count()), ready_(pool.count()) {
     free_.reserve(pool.count());
     for (uint32_t i = 0; i < pool.count(); ++i) free_.push_back(i);
@@ -49,21 +61,27 @@ class PushLoop {
   }
 
   Status Run(PushReport& report) {
-    const uint64_t size = source_.size();
-    const uint64_t total_blocks = (size + block_size_ - 1) / block_size_;
     uint64_t start = NowNs();
-    while (report.blocks < total_blocks) {
+    for (;;) {
+      RETURN_IF_ERROR(rep_.failure());
       size_t events = 0;
-      RETURN_IF_ERROR(IssueReads(size));
+      RETURN_IF_ERROR(IssueReads(report));
       events += batch_.size();
       ASSIGN_OR_RETURN(size_t reaped, ReapReads());
       events += reaped;
       while (ready_count_ > 0 && rep_.CanSubmit()) {
-        Slot& s = slots_[ready_[ready_head_]];
         uint32_t si = ready_[ready_head_];
+        Slot& s = slots_[si];
         ready_head_ = (ready_head_ + 1) % ready_.size();
         --ready_count_;
-        RETURN_IF_ERROR(rep_.Submit(s.offset, std::move(s.buffer), s.length, s.offset));
+        engine::PeerMask mask = Mask(s.offset / block_size_);
+        if (mask == 0) {
+          // Every peer it was read for is lost since: it stays dirty in their bitmaps.
+          s.buffer.Reset();
+        } else {
+          RETURN_IF_ERROR(rep_.Submit(s.offset, std::move(s.buffer), s.length, s.offset, mask));
+          ++submitted_;
+        }
         free_.push_back(si);
         ++events;
       }
@@ -76,8 +94,11 @@ class PushLoop {
         report.latency.Record(c.latency_ns);
       }
       events += n;
-      RETURN_IF_ERROR(rep_.failure());
       progress_.Update(report.bytes);
+      if (next_block_ >= blocks_ && source_.in_flight() == 0 && ready_count_ == 0 &&
+          rep_.in_flight() == 0) {
+        break;
+      }
       if (events == 0) {
         uint64_t t0 = NowNs();
         RETURN_IF_ERROR(ring_.Wait(std::chrono::milliseconds(100)));
@@ -106,16 +127,31 @@ class PushLoop {
     uint32_t length = 0;
   };
 
-  Status IssueReads(uint64_t size) {
+  // The live peers for which `block` is dirty.
+  engine::PeerMask Mask(uint64_t block) const {
+    engine::PeerMask live = rep_.live_peers();
+    engine::PeerMask mask = 0;
+    for (size_t i = 0; i < bitmaps_.size(); ++i) {
+      if ((live >> i & 1) && bitmaps_[i]->Test(block)) mask |= engine::PeerMask{1} << i;
+    }
+    return mask;
+  }
+
+  Status IssueReads(PushReport& report) {
     batch_.clear();
-    while (next_offset_ < size && !free_.empty() && pool_.available() > 0) {
+    const uint64_t size = source_.size();
+    while (next_block_ < blocks_ && !free_.empty() && pool_.available() > 0) {
+      uint64_t block = next_block_++;
+      if (Mask(block) == 0) {
+        ++report.blocks_skipped;
+        continue;
+      }
       uint32_t si = free_.back();
       free_.pop_back();
       Slot& s = slots_[si];
       s.buffer = std::move(*pool_.TryGet());
-      s.offset = next_offset_;
-      s.length = static_cast<uint32_t>(std::min<uint64_t>(block_size_, size - next_offset_));
-      next_offset_ += s.length;
+      s.offset = block * block_size_;
+      s.length = static_cast<uint32_t>(std::min<uint64_t>(block_size_, size - s.offset));
       io::IoRequest r;
       r.op = io::IoOp::kRead;
       r.offset = s.offset;
@@ -158,8 +194,11 @@ class PushLoop {
   io::BlockDevice& source_;
   engine::Replicator& rep_;
   uint32_t block_size_;
+  uint64_t blocks_;
+  std::vector<engine::DirtyBitmap*> bitmaps_;
   Progress& progress_;
-  uint64_t next_offset_ = 0;
+  uint64_t next_block_ = 0;
+  uint64_t submitted_ = 0;
   std::vector<Slot> slots_;
   std::vector<uint32_t> free_;
   std::vector<uint32_t> ready_;  // ring of slots read and waiting for window space
@@ -170,11 +209,40 @@ class PushLoop {
   std::array<engine::WriteCompletion, 64> done_;
 };
 
+Result<std::chrono::milliseconds> ParseDuration(std::string_view text) {
+  std::string t(text);
+  uint64_t mult = 1000;  // plain numbers are seconds
+  if (t.size() > 2 && t.substr(t.size() - 2) == "ms") {
+    mult = 1;
+    t.resize(t.size() - 2);
+  } else if (!t.empty() && t.back() == 's') {
+    t.pop_back();
+  }
+  char* end = nullptr;
+  double v = std::strtod(t.c_str(), &end);
+  if (t.empty() || end != t.c_str() + t.size() || v < 0) {
+    return Status::Invalid("'{}' is not a duration (examples: 6, 6s, 500ms)", text);
+  }
+  return std::chrono::milliseconds(static_cast<int64_t>(v * static_cast<double>(mult)));
+}
+
+std::string StateName(const engine::PeerStats& s, const engine::DirtyBitmap* bitmap) {
+  if (s.state == engine::PeerState::kLost) return "lost";
+  if (bitmap != nullptr && bitmap->CountSet() == 0) return "in_sync";
+  return "resyncing";
+}
+
 }  // namespace
 
-int RunPush(const PushArgs& args) {
-  auto fail = [](const Status& s, int code = kExitFailed) {
-    PrintError("push", s);
+Result<std::chrono::milliseconds> ParsePeerTimeout(std::string_view text) {
+  return ParseDuration(text);
+}
+
+int RunReplication(const ReplicationPlan& plan) {
+  const PushArgs& args = plan.args;
+  const std::string cmd = plan.command;
+  auto fail = [&cmd](const Status& s, int code = kExitFailed) {
+    PrintError(cmd, s);
     return code;
   };
   auto ack = ParseAck(args.ack);
@@ -192,20 +260,70 @@ int RunPush(const PushArgs& args) {
                 kExitUsage);
   }
   if (args.peers.empty()) return fail(Status::Invalid("at least one --peer is needed"), kExitUsage);
+  if (args.peers.size() > engine::kMaxPeers) {
+    return fail(Status::Invalid("{} peers: at most {}", args.peers.size(), engine::kMaxPeers),
+                kExitUsage);
+  }
+  if (args.quorum > args.peers.size()) {
+    return fail(Status::Invalid("--quorum {} is more than the {} peer(s) given", args.quorum,
+                                args.peers.size()),
+                kExitUsage);
+  }
+  if (args.full && args.checksum_skip) {
+    return fail(Status::Invalid("--full and --checksum-skip contradict each other"), kExitUsage);
+  }
+  auto timeout = ParseDuration(args.peer_timeout);
+  if (!timeout.ok()) return fail(timeout.status().Context("--peer-timeout"), kExitUsage);
   std::vector<transport::Endpoint> endpoints;
   for (const std::string& p : args.peers) {
     auto ep = transport::Endpoint::Parse(p);
     if (!ep.ok()) return fail(ep.status().Context("--peer"), kExitUsage);
     endpoints.push_back(*ep);
   }
+  std::optional<engine::Key> key;
+  if (!args.key_file.empty()) {
+    auto k = engine::LoadKeyFile(args.key_file);
+    if (!k.ok()) return fail(k.status(), kExitUsage);
+    key = *k;
+  }
   auto info = io::StatPath(args.source);
   if (!info.ok()) return fail(info.status().Context("--source"));
   if (info->size == 0) return fail(Status::Invalid("the source {} is empty", args.source));
   auto volume_id = VolumeIdFor(args.source);
   if (!volume_id.ok()) return fail(volume_id.status());
-
   const auto bs = static_cast<uint32_t>(*block_size);
-  // As many source reads in flight as blocks in the window: O_DIRECT reads must keep up.
+
+  // Metadata: what the last push saw of the source, and a bitmap per replica.
+  std::string meta_dir =
+      args.meta_dir.empty() ? DefaultMetaDir(args.source, info->is_block_device) : args.meta_dir;
+  Status made = EnsureDir(meta_dir);
+  if (!made.ok()) return fail(made);
+  struct stat st {};
+  stat(args.source.c_str(), &st);
+  std::string source_stamp =
+      info->is_block_device
+          ? fmt::format("size {}", info->size)
+          : fmt::format("size {} mtime {}.{:09d}", info->size, st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
+  bool trust_bitmaps = !args.full;
+  auto previous = ReadKeyValues(meta_dir + "/volume");
+  if (previous.ok() && ((*previous)["block_size"] != std::to_string(bs) ||
+                        (*previous)["source"] != source_stamp)) {
+    if (trust_bitmaps && !args.checksum_skip) {
+      spdlog::warn("{} changed since the last push ({} -> {}) or the block size did: its bitmaps "
+                   "cannot say what changed; sending every block (--checksum-skip sends only "
+                   "the blocks that differ)",
+                   args.source, (*previous)["source"], source_stamp);
+    }
+    trust_bitmaps = false;
+  }
+  Status recorded = WriteKeyValues(meta_dir + "/volume",
+                                   {{"volume_id", engine::IdHex(*volume_id)},
+                                    {"source_path", args.source},
+                                    {"source", source_stamp},
+                                    {"block_size", std::to_string(bs)},
+                                    {"volume_size", std::to_string(info->size)}});
+  if (!recorded.ok()) return fail(recorded);
+
   const uint32_t readahead = std::max<uint32_t>(4, args.window);
   auto loop = MakeLoop(bs, args.window + readahead, std::max<unsigned>(256, 4 * args.window));
   if (!loop.ok()) return fail(loop.status());
@@ -223,12 +341,40 @@ int RunPush(const PushArgs& args) {
                                          : kExitFailed);
   }
 
+  // --checksum-skip: compare per-block CRCs with every replica first (a verify session each).
+  struct Checksums {
+    proto::ReplicaId replica;
+    std::vector<engine::DiffRange> diffs;
+  };
+  std::vector<std::optional<Checksums>> checksums(endpoints.size());
+  if (args.checksum_skip) {
+    for (size_t i = 0; i < endpoints.size(); ++i) {
+      engine::VerifyOptions vo;
+      vo.block_size = bs;
+      vo.volume_id = *volume_id;
+      vo.key = key;
+      auto report = engine::Verify(*loop->ring, *loop->pool, **source, *transports->preferred,
+                                   endpoints[i], vo, transports->fallback.get());
+      if (!report.ok()) {
+        spdlog::warn("{}: checksum comparison failed ({}); it gets a full copy",
+                     endpoints[i].ToString(), report.status().message());
+        continue;
+      }
+      spdlog::info("{}: {} of {} blocks differ", endpoints[i].ToString(), report->differing_blocks,
+                   report->blocks);
+      checksums[i] = Checksums{report->replica_id, report->diffs};
+    }
+  }
+
   engine::ReplicatorOptions options;
   options.ack = *ack;
   options.block_size = bs;
   options.window = args.window;
   options.volume_size = (*source)->size();
   options.volume_id = *volume_id;
+  options.quorum = args.quorum;
+  options.peer_timeout = *timeout;
+  options.key = key;
   auto rep = engine::Replicator::Create(*loop->ring, *loop->pool, options);
   if (!rep.ok()) return fail(rep.status());
   std::vector<engine::PeerConfig> peers;
@@ -238,45 +384,107 @@ int RunPush(const PushArgs& args) {
   Status connected = (*rep)->Connect(peers);
   if (!connected.ok()) return fail(connected);
 
+  // One bitmap per replica, by its data identity.
+  std::vector<std::unique_ptr<engine::DirtyBitmap>> bitmaps;
+  std::vector<engine::DirtyBitmap*> bitmap_ptrs;
+  bool resumed = false;
+  auto stats0 = (*rep)->stats();
+  for (size_t i = 0; i < stats0.size(); ++i) {
+    engine::BitmapKey bkey{bs, (*source)->size(), *volume_id, stats0[i].replica_id};
+    bool existed = false;
+    auto bitmap = engine::DirtyBitmap::Open(BitmapPath(meta_dir, stats0[i].replica_id), bkey,
+                                            &existed);
+    if (!bitmap.ok()) return fail(bitmap.status());
+    engine::DirtyBitmap& b = **bitmap;
+    const auto& sums = checksums[i];
+    if (sums && sums->replica == stats0[i].replica_id) {
+      // The comparison is authoritative for what it saw: dirty exactly where the CRCs differ.
+      b.ClearAll();
+      for (const auto& d : sums->diffs) {
+        for (uint64_t off = d.offset; off < d.offset + d.length; off += bs) b.Set(off / bs);
+      }
+      resumed = true;
+    } else if (plan.repair && !existed) {
+      b.ClearAll();  // no history for this replica: repair exactly what verify found
+    } else if (!trust_bitmaps || !existed) {
+      if (existed) spdlog::info("{}: full copy (--full or the source changed)", stats0[i].peer);
+      b.SetAll();
+    } else {
+      resumed = true;
+      spdlog::info("{}: resuming: {} of {} blocks to send", stats0[i].peer, b.CountSet(),
+                   b.blocks());
+    }
+    // verify --repair: the blocks it found differing (on top of whatever else is dirty).
+    for (const auto& d : plan.extra_dirty) {
+      for (uint64_t off = d.offset; off < d.offset + d.length; off += bs) b.Set(off / bs);
+    }
+    Status synced = b.Sync();
+    if (!synced.ok()) return fail(synced);
+    (*rep)->AttachBitmap(i, &b);
+    bitmap_ptrs.push_back(&b);
+    bitmaps.push_back(std::move(*bitmap));
+  }
+
+  uint64_t dirty_bytes = 0;
+  for (uint64_t blk = 0; blk < bitmaps[0]->blocks(); ++blk) {
+    bool any = false;
+    for (auto* b : bitmap_ptrs) any = any || b->Test(blk);
+    if (any) dirty_bytes += std::min<uint64_t>(bs, (*source)->size() - blk * bs);
+  }
   bool show = args.progress == 1 || (args.progress == -1 && isatty(STDERR_FILENO));
-  Progress progress("push", (*source)->size(), show);
+  Progress progress(cmd, dirty_bytes, show);
   PushReport report;
-  PushLoop push(*loop->ring, *loop->pool, **source, **rep, bs, progress);
+  PushLoop push(*loop->ring, *loop->pool, **source, **rep, bs, bitmap_ptrs, progress);
   Status result = push.Run(report);
   progress.Finish();
   push.Drain();
-  if (result.ok()) result = (*rep)->Close();
+  Status closed = (*rep)->Close();
+  if (result.ok()) result = closed;
   auto stats = (*rep)->stats();
   if (!result.ok()) return fail(result);
 
-  uint64_t retransmits = 0, crc_mismatches = 0;
+  uint64_t retransmits = 0, crc_mismatches = 0, bytes_sent = 0;
   nlohmann::json peers_json = nlohmann::json::array();
   std::string transport_used;
-  for (const auto& s : stats) {
+  for (size_t i = 0; i < stats.size(); ++i) {
+    const auto& s = stats[i];
     retransmits += s.retransmits;
     crc_mismatches += s.crc_mismatches;
+    bytes_sent += s.bytes_sent;
     transport_used = transport_used.empty() || transport_used == s.transport ? s.transport : "mixed";
     std::string why = !s.fallback_reason.empty() ? s.fallback_reason : transports->unavailable;
-    peers_json.push_back({{"peer", s.peer},
-                          {"transport", s.transport},
-                          {"fallback_reason", why.empty() ? nlohmann::json(nullptr) : nlohmann::json(why)},
-                          {"blocks_acked", s.blocks_acked},
-                          {"bytes_acked", s.bytes_acked},
-                          {"retransmits", s.retransmits},
-                          {"crc_mismatches", s.crc_mismatches}});
+    nlohmann::json peer = {
+        {"peer", s.peer},
+        {"transport", s.transport},
+        {"fallback_reason", why.empty() ? nlohmann::json(nullptr) : nlohmann::json(why)},
+        {"state", StateName(s, bitmap_ptrs[i])},
+        {"replica_id", engine::IdHex(s.replica_id)},
+        {"blocks_sent", s.blocks_sent},
+        {"bytes_sent", s.bytes_sent},
+        {"blocks_acked", s.blocks_acked},
+        {"bytes_acked", s.bytes_acked},
+        {"blocks_dirty", bitmap_ptrs[i]->CountSet()},
+        {"retransmits", s.retransmits},
+        {"crc_mismatches", s.crc_mismatches}};
+    if (!s.lost_reason.empty()) peer["lost_reason"] = s.lost_reason;
+    peers_json.push_back(peer);
   }
   double rate = report.seconds > 0 ? static_cast<double>(report.bytes) / report.seconds : 0;
   double p50 = static_cast<double>(report.latency.Quantile(0.50)) / 1e3;
   double p99 = static_cast<double>(report.latency.Quantile(0.99)) / 1e3;
-  if (args.json) {
+  if (args.json || plan.result != nullptr) {
     nlohmann::json out = {{"bytes", report.bytes},
                           {"blocks", report.blocks},
+                          {"bytes_sent", bytes_sent},
+                          {"blocks_skipped", report.blocks_skipped},
+                          {"resumed", resumed},
                           {"seconds", report.seconds},
                           {"bytes_per_second", rate},
                           {"transport", transport_used},
                           {"ack", args.ack},
                           {"block_size", bs},
                           {"window", args.window},
+                          {"quorum", args.quorum == 0 ? stats.size() : args.quorum},
                           {"peers", peers_json},
                           {"retransmits", retransmits},
                           {"crc_mismatches", crc_mismatches},
@@ -284,17 +492,31 @@ int RunPush(const PushArgs& args) {
                           {"waits_ms",
                            {{"acks", static_cast<double>(report.wait_acks_ns) / 1e6},
                             {"source", static_cast<double>(report.wait_reads_ns) / 1e6}}}};
-    std::printf("%s\n", out.dump().c_str());
+    if (plan.result != nullptr) {
+      *plan.result = std::move(out);
+    } else {
+      std::printf("%s\n", out.dump().c_str());
+    }
   } else {
-    std::printf("pushed %s in %.2f s (%s) to %zu peer(s) over %s, ack %s; ack latency p50 %.1f "
-                "us, p99 %.1f us; %llu retransmits, %llu CRC mismatches\n",
+    std::printf("%s %s in %.2f s (%s) to %zu peer(s) over %s, ack %s; %llu blocks skipped; ack "
+                "latency p50 %.1f us, p99 %.1f us; %llu retransmits, %llu CRC mismatches\n",
+                cmd == "push" ? "pushed" : "repaired",
                 FormatBytes(static_cast<double>(report.bytes)).c_str(), report.seconds,
                 FormatRate(rate).c_str(), stats.size(), transport_used.c_str(), args.ack.c_str(),
-                p50, p99,
+                static_cast<unsigned long long>(report.blocks_skipped), p50, p99,
                 static_cast<unsigned long long>(retransmits),
                 static_cast<unsigned long long>(crc_mismatches));
+    for (size_t i = 0; i < stats.size(); ++i) {
+      if (stats[i].state == engine::PeerState::kLost) {
+        std::printf("  %s: lost (%s); %llu blocks left dirty for the next push\n",
+                    stats[i].peer.c_str(), stats[i].lost_reason.c_str(),
+                    static_cast<unsigned long long>(bitmap_ptrs[i]->CountSet()));
+      }
+    }
   }
   return kExitOk;
 }
+
+int RunPush(const PushArgs& args) { return RunReplication(ReplicationPlan{args, "push", {}}); }
 
 }  // namespace blkmirror::cli

@@ -2,14 +2,17 @@
 #include <signal.h>
 
 #include <atomic>
+#include <optional>
 #include <cstdio>
 
 #include <spdlog/spdlog.h>
 
 #include "cli/commands.h"
+#include "cli/meta.h"
 #include "cli/setup.h"
 #include "common/units.h"
 #include "engine/replica.h"
+#include "io/testing/faulty_block_device.h"
 #include "io/uring/uring_block_device.h"
 
 namespace blkmirror::cli {
@@ -19,10 +22,14 @@ std::atomic<bool> g_stop{false};
 
 void OnSignal(int) { g_stop.store(true); }
 
+bool IsLoopback(const std::string& host) {
+  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
 // Opens (and for a writer creates or extends) the target for a session.
-Result<std::unique_ptr<io::BlockDevice>> OpenTarget(io::Ring& ring, const std::string& path,
-                                                    uint32_t depth, uint64_t volume_size,
-                                                    engine::TargetUse use) {
+Result<std::unique_ptr<io::BlockDevice>> OpenTargetDevice(io::Ring& ring, const std::string& path,
+                                                          uint32_t depth, uint64_t volume_size,
+                                                          engine::TargetUse use) {
   auto info = io::StatPath(path);
   if (!info.ok() && info.status().code() != ErrorCode::kNotFound) return info.status();
   io::UringOpenOptions options;
@@ -53,9 +60,7 @@ Result<std::unique_ptr<io::BlockDevice>> OpenTarget(io::Ring& ring, const std::s
   auto dev = io::OpenUringDevice(ring, path, options);
   if (!dev.ok()) {
     if (dev.status().err() == ENOSPC) {
-      return Status::Errno(ENOSPC, fmt::format("replica disk full: cannot make room for {} "
-                                               "bytes in {}",
-                                               volume_size, path));
+      return Status::Errno(ENOSPC, fmt::format("replica disk full: {}", dev.status().message()));
     }
     return dev.status();
   }
@@ -93,6 +98,30 @@ int RunServe(const ServeArgs& args) {
   if (!info.ok() && info.status().code() != ErrorCode::kNotFound) {
     return fail(info.status().Context("--target"));
   }
+  std::optional<engine::Key> key;
+  if (!args.key_file.empty()) {
+    auto k = engine::LoadKeyFile(args.key_file);
+    if (!k.ok()) return fail(k.status(), kExitUsage);
+    key = *k;
+  } else if (!IsLoopback(listen->host) && !args.insecure) {
+    return fail(Status::Invalid("refusing to serve {} without --key-file: any host that reaches "
+                                "it could write {}; make a key with `blkmirror keygen PATH` and "
+                                "give it to both sides, or pass --insecure",
+                                listen->ToString(), args.target),
+                kExitUsage);
+  }
+  if (!key) spdlog::warn("no --key-file: primaries are not authenticated");
+  std::optional<io::DiskFaultSpec> disk_fault;
+  if (!args.test_disk_fault.empty()) {
+    auto spec = io::DiskFaultSpec::Parse(args.test_disk_fault);
+    if (!spec.ok()) return fail(spec.status(), kExitUsage);
+    spdlog::warn("TEST DISK FAULT INJECTION ACTIVE: {} (never use this in production)",
+                 args.test_disk_fault);
+    disk_fault = *spec;
+  }
+  const bool target_is_device = info.ok() && info->is_block_device;
+  const std::string meta_dir =
+      args.meta_dir.empty() ? DefaultMetaDir(args.target, target_is_device) : args.meta_dir;
 
   auto loop = MakeLoop(buffer_size, count, 1024);
   if (!loop.ok()) return fail(loop.status());
@@ -128,8 +157,15 @@ int RunServe(const ServeArgs& args) {
   engine::ReplicaOptions options;
   options.target_name = args.target;
   options.once = args.once;
-  options.open_target = [&ring, path = args.target, depth](uint64_t size, engine::TargetUse use) {
-    return OpenTarget(ring, path, depth, size, use);
+  options.key = key;
+  options.open_target = [&ring, path = args.target, depth, meta_dir, disk_fault](
+                            uint64_t size, const proto::VolumeId& volume_id,
+                            engine::TargetUse use) -> Result<engine::OpenedTarget> {
+    ASSIGN_OR_RETURN(auto device, OpenTargetDevice(ring, path, depth, size, use));
+    ASSIGN_OR_RETURN(auto id, ReplicaIdentity(meta_dir, path, volume_id,
+                                              use == engine::TargetUse::kWrite));
+    if (disk_fault) device = std::make_unique<io::FaultyBlockDevice>(std::move(device), *disk_fault);
+    return engine::OpenedTarget{std::move(device), id};
   };
   auto server = engine::ReplicaServer::Create(ring, *loop->pool, std::move(options));
   if (!server.ok()) return fail(server.status());

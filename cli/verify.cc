@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 
 #include "cli/commands.h"
+#include "cli/push_internal.h"
 #include "cli/setup.h"
 #include "common/clock.h"
 #include "common/progress.h"
@@ -40,6 +41,11 @@ int RunVerify(const VerifyArgs& args) {
   engine::VerifyOptions options;
   options.block_size = static_cast<uint32_t>(*block_size);
   options.volume_id = *volume_id;
+  if (!args.key_file.empty()) {
+    auto k = engine::LoadKeyFile(args.key_file);
+    if (!k.ok()) return fail(k.status(), kExitUsage);
+    options.key = *k;
+  }
   auto loop = MakeLoop(options.block_size, options.read_depth + 2, 256);
   if (!loop.ok()) return fail(loop.status());
   io::UringOpenOptions open_options;
@@ -59,6 +65,29 @@ int RunVerify(const VerifyArgs& args) {
   if (!report.ok()) return fail(report.status());
   double seconds = static_cast<double>(NowNs() - start) / 1e9;
   bool equal = report->diffs.empty();
+  // --repair: send the differing blocks (a write session; refused while a push is running).
+  nlohmann::json repair;
+  int repair_rc = kExitOk;
+  if (args.repair && !equal) {
+    ReplicationPlan plan;
+    plan.command = "verify";
+    plan.args.source = args.source;
+    plan.args.peers = {args.peer};
+    plan.args.block_size = args.block_size;
+    plan.args.transport = args.transport;
+    plan.args.key_file = args.key_file;
+    plan.args.meta_dir = args.meta_dir;
+    plan.args.progress = 0;
+    plan.extra_dirty = report->diffs;
+    plan.repair = true;
+    plan.result = &repair;
+    repair_rc = RunReplication(plan);
+    if (repair_rc != kExitOk) {
+      spdlog::error("repair of {} failed (a push running against it refuses a second writer: "
+                    "rerun verify --repair once it is done)",
+                    peer->ToString());
+    }
+  }
   if (args.json) {
     nlohmann::json diffs = nlohmann::json::array();
     for (const auto& d : report->diffs) diffs.push_back({{"offset", d.offset}, {"length", d.length}});
@@ -71,6 +100,10 @@ int RunVerify(const VerifyArgs& args) {
                           {"differing_blocks", report->differing_blocks},
                           {"diffs", diffs},
                           {"seconds", seconds}};
+    if (args.repair) {
+      out["repaired"] = !equal && repair_rc == kExitOk;
+      if (!repair.is_null()) out["repair"] = repair;
+    }
     std::printf("%s\n", out.dump().c_str());
   } else if (equal) {
     std::printf("%s matches %s: %llu blocks, %s compared in %.2f s\n", peer->ToString().c_str(),
@@ -84,7 +117,14 @@ int RunVerify(const VerifyArgs& args) {
       std::printf("  offset %llu length %llu\n", static_cast<unsigned long long>(d.offset),
                   static_cast<unsigned long long>(d.length));
     }
+    if (args.repair && repair_rc == kExitOk) {
+      std::printf("repaired: %llu bytes resent to %s\n",
+                  static_cast<unsigned long long>(repair.value("bytes_sent", uint64_t{0})),
+                  peer->ToString().c_str());
+    }
   }
+  if (repair_rc != kExitOk) return repair_rc;
+  // Differences found and repaired still exit 1: the copies differed when verify looked.
   return equal ? kExitOk : kExitDiffers;
 }
 

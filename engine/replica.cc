@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <array>
+#include <cstring>
 #include <vector>
 
 #include <spdlog/spdlog.h>
 
+#include "common/clock.h"
 #include "common/crc32c.h"
 #include "engine/seq_tracker.h"
 #include "engine/session.h"
@@ -15,6 +17,7 @@ namespace blkmirror::engine {
 namespace {
 
 constexpr uint64_t kErrorTag = 1;  // tag of a session's Error frame: close once it has left
+constexpr uint64_t kFlushTagBit = uint64_t{1} << 63;  // final-flush tags: this bit | session id
 constexpr size_t kMaxVerifyJobs = 4;      // VerifyReqs a session may have outstanding
 constexpr uint32_t kVerifyReadsPerSession = 8;
 
@@ -51,9 +54,11 @@ class ReplicaServer::Impl {
         if (n < io_done_.size()) break;
       }
     }
+    uint64_t now = NowNs();
     for (auto& s : sessions_) {
       PumpVerify(*s);
       SendAcks(*s);
+      Tick(*s, now);
     }
     Reap();
     return events;
@@ -74,7 +79,7 @@ class ReplicaServer::Impl {
   const ReplicaStats& stats() const { return stats_; }
 
  private:
-  enum class Phase : uint8_t { kHello, kWriter, kVerifier, kDraining, kClosed };
+  enum class Phase : uint8_t { kHello, kAuth, kWriter, kVerifier, kDraining, kClosed };
 
   struct VerifyJob {
     proto::VerifyReq req;
@@ -87,6 +92,7 @@ class ReplicaServer::Impl {
 
   struct Session {
     explicit Session(uint64_t span) : accepted(span), acked(span) {}
+    uint64_t id = 0;  // stable, for tags
     transport::Transport* t = nullptr;
     transport::ConnId conn = transport::kNoConn;
     std::string peer;
@@ -94,7 +100,13 @@ class ReplicaServer::Impl {
     bool uses_device = false;
     bool was_writer = false;
     bool bye = false;
+    bool final_flush = false;  // Bye in a `received` session: the flush that makes it durable
+    bool final_flush_done = false;
     proto::Hello hello;
+    proto::RawHeader hello_raw{};
+    Nonce nonce_r{};
+    uint64_t last_rx_ns = 0;
+    uint64_t last_heartbeat_ns = 0;
     proto::AckLevel level = proto::AckLevel::kReceived;
     bool level_set = false;
     SeqTracker accepted;  // CRC-checked and being written (or done)
@@ -127,9 +139,11 @@ class ReplicaServer::Impl {
     switch (c.kind) {
       case transport::CompletionKind::kAccepted: {
         auto s = std::make_unique<Session>(SeqSpan(1));
+        s->id = next_session_id_++;
         s->t = &t;
         s->conn = c.conn;
         s->peer = t.PeerName(c.conn);
+        s->last_rx_ns = NowNs();
         spdlog::info("{}: connected over {}", s->peer, t.name());
         sessions_.push_back(std::move(s));
         ++stats_.sessions;
@@ -155,6 +169,7 @@ class ReplicaServer::Impl {
       }
       case transport::CompletionKind::kRecv: {
         Session* s = Find(t, c.conn);
+        if (s != nullptr) s->last_rx_ns = NowNs();
         if (s == nullptr || s->phase == Phase::kClosed || s->phase == Phase::kDraining) {
           if (c.data) t.Release(c.conn, std::move(c.data));
           return;
@@ -181,7 +196,12 @@ class ReplicaServer::Impl {
     }
     switch (frame->type()) {
       case proto::FrameType::kHello:
-        if (s.phase == Phase::kHello) return OnHello(s, std::get<proto::Hello>(frame->body));
+        if (s.phase == Phase::kHello) {
+          return OnHello(s, std::get<proto::Hello>(frame->body), c.header);
+        }
+        break;
+      case proto::FrameType::kAuthProof:
+        if (s.phase == Phase::kAuth) return OnAuthProof(s, c.control);
         break;
       case proto::FrameType::kData:
         if (s.phase == Phase::kWriter) {
@@ -230,7 +250,37 @@ class ReplicaServer::Impl {
     Refuse(s, Status::Error(status.code(), "protocol error: " + status.message()));
   }
 
-  void OnHello(Session& s, const proto::Hello& h) {
+  void OnHello(Session& s, const proto::Hello& h, const proto::RawHeader& raw) {
+    s.hello = h;
+    s.hello_raw = raw;
+    if (!options_.key) return Accept(s, {});
+    // Authenticate before anything else: an unproven peer learns nothing and touches nothing.
+    s.nonce_r = RandomNonce();
+    proto::Frame f;
+    f.body = proto::AuthChallenge{};
+    auto item = ControlItem(s.conn, f, std::as_bytes(std::span(s.nonce_r)));
+    Status posted = s.t->Post(std::span(&item, 1));
+    if (!posted.ok()) return Refuse(s, posted);
+    s.phase = Phase::kAuth;
+  }
+
+  void OnAuthProof(Session& s, std::span<const std::byte> payload) {
+    Nonce nonce_p;
+    std::memcpy(nonce_p.data(), payload.data(), nonce_p.size());
+    auto mac = std::span(reinterpret_cast<const uint8_t*>(payload.data()) + nonce_p.size(),
+                         proto::kAuthMacSize);
+    if (!SameMac(mac, PrimaryProof(*options_.key, s.hello_raw, s.nonce_r, nonce_p))) {
+      ++stats_.auth_failures;
+      return Refuse(s, Status::Error(ErrorCode::kRefused,
+                                     "authentication failed: the primary's proof does not match "
+                                     "this replica's key (wrong --key-file?)"));
+    }
+    Accept(s, nonce_p);
+  }
+
+  // The checks of a (proven, where a key is set) Hello, then HelloOk.
+  void Accept(Session& s, const std::optional<Nonce>& nonce_p) {
+    const proto::Hello& h = s.hello;
     uint16_t version = std::min(h.max_version, proto::kMaxProtocolVersion);
     if (version < h.min_version || version < proto::kMinProtocolVersion) {
       return Refuse(s, Status::Error(ErrorCode::kRefused,
@@ -253,10 +303,10 @@ class ReplicaServer::Impl {
                                                  "per volume",
                                                  options_.target_name, writer_->peer)));
     }
-    Status opened = AcquireDevice(h.volume_size, write ? TargetUse::kWrite : TargetUse::kVerify);
+    Status opened = AcquireDevice(h.volume_size, h.volume_id,
+                                  write ? TargetUse::kWrite : TargetUse::kVerify);
     if (!opened.ok()) return Refuse(s, opened);
     s.uses_device = true;
-    s.hello = h;
     s.accepted = SeqTracker(SeqSpan(h.window));
     s.acked = SeqTracker(SeqSpan(h.window));
     if (write) {
@@ -267,19 +317,62 @@ class ReplicaServer::Impl {
       s.phase = Phase::kVerifier;
     }
     proto::Frame f;
-    f.body = proto::HelloOk{version, static_cast<uint32_t>(MaxBlock()), device_->size()};
-    auto item = ControlItem(s.conn, f);
+    f.body = proto::HelloOk{version, static_cast<uint32_t>(MaxBlock()), device_->size(),
+                            replica_id_};
+    transport::WorkItem item;
+    item.conn = s.conn;
+    Mac proof{};
+    if (nonce_p) {
+      f.payload_len = proto::kAuthMacSize;
+      item.header = proto::Encode(f);
+      proof = ReplicaProof(*options_.key, s.hello_raw, item.header, *nonce_p, s.nonce_r);
+      item.control = std::as_bytes(std::span(proof));
+    } else {
+      item.header = proto::Encode(f);
+    }
     Status posted = s.t->Post(std::span(&item, 1));
     if (!posted.ok()) return Refuse(s, posted);
-    spdlog::info("{}: {} session for {} ({} bytes, block {} KiB, window {})", s.peer,
+    s.last_heartbeat_ns = NowNs();
+    spdlog::info("{}: {} session for {} ({} bytes, block {} KiB, window {}{})", s.peer,
                  write ? "write" : "verify", options_.target_name, h.volume_size,
-                 h.block_size >> 10, h.window);
+                 h.block_size >> 10, h.window, nonce_p ? ", authenticated" : "");
+  }
+
+  // Heartbeats out; a silent peer, or one that never said Hello, is closed.
+  void Tick(Session& s, uint64_t now) {
+    if (s.phase == Phase::kClosed) return;
+    if (s.phase == Phase::kHello || s.phase == Phase::kAuth) {
+      auto limit = static_cast<uint64_t>(options_.hello_timeout.count()) * 1000000;
+      if (now - s.last_rx_ns > limit) {
+        Refuse(s, Status::Error(ErrorCode::kTimeout,
+                                fmt::format("no {} within {} ms", s.phase == Phase::kHello
+                                                                      ? "Hello"
+                                                                      : "authentication proof",
+                                            options_.hello_timeout.count())));
+      }
+      return;
+    }
+    uint64_t timeout = uint64_t{s.hello.peer_timeout_ms} * 1000000;
+    if (timeout == 0 || s.phase == Phase::kDraining) return;
+    if (now - s.last_rx_ns > timeout) {
+      spdlog::error("{}: primary lost: no frame for {} ms (its --peer-timeout); closing", s.peer,
+                    (now - s.last_rx_ns) / 1000000);
+      s.phase = Phase::kDraining;
+      s.t->Close(s.conn);
+      return;
+    }
+    if (now - s.last_heartbeat_ns >= timeout / 3 && s.t->SendSpace(s.conn) > 0) {
+      proto::Frame f;
+      f.body = proto::Heartbeat{now, 0};
+      auto item = ControlItem(s.conn, f);
+      if (s.t->Post(std::span(&item, 1)).ok()) s.last_heartbeat_ns = now;
+    }
   }
 
   // The largest block every transport can land in one of our buffers.
   size_t MaxBlock() const { return pool_.buffer_size() - transport::kReceiveHeadroom; }
 
-  Status AcquireDevice(uint64_t volume_size, TargetUse use) {
+  Status AcquireDevice(uint64_t volume_size, const proto::VolumeId& volume_id, TargetUse use) {
     bool in_use = std::any_of(sessions_.begin(), sessions_.end(),
                               [](const auto& x) { return x->uses_device; });
     if (device_ && (in_use || device_ops_ > 0)) {
@@ -292,9 +385,10 @@ class ReplicaServer::Impl {
       return Status::Ok();
     }
     device_.reset();
-    auto dev = options_.open_target(volume_size, use);
-    if (!dev.ok()) return dev.status();
-    device_ = std::move(dev).value();
+    auto opened = options_.open_target(volume_size, volume_id, use);
+    if (!opened.ok()) return opened.status();
+    device_ = std::move(opened->device);
+    replica_id_ = opened->replica_id;
     return Status::Ok();
   }
 
@@ -470,6 +564,7 @@ class ReplicaServer::Impl {
 
   void OnDisk(const io::IoCompletion& c) {
     --device_ops_;
+    if (c.tag & kFlushTagBit) return OnFinalFlush(c);
     auto oi = static_cast<uint32_t>(c.tag);
     DiskOp& op = ops_[oi];
     Session& s = *op.session;
@@ -527,12 +622,51 @@ class ReplicaServer::Impl {
     if (s.t->Post(std::span(&item, 1)).ok()) s.ack_dirty = false;
   }
 
+  // A `received` session ended with Bye: one flush makes all it wrote durable, then a durable
+  // Ack covering every seq tells the primary it can clear those blocks from its bitmap.
+  void StartFinalFlush(Session& s) {
+    s.final_flush = true;
+    io::IoRequest req;
+    req.op = io::IoOp::kFlush;
+    req.tag = kFlushTagBit | s.id;
+    if (!device_ || !device_->Submit(std::span(&req, 1)).ok()) {
+      s.final_flush_done = true;  // no durable ack: the primary keeps the blocks dirty
+      return;
+    }
+    ++s.ops;
+    ++device_ops_;
+  }
+
+  void OnFinalFlush(const io::IoCompletion& c) {
+    uint64_t id = c.tag & ~kFlushTagBit;
+    auto it = std::find_if(sessions_.begin(), sessions_.end(),
+                           [id](const auto& x) { return x->id == id; });
+    if (it == sessions_.end()) return;
+    Session& s = **it;
+    --s.ops;
+    s.final_flush_done = true;
+    if (c.res < 0) {
+      spdlog::error("{}: final flush of {} failed: {}", s.peer, options_.target_name,
+                    std::strerror(-c.res));
+      return;
+    }
+    uint64_t cum = s.accepted.cumulative();
+    proto::Frame f;
+    f.body = proto::Ack{proto::AckLevel::kDurable, cum, cum, 0};
+    auto item = ControlItem(s.conn, f);
+    (void)s.t->Post(std::span(&item, 1));
+  }
+
   // Sessions that are closed or drained and have nothing on the disk go away.
   void Reap() {
     for (size_t i = 0; i < sessions_.size();) {
       Session& s = *sessions_[i];
       if (s.phase == Phase::kDraining && s.bye && s.ops == 0 && !s.ack_dirty) {
-        s.t->Close(s.conn);  // its kClosed makes it kClosed
+        if (s.was_writer && s.level == proto::AckLevel::kReceived && !s.final_flush) {
+          StartFinalFlush(s);
+        } else if (!s.final_flush || s.final_flush_done) {
+          s.t->Close(s.conn);  // its kClosed makes it kClosed
+        }
       }
       if (s.phase == Phase::kClosed && s.ops == 0) {
         if (writer_ == &s) writer_ = nullptr;
@@ -550,7 +684,9 @@ class ReplicaServer::Impl {
   std::vector<transport::Transport*> transports_;
   std::vector<std::unique_ptr<Session>> sessions_;
   Session* writer_ = nullptr;
+  uint64_t next_session_id_ = 1;
   std::unique_ptr<io::BlockDevice> device_;
+  proto::ReplicaId replica_id_;
   uint32_t device_ops_ = 0;
   std::vector<DiskOp> ops_;
   std::vector<uint32_t> free_ops_;

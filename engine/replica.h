@@ -18,11 +18,14 @@
 #pragma once
 
 #include <cstdint>
+#include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "common/status.h"
+#include "engine/auth.h"
 #include "io/block_device.h"
 #include "io/buffer_pool.h"
 #include "io/ring.h"
@@ -32,20 +35,34 @@ namespace blkmirror::engine {
 
 enum class TargetUse : uint8_t { kWrite, kVerify };
 
+// An open target and its data identity (proto::ReplicaId): the identity changes whenever the
+// contents may no longer be what earlier sessions left (a new target file, another volume), so
+// a primary's dirty bitmap kept against the old identity is not trusted.
+struct OpenedTarget {
+  std::unique_ptr<io::BlockDevice> device;
+  proto::ReplicaId replica_id;
+};
+
 // Opens the target for a session. For kWrite, `volume_size` is what the primary announced: a
 // regular file is created or extended to it, a block device must hold it. For kVerify the target
 // must exist. The error is what the primary is told.
-using TargetOpener =
-    std::function<Result<std::unique_ptr<io::BlockDevice>>(uint64_t volume_size, TargetUse use)>;
+using TargetOpener = std::function<Result<OpenedTarget>(uint64_t volume_size,
+                                                        const proto::VolumeId& volume_id,
+                                                        TargetUse use)>;
 
 struct ReplicaOptions {
   std::string target_name;  // for messages
   TargetOpener open_target;
   bool once = false;        // finished() after the first write session ends
+  // Primaries must prove they hold this key before anything else (mutual HMAC challenge).
+  std::optional<Key> key;
+  // A connection that has not sent its Hello within this is closed.
+  std::chrono::milliseconds hello_timeout{10000};
 };
 
 struct ReplicaStats {
   uint64_t sessions = 0;
+  uint64_t auth_failures = 0;
   uint64_t blocks_written = 0;
   uint64_t bytes_written = 0;
   uint64_t crc_mismatches = 0;

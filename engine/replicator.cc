@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 
 #include <spdlog/spdlog.h>
 
@@ -14,7 +15,9 @@ namespace blkmirror::engine {
 namespace {
 
 constexpr uint64_t kByeTag = UINT64_MAX;
+constexpr uint64_t kControlTag = UINT64_MAX - 1;
 constexpr uint32_t kNoWrite = UINT32_MAX;
+constexpr uint64_t kBitmapSyncIntervalNs = 500'000'000;
 
 }  // namespace
 
@@ -25,6 +28,7 @@ class Replicator::Impl {
         options_(options),
         wire_level_(std::max(options.ack, proto::AckLevel::kReceived)),
         span_(SeqSpan(options.window)),
+        blocks_((options.volume_size + options.block_size - 1) / options.block_size),
         writes_(options.window),
         done_(options.window) {
     free_.reserve(options.window);
@@ -33,15 +37,26 @@ class Replicator::Impl {
 
   Status StartConnect(std::span<const PeerConfig> configs) {
     if (configs.empty()) return Status::Invalid("no peer to replicate to");
-    hello_.min_version = options_.min_version;
-    hello_.max_version = options_.max_version;
-    hello_.kind = proto::SessionKind::kWrite;
-    hello_.block_size = options_.block_size;
-    hello_.window = options_.window;
-    hello_.volume_size = options_.volume_size;
-    hello_.volume_id = options_.volume_id;
+    if (configs.size() > kMaxPeers) {
+      return Status::Invalid("{} peers: at most {} are supported", configs.size(), kMaxPeers);
+    }
+    if (options_.quorum > configs.size()) {
+      return Status::Invalid("quorum {} is larger than the {} peer(s) given", options_.quorum,
+                             configs.size());
+    }
+    quorum_ = options_.quorum == 0 ? static_cast<uint32_t>(configs.size()) : options_.quorum;
+    proto::Hello hello;
+    hello.min_version = options_.min_version;
+    hello.max_version = options_.max_version;
+    hello.kind = proto::SessionKind::kWrite;
+    hello.block_size = options_.block_size;
+    hello.window = options_.window;
+    hello.volume_size = options_.volume_size;
+    hello.volume_id = options_.volume_id;
+    hello.peer_timeout_ms = static_cast<uint32_t>(options_.peer_timeout.count());
     for (const PeerConfig& config : configs) {
-      auto peer = std::make_unique<Peer>(span_);
+      auto peer = std::make_unique<Peer>(span_, blocks_);
+      peer->index = peers_.size();
       peer->name = config.endpoint.ToString();
       peer->stats.peer = peer->name;
       auto conn = config.transport->Connect(config.endpoint, options_.connect_timeout);
@@ -56,14 +71,14 @@ class Replicator::Impl {
       }
       if (!conn.ok()) return conn.status();
       peer->conn = *conn;
+      peer->conn_open = true;
       peer->stats.transport = std::string(peer->t->name());
       if (std::find(transports_.begin(), transports_.end(), peer->t) == transports_.end()) {
         transports_.push_back(peer->t);
       }
-      proto::Frame f;
-      f.body = hello_;
-      auto item = ControlItem(peer->conn, f);
-      RETURN_IF_ERROR(peer->t->Post(std::span(&item, 1)));
+      peer->handshake = ClientHandshake(hello, options_.key, peer->name);
+      peer->last_rx_ns = NowNs();
+      RETURN_IF_ERROR(peer->handshake.Start(*peer->t, peer->conn));
       peers_.push_back(std::move(peer));
     }
     return Status::Ok();
@@ -71,7 +86,7 @@ class Replicator::Impl {
 
   bool ready() const {
     return !peers_.empty() && std::all_of(peers_.begin(), peers_.end(), [](const auto& p) {
-      return p->state == State::kReady;
+      return p->stats.state == PeerState::kInSession;
     });
   }
 
@@ -81,7 +96,7 @@ class Replicator::Impl {
     while (failure_.ok() && !ready()) {
       if (NowNs() > deadline) {
         for (auto& p : peers_) {
-          if (p->state != State::kReady) {
+          if (p->stats.state == PeerState::kConnecting) {
             Fail(Status::Error(ErrorCode::kTimeout,
                                fmt::format("{} did not answer the handshake within {} ms",
                                            p->name, options_.handshake_timeout.count())));
@@ -96,18 +111,29 @@ class Replicator::Impl {
     return failure_;
   }
 
+  void AttachBitmap(size_t index, DirtyBitmap* bitmap) { peers_[index]->bitmap = bitmap; }
+
+  PeerMask live_peers() const {
+    PeerMask m = 0;
+    for (const auto& p : peers_) {
+      if (p->stats.state == PeerState::kInSession && !p->closing) m |= PeerMask{1} << p->index;
+    }
+    return m;
+  }
+
   bool CanSubmit() const {
     if (!failure_.ok() || free_.empty()) return false;
     for (const auto& p : peers_) {
-      if (p->state != State::kReady) return false;
+      if (p->stats.state != PeerState::kInSession) continue;
       // Keep every outstanding seq inside the span the replica tracks.
       if (p->next_seq - p->released.cumulative() >= span_) return false;
-      if (p->t->SendSpace(p->conn) == 0) return false;
+      if (p->t->SendSpace(p->conn) < 2) return false;  // room for the block and a heartbeat
     }
-    return true;
+    return live_peers() != 0;
   }
 
-  Status Submit(uint64_t offset, io::BufferRef buffer, uint32_t length, uint64_t token) {
+  Status Submit(uint64_t offset, io::BufferRef buffer, uint32_t length, uint64_t token,
+                PeerMask mask) {
     if (!failure_.ok()) return failure_;
     if (offset % options_.block_size != 0 || offset >= options_.volume_size ||
         length != std::min<uint64_t>(options_.block_size, options_.volume_size - offset)) {
@@ -119,8 +145,25 @@ class Replicator::Impl {
       return Status::Invalid("write at offset {}: buffer holds fewer than {} bytes", offset,
                              length);
     }
-    if (!CanSubmit()) {
-      return Status::Error(ErrorCode::kBusy, "replication window is full");
+    PeerMask targets = mask & live_peers();
+    if (targets == 0) {
+      return Status::Error(ErrorCode::kUnavailable,
+                           fmt::format("write at offset {}: none of its peers is in session",
+                                       offset));
+    }
+    if (!CanSubmit()) return Status::Error(ErrorCode::kBusy, "replication window is full");
+    // The block's bit is durable in each target's bitmap before the block leaves.
+    const uint64_t block = offset / options_.block_size;
+    for (auto& p : peers_) {
+      if (!(targets >> p->index & 1) || p->bitmap == nullptr) continue;
+      p->bitmap->Set(block);
+      if (p->bitmap->has_unsynced_sets()) {
+        Status s = p->bitmap->Sync();
+        if (!s.ok()) {
+          Fail(s);
+          return s;
+        }
+      }
     }
     uint32_t wi = free_.back();
     free_.pop_back();
@@ -132,19 +175,21 @@ class Replicator::Impl {
     w.crc = Crc32c(buffer.data(), length);
     w.buffer = std::move(buffer);
     w.start_ns = NowNs();
-    w.waiting = 0;
+    w.targets = targets;
+    w.counted = 0;
+    w.need = std::min<uint32_t>(quorum_, static_cast<uint32_t>(std::popcount(targets)));
     w.holding = 0;
     w.done = false;
     w.reported = false;
     w.status = Status();
     ++in_flight_;
     for (auto& p : peers_) {
+      if (!(targets >> p->index & 1)) continue;
       uint64_t seq = p->next_seq++;
       PeerWrite& pw = p->writes[seq % span_];
       pw = PeerWrite{};
       pw.write = wi;
       pw.seq = seq;
-      ++w.waiting;
       ++w.holding;
       SendData(*p, pw);
       if (!failure_.ok()) break;
@@ -154,6 +199,12 @@ class Replicator::Impl {
 
   size_t Poll(std::span<WriteCompletion> out) {
     PollTransports();
+    uint64_t now = NowNs();
+    Tick(now);
+    if (now - last_bitmap_sync_ns_ > kBitmapSyncIntervalNs) {
+      last_bitmap_sync_ns_ = now;
+      SyncBitmaps();
+    }
     size_t n = 0;
     while (n < out.size() && done_count_ > 0) {
       uint32_t wi = done_[done_head_];
@@ -175,25 +226,23 @@ class Replicator::Impl {
 
   uint32_t in_flight() const { return in_flight_; }
   const Status& failure() const { return failure_; }
-  // Nothing in flight and no buffer held for any peer.
   bool idle() const { return in_flight_ == 0 && free_.size() == writes_.size(); }
 
   void StartClose() {
     for (auto& p : peers_) {
-      if (p->state != State::kReady) continue;
+      if (p->stats.state != PeerState::kInSession || p->closing) continue;
       proto::Frame f;
       f.body = proto::Bye{};
       auto item = ControlItem(p->conn, f);
       item.signal = true;
       item.tag = kByeTag;
-      p->state = State::kClosing;
+      p->closing = true;
       if (!p->t->Post(std::span(&item, 1)).ok()) p->t->Close(p->conn);
     }
   }
 
   bool closed() const {
-    return std::all_of(peers_.begin(), peers_.end(),
-                       [](const auto& p) { return p->state == State::kClosed; });
+    return std::none_of(peers_.begin(), peers_.end(), [](const auto& p) { return p->conn_open; });
   }
 
   Status Close() {
@@ -209,45 +258,36 @@ class Replicator::Impl {
     while (!closed() && NowNs() < deadline) {
       RETURN_IF_ERROR(ring_.Wait(std::chrono::milliseconds(20)));
       PollTransports();
+      Tick(NowNs());
     }
-    if (!closed()) {
-      for (auto& p : peers_) {
-        if (p->state != State::kClosed) {
-          Fail(Status::Error(ErrorCode::kTimeout,
-                             fmt::format("{} did not end the session after Bye", p->name)));
-        }
+    for (auto& p : peers_) {
+      if (p->conn_open) {
+        LosePeer(*p, Status::Error(ErrorCode::kTimeout, "did not end the session after Bye"));
       }
     }
+    SyncBitmaps();
     return failure_;
   }
 
   std::vector<PeerStats> stats() const {
     std::vector<PeerStats> out;
-    for (const auto& p : peers_) {
-      PeerStats s = p->stats;
-      s.connected = p->state == State::kReady;
-      out.push_back(s);
-    }
+    for (const auto& p : peers_) out.push_back(p->stats);
     return out;
   }
 
   ~Impl() {
     for (auto& p : peers_) {
-      if (p->state != State::kClosed) p->t->Close(p->conn);
+      if (p->conn_open) p->t->Close(p->conn);
     }
     // Give the transports the chance to hand back every buffer they still reference.
-    for (int i = 0; i < 50 && std::any_of(peers_.begin(), peers_.end(), [](const auto& p) {
-                      return p->state != State::kClosed;
-                    });
-         ++i) {
+    for (int i = 0; i < 50 && !closed(); ++i) {
       (void)ring_.Wait(std::chrono::milliseconds(20));
       PollTransports();
     }
+    SyncBitmaps();
   }
 
  private:
-  enum class State : uint8_t { kHandshake, kReady, kClosing, kClosed };
-
   struct Write {
     bool used = false;
     uint64_t token = 0;
@@ -257,7 +297,9 @@ class Replicator::Impl {
     io::BufferRef buffer;
     uint64_t start_ns = 0;
     uint64_t done_ns = 0;
-    uint32_t waiting = 0;  // peers that have not reached the ack level
+    PeerMask targets = 0;  // peers it was sent to
+    PeerMask counted = 0;  // peers that reached the ack level
+    uint32_t need = 0;     // peers that must reach it for the write to complete
     uint32_t holding = 0;  // peers that may still need the buffer
     bool done = false;     // queued for Poll
     bool reported = false;
@@ -276,15 +318,23 @@ class Replicator::Impl {
   };
 
   struct Peer {
-    explicit Peer(uint64_t span) : released(span), acked(span), writes(span) {}
+    Peer(uint64_t span, uint64_t blocks)
+        : released(span), acked(span), writes(span), session_acked((blocks + 63) / 64, 0) {}
+    size_t index = 0;
     transport::Transport* t = nullptr;
     transport::ConnId conn = transport::kNoConn;
+    bool conn_open = false;  // until the transport reports kClosed
+    bool closing = false;    // Bye sent
     std::string name;
-    State state = State::kHandshake;
+    ClientHandshake handshake;
     uint64_t next_seq = 0;
     SeqTracker released;
     SeqTracker acked;
-    std::vector<PeerWrite> writes;  // by seq % span
+    std::vector<PeerWrite> writes;        // by seq % span
+    std::vector<uint64_t> session_acked;  // blocks acked at the wire level in this session
+    DirtyBitmap* bitmap = nullptr;
+    uint64_t last_rx_ns = 0;
+    uint64_t last_heartbeat_ns = 0;
     PeerStats stats;
   };
 
@@ -302,10 +352,12 @@ class Replicator::Impl {
     item.data = w.buffer.data();
     Status s = p.t->Post(std::span(&item, 1));
     if (!s.ok()) {
-      Fail(s.Context(fmt::format("sending block at offset {} to {}", w.offset, p.name)));
+      LosePeer(p, s.Context(fmt::format("sending block at offset {}", w.offset)));
       return;
     }
     pw.sending = true;
+    ++p.stats.blocks_sent;
+    p.stats.bytes_sent += w.length;
   }
 
   void PollTransports() {
@@ -318,9 +370,31 @@ class Replicator::Impl {
     }
   }
 
+  // Heartbeats out, silence in.
+  void Tick(uint64_t now) {
+    const uint64_t timeout = static_cast<uint64_t>(options_.peer_timeout.count()) * 1000000;
+    if (timeout == 0) return;
+    for (auto& p : peers_) {
+      if (p->stats.state != PeerState::kInSession) continue;
+      if (now - p->last_rx_ns > timeout) {
+        LosePeer(*p, Status::Error(ErrorCode::kTimeout,
+                                   fmt::format("no frame for {} ms (--peer-timeout)",
+                                               (now - p->last_rx_ns) / 1000000)));
+        continue;
+      }
+      if (now - p->last_heartbeat_ns >= timeout / 3 && p->t->SendSpace(p->conn) > 0) {
+        proto::Frame f;
+        f.body = proto::Heartbeat{now, 0};
+        auto item = ControlItem(p->conn, f);
+        item.tag = kControlTag;
+        if (p->t->Post(std::span(&item, 1)).ok()) p->last_heartbeat_ns = now;
+      }
+    }
+  }
+
   Peer* FindPeer(const transport::Transport& t, transport::ConnId conn) {
     for (auto& p : peers_) {
-      if (p->t == &t && p->conn == conn && p->state != State::kClosed) return p.get();
+      if (p->t == &t && p->conn == conn && p->conn_open) return p.get();
     }
     return nullptr;
   }
@@ -337,6 +411,7 @@ class Replicator::Impl {
         OnSent(*p, c);
         break;
       case transport::CompletionKind::kRecv:
+        p->last_rx_ns = NowNs();
         OnFrame(*p, c);
         break;
       case transport::CompletionKind::kClosed:
@@ -348,7 +423,7 @@ class Replicator::Impl {
   }
 
   void OnSent(Peer& p, const transport::Completion& c) {
-    if (c.tag == kByeTag) return;  // the replica closes once it has settled everything
+    if (c.tag == kByeTag || c.tag == kControlTag) return;
     PeerWrite& pw = p.writes[c.tag % span_];
     if (pw.write == kNoWrite || pw.seq != c.tag || !pw.sending) return;
     pw.sending = false;
@@ -358,7 +433,7 @@ class Replicator::Impl {
       return;
     }
     if (options_.ack == proto::AckLevel::kSent) Reached(p, pw);
-    if (pw.resend && failure_.ok()) {
+    if (pw.resend && p.stats.state == PeerState::kInSession) {
       pw.resend = false;
       SendData(p, pw);
       return;
@@ -370,33 +445,36 @@ class Replicator::Impl {
     if (c.data) p.t->Release(c.conn, std::move(c.data));  // nothing legitimate carries blocks here
     auto frame = proto::Decode(c.header);
     if (!frame.ok()) {
-      Fail(frame.status().Context(fmt::format("bad frame from {}", p.name)));
+      LosePeer(p, frame.status().Context("bad frame"));
+      return;
+    }
+    if (p.stats.state == PeerState::kConnecting) {
+      auto open = p.handshake.OnFrame(*p.t, p.conn, *frame, c.header, c.control);
+      if (!open.ok()) {
+        // A refused handshake is fatal: the user asked for this peer.
+        Fail(open.status());
+        return;
+      }
+      if (*open) {
+        p.stats.state = PeerState::kInSession;
+        p.stats.replica_id = p.handshake.hello_ok().replica_id;
+        p.last_heartbeat_ns = NowNs();
+        spdlog::info("{}: session open (protocol v{} over {}{}, ack {}, block {} KiB, window {})",
+                     p.name, p.handshake.hello_ok().version, p.t->name(),
+                     options_.key ? ", authenticated" : "", proto::AckLevelName(options_.ack),
+                     options_.block_size >> 10, options_.window);
+      }
       return;
     }
     switch (frame->type()) {
-      case proto::FrameType::kHelloOk: {
-        if (p.state != State::kHandshake) break;
-        Status s = CheckHelloOk(std::get<proto::HelloOk>(frame->body), hello_, p.name);
-        if (!s.ok()) {
-          Fail(s);
-          return;
-        }
-        p.state = State::kReady;
-        spdlog::info("{}: session open ({} over {}, ack {}, block {} KiB, window {})", p.name,
-                     fmt::format("protocol v{}", std::get<proto::HelloOk>(frame->body).version),
-                     p.t->name(), proto::AckLevelName(options_.ack), options_.block_size >> 10,
-                     options_.window);
-        return;
-      }
       case proto::FrameType::kError:
-        Fail(StatusFromError(std::get<proto::Error>(frame->body), c.control, p.name));
+        LosePeer(p, StatusFromError(std::get<proto::Error>(frame->body), c.control, p.name));
         return;
       case proto::FrameType::kAck:
-        if (p.state != State::kReady && p.state != State::kClosing) break;
         OnAck(p, std::get<proto::Ack>(frame->body));
         return;
       case proto::FrameType::kNack:
-        if (p.state != State::kReady) break;
+        if (p.closing) break;
         OnNack(p, std::get<proto::Nack>(frame->body));
         return;
       case proto::FrameType::kHeartbeat:
@@ -404,29 +482,40 @@ class Replicator::Impl {
       default:
         break;
     }
-    Fail(Status::Protocol("{} sent an unexpected {} frame", p.name,
-                          proto::FrameTypeName(frame->type())));
+    LosePeer(p, Status::Protocol("unexpected {} frame", proto::FrameTypeName(frame->type())));
   }
 
   void OnAck(Peer& p, const proto::Ack& a) {
-    if (a.level != wire_level_) {
-      Fail(Status::Protocol("{} acked at level {}, the session asked for {}", p.name,
-                            proto::AckLevelName(a.level), proto::AckLevelName(wire_level_)));
+    if (a.level != wire_level_ && a.level != proto::AckLevel::kDurable) {
+      LosePeer(p, Status::Protocol("acked at level {}, the session asked for {}",
+                                   proto::AckLevelName(a.level), proto::AckLevelName(wire_level_)));
       return;
     }
     if (a.cumulative > p.next_seq) {
-      Fail(Status::Protocol("{} acked up to seq {} but only {} were sent", p.name, a.cumulative,
-                            p.next_seq));
+      LosePeer(p, Status::Protocol("acked up to seq {} but only {} were sent", a.cumulative,
+                                   p.next_seq));
       return;
     }
-    for (uint64_t s = p.acked.cumulative(); s < a.cumulative && failure_.ok(); ++s) {
+    if (a.level != wire_level_) {
+      // The replica's final flush at the end of a `received` session: everything it acked
+      // received is durable now.
+      if (a.cumulative == p.next_seq && p.bitmap != nullptr) {
+        for (uint64_t word = 0; word < p.session_acked.size(); ++word) {
+          for (uint64_t bits = p.session_acked[word]; bits != 0; bits &= bits - 1) {
+            p.bitmap->Clear(word * 64 + static_cast<uint64_t>(std::countr_zero(bits)));
+          }
+        }
+      }
+      return;
+    }
+    for (uint64_t s = p.acked.cumulative(); s < a.cumulative; ++s) {
       if (!p.acked.Has(s)) Acked(p, s);
     }
-    for (uint64_t i = 0; i < 64 && a.sack_bits != 0 && failure_.ok(); ++i) {
+    for (uint64_t i = 0; i < 64 && a.sack_bits != 0; ++i) {
       if (!((a.sack_bits >> i) & 1)) continue;
       uint64_t s = a.sack_base + i;
       if (s >= p.next_seq) {
-        Fail(Status::Protocol("{} acked seq {} that was never sent", p.name, s));
+        LosePeer(p, Status::Protocol("acked seq {} that was never sent", s));
         return;
       }
       if (!p.acked.Has(s)) Acked(p, s);
@@ -439,8 +528,14 @@ class Replicator::Impl {
     p.acked.Mark(seq);
     pw.acked = true;
     const Write& w = writes_[pw.write];
+    uint64_t block = w.offset / options_.block_size;
     ++p.stats.blocks_acked;
     p.stats.bytes_acked += w.length;
+    if (wire_level_ == proto::AckLevel::kDurable) {
+      if (p.bitmap != nullptr) p.bitmap->Clear(block);
+    } else {
+      p.session_acked[block / 64] |= uint64_t{1} << (block % 64);
+    }
     if (options_.ack != proto::AckLevel::kSent) Reached(p, pw);
     if (!pw.sending) Release(p, pw);
   }
@@ -448,7 +543,7 @@ class Replicator::Impl {
   void OnNack(Peer& p, const proto::Nack& n) {
     PeerWrite& pw = p.writes[n.seq % span_];
     if (n.seq >= p.next_seq || pw.write == kNoWrite || pw.seq != n.seq || pw.acked) {
-      Fail(Status::Protocol("{} rejected seq {} that is not in flight", p.name, n.seq));
+      LosePeer(p, Status::Protocol("rejected seq {} that is not in flight", n.seq));
       return;
     }
     const Write& w = writes_[pw.write];
@@ -462,6 +557,7 @@ class Replicator::Impl {
                    w.offset, std::strerror(n.err));
     }
     if (++pw.retries > options_.max_retries) {
+      // A block that keeps failing: the push cannot complete as asked, whatever the quorum.
       Fail(Status::Error(
           ErrorCode::kCrcMismatch,
           fmt::format("block at offset {} (length {}) was rejected by {} {} times ({}); giving up",
@@ -479,20 +575,60 @@ class Replicator::Impl {
   }
 
   void OnClosed(Peer& p, const Status& status) {
-    State was = p.state;
-    p.state = State::kClosed;
+    p.conn_open = false;
     // Every buffer this peer still held is free as far as it is concerned.
     for (uint64_t s = p.released.cumulative(); s < p.next_seq; ++s) {
       PeerWrite& pw = p.writes[s % span_];
       if (pw.write != kNoWrite && pw.seq == s && !pw.released) Release(p, pw);
     }
-    if (was == State::kClosing && in_flight_ == 0) return;
-    Status reason = status.ok() ? Status::Error(ErrorCode::kClosed,
-                                                fmt::format("{} closed the connection", p.name))
-                                : status;
-    Fail(reason.code() == ErrorCode::kClosed || reason.err() != 0
-             ? reason.Context(fmt::format("lost replica {}", p.name))
-             : reason);
+    if (p.stats.state == PeerState::kLost) return;
+    if (p.closing && status.ok()) {
+      p.stats.state = PeerState::kClosed;
+      return;
+    }
+    if (p.closing && status.code() == ErrorCode::kClosed) {
+      p.stats.state = PeerState::kClosed;  // the replica ended the session after our Bye
+      return;
+    }
+    LosePeer(p, status.ok() ? Status::Error(ErrorCode::kClosed, "closed the connection") : status);
+  }
+
+  // The peer is gone: log why, close its connection, and carry on with the others while the
+  // quorum holds. Its dirty bits stay set: the next push resyncs what it missed.
+  void LosePeer(Peer& p, Status reason) {
+    if (p.stats.state == PeerState::kLost || p.stats.state == PeerState::kClosed) return;
+    bool was_connecting = p.stats.state == PeerState::kConnecting;
+    p.stats.state = PeerState::kLost;
+    // Messages from StatusFromError already name the peer.
+    std::string why = reason.message().rfind(p.name, 0) == 0
+                          ? reason.message().substr(p.name.size() + 2)
+                          : reason.message();
+    p.stats.lost_reason = why;
+    spdlog::error("lost replica {}: {}", p.name, why);
+    if (p.conn_open) p.t->Close(p.conn);
+    if (!failure_.ok()) return;
+    if (was_connecting) {
+      Fail(Status::Error(reason.code(), fmt::format("{}: {}", p.name, why)));
+      return;
+    }
+    uint32_t live = static_cast<uint32_t>(std::popcount(live_peers()));
+    if (live < quorum_) {
+      Fail(Status::Error(reason.code(),
+                         fmt::format("lost replica {} ({}); {} replica(s) left, the quorum needs "
+                                     "{}",
+                                     p.name, why, live, quorum_)));
+      return;
+    }
+    // Writes waiting on this peer: they now need what the remaining targets can give.
+    PeerMask live_mask = live_peers();
+    for (uint32_t wi = 0; wi < writes_.size(); ++wi) {
+      Write& w = writes_[wi];
+      if (!w.used || w.done || !(w.targets >> p.index & 1) || (w.counted >> p.index & 1)) continue;
+      uint32_t reached = static_cast<uint32_t>(std::popcount(w.counted));
+      uint32_t can = reached + static_cast<uint32_t>(std::popcount(w.targets & live_mask & ~w.counted));
+      w.need = std::min(w.need, can);
+      if (reached >= w.need) Finish(wi, Status());
+    }
   }
 
   // Peer `p` reached the ack level for this write.
@@ -500,9 +636,10 @@ class Replicator::Impl {
     if (pw.counted) return;
     pw.counted = true;
     Write& w = writes_[pw.write];
-    if (w.done) return;
-    if (--w.waiting == 0) Finish(pw.write, Status());
-    (void)p;
+    w.counted |= PeerMask{1} << p.index;
+    if (!w.done && static_cast<uint32_t>(std::popcount(w.counted)) >= w.need) {
+      Finish(pw.write, Status());
+    }
   }
 
   void Release(Peer& p, PeerWrite& pw) {
@@ -533,6 +670,14 @@ class Replicator::Impl {
     free_.push_back(wi);
   }
 
+  void SyncBitmaps() {
+    for (auto& p : peers_) {
+      if (p->bitmap == nullptr || !p->bitmap->has_unsynced_changes()) continue;
+      Status s = p->bitmap->Sync();
+      if (!s.ok()) spdlog::error("{}", s.message());  // clears only: the next push resends more
+    }
+  }
+
   void Fail(Status status) {
     if (!failure_.ok()) return;
     failure_ = status;
@@ -541,7 +686,7 @@ class Replicator::Impl {
       if (writes_[wi].used && !writes_[wi].done) Finish(wi, status);
     }
     for (auto& p : peers_) {
-      if (p->state != State::kClosed) p->t->Close(p->conn);
+      if (p->conn_open) p->t->Close(p->conn);
     }
   }
 
@@ -549,7 +694,8 @@ class Replicator::Impl {
   ReplicatorOptions options_;
   proto::AckLevel wire_level_;
   uint64_t span_;
-  proto::Hello hello_;
+  uint64_t blocks_;
+  uint32_t quorum_ = 1;
   std::vector<std::unique_ptr<Peer>> peers_;
   std::vector<transport::Transport*> transports_;
   std::vector<Write> writes_;
@@ -558,6 +704,7 @@ class Replicator::Impl {
   size_t done_head_ = 0;
   size_t done_count_ = 0;
   uint32_t in_flight_ = 0;
+  uint64_t last_bitmap_sync_ns_ = 0;
   Status failure_;
   std::array<transport::Completion, 64> completions_;
 };
@@ -578,8 +725,7 @@ Result<std::unique_ptr<Replicator>> Replicator::Create(io::Ring& ring, io::Buffe
     return Status::Invalid("buffer pool buffers ({} bytes) are smaller than a block ({})",
                            pool.buffer_size(), options.block_size);
   }
-  return std::unique_ptr<Replicator>(
-      new Replicator(std::make_unique<Impl>(ring, options)));
+  return std::unique_ptr<Replicator>(new Replicator(std::make_unique<Impl>(ring, options)));
 }
 
 Replicator::Replicator(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -589,18 +735,22 @@ Status Replicator::StartConnect(std::span<const PeerConfig> peers) {
   return impl_->StartConnect(peers);
 }
 bool Replicator::ready() const { return impl_->ready(); }
-void Replicator::StartClose() { impl_->StartClose(); }
-bool Replicator::closed() const { return impl_->closed(); }
-bool Replicator::idle() const { return impl_->idle(); }
+void Replicator::AttachBitmap(size_t index, DirtyBitmap* bitmap) {
+  impl_->AttachBitmap(index, bitmap);
+}
+PeerMask Replicator::live_peers() const { return impl_->live_peers(); }
 bool Replicator::CanSubmit() const { return impl_->CanSubmit(); }
-Status Replicator::Submit(uint64_t offset, io::BufferRef buffer, uint32_t length,
-                          uint64_t token) {
-  return impl_->Submit(offset, std::move(buffer), length, token);
+Status Replicator::Submit(uint64_t offset, io::BufferRef buffer, uint32_t length, uint64_t token,
+                          PeerMask peers) {
+  return impl_->Submit(offset, std::move(buffer), length, token, peers);
 }
 size_t Replicator::Poll(std::span<WriteCompletion> out) { return impl_->Poll(out); }
 uint32_t Replicator::in_flight() const { return impl_->in_flight(); }
 const Status& Replicator::failure() const { return impl_->failure(); }
 Status Replicator::Close() { return impl_->Close(); }
+void Replicator::StartClose() { impl_->StartClose(); }
+bool Replicator::closed() const { return impl_->closed(); }
+bool Replicator::idle() const { return impl_->idle(); }
 std::vector<PeerStats> Replicator::stats() const { return impl_->stats(); }
 
 }  // namespace blkmirror::engine

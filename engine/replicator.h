@@ -1,11 +1,11 @@
 // Replicator: the primary side of blkmirror. The CLI's `push` and a storage daemon both use it.
 //
 // Submit a write (an offset and a pool buffer holding the block); the Replicator computes the
-// block's CRC32C once, sends the block from that same buffer to every peer, and reports the
-// write complete when every peer has reached the ack level asked for:
+// block's CRC32C once, sends the block from that same buffer to the peers, and reports the write
+// complete when enough peers (the quorum) reached the ack level asked for:
 //   sent      the frame was handed to the peer's transport (kernel socket, NIC)
 //   received  the replica verified the CRC and holds the block in memory
-//   durable   the block is on the replica's disk (written and flushed)
+//   durable   the block is on the replica's disk
 // Acks are pipelined: up to `window` writes are in flight per peer, and completions follow the
 // ack stream, not the submission order. A block the replica rejects (NACK: CRC mismatch) is sent
 // again from the same buffer, up to `max_retries` times; after that the write fails, naming the
@@ -14,8 +14,16 @@
 // Buffer ownership: Submit takes the BufferRef. The buffer goes back to its pool when every
 // peer is done with it (for `sent` that is later than the completion: a NACK may still need it).
 //
-// Failure: a peer that closes, errors or refuses the session fails the Replicator (failure()):
-// in-flight writes complete with that error and Submit refuses new ones.
+// Failure model (docs/failure-model.md):
+//   - Every connection carries heartbeats; a peer silent for `peer_timeout`, or whose
+//     connection breaks or who sends an Error, is lost (logged with the reason).
+//   - With `quorum` K (default: every peer), a write completes once K of the peers it was sent
+//     to reached the ack level. Losing a peer leaves the others going while at least K remain
+//     (the lost peer's blocks stay dirty in its bitmap, for the next resync); below K the
+//     Replicator fails: in-flight writes complete with that error and Submit refuses new ones.
+//   - With a DirtyBitmap attached to a peer, the bit of every block is set durably before the
+//     block is sent to it, and cleared when the peer acks it durable (at lower ack levels: when
+//     the session ends cleanly, the replica flushes and acks everything durable).
 //
 // Thread safety: none; the Replicator, its ring, pool and transports belong to one thread.
 #pragma once
@@ -23,11 +31,14 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "common/status.h"
+#include "engine/auth.h"
+#include "engine/dirty_bitmap.h"
 #include "io/buffer_pool.h"
 #include "io/ring.h"
 #include "proto/frame.h"
@@ -50,8 +61,11 @@ struct ReplicatorOptions {
   uint64_t volume_size = 0;
   proto::VolumeId volume_id;
   uint32_t max_retries = 5;
+  uint32_t quorum = 0;  // peers a write needs; 0: all of them
+  std::chrono::milliseconds peer_timeout{6000};
   std::chrono::milliseconds connect_timeout{10000};
   std::chrono::milliseconds handshake_timeout{10000};
+  std::optional<Key> key;  // authenticate every peer (mutual HMAC challenge-response)
   // Test hook: the protocol versions offered in Hello.
   uint16_t min_version = proto::kMinProtocolVersion;
   uint16_t max_version = proto::kMaxProtocolVersion;
@@ -65,16 +79,27 @@ struct WriteCompletion {
   Status status;
 };
 
+enum class PeerState : uint8_t { kConnecting, kInSession, kClosed, kLost };
+
 struct PeerStats {
   std::string peer;
   std::string transport;        // the transport in use
   std::string fallback_reason;  // why the preferred transport was not used ("" if it was)
+  proto::ReplicaId replica_id;  // from HelloOk
+  PeerState state = PeerState::kConnecting;
+  std::string lost_reason;
+  uint64_t blocks_sent = 0;  // Data frames sent, resends included
+  uint64_t bytes_sent = 0;
   uint64_t blocks_acked = 0;
   uint64_t bytes_acked = 0;
   uint64_t retransmits = 0;
   uint64_t crc_mismatches = 0;
-  bool connected = false;
 };
+
+// Which peers (by index in the Connect list) a write goes to. At most 64 peers.
+using PeerMask = uint64_t;
+inline constexpr PeerMask kAllPeers = ~PeerMask{0};
+inline constexpr size_t kMaxPeers = 64;
 
 class Replicator {
  public:
@@ -91,14 +116,24 @@ class Replicator {
   Status StartConnect(std::span<const PeerConfig> peers);
   bool ready() const;
 
-  // True when Submit would be accepted now (window space on every peer).
+  // Attaches peer `index`'s dirty bitmap (kept by the caller, alive as long as the Replicator):
+  // from now on every block sent to that peer is marked in it first. After Connect.
+  void AttachBitmap(size_t index, DirtyBitmap* bitmap);
+
+  // Peers still in session (neither lost nor closed), as a mask.
+  PeerMask live_peers() const;
+
+  // True when Submit would be accepted now (window space on every live peer).
   bool CanSubmit() const;
 
-  // Replicates buffer[0, length) to [offset, offset + length) of the volume. `offset` must be
-  // block-aligned and `length` the block's size (shorter only for the volume's last block).
-  Status Submit(uint64_t offset, io::BufferRef buffer, uint32_t length, uint64_t token);
+  // Replicates buffer[0, length) to [offset, offset + length) of the volume, on the live peers
+  // in `peers`. `offset` must be block-aligned and `length` the block's size (shorter only for
+  // the volume's last block).
+  Status Submit(uint64_t offset, io::BufferRef buffer, uint32_t length, uint64_t token,
+                PeerMask peers = kAllPeers);
 
-  // Processes what the transports report; moves finished writes into `out`. Never blocks.
+  // Processes what the transports report (acks, heartbeats, timeouts); moves finished writes
+  // into `out`. Never blocks (except to persist bitmap clears, at most twice a second).
   size_t Poll(std::span<WriteCompletion> out);
 
   // Writes submitted and not yet reported complete.

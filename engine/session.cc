@@ -1,6 +1,7 @@
 #include "engine/session.h"
 
 #include <algorithm>
+#include <cstring>
 
 namespace blkmirror::engine {
 
@@ -43,6 +44,81 @@ Status CheckHelloOk(const proto::HelloOk& ok, const proto::Hello& hello,
                                      hello.volume_size));
   }
   return Status::Ok();
+}
+
+ClientHandshake::ClientHandshake(const proto::Hello& hello, std::optional<Key> key,
+                                 std::string peer)
+    : hello_(hello), key_(std::move(key)), peer_(std::move(peer)) {
+  proto::Frame f;
+  f.body = hello_;
+  hello_raw_ = proto::Encode(f);
+}
+
+Status ClientHandshake::Start(transport::Transport& t, transport::ConnId conn) {
+  transport::WorkItem item;
+  item.conn = conn;
+  item.header = hello_raw_;
+  return t.Post(std::span(&item, 1));
+}
+
+Result<bool> ClientHandshake::OnFrame(transport::Transport& t, transport::ConnId conn,
+                                      const proto::Frame& frame, const proto::RawHeader& raw,
+                                      std::span<const std::byte> payload) {
+  switch (frame.type()) {
+    case proto::FrameType::kAuthChallenge: {
+      if (!key_) {
+        (void)PostError(t, conn,
+                        Status::Error(ErrorCode::kRefused,
+                                      "this primary has no key (--key-file) to authenticate with"),
+                        0);
+        return Status::Error(ErrorCode::kRefused,
+                             fmt::format("{} requires authentication: give --key-file with the "
+                                         "replica's key",
+                                         peer_));
+      }
+      if (challenged_) return Status::Protocol("{} sent a second AuthChallenge", peer_);
+      challenged_ = true;
+      std::memcpy(nonce_r_.data(), payload.data(), nonce_r_.size());
+      nonce_p_ = RandomNonce();
+      Mac mac = PrimaryProof(*key_, hello_raw_, nonce_r_, nonce_p_);
+      std::array<std::byte, proto::kAuthNonceSize + proto::kAuthMacSize> proof;
+      std::memcpy(proof.data(), nonce_p_.data(), nonce_p_.size());
+      std::memcpy(proof.data() + nonce_p_.size(), mac.data(), mac.size());
+      proto::Frame f;
+      f.body = proto::AuthProof{};
+      auto item = ControlItem(conn, f, proof);
+      RETURN_IF_ERROR(t.Post(std::span(&item, 1)));
+      return false;
+    }
+    case proto::FrameType::kHelloOk: {
+      ok_ = std::get<proto::HelloOk>(frame.body);
+      RETURN_IF_ERROR(CheckHelloOk(ok_, hello_, peer_));
+      if (key_) {
+        Mac want = ReplicaProof(*key_, hello_raw_, raw, nonce_p_, nonce_r_);
+        auto got = std::span(reinterpret_cast<const uint8_t*>(payload.data()), payload.size());
+        if (!challenged_ || !SameMac(got, want)) {
+          return Status::Error(ErrorCode::kRefused,
+                               fmt::format("{} did not prove it holds our key ({}); refusing to "
+                                           "replicate to it",
+                                           peer_,
+                                           challenged_ ? "wrong key" : "it runs without --key-file"));
+        }
+      }
+      return true;
+    }
+    case proto::FrameType::kError: {
+      return StatusFromError(std::get<proto::Error>(frame.body), payload, peer_);
+    }
+    default:
+      return Status::Protocol("{} sent {} before the session was open", peer_,
+                              proto::FrameTypeName(frame.type()));
+  }
+}
+
+std::string IdHex(const proto::VolumeId& id) {
+  std::string out;
+  for (uint8_t b : id.bytes) out += fmt::format("{:02x}", b);
+  return out;
 }
 
 bool PostError(transport::Transport& t, transport::ConnId conn, const Status& status,

@@ -2,10 +2,12 @@
 // building frames, reading a peer's Error frame, checking its HelloOk.
 #pragma once
 
+#include <optional>
 #include <span>
 #include <string>
 
 #include "common/status.h"
+#include "engine/auth.h"
 #include "proto/frame.h"
 #include "transport/transport.h"
 
@@ -27,5 +29,35 @@ Status CheckHelloOk(const proto::HelloOk& ok, const proto::Hello& hello, const s
 // be queued (the connection is gone or full): close right away then.
 bool PostError(transport::Transport& t, transport::ConnId conn, const Status& status,
                uint64_t tag);
+
+// The primary's side of a session handshake: Hello, then (when the replica has a key) the
+// challenge-response, then HelloOk, whose proof is checked when we have a key.
+class ClientHandshake {
+ public:
+  ClientHandshake() = default;
+  ClientHandshake(const proto::Hello& hello, std::optional<Key> key, std::string peer);
+
+  // Posts the Hello.
+  Status Start(transport::Transport& t, transport::ConnId conn);
+  // Takes a frame received before the session is open: true when it is (hello_ok() is valid),
+  // false when more frames are due, an error when the session cannot open.
+  Result<bool> OnFrame(transport::Transport& t, transport::ConnId conn, const proto::Frame& frame,
+                       const proto::RawHeader& raw, std::span<const std::byte> payload);
+  const proto::HelloOk& hello_ok() const { return ok_; }
+  const proto::Hello& hello() const { return hello_; }
+
+ private:
+  proto::Hello hello_;
+  proto::RawHeader hello_raw_{};
+  std::optional<Key> key_;
+  std::string peer_;
+  Nonce nonce_p_{};
+  Nonce nonce_r_{};
+  bool challenged_ = false;
+  proto::HelloOk ok_;
+};
+
+// The replica identity as text (32 hex digits), for file names and messages.
+std::string IdHex(const proto::VolumeId& id);
 
 }  // namespace blkmirror::engine

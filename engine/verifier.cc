@@ -56,15 +56,14 @@ class VerifyRun {
     }
     if (!conn.ok()) return conn.status();
     conn_ = *conn;
-    hello_.kind = proto::SessionKind::kVerify;
-    hello_.block_size = options_.block_size;
-    hello_.window = 1;
-    hello_.volume_size = size;
-    hello_.volume_id = options_.volume_id;
-    proto::Frame f;
-    f.body = hello_;
-    auto item = ControlItem(conn_, f);
-    RETURN_IF_ERROR(t_->Post(std::span(&item, 1)));
+    proto::Hello hello;
+    hello.kind = proto::SessionKind::kVerify;
+    hello.block_size = options_.block_size;
+    hello.window = 1;
+    hello.volume_size = size;
+    hello.volume_id = options_.volume_id;
+    handshake_ = ClientHandshake(hello, options_.key, peer_);
+    RETURN_IF_ERROR(handshake_.Start(*t_, conn_));
 
     uint64_t last_event = NowNs();
     const uint64_t timeout_ns = static_cast<uint64_t>(options_.reply_timeout.count()) * 1000000;
@@ -211,13 +210,17 @@ class VerifyRun {
       status_ = frame.status().Context("bad frame from " + peer_);
       return;
     }
-    switch (frame->type()) {
-      case proto::FrameType::kHelloOk: {
-        Status s = CheckHelloOk(std::get<proto::HelloOk>(frame->body), hello_, peer_);
-        if (!s.ok()) status_ = s;
+    if (!ready_) {
+      auto open = handshake_.OnFrame(*t_, conn_, *frame, c.header, c.control);
+      if (!open.ok()) {
+        status_ = open.status();
+      } else if (*open) {
         ready_ = true;
-        return;
+        report_.replica_id = handshake_.hello_ok().replica_id;
       }
+      return;
+    }
+    switch (frame->type()) {
       case proto::FrameType::kError:
         status_ = StatusFromError(std::get<proto::Error>(frame->body), c.control, peer_);
         return;
@@ -303,7 +306,7 @@ class VerifyRun {
   const VerifyOptions& options_;
   std::string peer_;
   transport::ConnId conn_ = transport::kNoConn;
-  proto::Hello hello_;
+  ClientHandshake handshake_;
   bool ready_ = false;
   bool closed_ = false;
   bool bye_sent_ = false;

@@ -11,9 +11,11 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <vector>
 
 #include "common/status.h"
+#include "engine/auth.h"
 #include "io/block_device.h"
 #include "io/buffer_pool.h"
 #include "io/ring.h"
@@ -26,6 +28,7 @@ struct VerifyOptions {
   uint32_t block_size = 1u << 20;
   uint32_t read_depth = 8;  // source reads in flight
   proto::VolumeId volume_id;
+  std::optional<Key> key;  // authenticate the replica (and to it)
   std::chrono::milliseconds connect_timeout{10000};
   std::chrono::milliseconds reply_timeout{60000};
   // Called as blocks are compared (bytes compared so far).
@@ -38,6 +41,7 @@ struct DiffRange {
 };
 
 struct VerifyReport {
+  proto::ReplicaId replica_id;  // the copy that was compared
   uint64_t blocks = 0;
   uint64_t bytes = 0;
   uint64_t differing_blocks = 0;

@@ -80,11 +80,13 @@ void EncodeBody(Writer& w, const Hello& h) {
   w.U32(kOffBody + 12, h.window);
   w.U64(kOffBody + 16, h.volume_size);
   w.Bytes(kOffBody + 24, h.volume_id.bytes.data(), 16);
+  w.U32(kOffBody + 40, h.peer_timeout_ms);
 }
 void EncodeBody(Writer& w, const HelloOk& h) {
   w.U16(kOffBody + 0, h.version);
   w.U32(kOffBody + 4, h.max_block_size);
   w.U64(kOffBody + 8, h.capacity);
+  w.Bytes(kOffBody + 16, h.replica_id.bytes.data(), 16);
 }
 void EncodeBody(Writer& w, const Error& e) { w.U32(kOffBody + 0, e.code); }
 void EncodeBody(Writer& w, const Data& d) {
@@ -124,6 +126,8 @@ void EncodeBody(Writer& w, const VerifyResp& v) {
   w.U32(kOffBody + 16, static_cast<uint32_t>(v.err));
 }
 void EncodeBody(Writer&, const Bye&) {}
+void EncodeBody(Writer&, const AuthChallenge&) {}
+void EncodeBody(Writer&, const AuthProof&) {}
 
 // Allowed flag bits per type.
 uint16_t KnownFlags(FrameType type) {
@@ -155,7 +159,8 @@ Result<Body> DecodeBody(FrameType type, uint16_t flags, uint32_t payload_len, co
       h.window = r.U32(kOffBody + 12);
       h.volume_size = r.U64(kOffBody + 16);
       r.Bytes(kOffBody + 24, h.volume_id.bytes.data(), 16);
-      if (!r.ZeroRange(5, 3) || !r.ZeroFrom(40)) return reserved("Hello");
+      h.peer_timeout_ms = r.U32(kOffBody + 40);
+      if (!r.ZeroRange(5, 3) || !r.ZeroFrom(44)) return reserved("Hello");
       if (h.min_version == 0 || h.min_version > h.max_version) {
         return Status::Protocol("Hello: bad version range {}..{}", h.min_version, h.max_version);
       }
@@ -181,12 +186,16 @@ Result<Body> DecodeBody(FrameType type, uint16_t flags, uint32_t payload_len, co
       h.version = r.U16(kOffBody + 0);
       h.max_block_size = r.U32(kOffBody + 4);
       h.capacity = r.U64(kOffBody + 8);
-      if (!r.ZeroRange(2, 2) || !r.ZeroFrom(16)) return reserved("HelloOk");
+      r.Bytes(kOffBody + 16, h.replica_id.bytes.data(), 16);
+      if (!r.ZeroRange(2, 2) || !r.ZeroFrom(32)) return reserved("HelloOk");
       if (h.version == 0) return Status::Protocol("HelloOk: version 0");
       if (!ValidBlockSize(h.max_block_size)) {
         return Status::Protocol("HelloOk: bad max block size {}", h.max_block_size);
       }
-      if (payload_len != 0) return Status::Protocol("HelloOk: unexpected payload of {} bytes", payload_len);
+      if (payload_len != 0 && payload_len != kAuthMacSize) {
+        return Status::Protocol("HelloOk: payload of {} bytes (0, or a {}-byte proof)", payload_len,
+                                kAuthMacSize);
+      }
       return Body(h);
     }
     case FrameType::kError: {
@@ -307,13 +316,28 @@ Result<Body> DecodeBody(FrameType type, uint16_t flags, uint32_t payload_len, co
       if (!r.ZeroFrom(0)) return reserved("Bye");
       if (payload_len != 0) return Status::Protocol("Bye: unexpected payload of {} bytes", payload_len);
       return Body(Bye{});
+    case FrameType::kAuthChallenge:
+      if (!r.ZeroFrom(0)) return reserved("AuthChallenge");
+      if (payload_len != kAuthNonceSize) {
+        return Status::Protocol("AuthChallenge: payload of {} bytes (a {}-byte nonce expected)",
+                                payload_len, kAuthNonceSize);
+      }
+      return Body(AuthChallenge{});
+    case FrameType::kAuthProof:
+      if (!r.ZeroFrom(0)) return reserved("AuthProof");
+      if (payload_len != kAuthNonceSize + kAuthMacSize) {
+        return Status::Protocol("AuthProof: payload of {} bytes ({} expected)", payload_len,
+                                kAuthNonceSize + kAuthMacSize);
+      }
+      return Body(AuthProof{});
   }
   (void)flags;
   return Status::Protocol("unknown frame type {}", static_cast<int>(type));
 }
 
 bool KnownType(uint8_t t) {
-  return t >= static_cast<uint8_t>(FrameType::kHello) && t <= static_cast<uint8_t>(FrameType::kBye);
+  return t >= static_cast<uint8_t>(FrameType::kHello) &&
+         t <= static_cast<uint8_t>(FrameType::kAuthProof);
 }
 
 }  // namespace
@@ -330,6 +354,8 @@ std::string_view FrameTypeName(FrameType type) {
     case FrameType::kVerifyReq: return "VerifyReq";
     case FrameType::kVerifyResp: return "VerifyResp";
     case FrameType::kBye: return "Bye";
+    case FrameType::kAuthChallenge: return "AuthChallenge";
+    case FrameType::kAuthProof: return "AuthProof";
   }
   return "Unknown";
 }
@@ -347,7 +373,7 @@ FrameType Frame::type() const {
   // Variant order mirrors FrameType numbering (kHello == 1 at index 0).
   return static_cast<FrameType>(body.index() + 1);
 }
-static_assert(std::variant_size_v<Body> == static_cast<size_t>(FrameType::kBye));
+static_assert(std::variant_size_v<Body> == static_cast<size_t>(FrameType::kAuthProof));
 
 RawHeader Encode(const Frame& frame) {
   RawHeader raw{};

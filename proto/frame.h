@@ -60,6 +60,8 @@ enum class FrameType : uint8_t {
   kVerifyReq = 8,   // primary -> replica: CRCs of a range, please
   kVerifyResp = 9,  // replica -> primary: CRCs, payload = count x u32
   kBye = 10,        // primary -> replica: clean end of session
+  kAuthChallenge = 11,  // replica -> primary: prove you hold the key (payload: nonce)
+  kAuthProof = 12,      // primary -> replica: the proof (payload: nonce + HMAC)
 };
 std::string_view FrameTypeName(FrameType type);
 
@@ -83,13 +85,29 @@ struct Hello {
   uint32_t window = 0;
   uint64_t volume_size = 0;
   VolumeId volume_id;
+  uint32_t peer_timeout_ms = 0;  // a side silent this long is lost; 0: no timeout
 };
+
+// The replica's data identity: changes whenever the target's contents may no longer be what
+// earlier sessions left (a new target file, another volume). A primary's dirty bitmap for a
+// replica is valid only for the identity it was kept against.
+using ReplicaId = VolumeId;
+
+inline constexpr uint32_t kAuthNonceSize = 32;
+inline constexpr uint32_t kAuthMacSize = 32;
 
 struct HelloOk {
   uint16_t version = 0;
   uint32_t max_block_size = 0;
   uint64_t capacity = 0;  // bytes the replica's target can hold
+  ReplicaId replica_id;
+  // Payload: empty, or (after an authenticated handshake) the replica's kAuthMacSize proof.
 };
+
+// Payload: kAuthNonceSize bytes of the replica's nonce.
+struct AuthChallenge {};
+// Payload: the primary's nonce (kAuthNonceSize) then its proof (kAuthMacSize).
+struct AuthProof {};
 
 struct Error {
   uint32_t code = 0;  // ErrorCode value; text in the payload
@@ -145,7 +163,7 @@ struct VerifyResp {
 struct Bye {};
 
 using Body = std::variant<Hello, HelloOk, Error, Data, Ack, Nack, Heartbeat, VerifyReq, VerifyResp,
-                          Bye>;
+                          Bye, AuthChallenge, AuthProof>;
 
 struct Frame {
   uint16_t flags = 0;

@@ -21,9 +21,26 @@ rc=0; "$BLKMIRROR" verify --json --source "$TEST_TMP/src" --peer "127.0.0.1:$POR
 [ "$rc" = 1 ] || fail "verify --json exited $rc"
 jq -e '.equal == false and .differing_blocks == 4 and (.diffs | length) == 3' "$TEST_TMP/v.json" > /dev/null \
   || fail "verify json: $(cat "$TEST_TMP/v.json")"
-step "repair by pushing again, then equal"
+step "a resumed push sends nothing: the bitmap says in sync (the damage was not made through blkmirror)"
 push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" || fail "second push"
-"$BLKMIRROR" verify --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" > /dev/null 2>&1 || fail "not equal after a full push"
+[ "$(json .bytes_sent)" = 0 ] || fail "a push with a clean bitmap sent $(json .bytes_sent) bytes"
+[ "$(json .blocks_skipped)" = 21 ] || fail "blocks_skipped $(json .blocks_skipped)"
+[ "$(json .resumed)" = true ] || fail "resumed should be true"
+[ "$(json '.peers[0].state')" = in_sync ] || fail "state $(json '.peers[0].state')"
+step "verify --repair resends exactly the differing blocks"
+rc=0; "$BLKMIRROR" verify --repair --json --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" > "$TEST_TMP/v.json" 2> "$TEST_TMP/v.log" || rc=$?
+[ "$rc" = 1 ] || fail "verify --repair exited $rc: $(cat "$TEST_TMP/v.log")"
+jq -e '.repaired == true and .repair.bytes_sent == (2 * 1048576 + 1048576 + 777)' "$TEST_TMP/v.json" > /dev/null \
+  || fail "repair: $(jq -c '{repaired, repair}' "$TEST_TMP/v.json")"
+"$BLKMIRROR" verify --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" > /dev/null 2>&1 || fail "not equal after verify --repair"
+step "push --checksum-skip sends only the blocks whose CRCs differ"
+printf 'Z' | dd of="$TEST_TMP/rep" bs=1 seek=$(((7 << 20) + 3)) conv=notrunc status=none
+push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" --checksum-skip || fail "push --checksum-skip: $(cat "$TEST_TMP/push.log")"
+[ "$(json .bytes_sent)" = $((1 << 20)) ] || fail "--checksum-skip sent $(json .bytes_sent) bytes"
+"$BLKMIRROR" verify --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" > /dev/null 2>&1 || fail "not equal after --checksum-skip"
+step "push --full sends everything"
+push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" --full || fail "push --full"
+[ "$(json .bytes_sent)" = $(((20 << 20) + 777)) ] || fail "--full sent $(json .bytes_sent) bytes"
 step "a replica without a copy"
 serve e "$TEST_TMP/nothing-here"
 rc=0; "$BLKMIRROR" verify --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_e" > /dev/null 2> "$TEST_TMP/v.log" || rc=$?

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <deque>
 #include <functional>
+#include <map>
 #include <future>
 #include <mutex>
 #include <random>
@@ -87,6 +88,7 @@ proto::RawHeader DataHeader(uint64_t seq, uint32_t len) {
   return proto::Encode(f);
 }
 
+// A control frame whose payload is `text` (which must outlive the Post: the span points at it).
 WorkItem TextItem(ConnId conn, const std::string& text, uint64_t tag = 0, bool signal = false) {
   proto::Frame f;
   f.body = proto::Error{42};
@@ -99,6 +101,9 @@ WorkItem TextItem(ConnId conn, const std::string& text, uint64_t tag = 0, bool s
   item.control = std::as_bytes(std::span(text.data(), text.size()));
   return item;
 }
+
+// Would point at a temporary: refuse at compile time.
+WorkItem TextItem(ConnId conn, std::string&& text, uint64_t tag = 0, bool signal = false) = delete;
 
 std::string Text(const Event& e) {
   return std::string(reinterpret_cast<const char*>(e.payload.data()), e.payload.size());
@@ -137,7 +142,7 @@ class LoopThread {
   const std::string& error() const { return error_; }
   const Endpoint& endpoint() const { return endpoint_; }
 
-  // Runs `f` in the loop thread, waits for it.
+  // Runs `f` in the loop thread, waits for it. Not from inside another Call (deadlock).
   template <typename F>
   auto Call(F f) -> decltype(f()) {
     std::packaged_task<decltype(f())()> task(std::move(f));
@@ -329,15 +334,17 @@ TEST_F(RdmaTransportTest, FramesGoBothWaysInOrderWithTheirPayloads) {
   // The server echoes every control frame it receives, as a control frame of its own.
   StartServer({}, [](LoopThread& s, Completion& c) {
     if (c.kind != CompletionKind::kRecv || c.data) return;
-    std::string text(reinterpret_cast<const char*>(c.control.data()), c.control.size());
-    auto item = TextItem(c.conn, "echo " + text);
+    std::string echo =
+        "echo " + std::string(reinterpret_cast<const char*>(c.control.data()), c.control.size());
+    auto item = TextItem(c.conn, echo);
     ASSERT_TRUE(s.t().Post(std::span(&item, 1)).ok());
   });
   ConnId conn = ConnectClient();
   ASSERT_NE(conn, kNoConn);
   EXPECT_EQ(client_->name(), "rdma");
   EXPECT_EQ(client_->PeerName(conn), server_->endpoint().ToString());
-  EXPECT_NE(server_->Call([&] { return server_->t().PeerName(ServerConn()); })
+  const ConnId server_conn = ServerConn();
+  EXPECT_NE(server_->Call([&] { return server_->t().PeerName(server_conn); })
                 .find(Env("LAB_IP0") + ":"),
             std::string::npos);
 
@@ -566,7 +573,8 @@ TEST_F(RdmaTransportTest, PeerTornDownMidStreamCancelsAndCloses) {
   EXPECT_EQ(tag, 20u) << "every signaled item completes before kClosed";
   EXPECT_GE(cancelled, 12u);  // at most 8 could have been written (4 slots, 4 re-granted)
   EXPECT_EQ(client_->SendSpace(conn), 0u);
-  WorkItem item = TextItem(conn, "late");
+  const std::string late = "late";
+  WorkItem item = TextItem(conn, late);
   EXPECT_EQ(client_->Post(std::span(&item, 1)).code(), ErrorCode::kClosed);
 }
 
@@ -593,14 +601,16 @@ TEST_F(RdmaTransportTest, ServerClosingMidStreamIsReportedAfterItsLastFrames) {
   ASSERT_TRUE(client_->Post(items).ok());
   ASSERT_TRUE(RunUntilServer([&] { return Count(server_->events, CompletionKind::kRecv) == 2; }));
   // The server sends a last frame, then closes.
+  const ConnId server_conn = ServerConn();
+  const std::string last_words = "last words";
   server_->Call([&] {
-    auto bye = TextItem(ServerConn(), "last words");
+    auto bye = TextItem(server_conn, last_words);
     EXPECT_TRUE(server_->t().Post(std::span(&bye, 1)).ok());
     return 0;
   });
   ASSERT_TRUE(RunUntil([&] { return Count(events_, CompletionKind::kRecv) == 1; }));
   server_->Call([&] {
-    server_->t().Close(ServerConn());
+    server_->t().Close(server_conn);
     return 0;
   });
   ASSERT_TRUE(RunUntil([&] { return Count(events_, CompletionKind::kClosed) == 1; }, 30s));
@@ -642,6 +652,130 @@ TEST_F(RdmaTransportTest, ABadHeaderInASlotClosesTheConnectionWithTheReason) {
   EXPECT_EQ(server_->Call([&] { return Count(server_->events, CompletionKind::kRecv); }), 1u);
   ASSERT_TRUE(RunUntil([&] { return Count(events_, CompletionKind::kClosed) == 1; }));
   EXPECT_EQ(Count(events_, CompletionKind::kSent), 2u);
+}
+
+TEST_F(RdmaTransportTest, PostRefusesDataThePeerCannotTake) {
+  StartServer({});
+  ConnId conn = ConnectClient();
+  ASSERT_NE(conn, kNoConn);
+  std::vector<std::byte> copy;
+  const std::byte* block = Block(4096, 3, &copy);
+  // Larger than the server's receive buffers (64 KiB + 4 KiB) minus the 64-byte header.
+  WorkItem big;
+  big.conn = conn;
+  big.header = DataHeader(0, (68 << 10) - 63);
+  big.data = block;
+  Status s = client_->Post(std::span(&big, 1));
+  EXPECT_EQ(s.code(), ErrorCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("does not fit"), std::string::npos) << s.message();
+  // Not from the registered pool.
+  std::vector<std::byte> outside(4096);
+  WorkItem stray = big;
+  stray.header = DataHeader(0, 4096);
+  stray.data = outside.data();
+  s = client_->Post(std::span(&stray, 1));
+  EXPECT_NE(s.message().find("registered buffer pool"), std::string::npos) << s.message();
+  // The connecting side advertises no slots: the server cannot send it Data frames.
+  const ConnId server_conn = ServerConn();
+  std::string refused = server_->Call([&] {
+    auto buf = server_->pool().TryGet();
+    WorkItem item;
+    item.conn = server_conn;
+    item.header = DataHeader(0, 4096);
+    item.data = buf->data();
+    return server_->t().Post(std::span(&item, 1)).message();
+  });
+  EXPECT_NE(refused.find("advertises no receive slots"), std::string::npos) << refused;
+  // Nothing was queued by the refused posts: the connection still works.
+  WorkItem good = stray;
+  good.data = block;
+  good.signal = true;
+  ASSERT_TRUE(client_->Post(std::span(&good, 1)).ok());
+  ASSERT_TRUE(RunUntilServer([&] { return Count(server_->events, CompletionKind::kRecv) == 1; }));
+}
+
+// 300 control frames, each echoed, while the server stalls for a while at the start: both
+// directions run out of message credits (68 and 64 receives) and get them back, nothing is
+// lost, nothing deadlocks, and the order holds.
+TEST_F(RdmaTransportTest, ControlFloodRunsOnMessageCredits) {
+  auto pause = std::make_shared<std::atomic<int>>(0);
+  StartServer(
+      {},
+      [](LoopThread& s, Completion& c) {
+        if (c.kind != CompletionKind::kRecv || c.data) return;
+        std::string echo =
+            "echo " + std::string(reinterpret_cast<const char*>(c.control.data()), c.control.size());
+        auto item = TextItem(c.conn, echo);
+        Status posted = s.t().Post(std::span(&item, 1));
+        EXPECT_TRUE(posted.ok()) << posted.message();
+      },
+      [pause](LoopThread&) {
+        if (int ms = pause->exchange(0); ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+      });
+  ConnId conn = ConnectClient();
+  ASSERT_NE(conn, kNoConn);
+  pause->store(500);
+  std::vector<std::string> texts;
+  texts.reserve(300);
+  for (int i = 0; i < 300; ++i) {
+    texts.push_back("flood " + std::to_string(i) + std::string(static_cast<size_t>(i % 7) * 300, 'x'));
+    ASSERT_TRUE(RunUntil([&] { return client_->SendSpace(conn) > 0; }));
+    auto item = TextItem(conn, texts.back(), static_cast<uint64_t>(i), i % 10 == 9);
+    Status s = client_->Post(std::span(&item, 1));
+    ASSERT_TRUE(s.ok()) << s.message();
+  }
+  ASSERT_TRUE(RunUntil([&] { return Count(events_, CompletionKind::kRecv) == 300; }, 60s))
+      << Count(events_, CompletionKind::kRecv) << " echoes";
+  size_t i = 0;
+  for (auto& e : events_) {
+    if (e.kind == CompletionKind::kRecv) {
+      ASSERT_EQ(Text(e), "echo " + texts[i]) << "echo " << i;
+      ++i;
+    }
+  }
+  EXPECT_EQ(Count(events_, CompletionKind::kSent), 30u);
+}
+
+// Two connections from one client transport: one device, PD, pool MR and completion channel
+// for both; the second connection gets fewer slots (the pool is half taken), both work.
+TEST_F(RdmaTransportTest, TwoConnectionsShareTheDevice) {
+  LoopConfig config;
+  config.buffers = 24;  // the first connection takes 12 slots, the second 6
+  StartServer(config);
+  auto a = client_->Connect(server_->endpoint(), 10s);
+  ASSERT_TRUE(a.ok()) << a.status().message();
+  auto b = client_->Connect(server_->endpoint(), 10s);
+  ASSERT_TRUE(b.ok()) << b.status().message();
+  ASSERT_NE(*a, *b);
+  ASSERT_TRUE(RunUntilServer([&] { return Count(server_->events, CompletionKind::kAccepted) == 2; }));
+  std::vector<std::vector<std::byte>> sent(40);
+  for (uint64_t i = 0; i < sent.size(); ++i) {
+    WorkItem item;
+    item.conn = i % 2 == 0 ? *a : *b;
+    item.tag = i;
+    item.signal = true;
+    item.header = DataHeader(i / 2, 16 << 10);
+    item.data = Block(16 << 10, 500 + static_cast<uint32_t>(i), &sent[i]);
+    ASSERT_TRUE(client_->Post(std::span(&item, 1)).ok());
+  }
+  ASSERT_TRUE(RunUntilServer([&] { return Count(server_->events, CompletionKind::kRecv) == 40; }));
+  ASSERT_TRUE(RunUntil([&] { return Count(events_, CompletionKind::kSent) == 40; }));
+  auto server_events = server_->Call([&] { return server_->events; });
+  std::map<ConnId, uint64_t> next;
+  std::map<ConnId, int> which;  // server conn -> 0 (a) or 1 (b), by the first block's bytes
+  for (auto& e : server_events) {
+    if (e.kind != CompletionKind::kRecv) continue;
+    uint64_t seq = std::get<proto::Data>(proto::Decode(e.header)->body).seq;
+    if (!which.count(e.conn)) which[e.conn] = e.payload == sent[0] ? 0 : 1;
+    ASSERT_EQ(seq, next[e.conn]++) << "out of order on one connection";
+    EXPECT_TRUE(e.payload == sent[seq * 2 + static_cast<uint64_t>(which[e.conn])]);
+  }
+  ASSERT_EQ(next.size(), 2u);
+  for (auto& [conn, n] : next) EXPECT_EQ(n, 20u);
+  client_->Close(*a);
+  client_->Close(*b);
+  ASSERT_TRUE(RunUntilServer([&] { return Count(server_->events, CompletionKind::kClosed) == 2; }));
+  EXPECT_TRUE(server_->WaitFor([&] { return server_->pool().available() == server_->pool().count(); }));
 }
 
 // ---- The engine over RDMA -------------------------------------------------------------------
@@ -720,10 +854,10 @@ class ReplicaThread {
     engine::ReplicaOptions options;
     options.target_name = device_.name();
     io::MemBlockDevice* dev = &device_;
-    options.open_target = [dev](uint64_t size,
-                                engine::TargetUse) -> Result<std::unique_ptr<io::BlockDevice>> {
+    options.open_target = [dev](uint64_t size, const proto::VolumeId&,
+                                engine::TargetUse) -> Result<engine::OpenedTarget> {
       if (size > dev->size()) return Status::Error(ErrorCode::kRefused, "volume does not fit");
-      return std::unique_ptr<io::BlockDevice>(std::make_unique<SharedDevice>(*dev));
+      return engine::OpenedTarget{std::make_unique<SharedDevice>(*dev), {}};
     };
     auto server = engine::ReplicaServer::Create(**ring, **pool, std::move(options));
     if (!server.ok()) return started.set_value(server.status());

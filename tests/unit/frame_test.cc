@@ -131,6 +131,8 @@ std::vector<Frame> OneOfEach() {
   frames.push_back(Make(ValidVerifyReq()));
   frames.push_back(Make(VerifyResp{4096, 3, 9, 0}, 0, 12));
   frames.push_back(Make(Bye{}));
+  frames.push_back(Make(AuthChallenge{}, 0, kAuthNonceSize));
+  frames.push_back(Make(AuthProof{}, 0, kAuthNonceSize + kAuthMacSize));
   return frames;
 }
 
@@ -425,7 +427,7 @@ TEST(Frame, AnySingleBitFlipIsRejected) {
 }
 
 TEST(Frame, RejectsUnknownTypes) {
-  for (uint8_t t : {0, 11, 12, 128, 255}) {
+  for (uint8_t t : {0, 13, 14, 128, 255}) {
     auto raw = Encode(Make(Bye{}));
     SetU8(raw, kOffType, t);
     ExpectRejected(raw, "type");
@@ -466,8 +468,8 @@ TEST(Frame, RejectsNonZeroReservedBytesForEveryType) {
     return a;
   };
   const std::vector<Case> cases = {
-      {FrameType::kHello, join(range(5, 8), range(40, 48))},
-      {FrameType::kHelloOk, join(range(2, 4), range(16, 48))},
+      {FrameType::kHello, join(range(5, 8), range(44, 48))},
+      {FrameType::kHelloOk, join(range(2, 4), range(32, 48))},
       {FrameType::kError, range(4, 48)},
       {FrameType::kData, range(24, 48)},
       {FrameType::kAck, join(range(1, 8), range(32, 48))},
@@ -476,6 +478,8 @@ TEST(Frame, RejectsNonZeroReservedBytesForEveryType) {
       {FrameType::kVerifyReq, range(24, 48)},
       {FrameType::kVerifyResp, range(20, 48)},
       {FrameType::kBye, range(0, 48)},
+      {FrameType::kAuthChallenge, range(0, 48)},
+      {FrameType::kAuthProof, range(0, 48)},
   };
   auto frames = OneOfEach();
   for (const Case& c : cases) {
@@ -491,6 +495,24 @@ TEST(Frame, RejectsNonZeroReservedBytesForEveryType) {
       }
     }
   }
+}
+
+TEST(Frame, HandshakeFieldsRoundTrip) {
+  Hello h = ValidHello();
+  h.peer_timeout_ms = 6000;
+  auto hr = Decode(std::span<const std::byte, 64>(Encode(Make(h))));
+  ASSERT_TRUE(hr.ok()) << hr.status().message();
+  EXPECT_EQ(std::get<Hello>(hr->body).peer_timeout_ms, 6000u);
+  HelloOk ok{1, 4 << 20, 1ull << 40, {}};
+  for (uint8_t i = 0; i < 16; ++i) ok.replica_id.bytes[i] = static_cast<uint8_t>(0xA0 + i);
+  for (uint32_t payload : {0u, kAuthMacSize}) {
+    auto r = Decode(std::span<const std::byte, 64>(Encode(Make(ok, 0, payload))));
+    ASSERT_TRUE(r.ok()) << r.status().message();
+    EXPECT_EQ(std::get<HelloOk>(r->body).replica_id, ok.replica_id);
+  }
+  ExpectRejected(Encode(Make(ok, 0, 31)), "proof");
+  ExpectRejected(Encode(Make(AuthChallenge{}, 0, 16)), "nonce");
+  ExpectRejected(Encode(Make(AuthProof{}, 0, 32)), "AuthProof");
 }
 
 // ---- Hello ----------------------------------------------------------------------------------

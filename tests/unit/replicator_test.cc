@@ -84,10 +84,10 @@ class ReplicatorTest : public ::testing::Test {
     ReplicaOptions options;
     options.target_name = r->device->name();
     io::MemBlockDevice* dev = r->device.get();
-    options.open_target = [dev](uint64_t size,
-                                TargetUse) -> Result<std::unique_ptr<io::BlockDevice>> {
+    options.open_target = [dev](uint64_t size, const proto::VolumeId&,
+                                TargetUse) -> Result<OpenedTarget> {
       if (size > dev->size()) return Status::Error(ErrorCode::kRefused, "volume does not fit");
-      return std::unique_ptr<io::BlockDevice>(std::make_unique<SharedDevice>(*dev));
+      return OpenedTarget{std::make_unique<SharedDevice>(*dev), {}};
     };
     r->server = std::move(ReplicaServer::Create(*ring_, *r->pool, std::move(options)).value());
     r->server->AddTransport(r->transport.get());
