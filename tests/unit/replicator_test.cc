@@ -5,6 +5,7 @@
 
 #include <cstring>
 #include <functional>
+#include <optional>
 #include <random>
 
 #include "common/crc32c.h"
@@ -14,6 +15,8 @@
 #include "io/ring.h"
 #include "transport/loopback/loopback_transport.h"
 #include "transport/testing/faulty_transport.h"
+
+#include <thread>
 
 namespace blkmirror::engine {
 namespace {
@@ -64,7 +67,8 @@ class ReplicatorTest : public ::testing::Test {
 
   // A replica listening on "replica<i>:7000", with a target of `capacity` bytes and receive
   // buffers of `max_block`.
-  Replica& AddReplica(uint64_t capacity, size_t max_block = 64 << 10, std::string fault = "") {
+  Replica& AddReplica(uint64_t capacity, size_t max_block = 64 << 10, std::string fault = "",
+                      std::optional<Key> key = std::nullopt) {
     auto r = std::make_unique<Replica>();
     r->pool = std::move(io::BufferPool::Create(max_block + transport::kReceiveHeadroom, 16,
                                                io::HugePages::kNever)
@@ -83,6 +87,7 @@ class ReplicatorTest : public ::testing::Test {
                                                      capacity);
     ReplicaOptions options;
     options.target_name = r->device->name();
+    options.key = key;
     io::MemBlockDevice* dev = r->device.get();
     options.open_target = [dev](uint64_t size, const proto::VolumeId&,
                                 TargetUse) -> Result<OpenedTarget> {
@@ -113,17 +118,20 @@ class ReplicatorTest : public ::testing::Test {
     return rep_->ready() ? Status::Ok() : Status::Error(ErrorCode::kTimeout, "no handshake");
   }
 
-  // One turn of every loop. Completions the primary reports land in done_.
+  // One turn of every loop. Completions the primary reports land in done_. A replica in
+  // frozen_ is not stepped (a hung peer: no acks, no heartbeats).
   void Step() {
     std::array<WriteCompletion, 16> out;
     size_t n = rep_ ? rep_->Poll(out) : 0;
     for (size_t i = 0; i < n; ++i) done_.push_back(out[i]);
-    for (auto& r : replicas_) r->server->Step();
+    for (size_t i = 0; i < replicas_.size(); ++i) {
+      if (replicas_[i]->server && !(frozen_ >> i & 1)) replicas_[i]->server->Step();
+    }
   }
 
   // Pushes `data` as a volume through the Replicator; returns the first failed completion's
   // status, or the Replicator's failure. Checks the window is never exceeded.
-  Status Push(const std::vector<std::byte>& data) {
+  Status Push(const std::vector<std::byte>& data, PeerMask mask = kAllPeers) {
     const uint32_t bs = options_.block_size;
     uint64_t next = 0;
     size_t expected = (data.size() + bs - 1) / bs;
@@ -133,7 +141,7 @@ class ReplicatorTest : public ::testing::Test {
         if (!buf) break;
         auto len = static_cast<uint32_t>(std::min<uint64_t>(bs, data.size() - next));
         std::memcpy(buf->data(), data.data() + next, len);
-        RETURN_IF_ERROR(rep_->Submit(next, std::move(*buf), len, next));
+        RETURN_IF_ERROR(rep_->Submit(next, std::move(*buf), len, next, mask));
         next += len;
         max_in_flight_ = std::max(max_in_flight_, rep_->in_flight());
       }
@@ -161,6 +169,7 @@ class ReplicatorTest : public ::testing::Test {
   std::unique_ptr<Replicator> rep_;
   std::vector<WriteCompletion> done_;
   uint32_t max_in_flight_ = 0;
+  uint64_t frozen_ = 0;
 };
 
 ReplicatorOptions Options(uint64_t volume, AckLevel ack, uint32_t block = 16 << 10,
@@ -363,6 +372,143 @@ TEST_F(ReplicatorTest, OneWriterPerVolume) {
   ASSERT_TRUE(Push(data).ok());
   CloseAll();
   EXPECT_TRUE(Equal(r.device->contents(), data));
+}
+
+Key TestKey(uint8_t fill) {
+  Key k;
+  k.bytes.fill(fill);
+  return k;
+}
+
+TEST_F(ReplicatorTest, AuthenticatedSessionsReplicate) {
+  auto data = RandomBytes(8 * (16 << 10), 11);
+  Replica& r = AddReplica(data.size(), 64 << 10, "", TestKey(7));
+  auto o = Options(data.size(), AckLevel::kDurable);
+  o.key = TestKey(7);
+  ASSERT_TRUE(StartPrimary(o).ok());
+  ASSERT_TRUE(Push(data).ok());
+  CloseAll();
+  EXPECT_TRUE(Equal(r.device->contents(), data));
+}
+
+TEST_F(ReplicatorTest, APrimaryWithoutTheKeyIsRefusedBeforeWritingAnything) {
+  auto data = RandomBytes(8 * (16 << 10), 12);
+  Replica& r = AddReplica(data.size(), 64 << 10, "", TestKey(7));
+  for (std::optional<Key> key : {std::optional<Key>(), std::optional<Key>(TestKey(8))}) {
+    auto o = Options(data.size(), AckLevel::kDurable);
+    o.key = key;
+    Status s = StartPrimary(o);
+    ASSERT_FALSE(s.ok());
+    if (key) {
+      EXPECT_NE(s.message().find("authentication failed"), std::string::npos) << s.message();
+    } else {
+      EXPECT_NE(s.message().find("requires authentication"), std::string::npos) << s.message();
+    }
+    for (int i = 0; i < 20; ++i) Step();
+    rep_.reset();
+  }
+  EXPECT_EQ(r.device->writes(), 0u);
+  EXPECT_EQ(r.server->stats().auth_failures, 1u);
+}
+
+TEST_F(ReplicatorTest, APrimaryWithAKeyRefusesAReplicaThatCannotProveIt) {
+  AddReplica(1 << 20);  // no key: it cannot prove anything
+  auto o = Options(1 << 20, AckLevel::kDurable);
+  o.key = TestKey(7);
+  Status s = StartPrimary(o);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("did not prove it holds our key"), std::string::npos) << s.message();
+}
+
+TEST_F(ReplicatorTest, QuorumCarriesOnWhenAReplicaIsLost) {
+  auto data = RandomBytes(64 * (16 << 10), 13);
+  for (int i = 0; i < 3; ++i) AddReplica(data.size());
+  auto o = Options(data.size(), AckLevel::kDurable, 16 << 10, 4);
+  o.quorum = 2;
+  ASSERT_TRUE(StartPrimary(o).ok());
+  std::vector<std::unique_ptr<DirtyBitmap>> bitmaps;
+  for (size_t i = 0; i < 3; ++i) {
+    BitmapKey key{16 << 10, data.size(), {}, {}};
+    bitmaps.push_back(DirtyBitmap::InMemory(key));
+    rep_->AttachBitmap(i, bitmaps.back().get());
+  }
+  // Replica 1 goes away after the first 8 blocks.
+  std::vector<std::byte> first(data.begin(), data.begin() + 8 * (16 << 10));
+  ASSERT_TRUE(Push(first).ok());
+  replicas_[1]->server.reset();
+  replicas_[1]->transport.reset();
+  done_.clear();
+  Status s = Push(data);
+  ASSERT_TRUE(s.ok()) << s.message();
+  CloseAll();
+  auto stats = rep_->stats();
+  EXPECT_EQ(stats[1].state, PeerState::kLost);
+  EXPECT_FALSE(stats[1].lost_reason.empty());
+  EXPECT_TRUE(Equal(replicas_[0]->device->contents(), data));
+  EXPECT_TRUE(Equal(replicas_[2]->device->contents(), data));
+  // What replica 1 missed is still dirty in its bitmap; the others are clean.
+  EXPECT_EQ(bitmaps[0]->CountSet(), 0u);
+  EXPECT_EQ(bitmaps[2]->CountSet(), 0u);
+  EXPECT_GE(bitmaps[1]->CountSet(), 56u);
+  rep_.reset();  // the bitmaps must outlive the Replicator
+}
+
+TEST_F(ReplicatorTest, LosingTheQuorumFailsThePush) {
+  auto data = RandomBytes(32 * (16 << 10), 14);
+  for (int i = 0; i < 2; ++i) AddReplica(data.size());
+  ASSERT_TRUE(StartPrimary(Options(data.size(), AckLevel::kDurable)).ok());  // quorum: all
+  replicas_[0]->server.reset();
+  replicas_[0]->transport.reset();
+  Status s = Push(data);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("the quorum needs 2"), std::string::npos) << s.message();
+}
+
+TEST_F(ReplicatorTest, ASilentReplicaIsLostAfterThePeerTimeout) {
+  auto data = RandomBytes(16 * (16 << 10), 15);
+  for (int i = 0; i < 2; ++i) AddReplica(data.size());
+  auto o = Options(data.size(), AckLevel::kDurable);
+  o.quorum = 1;
+  o.peer_timeout = std::chrono::milliseconds(200);
+  ASSERT_TRUE(StartPrimary(o).ok());
+  frozen_ = 0b10;  // replica 1 hangs: no acks, no heartbeats
+  Status s = Push(data);
+  for (int i = 0; i < 400 && rep_->stats()[1].state != PeerState::kLost; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    Step();
+  }
+  ASSERT_TRUE(s.ok()) << s.message();
+  auto stats = rep_->stats();
+  EXPECT_EQ(stats[1].state, PeerState::kLost);
+  EXPECT_NE(stats[1].lost_reason.find("--peer-timeout"), std::string::npos) << stats[1].lost_reason;
+  EXPECT_TRUE(Equal(replicas_[0]->device->contents(), data));
+}
+
+TEST_F(ReplicatorTest, ResyncSendsOnlyDirtyBlocksToTheirPeers) {
+  auto data = RandomBytes(16 * (16 << 10), 16);
+  for (int i = 0; i < 2; ++i) AddReplica(data.size());
+  ASSERT_TRUE(StartPrimary(Options(data.size(), AckLevel::kDurable)).ok());
+  // Only replica 1 gets the blocks (as a resync would send what it alone misses).
+  ASSERT_TRUE(Push(data, 0b10).ok());
+  CloseAll();
+  EXPECT_EQ(replicas_[0]->device->writes(), 0u);
+  EXPECT_TRUE(Equal(replicas_[1]->device->contents(), data));
+}
+
+TEST_F(ReplicatorTest, AReceivedSessionEndsDurableAndCleansItsBitmap) {
+  auto data = RandomBytes(16 * (16 << 10), 17);
+  Replica& r = AddReplica(data.size());
+  ASSERT_TRUE(StartPrimary(Options(data.size(), AckLevel::kReceived)).ok());
+  BitmapKey key{16 << 10, data.size(), {}, {}};
+  auto bitmap = DirtyBitmap::InMemory(key);
+  rep_->AttachBitmap(0, bitmap.get());
+  ASSERT_TRUE(Push(data).ok());
+  EXPECT_EQ(bitmap->CountSet(), 16u) << "received acks must not clear bits";
+  for (int i = 0; i < 1000 && !rep_->idle(); ++i) Step();
+  CloseAll();
+  EXPECT_EQ(bitmap->CountSet(), 0u) << "the final durable ack clears them";
+  EXPECT_TRUE(Equal(r.device->durable_contents(), data));
+  rep_.reset();  // the bitmap must outlive the Replicator
 }
 
 // A hand-driven client that speaks raw frames to a replica.
