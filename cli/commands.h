@@ -44,6 +44,7 @@ struct PushArgs {
   std::string peer_timeout = "6s";
   std::string key_file;
   std::string test_fault;
+  std::string test_source_fault;
   bool tcp_zerocopy = false;
 };
 
@@ -61,7 +62,14 @@ struct VerifyArgs {
 
 int RunServe(const ServeArgs& args);
 int RunPush(const PushArgs& args);
+struct StatusArgs {
+  std::string source;
+  std::string meta_dir;
+  bool json = false;
+};
+
 int RunVerify(const VerifyArgs& args);
+int RunStatus(const StatusArgs& args);
 int RunKeygen(const std::string& path);
 
 }  // namespace blkmirror::cli

@@ -72,6 +72,8 @@ int main(int argc, char** argv) {
                 "a replica silent this long is lost (default 6s)");
   p->add_option("--key-file", push.key_file, "authenticate to the replicas with this key");
   p->add_option("--test-fault", push.test_fault, "TEST ONLY: inject faults")->group("");
+  p->add_option("--test-source-fault", push.test_source_fault, "TEST ONLY: source faults")
+      ->group("");
   p->add_flag("--tcp-zerocopy", push.tcp_zerocopy, "send with SENDMSG_ZC (experimental)")
       ->group("");
 
@@ -87,12 +89,18 @@ int main(int argc, char** argv) {
   v->add_flag("--repair", verify.repair, "resend the blocks that differ");
   v->add_option("--meta-dir", verify.meta_dir, "metadata directory (for --repair)");
 
+  StatusArgs status;
+  auto* st = app.add_subcommand("status", "what the metadata says each replica is missing");
+  st->add_option("--source", status.source, "the source pushed from")->required();
+  st->add_option("--meta-dir", status.meta_dir, "metadata directory (default: beside the source)");
+  st->add_flag("--json", status.json, "print one JSON object on stdout");
+
   std::string key_path;
   auto* k = app.add_subcommand("keygen", "write a new random key for --key-file (mode 0600)");
   k->add_option("PATH", key_path, "the key file to create")->required();
 
   // --log-level may come before or after the command.
-  for (auto* sub : {s, p, v, k}) sub->fallthrough();
+  for (auto* sub : {s, p, v, st, k}) sub->fallthrough();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -104,5 +112,6 @@ int main(int argc, char** argv) {
   if (*p) return RunPush(push);
   if (*v) return RunVerify(verify);
   if (*k) return RunKeygen(key_path);
+  if (*st) return RunStatus(status);
   return kExitUsage;
 }

@@ -22,6 +22,7 @@
 #include "engine/replicator.h"
 #include "engine/session.h"
 #include "engine/verifier.h"
+#include "io/testing/faulty_block_device.h"
 #include "io/uring/uring_block_device.h"
 
 namespace blkmirror::cli {
@@ -331,6 +332,13 @@ int RunReplication(const ReplicationPlan& plan) {
   open_options.queue_depth = static_cast<uint32_t>(loop->pool->count());
   auto source = io::OpenUringDevice(*loop->ring, args.source, open_options);
   if (!source.ok()) return fail(source.status());
+  if (!args.test_source_fault.empty()) {
+    auto spec = io::DiskFaultSpec::Parse(args.test_source_fault);
+    if (!spec.ok()) return fail(spec.status(), kExitUsage);
+    spdlog::warn("TEST SOURCE FAULT INJECTION ACTIVE: {} (never use this in production)",
+                 args.test_source_fault);
+    *source = std::make_unique<io::FaultyBlockDevice>(std::move(*source), *spec);
+  }
 
   transport::TransportOptions transport_options;
   transport_options.tcp_zerocopy = args.tcp_zerocopy;

@@ -18,6 +18,17 @@ constexpr size_t kPage = 4096;
 constexpr char kMagic[8] = {'B', 'K', 'M', 'R', 'B', 'M', 'A', 'P'};
 constexpr uint32_t kVersion = 1;
 
+uint32_t Get32(const uint8_t* p) {
+  uint32_t v = 0;
+  for (int i = 0; i < 4; ++i) v |= static_cast<uint32_t>(p[i]) << (8 * i);
+  return v;
+}
+uint64_t Get64(const uint8_t* p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v |= static_cast<uint64_t>(p[i]) << (8 * i);
+  return v;
+}
+
 void Put32(uint8_t* p, uint32_t v) {
   for (int i = 0; i < 4; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
 }
@@ -81,6 +92,31 @@ std::unique_ptr<DirtyBitmap> DirtyBitmap::InMemory(const BitmapKey& key) {
   b->dirty_pages_.clear();
   std::fill(b->page_dirty_flag_.begin(), b->page_dirty_flag_.end(), 0);
   b->unsynced_sets_ = false;
+  return b;
+}
+
+Result<std::unique_ptr<DirtyBitmap>> DirtyBitmap::ReadOnly(const std::string& path) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Status::Errno(errno, "cannot read the dirty bitmap " + path);
+  std::vector<uint8_t> h(kPage);
+  ssize_t n = pread(fd, h.data(), h.size(), 0);
+  BitmapKey key;
+  if (n == static_cast<ssize_t>(kPage) && std::memcmp(h.data(), kMagic, 8) == 0) {
+    key.block_size = Get32(h.data() + 16);
+    key.volume_size = Get64(h.data() + 24);
+    std::memcpy(key.volume_id.bytes.data(), h.data() + 40, 16);
+    std::memcpy(key.replica_id.bytes.data(), h.data() + 56, 16);
+  }
+  auto b = std::unique_ptr<DirtyBitmap>(new DirtyBitmap(path, key, -1));
+  if (key.block_size == 0 || b->Header() != h) {
+    close(fd);
+    return Status::Error(ErrorCode::kProtocol, path + ": not a valid dirty bitmap (damaged?)");
+  }
+  ssize_t got = pread(fd, b->bits_.data(), b->bits_.size(), static_cast<off_t>(kPage));
+  close(fd);
+  if (got != static_cast<ssize_t>(b->bits_.size())) {
+    return Status::Error(ErrorCode::kProtocol, path + ": truncated dirty bitmap");
+  }
   return b;
 }
 

@@ -43,6 +43,10 @@ class DirtyBitmap {
   // bit set, durable before it returns. `existed` says which happened.
   static Result<std::unique_ptr<DirtyBitmap>> Open(const std::string& path, const BitmapKey& key,
                                                    bool* existed);
+  // Reads a bitmap file as it is, without changing it (for `blkmirror status`); an error when
+  // the file is missing or its header is damaged.
+  static Result<std::unique_ptr<DirtyBitmap>> ReadOnly(const std::string& path);
+  const BitmapKey& key() const { return key_; }
   // A bitmap in memory only (every bit set), for tests and for peers without metadata.
   static std::unique_ptr<DirtyBitmap> InMemory(const BitmapKey& key);
   ~DirtyBitmap();

@@ -86,3 +86,88 @@ wait_exit() {
 expect_in() {  # expect_in FILE TEXT
   grep -qF -- "$2" "$1" || fail "expected '$2' in $1: $(tail -n 5 "$1")"
 }
+
+# ---- network namespaces: real links to break ------------------------------------------------
+
+NET_A=$((64 + $$ % 128))  # second octet, per test process, so parallel runs do not collide
+
+# netns_peer NAME N [RATE]: a network namespace with one veth link to the host: the host end
+# 10.NET_A.N.1, the namespace end 10.NET_A.N.2; RATE (e.g. 400mbit) shapes the host end with tbf
+# (the direction blocks flow in). Sets NS_<NAME>, IF_<NAME> (host end), IP_<NAME>.
+netns_peer() {
+  local name=$1 n=$2 rate=${3:-}
+  local ns="bm$$-$name" hif="bh$$n$n" rif="br$$n$n"
+  ip netns add "$ns" 2>/dev/null || skip "cannot create network namespaces (needs root and iproute2)"
+  CLEANUPS+=("ip netns del $ns" "ip link del $hif 2>/dev/null")
+  ip link add "$hif" type veth peer name "$rif"
+  ip link set "$rif" netns "$ns"
+  ip addr add "10.$NET_A.$n.1/24" dev "$hif"
+  ip link set "$hif" up
+  ip -n "$ns" addr add "10.$NET_A.$n.2/24" dev "$rif"
+  ip -n "$ns" link set "$rif" up
+  ip -n "$ns" link set lo up
+  if [ -n "$rate" ]; then
+    tc qdisc add dev "$hif" root tbf rate "$rate" burst 256kb latency 200ms
+  fi
+  printf -v "NS_$name" '%s' "$ns"
+  printf -v "IF_$name" '%s' "$hif"
+  printf -v "IP_$name" '%s' "10.$NET_A.$n.2"
+}
+
+# serve_in NS NAME TARGET IP [ARGS...]: like serve, inside network namespace NS, on IP:7000.
+serve_in() {
+  local ns=$1 name=$2 target=$3 ip=$4; shift 4
+  local out=$TEST_TMP/serve-$name.out
+  : > "$out"
+  ip netns exec "$ns" "$BLKMIRROR" serve --listen "$ip:7000" --target "$target" --pool-size 64M \
+    "$@" >> "$out" 2>> "$TEST_TMP/serve-$name.log" &
+  local pid=$!
+  PIDS+=("$pid")
+  for _ in $(seq 100); do
+    if grep -q '^listening ' "$out" 2>/dev/null; then
+      printf -v "PID_$name" '%s' "$pid"
+      return 0
+    fi
+    kill -0 "$pid" 2>/dev/null || fail "serve $name exited early: $(tail -n 3 "$TEST_TMP/serve-$name.log")"
+    sleep 0.1
+  done
+  fail "serve $name did not start listening"
+}
+
+# push_bg [ARGS...]: push in the background (JSON in $TEST_TMP/push.json); sets PUSH_PID.
+push_bg() {
+  "$BLKMIRROR" push --no-progress --json "$@" > "$TEST_TMP/push.json" 2> "$TEST_TMP/push.log" &
+  PUSH_PID=$!
+  PIDS+=("$PUSH_PID")
+}
+
+# wait_bytes FILE BYTES [SECONDS]: until FILE's allocated size reaches BYTES (the replica's
+# progress), or fail.
+wait_bytes() {
+  for _ in $(seq $((${3:-30} * 20))); do
+    [ "$(du -B1 "$1" 2>/dev/null | cut -f1)" -ge "$2" ] 2>/dev/null && return 0
+    sleep 0.05
+  done
+  fail "$1 did not reach $2 bytes"
+}
+
+# dirty_covers_diffs: every range `verify` found differing lies within the blocks the primary's
+# bitmap still has dirty for that replica (what was acked durable is on the replica).
+dirty_covers_diffs() {  # dirty_covers_diffs SOURCE PEER [KEYARGS...]
+  local src=$1 peer=$2; shift 2
+  "$BLKMIRROR" status --json --source "$src" > "$TEST_TMP/status.json" || fail "status failed"
+  local rc=0
+  "$BLKMIRROR" verify --json --source "$src" --peer "$peer" "$@" > "$TEST_TMP/verify.json" 2>> "$TEST_TMP/verify.log" || rc=$?
+  [ "$rc" -le 1 ] || fail "verify failed: $(tail -n 2 "$TEST_TMP/verify.log")"
+  python3 - "$TEST_TMP/status.json" "$TEST_TMP/verify.json" <<'PY' || fail "a durably acked block is missing on the replica"
+import json, sys
+status = json.load(open(sys.argv[1])); verify = json.load(open(sys.argv[2]))
+dirty = []
+for r in status["replicas"]:
+    dirty += [(d["offset"], d["offset"] + d["length"]) for d in r["dirty_ranges"]]
+bad = [d for d in verify["diffs"]
+       if not any(a <= d["offset"] and d["offset"] + d["length"] <= b for a, b in dirty)]
+print(f"differing ranges: {len(verify['diffs'])}, all within dirty blocks: {not bad}")
+sys.exit(1 if bad else 0)
+PY
+}

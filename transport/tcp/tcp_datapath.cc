@@ -123,7 +123,9 @@ Status TcpTransport::Post(std::span<const WorkItem> items) {
 }
 
 void TcpTransport::StartSend(Conn& conn) {
-  if (conn.closing || conn.send_inflight || conn.sq_batch_end == conn.sq_tail) return;
+  if (conn.closing || conn.send_broken || conn.send_inflight || conn.sq_batch_end == conn.sq_tail) {
+    return;
+  }
   if (conn.zc_count == conn.zc_marks.size()) return;  // resumed by a zero-copy notification
   size_t n = 0;
   uint64_t c = conn.sq_batch_end;
@@ -188,7 +190,9 @@ void TcpTransport::OnSend(Conn& conn, int32_t res, uint32_t flags) {
   }
   if (res < 0) {
     settle();
-    Fail(conn, Status::Errno(-res, fmt::format("send to {} failed", conn.peer)));
+    conn.send_broken = true;
+    conn.send_error = Status::Errno(-res, fmt::format("send to {} failed", conn.peer));
+    if (!conn.recv_inflight) Fail(conn, conn.send_error);
     return;
   }
   // Consume `res` bytes from the gather list; each fully sent entry moves to "sent".
@@ -254,11 +258,15 @@ void TcpTransport::OnRecv(Conn& conn, int32_t res) {
     return;
   }
   if (res < 0) {
-    Fail(conn, Status::Errno(-res, fmt::format("receive from {} failed", conn.peer)));
+    Fail(conn, conn.send_broken ? conn.send_error
+                                : Status::Errno(-res, fmt::format("receive from {} failed",
+                                                                  conn.peer)));
     return;
   }
   if (res == 0) {
-    if (!conn.rx_in_payload && conn.rx_got == 0) {
+    if (conn.send_broken) {
+      Fail(conn, conn.send_error);
+    } else if (!conn.rx_in_payload && conn.rx_got == 0) {
       Fail(conn, Status::Error(ErrorCode::kClosed,
                                fmt::format("{} closed the connection", conn.peer)));
     } else {

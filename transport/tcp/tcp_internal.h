@@ -54,6 +54,11 @@ struct Conn {
   bool closing = false;
   bool local_close = false;
   Status close_reason;
+  // A send failed (the peer closed or reset): nothing more is sent, but receiving goes on until
+  // the peer's end is reached, so the frames it sent before closing (an Error saying why) are
+  // delivered before the kClosed, which then carries this reason.
+  bool send_broken = false;
+  Status send_error;
 
   // Send queue: a ring of entries addressed by monotonic counters.
   //   [sq_head, sq_done)      sent and their buffers free, not yet reported by Poll
