@@ -305,18 +305,9 @@ int RunReplication(const ReplicationPlan& plan) {
       info->is_block_device
           ? fmt::format("size {}", info->size)
           : fmt::format("size {} mtime {}.{:09d}", info->size, st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
-  bool trust_bitmaps = !args.full;
-  auto previous = ReadKeyValues(meta_dir + "/volume");
-  if (previous.ok() && ((*previous)["block_size"] != std::to_string(bs) ||
-                        (*previous)["source"] != source_stamp)) {
-    if (trust_bitmaps && !args.checksum_skip) {
-      spdlog::warn("{} changed since the last push ({} -> {}) or the block size did: its bitmaps "
-                   "cannot say what changed; sending every block (--checksum-skip sends only "
-                   "the blocks that differ)",
-                   args.source, (*previous)["source"], source_stamp);
-    }
-    trust_bitmaps = false;
-  }
+  // A replica's bitmap says what it misses of the source as it was when the bitmap was kept
+  // (its stamp: size and mtime, for a regular file). A source changed since (written outside
+  // blkmirror) makes that bitmap blind to the changes: that replica gets a full copy.
   Status recorded = WriteKeyValues(meta_dir + "/volume",
                                    {{"volume_id", engine::IdHex(*volume_id)},
                                     {"source_path", args.source},
@@ -399,9 +390,18 @@ int RunReplication(const ReplicationPlan& plan) {
   auto stats0 = (*rep)->stats();
   for (size_t i = 0; i < stats0.size(); ++i) {
     engine::BitmapKey bkey{bs, (*source)->size(), *volume_id, stats0[i].replica_id};
+    if (stats0[i].state != engine::PeerState::kInSession) {
+      // Unreachable: its bitmap file stays as it is; nothing is sent to it this time.
+      bitmaps.push_back(engine::DirtyBitmap::InMemory(bkey));
+      bitmap_ptrs.push_back(bitmaps.back().get());
+      continue;
+    }
+    const std::string path = BitmapPath(meta_dir, stats0[i].replica_id);
+    const std::string stamp_path = path + ".source";
+    auto stamp = ReadKeyValues(stamp_path);
+    bool stamp_ok = stamp.ok() && (*stamp)["source"] == source_stamp;
     bool existed = false;
-    auto bitmap = engine::DirtyBitmap::Open(BitmapPath(meta_dir, stats0[i].replica_id), bkey,
-                                            &existed);
+    auto bitmap = engine::DirtyBitmap::Open(path, bkey, &existed);
     if (!bitmap.ok()) return fail(bitmap.status());
     engine::DirtyBitmap& b = **bitmap;
     const auto& sums = checksums[i];
@@ -414,8 +414,14 @@ int RunReplication(const ReplicationPlan& plan) {
       resumed = true;
     } else if (plan.repair && !existed) {
       b.ClearAll();  // no history for this replica: repair exactly what verify found
-    } else if (!trust_bitmaps || !existed) {
-      if (existed) spdlog::info("{}: full copy (--full or the source changed)", stats0[i].peer);
+    } else if (args.full || !existed || !stamp_ok) {
+      if (existed && !args.full) {
+        spdlog::warn("{}: {} changed since this replica's last push ({} -> {}): its bitmap cannot "
+                     "say what changed; sending every block (--checksum-skip sends only the "
+                     "blocks that differ)",
+                     stats0[i].peer, args.source, stamp.ok() ? (*stamp)["source"] : "unknown",
+                     source_stamp);
+      }
       b.SetAll();
     } else {
       resumed = true;
@@ -428,6 +434,11 @@ int RunReplication(const ReplicationPlan& plan) {
     }
     Status synced = b.Sync();
     if (!synced.ok()) return fail(synced);
+    // The bitmap is durable for this source now: only then may the stamp say so.
+    if (!stamp_ok) {
+      Status stamped = WriteKeyValues(stamp_path, {{"source", source_stamp}});
+      if (!stamped.ok()) return fail(stamped);
+    }
     (*rep)->AttachBitmap(i, &b);
     bitmap_ptrs.push_back(&b);
     bitmaps.push_back(std::move(*bitmap));

@@ -69,7 +69,15 @@ class Replicator::Impl {
         conn = config.fallback->Connect(config.endpoint, options_.connect_timeout);
         peer->t = config.fallback;
       }
-      if (!conn.ok()) return conn.status();
+      if (!conn.ok()) {
+        // Unreachable: lost from the start. Fatal unless the quorum can do without it.
+        peer->stats.state = PeerState::kLost;
+        peer->stats.lost_reason = conn.status().message();
+        spdlog::error("lost replica {}: {}", peer->name, peer->stats.lost_reason);
+        peers_.push_back(std::move(peer));
+        if (Unreachable() > configs.size() - quorum_) return conn.status();
+        continue;
+      }
       peer->conn = *conn;
       peer->conn_open = true;
       peer->stats.transport = std::string(peer->t->name());
@@ -84,10 +92,21 @@ class Replicator::Impl {
     return Status::Ok();
   }
 
+  // Every peer has settled (in session or lost) and the quorum is in session.
   bool ready() const {
-    return !peers_.empty() && std::all_of(peers_.begin(), peers_.end(), [](const auto& p) {
-      return p->stats.state == PeerState::kInSession;
-    });
+    if (peers_.empty()) return false;
+    size_t in_session = 0;
+    for (const auto& p : peers_) {
+      if (p->stats.state == PeerState::kConnecting) return false;
+      if (p->stats.state == PeerState::kInSession) ++in_session;
+    }
+    return in_session >= quorum_;
+  }
+
+  size_t Unreachable() const {
+    return static_cast<size_t>(std::count_if(peers_.begin(), peers_.end(), [](const auto& p) {
+      return p->stats.state == PeerState::kLost;
+    }));
   }
 
   Status Connect(std::span<const PeerConfig> configs) {
@@ -97,10 +116,9 @@ class Replicator::Impl {
       if (NowNs() > deadline) {
         for (auto& p : peers_) {
           if (p->stats.state == PeerState::kConnecting) {
-            Fail(Status::Error(ErrorCode::kTimeout,
-                               fmt::format("{} did not answer the handshake within {} ms",
-                                           p->name, options_.handshake_timeout.count())));
-            break;
+            LosePeer(*p, Status::Error(ErrorCode::kTimeout,
+                                       fmt::format("{} did not answer the handshake within {} ms",
+                                                   p->name, options_.handshake_timeout.count())));
           }
         }
         break;
@@ -451,8 +469,7 @@ class Replicator::Impl {
     if (p.stats.state == PeerState::kConnecting) {
       auto open = p.handshake.OnFrame(*p.t, p.conn, *frame, c.header, c.control);
       if (!open.ok()) {
-        // A refused handshake is fatal: the user asked for this peer.
-        Fail(open.status());
+        LosePeer(p, open.status());
         return;
       }
       if (*open) {
@@ -599,16 +616,24 @@ class Replicator::Impl {
     if (p.stats.state == PeerState::kLost || p.stats.state == PeerState::kClosed) return;
     bool was_connecting = p.stats.state == PeerState::kConnecting;
     p.stats.state = PeerState::kLost;
-    // Messages from StatusFromError already name the peer.
-    std::string why = reason.message().rfind(p.name, 0) == 0
-                          ? reason.message().substr(p.name.size() + 2)
-                          : reason.message();
+    // Most messages already name the peer ("NAME: ...", "NAME reported: ..."): say it once.
+    std::string why = reason.message();
+    if (why.rfind(p.name + ": ", 0) == 0) {
+      why = why.substr(p.name.size() + 2);
+    } else if (why.rfind(p.name + " ", 0) == 0) {
+      why = why.substr(p.name.size() + 1);
+    }
     p.stats.lost_reason = why;
     spdlog::error("lost replica {}: {}", p.name, why);
     if (p.conn_open) p.t->Close(p.conn);
     if (!failure_.ok()) return;
     if (was_connecting) {
-      Fail(Status::Error(reason.code(), fmt::format("{}: {}", p.name, why)));
+      // Refused or failed in the handshake: fatal unless the quorum can do without this peer.
+      if (Unreachable() > peers_.size() - quorum_) {
+        Fail(reason.message().find(p.name) == std::string::npos
+                 ? Status::Error(reason.code(), fmt::format("{}: {}", p.name, why))
+                 : reason);
+      }
       return;
     }
     uint32_t live = static_cast<uint32_t>(std::popcount(live_peers()));
