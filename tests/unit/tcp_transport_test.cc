@@ -280,6 +280,40 @@ TEST_P(TcpTransportTest, APeerClosingIsReportedAfterItsLastFrames) {
   EXPECT_NE(client_events_.back().status.find("closed the connection"), std::string::npos);
 }
 
+TEST_P(TcpTransportTest, AnErrorSentJustBeforeACloseArrivesIntact) {
+  // The peer's last frame and its close can come out of one Poll: the frame's control payload
+  // must stay valid until the next Poll, although the connection is gone.
+  auto conn = client_->Connect(endpoint_, std::chrono::milliseconds(1000));
+  ASSERT_TRUE(conn.ok());
+  ConnId server_conn = Accepted();
+  std::string text(900, 'e');
+  proto::Frame f;
+  f.body = proto::Error{5};
+  f.payload_len = static_cast<uint32_t>(text.size());
+  WorkItem item;
+  item.conn = server_conn;
+  item.signal = true;
+  item.header = proto::Encode(f);
+  item.control = std::as_bytes(std::span(text.data(), text.size()));
+  ASSERT_TRUE(server_->Post(std::span(&item, 1)).ok());
+  ASSERT_TRUE(RunUntil([&] { return Count(server_events_, CompletionKind::kSent) == 1; }));
+  server_->Close(server_conn);
+  // Let both the frame and the close land before the client polls at all.
+  for (int i = 0; i < 20; ++i) (void)ring_->Wait(std::chrono::milliseconds(5));
+  std::array<Completion, 8> cs;
+  size_t n = 0;
+  for (int i = 0; i < 200 && n < 2; ++i) {
+    n += client_->Poll(std::span(cs).subspan(n));
+    if (n < 2) (void)ring_->Wait(std::chrono::milliseconds(5));
+  }
+  ASSERT_EQ(n, 2u);
+  ASSERT_EQ(cs[0].kind, CompletionKind::kRecv);
+  ASSERT_EQ(cs[1].kind, CompletionKind::kClosed);
+  // Read the payload now, after the Poll that reported the close (ASan checks the memory).
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(cs[0].control.data()), cs[0].control.size()),
+            text);
+}
+
 INSTANTIATE_TEST_SUITE_P(Tcp, TcpTransportTest, ::testing::Values(false, true),
                          [](const auto& info) { return info.param ? "ZeroCopy" : "Copy"; });
 

@@ -400,6 +400,7 @@ size_t TcpTransport::Drain(Conn& conn, std::span<Completion> out) {
 }
 
 size_t TcpTransport::Poll(std::span<Completion> out) {
+  closed_.clear();  // the caller is done with what the last Poll handed out
   size_t n = 0;
   while (n < out.size() && !accepted_.empty()) {
     Completion& c = Fresh(out[n++]);

@@ -148,6 +148,9 @@ class TcpTransport final : public Transport, public io::RingHandler {
   io::BufferPool* pool_ = nullptr;
   ConnId next_id_ = 1;
   std::vector<std::unique_ptr<Conn>> conns_;
+  // Connections whose kClosed went out at the last Poll: freed at the next one, because the
+  // control payloads handed out with that kClosed point into them.
+  std::vector<std::unique_ptr<Conn>> closed_;
   std::vector<std::unique_ptr<Listener>> listeners_;
   std::vector<ConnId> accepted_;  // new connections not yet reported
   bool shutting_down_ = false;

@@ -219,8 +219,10 @@ Conn* TcpTransport::AddConn(int fd, std::string peer) {
 
 void TcpTransport::Destroy(Conn* conn) {
   close(conn->fd);
+  conn->fd = -1;
   for (auto it = conns_.begin(); it != conns_.end(); ++it) {
     if (it->get() == conn) {
+      closed_.push_back(std::move(*it));  // freed at the next Poll
       conns_.erase(it);
       return;
     }
