@@ -6,7 +6,12 @@
 //
 // Outside the lab (no LAB_IP0/LAB_IP1 in the environment) every test is skipped, loudly; the lab
 // suite script fails when anything is skipped.
+#include "transport/rdma/rdma_transport.h"
+
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <ifaddrs.h>
+#include <netinet/in.h>
 
 #include <atomic>
 #include <chrono>
@@ -14,9 +19,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <fstream>
 #include <functional>
-#include <map>
 #include <future>
+#include <map>
 #include <mutex>
 #include <random>
 #include <thread>
@@ -26,7 +32,6 @@
 #include "io/mem/mem_block_device.h"
 #include "io/ring.h"
 #include "transport/rdma/rdma_internal.h"
-#include "transport/rdma/rdma_transport.h"
 #include "transport/testing/faulty_transport.h"
 
 namespace blkmirror::transport {
@@ -41,15 +46,15 @@ std::string Env(const char* name) {
   return v != nullptr ? v : "";
 }
 
-#define REQUIRE_LAB()                                                                        \
-  do {                                                                                       \
-    for (const char* v : {"LAB_IP0", "LAB_IP1", "LAB_NORDMA_IP"}) {                          \
-      if (Env(v).empty()) {                                                                  \
-        GTEST_SKIP() << "SKIPPED: " << v                                                     \
-                     << " is not set: this test needs the soft-RoCE lab (scripts/lab "       \
-                        "scripts/lab.d/suite.d/50-rdma-transport.sh)";                       \
-      }                                                                                      \
-    }                                                                                        \
+#define REQUIRE_LAB()                                                                  \
+  do {                                                                                 \
+    for (const char* v : {"LAB_IP0", "LAB_IP1", "LAB_NORDMA_IP"}) {                    \
+      if (Env(v).empty()) {                                                            \
+        GTEST_SKIP() << "SKIPPED: " << v                                               \
+                     << " is not set: this test needs the soft-RoCE lab (scripts/lab " \
+                        "scripts/lab.d/suite.d/50-rdma-transport.sh)";                 \
+      }                                                                                \
+    }                                                                                  \
   } while (0)
 
 struct Event {
@@ -63,8 +68,8 @@ struct Event {
 };
 
 size_t Count(const std::vector<Event>& events, CompletionKind kind) {
-  return static_cast<size_t>(std::count_if(events.begin(), events.end(),
-                                           [&](const Event& e) { return e.kind == kind; }));
+  return static_cast<size_t>(
+      std::count_if(events.begin(), events.end(), [&](const Event& e) { return e.kind == kind; }));
 }
 
 Event Copy(const Completion& c) {
@@ -184,8 +189,7 @@ class LoopThread {
     auto ring = io::Ring::Create(256);
     if (!ring.ok()) return started.set_value(ring.status());
     ring_ = std::move(ring).value();
-    auto pool = io::BufferPool::Create(config_.buffer_size, config_.buffers,
-                                       io::HugePages::kNever);
+    auto pool = io::BufferPool::Create(config_.buffer_size, config_.buffers, io::HugePages::kNever);
     if (!pool.ok()) return started.set_value(pool.status());
     pool_ = std::move(pool).value();
     RdmaOptions options;
@@ -297,8 +301,8 @@ class RdmaTransportTest : public ::testing::Test {
     auto conn = client_->Connect(server_->endpoint(), 10s);
     EXPECT_TRUE(conn.ok()) << conn.status().message();
     if (!conn.ok()) return kNoConn;
-    EXPECT_TRUE(server_->WaitFor(
-        [&] { return Count(server_->events, CompletionKind::kAccepted) == 1; }));
+    EXPECT_TRUE(
+        server_->WaitFor([&] { return Count(server_->events, CompletionKind::kAccepted) == 1; }));
     return *conn;
   }
 
@@ -344,9 +348,9 @@ TEST_F(RdmaTransportTest, FramesGoBothWaysInOrderWithTheirPayloads) {
   EXPECT_EQ(client_->name(), "rdma");
   EXPECT_EQ(client_->PeerName(conn), server_->endpoint().ToString());
   const ConnId server_conn = ServerConn();
-  EXPECT_NE(server_->Call([&] { return server_->t().PeerName(server_conn); })
-                .find(Env("LAB_IP0") + ":"),
-            std::string::npos);
+  EXPECT_NE(
+      server_->Call([&] { return server_->t().PeerName(server_conn); }).find(Env("LAB_IP0") + ":"),
+      std::string::npos);
 
   // 40 Data frames of varied sizes (more than the 16 slots: they are re-granted as the server
   // releases them), a control frame after every 5th; all posted in batches of 4.
@@ -378,7 +382,8 @@ TEST_F(RdmaTransportTest, FramesGoBothWaysInOrderWithTheirPayloads) {
   ASSERT_TRUE(RunUntilServer([&] { return Count(server_->events, CompletionKind::kRecv) == 48; }))
       << server_->Call([&] { return Count(server_->events, CompletionKind::kRecv); });
   ASSERT_TRUE(RunUntil([&] {
-    return Count(events_, CompletionKind::kSent) == 48 && Count(events_, CompletionKind::kRecv) == 8;
+    return Count(events_, CompletionKind::kSent) == 48 &&
+           Count(events_, CompletionKind::kRecv) == 8;
   }));
   // Server side: every frame, in order, bytes intact.
   auto server_events = server_->Call([&] { return server_->events; });
@@ -430,10 +435,11 @@ TEST_F(RdmaTransportTest, FramesGoBothWaysInOrderWithTheirPayloads) {
   ASSERT_TRUE(RunUntil([&] { return Count(events_, CompletionKind::kClosed) == 1; }));
   EXPECT_TRUE(events_.back().status.empty()) << events_.back().status;
   ASSERT_TRUE(RunUntilServer([&] { return Count(server_->events, CompletionKind::kClosed) == 1; }));
-  EXPECT_NE(server_->Call([&] { return server_->events.back().status; })
-                .find("closed the connection"),
-            std::string::npos);
-  EXPECT_TRUE(RunUntilServer([&] { return server_->pool().available() == server_->pool().count(); }));
+  EXPECT_NE(
+      server_->Call([&] { return server_->events.back().status; }).find("closed the connection"),
+      std::string::npos);
+  EXPECT_TRUE(
+      RunUntilServer([&] { return server_->pool().available() == server_->pool().count(); }));
 }
 
 TEST_F(RdmaTransportTest, DataWaitsForCreditsAndAllArrivesInOrder) {
@@ -446,7 +452,8 @@ TEST_F(RdmaTransportTest, DataWaitsForCreditsAndAllArrivesInOrder) {
   StartServer(
       config,
       [](LoopThread& s, Completion& c) {
-        if (c.kind == CompletionKind::kRecv && c.data) s.held.emplace_back(c.conn, std::move(c.data));
+        if (c.kind == CompletionKind::kRecv && c.data)
+          s.held.emplace_back(c.conn, std::move(c.data));
       },
       [last_release](LoopThread& s) {
         if (s.held.empty() || Clock::now() - *last_release < 10ms) return;
@@ -470,7 +477,8 @@ TEST_F(RdmaTransportTest, DataWaitsForCreditsAndAllArrivesInOrder) {
   }
   ASSERT_TRUE(client_->Post(items).ok());  // all at once: 26 of them wait for slots
   EXPECT_EQ(client_->SendSpace(conn), 64u - 30u);
-  ASSERT_TRUE(RunUntilServer([&] { return Count(server_->events, CompletionKind::kRecv) == 30; }, 30s));
+  ASSERT_TRUE(
+      RunUntilServer([&] { return Count(server_->events, CompletionKind::kRecv) == 30; }, 30s));
   ASSERT_TRUE(RunUntil([&] { return Count(events_, CompletionKind::kSent) == 30; }));
   EXPECT_EQ(client_->SendSpace(conn), 64u);
   EXPECT_EQ(server_->Call([&] { return server_->max_held; }), 4u) << "the slots were not the limit";
@@ -529,6 +537,50 @@ TEST_F(RdmaTransportTest, ConnectToAPortNobodyListensOnIsRefused) {
   std::cout << "    error: " << msg << "\n";
 }
 
+// The interface that holds `ip` (for the MTU test), or "".
+std::string InterfaceOf(const std::string& ip) {
+  ifaddrs* list = nullptr;
+  if (getifaddrs(&list) != 0) return "";
+  std::string name;
+  for (ifaddrs* a = list; a != nullptr && name.empty(); a = a->ifa_next) {
+    if (a->ifa_addr == nullptr || a->ifa_addr->sa_family != AF_INET) continue;
+    char text[INET_ADDRSTRLEN] = "";
+    inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(a->ifa_addr)->sin_addr, text, sizeof(text));
+    if (ip == text) name = a->ifa_name;
+  }
+  freeifaddrs(list);
+  return name;
+}
+
+// The server's interface gets a smaller MTU (rxe1's port MTU follows: 512), the client's path
+// MTU stays 1024: the connection is refused with an error that says so, instead of a
+// connection whose large packets vanish.
+TEST_F(RdmaTransportTest, AnMtuMismatchIsRefusedNamingBothMtus) {
+  const std::string ifname = InterfaceOf(Env("LAB_IP1"));
+  ASSERT_FALSE(ifname.empty()) << "no interface has " << Env("LAB_IP1");
+  std::string old_mtu;
+  {
+    std::ifstream f("/sys/class/net/" + ifname + "/mtu");
+    f >> old_mtu;
+  }
+  ASSERT_FALSE(old_mtu.empty());
+  ASSERT_EQ(std::system(("ip link set dev " + ifname + " mtu 1000").c_str()), 0);
+  struct Restore {
+    std::string cmd;
+    ~Restore() { EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd; }
+  } restore{"ip link set dev " + ifname + " mtu " + old_mtu};
+  StartServer({});
+  auto conn = client_->Connect(server_->endpoint(), 5s);
+  ASSERT_FALSE(conn.ok());
+  const std::string& msg = conn.status().message();
+  std::cout << "    error: " << msg << "\n";
+  EXPECT_NE(msg.find("cannot reach " + server_->endpoint().ToString()), std::string::npos) << msg;
+  EXPECT_NE(msg.find("path MTU mismatch"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("1024-byte packets"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("at most 512"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("device rxe"), std::string::npos) << msg;
+}
+
 // The server goes away (its transport destroyed: QP gone, DREQ sent) while the client still has
 // frames queued and in flight: every signaled one completes (sent or -ECANCELED), then kClosed
 // with a reason; nothing hangs.
@@ -557,7 +609,8 @@ TEST_F(RdmaTransportTest, PeerTornDownMidStreamCancelsAndCloses) {
   auto start = Clock::now();
   server_->Stop();  // destroys the server's transport
   ASSERT_TRUE(RunUntil([&] { return Count(events_, CompletionKind::kClosed) == 1; }, 30s));
-  std::cout << "    closed after " << std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count()
+  std::cout << "    closed after "
+            << std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count()
             << " ms: " << events_.back().status << "\n";
   ASSERT_EQ(events_.back().kind, CompletionKind::kClosed);
   EXPECT_FALSE(events_.back().status.empty());
@@ -703,14 +756,15 @@ TEST_F(RdmaTransportTest, ControlFloodRunsOnMessageCredits) {
       {},
       [](LoopThread& s, Completion& c) {
         if (c.kind != CompletionKind::kRecv || c.data) return;
-        std::string echo =
-            "echo " + std::string(reinterpret_cast<const char*>(c.control.data()), c.control.size());
+        std::string echo = "echo " + std::string(reinterpret_cast<const char*>(c.control.data()),
+                                                 c.control.size());
         auto item = TextItem(c.conn, echo);
         Status posted = s.t().Post(std::span(&item, 1));
         EXPECT_TRUE(posted.ok()) << posted.message();
       },
       [pause](LoopThread&) {
-        if (int ms = pause->exchange(0); ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+        if (int ms = pause->exchange(0); ms > 0)
+          std::this_thread::sleep_for(std::chrono::milliseconds(ms));
       });
   ConnId conn = ConnectClient();
   ASSERT_NE(conn, kNoConn);
@@ -718,7 +772,8 @@ TEST_F(RdmaTransportTest, ControlFloodRunsOnMessageCredits) {
   std::vector<std::string> texts;
   texts.reserve(300);
   for (int i = 0; i < 300; ++i) {
-    texts.push_back("flood " + std::to_string(i) + std::string(static_cast<size_t>(i % 7) * 300, 'x'));
+    texts.push_back("flood " + std::to_string(i) +
+                    std::string(static_cast<size_t>(i % 7) * 300, 'x'));
     ASSERT_TRUE(RunUntil([&] { return client_->SendSpace(conn) > 0; }));
     auto item = TextItem(conn, texts.back(), static_cast<uint64_t>(i), i % 10 == 9);
     Status s = client_->Post(std::span(&item, 1));
@@ -747,7 +802,8 @@ TEST_F(RdmaTransportTest, TwoConnectionsShareTheDevice) {
   auto b = client_->Connect(server_->endpoint(), 10s);
   ASSERT_TRUE(b.ok()) << b.status().message();
   ASSERT_NE(*a, *b);
-  ASSERT_TRUE(RunUntilServer([&] { return Count(server_->events, CompletionKind::kAccepted) == 2; }));
+  ASSERT_TRUE(
+      RunUntilServer([&] { return Count(server_->events, CompletionKind::kAccepted) == 2; }));
   std::vector<std::vector<std::byte>> sent(40);
   for (uint64_t i = 0; i < sent.size(); ++i) {
     WorkItem item;
@@ -775,7 +831,8 @@ TEST_F(RdmaTransportTest, TwoConnectionsShareTheDevice) {
   client_->Close(*a);
   client_->Close(*b);
   ASSERT_TRUE(RunUntilServer([&] { return Count(server_->events, CompletionKind::kClosed) == 2; }));
-  EXPECT_TRUE(server_->WaitFor([&] { return server_->pool().available() == server_->pool().count(); }));
+  EXPECT_TRUE(
+      server_->WaitFor([&] { return server_->pool().available() == server_->pool().count(); }));
 }
 
 // ---- The engine over RDMA -------------------------------------------------------------------
@@ -897,7 +954,8 @@ class RdmaEngineTest : public ::testing::Test {
     auto ring = std::move(io::Ring::Create(256).value());
     constexpr uint32_t kBlock = 64 << 10;
     constexpr uint32_t kWindow = 8;
-    auto pool = std::move(io::BufferPool::Create(kBlock, kWindow + 4, io::HugePages::kNever).value());
+    auto pool =
+        std::move(io::BufferPool::Create(kBlock, kWindow + 4, io::HugePages::kNever).value());
     RdmaOptions rdma_options;
     rdma_options.source_address = Env("LAB_IP0");
     TransportContext ctx{ring.get(), {}};

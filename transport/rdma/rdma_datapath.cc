@@ -2,11 +2,10 @@
 // receives. Nothing here allocates: every queue, WR array and ring was sized when its
 // connection was set up (rdma_transport.cc).
 #include <arpa/inet.h>
+#include <spdlog/spdlog.h>
 
 #include <cstring>
 #include <optional>
-
-#include <spdlog/spdlog.h>
 
 #include "transport/rdma/rdma_internal.h"
 
@@ -29,8 +28,9 @@ Status WcError(const Conn& c, const ibv_wc& wc, bool send) {
   switch (wc.status) {
     case IBV_WC_RETRY_EXC_ERR:
       err = ETIMEDOUT;
-      hint = " (the peer stopped acknowledging: it is down or unreachable, or its packets are "
-             "dropped, e.g. by an MTU mismatch on the path)";
+      hint =
+          " (the peer stopped acknowledging: it is down or unreachable, or its packets are "
+          "dropped, e.g. by an MTU mismatch on the path)";
       break;
     case IBV_WC_RNR_RETRY_EXC_ERR:
       err = ETIMEDOUT;
@@ -38,8 +38,9 @@ Status WcError(const Conn& c, const ibv_wc& wc, bool send) {
       break;
     case IBV_WC_REM_ACCESS_ERR:
       err = EACCES;
-      hint = " (the peer refused the RDMA write: a slot outside its registered pool, or a "
-             "stale rkey)";
+      hint =
+          " (the peer refused the RDMA write: a slot outside its registered pool, or a "
+          "stale rkey)";
       break;
     case IBV_WC_REM_INV_REQ_ERR:
       hint = " (the peer's receive buffer is too small for the frame)";
@@ -54,9 +55,8 @@ Status WcError(const Conn& c, const ibv_wc& wc, bool send) {
   return Status::Error(static_cast<ErrorCode>(err),
                        fmt::format("RDMA {} on the connection to {} failed: {} (wc status {}, "
                                    "vendor error 0x{:x}){} [{}]",
-                                   send ? "send" : "receive", c.peer,
-                                   ibv_wc_status_str(wc.status), static_cast<int>(wc.status),
-                                   wc.vendor_err, hint, c.path));
+                                   send ? "send" : "receive", c.peer, ibv_wc_status_str(wc.status),
+                                   static_cast<int>(wc.status), wc.vendor_err, hint, c.path));
 }
 
 // Where a control payload of `len` bytes goes in the ring (tail, used), or nothing if it does
@@ -122,14 +122,16 @@ Status RdmaTransport::Post(std::span<const WorkItem> items) {
     if (proto::CarriesBlockData(prefix.type)) {
       const ConnectInfo& p = c->peer_info;
       if (p.slot_base == 0) {
-        return Status::Invalid("rdma: {} advertises no receive slots: Data frames go from the "
-                               "connecting side to the accepting side only",
-                               c->peer);
+        return Status::Invalid(
+            "rdma: {} advertises no receive slots: Data frames go from the "
+            "connecting side to the accepting side only",
+            c->peer);
       }
       if (uint64_t{prefix.payload_len} + proto::kHeaderSize > p.slot_size) {
-        return Status::Invalid("rdma: a Data frame of {} bytes does not fit {}'s receive "
-                               "buffers ({} bytes, {} of them for the header)",
-                               prefix.payload_len, c->peer, p.slot_size, proto::kHeaderSize);
+        return Status::Invalid(
+            "rdma: a Data frame of {} bytes does not fit {}'s receive "
+            "buffers ({} bytes, {} of them for the header)",
+            prefix.payload_len, c->peer, p.slot_size, proto::kHeaderSize);
       }
       if (prefix.payload_len > 0 &&
           (item.data == nullptr || !pool_->Contains(item.data, prefix.payload_len))) {
@@ -163,8 +165,7 @@ Status RdmaTransport::Post(std::span<const WorkItem> items) {
       used += place->held;
     }
     if (SendSpace(c.id) < frames) {
-      return Status::Error(ErrorCode::kBusy,
-                           fmt::format("rdma: send queue to {} is full", c.peer));
+      return Status::Error(ErrorCode::kBusy, fmt::format("rdma: send queue to {} is full", c.peer));
     }
   }
   for (const WorkItem& item : items) {
@@ -214,8 +215,7 @@ bool RdmaTransport::CanSendCredit(const Conn& c) const {
   return c.tx_credits >= 2 || (c.tx_credits == 1 && c.rx_owed > 0);
 }
 
-ibv_send_wr& RdmaTransport::NextWr(Conn& c, size_t n, uint64_t entries_after,
-                                   uint32_t* index) {
+ibv_send_wr& RdmaTransport::NextWr(Conn& c, size_t n, uint64_t entries_after, uint32_t* index) {
   uint64_t seq = c.wr_posted++;
   auto idx = static_cast<uint32_t>(seq % kSendDepth);
   c.wrs[idx] = WrInfo{seq, entries_after};
@@ -235,8 +235,7 @@ void RdmaTransport::BuildCredit(Conn& c, size_t n) {
   uint32_t idx = 0;
   ibv_send_wr& wr = NextWr(c, n, c.sq_posted, &idx);
   std::byte* p = c.send_slot(idx);
-  auto count = static_cast<uint32_t>(
-      std::min<size_t>(c.grants_pending.size(), kMaxGrantsPerMsg));
+  auto count = static_cast<uint32_t>(std::min<size_t>(c.grants_pending.size(), kMaxGrantsPerMsg));
   const bool starved = c.tx_credits == 1;
   StoreLe<uint32_t>(p, c.rx_owed);
   StoreLe<uint16_t>(p + 4, starved ? kCreditStarved : 0);
@@ -280,18 +279,15 @@ void RdmaTransport::BuildFrame(Conn& c, SendEntry& e, size_t n) {
     if (e.payload_len > 0) {
       sge[k++] = ibv_sge{reinterpret_cast<uintptr_t>(e.payload), e.payload_len, c.pool_lkey};
     }
-    sge[k++] = ibv_sge{reinterpret_cast<uintptr_t>(header), proto::kHeaderSize,
-                       c.area_mr->lkey};
+    sge[k++] = ibv_sge{reinterpret_cast<uintptr_t>(header), proto::kHeaderSize, c.area_mr->lkey};
     wr.opcode = IBV_WR_RDMA_WRITE_WITH_IMM;
     wr.wr.rdma.remote_addr = slot.addr;
     wr.wr.rdma.rkey = c.peer_info.slot_rkey;
     wr.imm_data = htonl(DataImm(slot.slot, c.tx_data_seq++));
   } else {
-    sge[k++] = ibv_sge{reinterpret_cast<uintptr_t>(header), proto::kHeaderSize,
-                       c.area_mr->lkey};
+    sge[k++] = ibv_sge{reinterpret_cast<uintptr_t>(header), proto::kHeaderSize, c.area_mr->lkey};
     if (e.payload_len > 0) {
-      sge[k++] = ibv_sge{reinterpret_cast<uintptr_t>(e.payload), e.payload_len,
-                         c.area_mr->lkey};
+      sge[k++] = ibv_sge{reinterpret_cast<uintptr_t>(e.payload), e.payload_len, c.area_mr->lkey};
     }
     wr.opcode = IBV_WR_SEND;
   }
@@ -341,8 +337,8 @@ void RdmaTransport::PostReceives(Conn& c) {
   const size_t n = c.repost.size();
   for (size_t i = 0; i < n; ++i) {
     uint32_t idx = c.repost[i];
-    c.rsge[i] = ibv_sge{reinterpret_cast<uintptr_t>(c.recv_buf(idx)), kRecvBufSize,
-                        c.area_mr->lkey};
+    c.rsge[i] =
+        ibv_sge{reinterpret_cast<uintptr_t>(c.recv_buf(idx)), kRecvBufSize, c.area_mr->lkey};
     c.rwr[i] = ibv_recv_wr{};
     c.rwr[i].wr_id = MakeWrId(WrKind::kRecv, idx);
     c.rwr[i].next = i + 1 < n ? &c.rwr[i + 1] : nullptr;
@@ -418,22 +414,20 @@ void RdmaTransport::OnWc(Conn& c, const ibv_wc& wc) {
   }
 }
 
-void RdmaTransport::OnDataWritten(Conn& c, uint32_t recv_index, uint32_t imm,
-                                  uint32_t byte_len) {
+void RdmaTransport::OnDataWritten(Conn& c, uint32_t recv_index, uint32_t imm, uint32_t byte_len) {
   if (c.role != Role::kAccepted) {
-    return Abort(c, Status::Protocol("{} wrote a Data frame, but this side granted no slots",
-                                     c.peer));
+    return Abort(c,
+                 Status::Protocol("{} wrote a Data frame, but this side granted no slots", c.peer));
   }
   const uint32_t s = ImmSlot(imm);
   if (s >= c.slots.size() || !c.slots[s].granted || !c.slots[s].announced) {
-    return Abort(c, Status::Protocol("{} wrote into RDMA slot {}, which it was not granted",
-                                     c.peer, s));
+    return Abort(
+        c, Status::Protocol("{} wrote into RDMA slot {}, which it was not granted", c.peer, s));
   }
   if (ImmSeq(imm) != SeqBits(c.rx_data_seq)) {
     return Abort(c, Status::Protocol("Data frame #{} from {} carries sequence bits 0x{:x}, "
                                      "expected 0x{:x}: frames lost or reordered",
-                                     c.rx_data_seq, c.peer, ImmSeq(imm),
-                                     SeqBits(c.rx_data_seq)));
+                                     c.rx_data_seq, c.peer, ImmSeq(imm), SeqBits(c.rx_data_seq)));
   }
   Slot& slot = c.slots[s];
   if (byte_len < proto::kHeaderSize || byte_len > slot.buffer.capacity()) {
@@ -446,18 +440,17 @@ void RdmaTransport::OnDataWritten(Conn& c, uint32_t recv_index, uint32_t imm,
               proto::kHeaderSize);
   auto prefix = proto::DecodePrefix(r.header);
   if (!prefix.ok()) {
-    return Abort(c, prefix.status().Context(
-                        fmt::format("bad frame from {} in RDMA slot {}", c.peer, s)));
+    return Abort(
+        c, prefix.status().Context(fmt::format("bad frame from {} in RDMA slot {}", c.peer, s)));
   }
   if (!proto::CarriesBlockData(prefix->type)) {
-    return Abort(c, Status::Protocol("bad frame from {}: a {} frame arrived by RDMA write",
-                                     c.peer, proto::FrameTypeName(prefix->type)));
+    return Abort(c, Status::Protocol("bad frame from {}: a {} frame arrived by RDMA write", c.peer,
+                                     proto::FrameTypeName(prefix->type)));
   }
   if (prefix->payload_len != byte_len - proto::kHeaderSize) {
     return Abort(c, Status::Protocol("bad frame from {}: the Data header says {} payload "
                                      "bytes, the RDMA write carried {}",
-                                     c.peer, prefix->payload_len,
-                                     byte_len - proto::kHeaderSize));
+                                     c.peer, prefix->payload_len, byte_len - proto::kHeaderSize));
   }
   ++c.rx_data_seq;
   r.data = std::move(slot.buffer);
@@ -472,8 +465,8 @@ void RdmaTransport::OnDataWritten(Conn& c, uint32_t recv_index, uint32_t imm,
 
 void RdmaTransport::OnControl(Conn& c, uint32_t recv_index, uint32_t byte_len) {
   if (byte_len < proto::kHeaderSize) {
-    return Abort(c, Status::Protocol("truncated frame from {}: a message of {} bytes", c.peer,
-                                     byte_len));
+    return Abort(
+        c, Status::Protocol("truncated frame from {}: a message of {} bytes", c.peer, byte_len));
   }
   Ready r;
   std::memcpy(r.header.data(), c.recv_buf(recv_index), proto::kHeaderSize);
@@ -482,8 +475,7 @@ void RdmaTransport::OnControl(Conn& c, uint32_t recv_index, uint32_t byte_len) {
     return Abort(c, prefix.status().Context(fmt::format("bad frame from {}", c.peer)));
   }
   if (proto::CarriesBlockData(prefix->type)) {
-    return Abort(c, Status::Protocol("bad frame from {}: a Data frame arrived as a SEND",
-                                     c.peer));
+    return Abort(c, Status::Protocol("bad frame from {}: a Data frame arrived as a SEND", c.peer));
   }
   if (prefix->payload_len != byte_len - proto::kHeaderSize) {
     return Abort(c, Status::Protocol("truncated frame from {}: the {} header says {} payload "
@@ -501,15 +493,15 @@ void RdmaTransport::OnCredit(Conn& c, uint32_t recv_index, uint32_t imm, uint32_
   c.repost.push_back(recv_index);  // read below, before the repost at the end of the drain
   const std::byte* p = c.recv_buf(recv_index);
   if (imm != kCreditImm || byte_len < kCreditHeaderSize) {
-    return Abort(c, Status::Protocol("bad credit message from {} (imm 0x{:08x}, {} bytes)",
-                                     c.peer, imm, byte_len));
+    return Abort(c, Status::Protocol("bad credit message from {} (imm 0x{:08x}, {} bytes)", c.peer,
+                                     imm, byte_len));
   }
   const auto returned = LoadLe<uint32_t>(p);
   const auto flags = LoadLe<uint16_t>(p + 4);
   const auto count = LoadLe<uint16_t>(p + 6);
   if (byte_len < kCreditHeaderSize + size_t{kGrantSize} * count) {
-    return Abort(c, Status::Protocol("bad credit message from {}: {} grants in {} bytes",
-                                     c.peer, count, byte_len));
+    return Abort(c, Status::Protocol("bad credit message from {}: {} grants in {} bytes", c.peer,
+                                     count, byte_len));
   }
   if (uint64_t{c.tx_credits} + returned > c.peer_info.rq_depth) {
     return Abort(c, Status::Protocol("{} returned {} message credits, more than it gave ({} "
@@ -524,13 +516,13 @@ void RdmaTransport::OnCredit(Conn& c, uint32_t recv_index, uint32_t imm, uint32_
     const auto buffer = LoadLe<uint32_t>(p + kCreditHeaderSize + kGrantSize * i + 4);
     if (info.slot_base == 0 || s >= info.max_slots || buffer >= info.slot_count ||
         c.remote_held[s] != 0) {
-      return Abort(c, Status::Protocol("bad slot grant from {}: slot {} (of {}), buffer {} (of "
-                                       "{}){}",
-                                       c.peer, s, info.max_slots, buffer, info.slot_count,
-                                       info.slot_base != 0 && s < info.max_slots &&
-                                               c.remote_held[s] != 0
-                                           ? ", granted twice"
-                                           : ""));
+      return Abort(
+          c, Status::Protocol("bad slot grant from {}: slot {} (of {}), buffer {} (of "
+                              "{}){}",
+                              c.peer, s, info.max_slots, buffer, info.slot_count,
+                              info.slot_base != 0 && s < info.max_slots && c.remote_held[s] != 0
+                                  ? ", granted twice"
+                                  : ""));
     }
     c.remote[(c.remote_head + c.remote_count) % c.remote.size()] =
         RemoteSlot{s, info.slot_base + uint64_t{buffer} * info.slot_size};
@@ -598,8 +590,8 @@ size_t RdmaTransport::Drain(Conn& c, std::span<Completion> out) {
       x.data = std::move(r.data);
       c.repost.push_back(r.recv_index);  // a Data frame's WQE carried no bytes: post it now
     } else {
-      x.control = std::span<const std::byte>(c.recv_buf(r.recv_index) + proto::kHeaderSize,
-                                             r.payload_len);
+      x.control =
+          std::span<const std::byte>(c.recv_buf(r.recv_index) + proto::kHeaderSize, r.payload_len);
       c.lent.push_back(r.recv_index);  // valid until the next Poll
     }
   }

@@ -231,9 +231,9 @@ struct WrInfo {
 
 // Receiver side: a slot the peer may write a Data frame into.
 struct Slot {
-  io::BufferRef buffer;     // held while granted
-  bool granted = false;     // buffer held, the peer may write (once announced)
-  bool announced = false;   // sent in a credit message
+  io::BufferRef buffer;    // held while granted
+  bool granted = false;    // buffer held, the peer may write (once announced)
+  bool announced = false;  // sent in a credit message
 };
 
 // Sender side: a granted slot of the peer.
@@ -245,8 +245,8 @@ struct RemoteSlot {
 // A received frame waiting for Poll. Holds its receive WQE's buffer until delivered.
 struct Ready {
   proto::RawHeader header{};
-  io::BufferRef data;         // Data: the slot's buffer
-  uint32_t recv_index = 0;    // the receive buffer (control: holds header + payload)
+  io::BufferRef data;       // Data: the slot's buffer
+  uint32_t recv_index = 0;  // the receive buffer (control: holds header + payload)
   uint32_t payload_len = 0;
   bool is_data = false;
 };
@@ -274,14 +274,14 @@ struct Conn {
   bool announced = false;    // the engine knows this ConnId (returned by Connect, or kAccepted)
   bool closing = false;
   bool local_close = false;
-  bool torn_down = false;    // QP destroyed, slots returned
-  bool rx_stopped = false;   // a receive was bad: deliver nothing that came after it
+  bool torn_down = false;   // QP destroyed, slots returned
+  bool rx_stopped = false;  // a receive was bad: deliver nothing that came after it
   Status close_reason;
-  bool cq_armed = false;     // ibv_req_notify_cq done since the last CQ event
+  bool cq_armed = false;  // ibv_req_notify_cq done since the last CQ event
 
   // What the peer told us at connect time, and the credits it gave since.
   ConnectInfo peer_info;
-  uint32_t tx_credits = 0;   // receive WQEs the peer has posted for us, not yet used
+  uint32_t tx_credits = 0;    // receive WQEs the peer has posted for us, not yet used
   bool peer_starved = false;  // the peer used its last credit on a credit message: answer it
   uint32_t pool_lkey = 0;
   // Granted slots of the peer, FIFO (Data frames take them in order).
@@ -312,7 +312,7 @@ struct Conn {
   std::vector<uint32_t> lent;    // control payloads handed out at the last Poll
   uint32_t rx_owed = 0;          // receives re-posted, not yet returned as credits
   uint64_t rx_data_seq = 0;
-  std::vector<Ready> ready;      // ring, rq_depth entries (each holds a receive WQE)
+  std::vector<Ready> ready;  // ring, rq_depth entries (each holds a receive WQE)
   size_t ready_head = 0, ready_count = 0;
   // Accepted side: the slots it grants.
   std::vector<Slot> slots;
@@ -339,8 +339,7 @@ inline uint64_t MakeWrId(WrKind kind, uint32_t index) {
 
 class RdmaTransport final : public Transport, public io::RingHandler {
  public:
-  RdmaTransport(const TransportContext& context, const RdmaOptions& options,
-                EventChannel events);
+  RdmaTransport(const TransportContext& context, const RdmaOptions& options, EventChannel events);
   ~RdmaTransport() override;
 
   std::string_view name() const override { return "rdma"; }
@@ -413,7 +412,7 @@ class RdmaTransport final : public Transport, public io::RingHandler {
   std::vector<std::unique_ptr<Listener>> listeners_;
   std::vector<std::unique_ptr<Conn>> conns_;
   std::vector<std::unique_ptr<Conn>> graveyard_;  // closed at the last Poll; freed at the next
-  std::vector<ConnId> accepted_;  // established, not yet reported
+  std::vector<ConnId> accepted_;                  // established, not yet reported
 };
 
 // "10.0.0.2:7000" / "[fe80::1]:7000".

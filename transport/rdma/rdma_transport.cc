@@ -6,14 +6,13 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <poll.h>
+#include <spdlog/spdlog.h>
 #include <sys/mman.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <optional>
-
-#include <spdlog/spdlog.h>
 
 #include "transport/rdma/rdma_internal.h"
 
@@ -198,10 +197,11 @@ std::string_view RejectText(int status) {
 std::string AddressHint(int err, const std::string& host) {
   switch (err) {
     case ENODEV:
-      return fmt::format(" (no RDMA device on the route to {}: no RoCE/IB GID for the route's "
-                         "source address; check `rdma link` and `ibv_devinfo -v`, and that the "
-                         "interface the route uses has an RDMA device)",
-                         host);
+      return fmt::format(
+          " (no RDMA device on the route to {}: no RoCE/IB GID for the route's "
+          "source address; check `rdma link` and `ibv_devinfo -v`, and that the "
+          "interface the route uses has an RDMA device)",
+          host);
     case EADDRNOTAVAIL:
       return " (the source address is not configured on any interface)";
     case ETIMEDOUT:
@@ -227,9 +227,10 @@ Status CheckPeerInfo(const ConnectInfo& info, bool expect_slots) {
   if (info.slot_base == 0 || info.slot_count == 0 || info.max_slots == 0 ||
       info.max_slots > kMaxSlots || info.slot_size < proto::kHeaderSize ||
       uint64_t{info.slot_size} * info.slot_count > UINT64_MAX - info.slot_base) {
-    return Status::Protocol("peer advertised an unusable slot region (base 0x{:x}, {} x {} "
-                            "bytes, {} slots)",
-                            info.slot_base, info.slot_count, info.slot_size, info.max_slots);
+    return Status::Protocol(
+        "peer advertised an unusable slot region (base 0x{:x}, {} x {} "
+        "bytes, {} slots)",
+        info.slot_base, info.slot_count, info.slot_size, info.max_slots);
   }
   return Status::Ok();
 }
@@ -287,9 +288,10 @@ std::array<std::byte, kConnectInfoSize> EncodeConnectInfo(const ConnectInfo& inf
 
 Result<ConnectInfo> DecodeConnectInfo(const void* data, size_t len) {
   if (data == nullptr || len < kConnectInfoSize) {
-    return Status::Protocol("rdma_cm private data of {} bytes, expected {} (not a blkmirror "
-                            "peer?)",
-                            data == nullptr ? 0 : len, kConnectInfoSize);
+    return Status::Protocol(
+        "rdma_cm private data of {} bytes, expected {} (not a blkmirror "
+        "peer?)",
+        data == nullptr ? 0 : len, kConnectInfoSize);
   }
   const auto* p = static_cast<const std::byte*>(data);
   ConnectInfo info;
@@ -306,9 +308,10 @@ Result<ConnectInfo> DecodeConnectInfo(const void* data, size_t len) {
   info.max_slots = LoadLe<uint32_t>(p + 40);
   info.reserved = LoadLe<uint32_t>(p + 44);
   if (info.magic != kConnectMagic) {
-    return Status::Protocol("rdma_cm private data has magic 0x{:08x}, expected 0x{:08x} (not a "
-                            "blkmirror peer?)",
-                            info.magic, kConnectMagic);
+    return Status::Protocol(
+        "rdma_cm private data has magic 0x{:08x}, expected 0x{:08x} (not a "
+        "blkmirror peer?)",
+        info.magic, kConnectMagic);
   }
   if (info.version != kWireVersion) {
     return Status::Protocol("RDMA wire version {} from the peer, this build speaks {}",
@@ -410,11 +413,12 @@ Result<Device*> RdmaTransport::GetDevice(ibv_context* ctx) {
   d->pd.reset(ibv_alloc_pd(ctx));
   if (!d->pd) return Status::Errno(errno, fmt::format("ibv_alloc_pd on {}", d->name));
   d->channel.reset(ibv_create_comp_channel(ctx));
-  if (!d->channel) return Status::Errno(errno, fmt::format("ibv_create_comp_channel on {}", d->name));
+  if (!d->channel)
+    return Status::Errno(errno, fmt::format("ibv_create_comp_channel on {}", d->name));
   int flags = fcntl(d->channel->fd, F_GETFL);
   if (flags < 0 || fcntl(d->channel->fd, F_SETFL, flags | O_NONBLOCK) != 0) {
-    return Status::Errno(errno, fmt::format("making the completion channel of {} non-blocking",
-                                            d->name));
+    return Status::Errno(errno,
+                         fmt::format("making the completion channel of {} non-blocking", d->name));
   }
   d->op.handler = this;
   d->op.kind = Op::Kind::kCqEvents;
@@ -447,13 +451,13 @@ Status RdmaTransport::SetUpQp(Conn& c) {
   Device& d = *c.device;
   const uint32_t nslots = static_cast<uint32_t>(c.slots.size());
   c.rq_depth = kCtrlRecvs + nslots;
-  size_t bytes = size_t{c.rq_depth} * kRecvBufSize + size_t{kSendDepth} * kSendSlotSize +
-                 kCtrlRingBytes;
+  size_t bytes =
+      size_t{c.rq_depth} * kRecvBufSize + size_t{kSendDepth} * kSendSlotSize + kCtrlRingBytes;
   RETURN_IF_ERROR(c.area.Map(bytes));
   c.area_mr.reset(ibv_reg_mr(d.pd.get(), c.area.data(), bytes, IBV_ACCESS_LOCAL_WRITE));
   if (!c.area_mr) return Status::Errno(errno, fmt::format("ibv_reg_mr on {}", d.name));
-  c.cq.reset(ibv_create_cq(d.ctx, static_cast<int>(kSendDepth + c.rq_depth), &c,
-                           d.channel.get(), 0));
+  c.cq.reset(
+      ibv_create_cq(d.ctx, static_cast<int>(kSendDepth + c.rq_depth), &c, d.channel.get(), 0));
   if (!c.cq) return Status::Errno(errno, fmt::format("ibv_create_cq on {}", d.name));
   ibv_qp_init_attr attr{};
   attr.qp_context = &c;
@@ -512,10 +516,9 @@ Result<Endpoint> RdmaTransport::Listen(const Endpoint& local) {
   Endpoint bound = listener->local;
   listeners_.push_back(std::move(listener));
   ArmCmPoll();
-  spdlog::debug("rdma: listening on {}{}", bound.ToString(),
-                id->verbs != nullptr
-                    ? fmt::format(" ({})", ibv_get_device_name(id->verbs->device))
-                    : "");
+  spdlog::debug(
+      "rdma: listening on {}{}", bound.ToString(),
+      id->verbs != nullptr ? fmt::format(" ({})", ibv_get_device_name(id->verbs->device)) : "");
   return bound;
 }
 
@@ -528,13 +531,12 @@ Result<ConnId> RdmaTransport::Connect(const Endpoint& peer, std::chrono::millise
     return static_cast<int>(std::clamp<int64_t>(ms.count(), 1, INT32_MAX));
   };
   auto fail = [&](const Status& s) {
-    return Status::Error(s.code(), fmt::format("cannot reach {} over RDMA: {}", name,
-                                               s.message()));
+    return Status::Error(s.code(), fmt::format("cannot reach {} over RDMA: {}", name, s.message()));
   };
   auto errno_fail = [&](int err, std::string_view what, std::string hint = "") {
-    return Status::Error(static_cast<ErrorCode>(err),
-                         fmt::format("cannot reach {} over RDMA: {}: {}{}", name, what,
-                                     std::strerror(err), hint));
+    return Status::Error(
+        static_cast<ErrorCode>(err),
+        fmt::format("cannot reach {} over RDMA: {}: {}{}", name, what, std::strerror(err), hint));
   };
   auto dst = ResolveHost(peer.host, peer.port, /*passive=*/false);
   if (!dst.ok()) return fail(dst.status());
@@ -583,16 +585,15 @@ Result<ConnId> RdmaTransport::Connect(const Endpoint& peer, std::chrono::millise
   if (rdma_resolve_route(id, left_ms()) != 0) {
     int err = errno;
     return errno_fail(err, "rdma_resolve_route",
-                      fmt::format(" ({}; no usable RoCE GID or route for it?)",
-                                  DescribePath(id)));
+                      fmt::format(" ({}; no usable RoCE GID or route for it?)", DescribePath(id)));
   }
   ev = WaitEvent(setup.get(), deadline, "route resolution");
   if (!ev.ok()) return fail(ev.status().Context(DescribePath(id)));
   if (ev->type != RDMA_CM_EVENT_ROUTE_RESOLVED) {
     int err = ev->status < 0 ? -ev->status : EHOSTUNREACH;
-    return errno_fail(err, fmt::format("rdma_resolve_route ({})", rdma_event_str(ev->type)),
-                      fmt::format(" ({}: no usable RoCE GID or path for this route?)",
-                                  DescribePath(id)));
+    return errno_fail(
+        err, fmt::format("rdma_resolve_route ({})", rdma_event_str(ev->type)),
+        fmt::format(" ({}: no usable RoCE GID or path for this route?)", DescribePath(id)));
   }
   conn->path = DescribePath(id);
   const int path_mtu_enum = id->route.num_paths > 0 ? id->route.path_rec[0].mtu : 0;
@@ -620,15 +621,15 @@ Result<ConnId> RdmaTransport::Connect(const Endpoint& peer, std::chrono::millise
   param.initiator_depth = 1;
   param.retry_count = 7;
   param.rnr_retry_count = 7;  // credits make RNR impossible; never turn a slip into an error
-  if (rdma_connect(id, &param) != 0) return errno_fail(errno, "rdma_connect", " (" + conn->path + ")");
+  if (rdma_connect(id, &param) != 0)
+    return errno_fail(errno, "rdma_connect", " (" + conn->path + ")");
   ev = WaitEvent(setup.get(), deadline, "the peer to accept (is its event loop running?)");
   if (!ev.ok()) return fail(ev.status().Context(conn->path));
   switch (ev->type) {
     case RDMA_CM_EVENT_ESTABLISHED:
       break;
     case RDMA_CM_EVENT_REJECTED: {
-      auto info = DecodeConnectInfo(ev->pdata_len > 0 ? ev->pdata.data() : nullptr,
-                                    ev->pdata_len);
+      auto info = DecodeConnectInfo(ev->pdata_len > 0 ? ev->pdata.data() : nullptr, ev->pdata_len);
       if (info.ok() && info->reject == static_cast<uint16_t>(RejectReason::kMtu)) {
         return Status::Error(
             ErrorCode::kRefused,
@@ -637,10 +638,10 @@ Result<ConnId> RdmaTransport::Connect(const Endpoint& peer, std::chrono::millise
                         "interfaces the same MTU (ip link set dev IF mtu N)",
                         name, conn->path, path_mtu, info->mtu));
       }
-      std::string why = info.ok() && info->reject != 0
-                            ? fmt::format("refused by the peer (reason {}: see its log)",
-                                          info->reject)
-                            : std::string(RejectText(ev->status));
+      std::string why =
+          info.ok() && info->reject != 0
+              ? fmt::format("refused by the peer (reason {}: see its log)", info->reject)
+              : std::string(RejectText(ev->status));
       return Status::Error(
           ev->status == 8 ? static_cast<ErrorCode>(ECONNREFUSED) : ErrorCode::kRefused,
           fmt::format("cannot reach {} over RDMA: connection rejected (IB CM reason {}): {} "
@@ -809,8 +810,8 @@ void RdmaTransport::OnConnectRequest(rdma_cm_id* id, const std::byte* pdata, siz
   param.rnr_retry_count = 7;
   if (rdma_accept(id, &param) != 0) {
     int err = errno;
-    spdlog::warn("rdma: accepting {} failed: rdma_accept: {} ({})", conn->peer,
-                 std::strerror(err), conn->path);
+    spdlog::warn("rdma: accepting {} failed: rdma_accept: {} ({})", conn->peer, std::strerror(err),
+                 conn->path);
     return;  // `conn` (QP, id, slots) goes away
   }
   spdlog::debug("rdma: accepted {} over {}", conn->peer, conn->path);
