@@ -46,6 +46,7 @@ struct PushArgs {
   std::string test_fault;
   std::string test_source_fault;
   bool tcp_zerocopy = false;
+  std::string bind;  // local address to connect from
 };
 
 struct VerifyArgs {
@@ -58,6 +59,7 @@ struct VerifyArgs {
   std::string key_file;
   bool repair = false;  // resend the differing blocks
   std::string meta_dir;
+  std::string bind;
 };
 
 int RunServe(const ServeArgs& args);

@@ -71,6 +71,7 @@ int main(int argc, char** argv) {
   p->add_option("--peer-timeout", push.peer_timeout,
                 "a replica silent this long is lost (default 6s)");
   p->add_option("--key-file", push.key_file, "authenticate to the replicas with this key");
+  p->add_option("--bind", push.bind, "local address to connect from");
   p->add_option("--test-fault", push.test_fault, "TEST ONLY: inject faults")->group("");
   p->add_option("--test-source-fault", push.test_source_fault, "TEST ONLY: source faults")
       ->group("");
@@ -88,6 +89,7 @@ int main(int argc, char** argv) {
   v->add_option("--key-file", verify.key_file, "authenticate to the replica with this key");
   v->add_flag("--repair", verify.repair, "resend the blocks that differ");
   v->add_option("--meta-dir", verify.meta_dir, "metadata directory (for --repair)");
+  v->add_option("--bind", verify.bind, "local address to connect from");
 
   StatusArgs status;
   auto* st = app.add_subcommand("status", "what the metadata says each replica is missing");

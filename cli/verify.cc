@@ -52,7 +52,9 @@ int RunVerify(const VerifyArgs& args) {
   open_options.queue_depth = options.read_depth;
   auto source = io::OpenUringDevice(*loop->ring, args.source, open_options);
   if (!source.ok()) return fail(source.status());
-  auto transports = MakeTransports(*loop, args.transport, "");
+  transport::TransportOptions transport_options;
+  transport_options.source_address = args.bind;
+  auto transports = MakeTransports(*loop, args.transport, "", transport_options);
   if (!transports.ok()) return fail(transports.status());
 
   bool show = args.progress == 1 || (args.progress == -1 && isatty(STDERR_FILENO));
@@ -77,6 +79,7 @@ int RunVerify(const VerifyArgs& args) {
     plan.args.transport = args.transport;
     plan.args.key_file = args.key_file;
     plan.args.meta_dir = args.meta_dir;
+    plan.args.bind = args.bind;
     plan.args.progress = 0;
     plan.extra_dirty = report->diffs;
     plan.repair = true;

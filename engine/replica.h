@@ -56,8 +56,9 @@ struct ReplicaOptions {
   bool once = false;        // finished() after the first write session ends
   // Primaries must prove they hold this key before anything else (mutual HMAC challenge).
   std::optional<Key> key;
-  // A connection that has not sent its Hello within this is closed.
-  std::chrono::milliseconds hello_timeout{10000};
+  // A connection that has not sent its Hello within this is closed. Longer than a primary's
+  // connect timeout: a primary connects to all its peers before it sends any Hello.
+  std::chrono::milliseconds hello_timeout{30000};
 };
 
 struct ReplicaStats {

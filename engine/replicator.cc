@@ -54,12 +54,18 @@ class Replicator::Impl {
     hello.volume_size = options_.volume_size;
     hello.volume_id = options_.volume_id;
     hello.peer_timeout_ms = static_cast<uint32_t>(options_.peer_timeout.count());
+    // Connect every peer first, then send the Hellos: a slow connect (an RDMA attempt that
+    // times out before the TCP fallback) must not leave an earlier peer's session silent.
     for (const PeerConfig& config : configs) {
       auto peer = std::make_unique<Peer>(span_, blocks_);
       peer->index = peers_.size();
       peer->name = config.endpoint.ToString();
       peer->stats.peer = peer->name;
-      auto conn = config.transport->Connect(config.endpoint, options_.connect_timeout);
+      // With a fallback, the preferred transport gets a shorter try.
+      auto first_timeout = config.fallback != nullptr
+                               ? std::min(options_.connect_timeout, std::chrono::milliseconds(5000))
+                               : options_.connect_timeout;
+      auto conn = config.transport->Connect(config.endpoint, first_timeout);
       peer->t = config.transport;
       if (!conn.ok() && config.fallback != nullptr) {
         peer->stats.fallback_reason =
@@ -85,9 +91,12 @@ class Replicator::Impl {
         transports_.push_back(peer->t);
       }
       peer->handshake = ClientHandshake(hello, options_.key, peer->name);
+      peers_.push_back(std::move(peer));
+    }
+    for (auto& peer : peers_) {
+      if (!peer->conn_open) continue;
       peer->last_rx_ns = NowNs();
       RETURN_IF_ERROR(peer->handshake.Start(*peer->t, peer->conn));
-      peers_.push_back(std::move(peer));
     }
     return Status::Ok();
   }

@@ -97,6 +97,9 @@ struct TransportOptions {
   // tcp: send with IORING_OP_SENDMSG_ZC (pages pinned, not copied, where the NIC allows;
   // loopback copies anyway). Off by default: see docs/performance.md for the measurement.
   bool tcp_zerocopy = false;
+  // Local address Connect binds to ("" = the route decides). With both ends on one host (the
+  // soft-RoCE lab), it is what makes RDMA traffic cross the wire instead of looping back.
+  std::string source_address;
 };
 
 class Transport {

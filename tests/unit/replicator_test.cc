@@ -135,7 +135,11 @@ class ReplicatorTest : public ::testing::Test {
     const uint32_t bs = options_.block_size;
     uint64_t next = 0;
     size_t expected = (data.size() + bs - 1) / bs;
-    for (int guard = 0; guard < 100000 && done_.size() < expected; ++guard) {
+    // Bounded by time, not turns: some tests wait on a timeout (a silent peer).
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (done_.size() < expected && std::chrono::steady_clock::now() < deadline) {
+      size_t before = done_.size();
+      uint64_t submitted = next;
       while (next < data.size() && rep_->CanSubmit()) {
         auto buf = primary_pool_->TryGet();
         if (!buf) break;
@@ -146,6 +150,9 @@ class ReplicatorTest : public ::testing::Test {
         max_in_flight_ = std::max(max_in_flight_, rep_->in_flight());
       }
       Step();
+      if (done_.size() == before && next == submitted) {
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+      }
       for (const auto& c : done_) RETURN_IF_ERROR(c.status);
       RETURN_IF_ERROR(rep_->failure());
     }

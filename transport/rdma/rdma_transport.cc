@@ -19,7 +19,9 @@
 namespace blkmirror::transport {
 
 Result<std::unique_ptr<Transport>> CreateRdmaTransport(const TransportContext& context) {
-  return CreateRdmaTransport(context, RdmaOptions{});
+  RdmaOptions options;
+  options.source_address = context.options.source_address;
+  return CreateRdmaTransport(context, options);
 }
 
 Result<std::unique_ptr<Transport>> CreateRdmaTransport(const TransportContext& context,

@@ -166,6 +166,23 @@ Result<ConnId> TcpTransport::Connect(const Endpoint& peer, std::chrono::millisec
       last = Status::Errno(errno, "socket");
       continue;
     }
+    if (!options_.source_address.empty()) {
+      auto src = Resolve({options_.source_address, 0}, /*passive=*/false);
+      if (!src.ok()) {
+        close(fd);
+        freeaddrinfo(list);
+        return src.status().Context("source address");
+      }
+      int brc = bind(fd, (*src)->ai_addr, (*src)->ai_addrlen);
+      int berr = errno;
+      freeaddrinfo(*src);
+      if (brc != 0) {
+        close(fd);
+        last = Status::Errno(berr, fmt::format("bind to source address {}",
+                                               options_.source_address));
+        continue;
+      }
+    }
     int rc = connect(fd, ai->ai_addr, ai->ai_addrlen);
     int err = rc == 0 ? 0 : errno;
     if (err == EINPROGRESS) {

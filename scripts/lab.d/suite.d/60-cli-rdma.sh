@@ -1,0 +1,77 @@
+#!/bin/bash
+# The blkmirror CLI end to end over soft-RoCE (runs in the lab guest): serve on rxe1's address,
+# push from rxe0's address --transport rdma and --transport auto (a 32 MiB random file, compared
+# byte for byte, "transport": "rdma" in the JSON); --transport auto against an address with no
+# RDMA device falls back to TCP and says why; a mixed fan-out (one peer over RDMA, one over TCP);
+# --transport rdma to that address is a clear error.
+set -euo pipefail
+. "$LAB_REPO/scripts/lab.d/lib.sh"
+require_lab_rdma
+lab_defaults
+bin=$LAB_REPO/build/release/blkmirror
+[ -x "$bin" ] || { echo "$bin is missing: build it on the host first (scripts/build)"; exit 1; }
+tmp=$(mktemp -d /tmp/cli-rdma.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+fail() { echo "FAIL: $*"; for f in "$tmp"/*.log; do echo "--- $f"; tail -n 15 "$f"; done; exit 1; }
+
+serve() {  # serve NAME IP PORT
+  "$bin" serve --listen "$2:$3" --target "$tmp/$1.img" --insecure --pool-size 64M \
+    > "$tmp/$1.out" 2> "$tmp/$1.log" &
+  pids+=($!)
+  for _ in $(seq 100); do grep -q '^listening tcp' "$tmp/$1.out" 2>/dev/null && return 0; sleep 0.1; done
+  fail "serve $1 did not start"
+}
+push() {  # push NAME ARGS...: JSON in $tmp/NAME.json
+  local name=$1; shift
+  "$bin" push --no-progress --json --bind "$LAB_IP0" "$@" > "$tmp/$name.json" 2> "$tmp/$name-push.log"
+}
+j() { jq -r "$2" "$tmp/$1.json"; }
+
+head -c $((32 << 20)) /dev/urandom > "$tmp/src"
+serve r "$LAB_IP1" 7000
+grep -q "^listening rdma $LAB_IP1:7000" "$tmp/r.out" || fail "serve does not listen over rdma: $(cat "$tmp/r.out")"
+
+echo "--- push --transport rdma"
+push rdma --source "$tmp/src" --peer "$LAB_IP1:7000" --transport rdma --meta-dir "$tmp/m1" || fail "push over rdma"
+[ "$(j rdma .transport)" = rdma ] || fail "transport is $(j rdma .transport)"
+cmp "$tmp/src" "$tmp/r.img" || fail "the replica differs (rdma)"
+echo "rdma: $(j rdma .bytes_per_second | awk '{ printf "%.1f MB/s", $1 / 1e6 }'), p50 ack $(j rdma .ack_latency_us.p50) us"
+
+echo "--- push --transport auto (RDMA reaches the peer)"
+head -c $((32 << 20)) /dev/urandom > "$tmp/src2"
+rm -f "$tmp/r.img"
+push auto --source "$tmp/src2" --peer "$LAB_IP1:7000" --meta-dir "$tmp/m2" || fail "push auto"
+[ "$(j auto .transport)" = rdma ] || fail "auto chose $(j auto .transport)"
+[ "$(j auto '.peers[0].fallback_reason')" = null ] || fail "unexpected fallback: $(j auto '.peers[0].fallback_reason')"
+cmp "$tmp/src2" "$tmp/r.img" || fail "the replica differs (auto)"
+
+echo "--- --transport auto to an address without RDMA falls back to TCP"
+serve n "$LAB_NORDMA_IP" 7001
+grep -q "^listening rdma" "$tmp/n.out" && fail "serve claims rdma on $LAB_NORDMA_IP"
+grep -q "not serving rdma" "$tmp/n.log" || fail "serve did not say why it does not serve rdma"
+push fb --source "$tmp/src" --peer "$LAB_NORDMA_IP:7001" --meta-dir "$tmp/m3" || fail "push with fallback"
+[ "$(j fb .transport)" = tcp ] || fail "fallback transport is $(j fb .transport)"
+j fb '.peers[0].fallback_reason' | grep -q "^rdma: " || fail "no fallback_reason: $(j fb '.peers[0]')"
+echo "fallback reason: $(j fb '.peers[0].fallback_reason')"
+cmp "$tmp/src" "$tmp/n.img" || fail "the replica differs (fallback)"
+
+echo "--- mixed fan-out: one peer over RDMA, one over TCP"
+rm -f "$tmp/r.img" "$tmp/n.img"
+push mixed --source "$tmp/src" --peer "$LAB_IP1:7000" --peer "$LAB_NORDMA_IP:7001" --meta-dir "$tmp/m4" || fail "mixed push"
+[ "$(j mixed .transport)" = mixed ] || fail "transport is $(j mixed .transport)"
+[ "$(j mixed '.peers[0].transport')" = rdma ] || fail "peer 0 over $(j mixed '.peers[0].transport')"
+[ "$(j mixed '.peers[1].transport')" = tcp ] || fail "peer 1 over $(j mixed '.peers[1].transport')"
+cmp "$tmp/src" "$tmp/r.img" && cmp "$tmp/src" "$tmp/n.img" || fail "a replica differs (mixed)"
+
+echo "--- verify over RDMA"
+"$bin" verify --source "$tmp/src" --peer "$LAB_IP1:7000" --transport rdma --bind "$LAB_IP0" > "$tmp/v.out" 2> "$tmp/v.log" || fail "verify over rdma"
+grep -q matches "$tmp/v.out" || fail "verify: $(cat "$tmp/v.out")"
+
+echo "--- --transport rdma where no RDMA device reaches the peer"
+rc=0; push nordma --source "$tmp/src" --peer "$LAB_NORDMA_IP:7001" --transport rdma --meta-dir "$tmp/m5" || rc=$?
+[ "$rc" = 3 ] || fail "push --transport rdma to $LAB_NORDMA_IP exited $rc"
+grep -q "over RDMA" "$tmp/nordma-push.log" || fail "error: $(tail -n 2 "$tmp/nordma-push.log")"
+echo "error: $(grep -m1 'error' "$tmp/nordma-push.log")"
+echo PASS
