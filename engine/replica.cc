@@ -606,7 +606,13 @@ class ReplicaServer::Impl {
 
   void FreeOp(uint32_t oi) {
     DiskOp& op = ops_[oi];
-    if (op.buffer) op.t->Release(op.conn, std::move(op.buffer));
+    // A received block goes back through its transport (which may re-grant it as a receive
+    // slot); a buffer we took for a verify read goes straight back to the pool.
+    if (op.kind == DiskOp::Kind::kWrite && op.buffer) {
+      op.t->Release(op.conn, std::move(op.buffer));
+    } else {
+      op.buffer.Reset();
+    }
     op.session = nullptr;
     op.job = nullptr;
     free_ops_.push_back(oi);
