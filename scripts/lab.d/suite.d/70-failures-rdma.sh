@@ -1,0 +1,89 @@
+#!/bin/bash
+# Failure scenarios over RDMA verbs (runs in the lab guest): a CRC fault injected on the
+# replica (NACK -> resend, counted, replica correct), kill -9 of serve in the middle of a push
+# (the push fails clearly; after a restart the next push resends only the dirty blocks and the
+# copies match), a wrong key (refused, replica unchanged), a link taken down (peer lost by
+# timeout, --quorum 1 with a second, TCP peer, completes).
+set -euo pipefail
+. "$LAB_REPO/scripts/lab.d/lib.sh"
+require_lab_rdma
+lab_defaults
+bin=$LAB_REPO/build/release/blkmirror
+[ -x "$bin" ] || { echo "$bin is missing: build it on the host first (scripts/build)"; exit 1; }
+tmp=$(mktemp -d /tmp/fail-rdma.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; ip link set veth1 up 2>/dev/null || true; }
+trap cleanup EXIT
+fail() { echo "FAIL: $*"; for f in "$tmp"/*.log; do echo "--- $f"; tail -n 12 "$f"; done; exit 1; }
+"$bin" keygen "$tmp/key" > /dev/null
+"$bin" keygen "$tmp/other" > /dev/null
+
+serve() {  # serve NAME IP PORT ARGS... ; sets SPID
+  "$bin" serve --listen "$2:$3" --target "$tmp/$1.img" --pool-size 64M "${@:4}" \
+    > "$tmp/$1.out" 2> "$tmp/$1.log" &
+  SPID=$!
+  pids+=("$SPID")
+  for _ in $(seq 100); do grep -q '^listening tcp' "$tmp/$1.out" 2>/dev/null && return 0; sleep 0.1; done
+  fail "serve $1 did not start"
+}
+push() {  # push NAME ARGS...
+  local name=$1; shift
+  "$bin" push --no-progress --json --bind "$LAB_IP0" --transport rdma "$@" > "$tmp/$name.json" 2> "$tmp/$name-push.log"
+}
+j() { jq -r "$2" "$tmp/$1.json"; }
+head -c $((24 << 20)) /dev/urandom > "$tmp/src"
+
+echo "--- CRC faults over RDMA"
+serve crc "$LAB_IP1" 7100 --key-file "$tmp/key" --test-fault flip-rx-data:every=4
+push crc --source "$tmp/src" --peer "$LAB_IP1:7100" --key-file "$tmp/key" --meta-dir "$tmp/m-crc" || fail "push with CRC faults"
+[ "$(j crc .transport)" = rdma ] || fail "transport $(j crc .transport)"
+[ "$(j crc .crc_mismatches)" -ge 5 ] || fail "crc_mismatches $(j crc .crc_mismatches)"
+[ "$(j crc .retransmits)" = "$(j crc .crc_mismatches)" ] || fail "retransmits != mismatches"
+cmp "$tmp/src" "$tmp/crc.img" || fail "the replica differs after CRC faults"
+echo "CRC faults: $(j crc .crc_mismatches) mismatches, all resent, replica identical"
+
+echo "--- wrong key over RDMA"
+cp "$tmp/crc.img" "$tmp/before"
+rc=0; push wrongkey --source "$tmp/src" --peer "$LAB_IP1:7100" --key-file "$tmp/other" --meta-dir "$tmp/m-wk" || rc=$?
+[ "$rc" = 3 ] || fail "wrong key exited $rc"
+grep -q "authentication failed" "$tmp/wrongkey-push.log" || fail "$(tail -n 2 "$tmp/wrongkey-push.log")"
+cmp "$tmp/before" "$tmp/crc.img" || fail "the replica changed under a wrong key"
+kill "$SPID"
+
+echo "--- kill -9 serve mid-push over RDMA"
+serve k "$LAB_IP1" 7200 --key-file "$tmp/key"
+"$bin" push --no-progress --json --bind "$LAB_IP0" --transport rdma --source "$tmp/src" \
+  --peer "$LAB_IP1:7200" --key-file "$tmp/key" --meta-dir "$tmp/m-k" --peer-timeout 3s \
+  > "$tmp/k1.json" 2> "$tmp/k1-push.log" &
+ppid=$!
+for _ in $(seq 600); do [ "$(du -B1 "$tmp/k.img" 2>/dev/null | cut -f1)" -ge $((8 << 20)) ] 2>/dev/null && break; sleep 0.05; done
+kill -9 "$SPID"
+rc=0; wait "$ppid" || rc=$?
+[ "$rc" = 3 ] || fail "push whose replica died exited $rc"
+grep -q "lost replica" "$tmp/k1-push.log" || fail "$(tail -n 2 "$tmp/k1-push.log")"
+serve k "$LAB_IP1" 7200 --key-file "$tmp/key"
+push k2 --source "$tmp/src" --peer "$LAB_IP1:7200" --key-file "$tmp/key" --meta-dir "$tmp/m-k" || fail "push after restart"
+[ "$(j k2 .resumed)" = true ] || fail "did not resume"
+[ "$(j k2 .bytes_sent)" -lt $((24 << 20)) ] || fail "resent everything: $(j k2 .bytes_sent)"
+cmp "$tmp/src" "$tmp/k.img" || fail "the replica differs after the restart"
+echo "after kill -9: resent $(j k2 .bytes_sent) of $((24 << 20)) bytes, replica identical"
+kill "$SPID"
+
+echo "--- link down mid-push: quorum 1 with an RDMA peer and a TCP peer"
+serve a "$LAB_IP1" 7300 --key-file "$tmp/key"
+serve b "$LAB_NORDMA_IP" 7301 --key-file "$tmp/key"
+"$bin" push --no-progress --json --bind "$LAB_IP0" --source "$tmp/src" --peer "$LAB_IP1:7300" \
+  --peer "$LAB_NORDMA_IP:7301" --key-file "$tmp/key" --meta-dir "$tmp/m-q" --quorum 1 --peer-timeout 3s \
+  > "$tmp/q.json" 2> "$tmp/q-push.log" &
+ppid=$!
+for _ in $(seq 600); do [ "$(du -B1 "$tmp/a.img" 2>/dev/null | cut -f1)" -ge $((4 << 20)) ] 2>/dev/null && break; sleep 0.05; done
+ip link set veth1 down
+rc=0; wait "$ppid" || rc=$?
+ip link set veth1 up
+[ "$rc" = 0 ] || fail "quorum push exited $rc: $(tail -n 3 "$tmp/q-push.log")"
+[ "$(j q '.peers[0].state')" = lost ] || fail "rdma peer: $(j q '.peers[0]')"
+[ "$(j q '.peers[0].transport')" = rdma ] || fail "peer 0 transport $(j q '.peers[0].transport')"
+[ "$(j q '.peers[1].state')" = in_sync ] || fail "tcp peer: $(j q '.peers[1].state')"
+cmp "$tmp/src" "$tmp/b.img" || fail "the TCP replica differs"
+echo "link down: rdma peer lost ($(j q '.peers[0].lost_reason')), push completed on the tcp peer"
+echo PASS
