@@ -22,8 +22,11 @@ Result<Loop> MakeLoop(size_t buffer_size, size_t count, unsigned entries) {
     // Fixed buffers save a page-table walk per I/O; without them I/O still works. Say so.
     spdlog::warn("{}; continuing without fixed buffers", registered.message());
   }
-  spdlog::debug("buffer pool: {} x {} on {}", count, buffer_size,
-                loop.pool->on_hugetlb() ? "hugetlb pages" : "anonymous memory");
+  if (!loop.pool->on_hugetlb()) {
+    spdlog::info("buffer pool: no 2 MiB hugepages reserved for {} MiB (vm.nr_hugepages); using "
+                 "transparent-hugepage-advised memory",
+                 loop.pool->region_bytes() >> 20);
+  }
   return loop;
 }
 

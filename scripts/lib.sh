@@ -42,3 +42,24 @@ build() {
   ninja -C "$dir" --quiet ${BUILD_TARGETS:-} > "$dir.ninja.log" 2>&1 \
     || { cat "$dir.ninja.log" >&2; die "build failed in $dir"; }
 }
+
+# reserve_hugepages N: makes sure N 2 MiB hugepages are reserved (root only), so the buffer
+# pools get MAP_HUGETLB memory; prints what it did. HUGEPAGES_BEFORE keeps the old count, for
+# release_hugepages. Without root, or without the memory, it says so and goes on (the pools fall
+# back to THP-advised memory, and log which they got).
+reserve_hugepages() {
+  local want=$1 f=/proc/sys/vm/nr_hugepages
+  HUGEPAGES_BEFORE=$(cat "$f" 2>/dev/null || echo 0)
+  [ "$HUGEPAGES_BEFORE" -ge "$want" ] && return 0
+  if [ "$(id -u)" -ne 0 ] || ! echo "$want" > "$f" 2>/dev/null; then
+    say "cannot reserve $want hugepages (not root?): buffer pools use THP-advised memory"
+    return 0
+  fi
+  local got
+  got=$(cat "$f")
+  say "reserved $got of $want 2 MiB hugepages for the buffer pools (was $HUGEPAGES_BEFORE)"
+}
+release_hugepages() {
+  [ -n "${HUGEPAGES_BEFORE:-}" ] && [ "$(id -u)" -eq 0 ] && echo "$HUGEPAGES_BEFORE" > /proc/sys/vm/nr_hugepages 2>/dev/null
+  return 0
+}
