@@ -85,7 +85,23 @@ struct Completion {
   io::BufferRef data;         // kRecv of a Data frame: the payload; give it back with Release
   std::span<const std::byte> control;  // kRecv of another frame: payload, valid until next Poll
   Status status;      // kClosed: the reason (OK for a local Close)
+
+  // Completion slots are reused from Poll to Poll: a backend clears what the last use left
+  // before it fills one (a BufferRef the caller did not take goes back to its pool).
+  Completion& Reset() {
+    data.Reset();
+    control = {};
+    status = Status();
+    tag = 0;
+    res = 0;
+    return *this;
+  }
 };
+
+// The checks every backend makes on a WorkItem before queuing it: a valid frame prefix, a Data
+// frame with its buffer, another frame with exactly the control payload its header announces.
+// Returns the prefix; the error names the frame type and sizes.
+Result<proto::Prefix> CheckWorkItem(const WorkItem& item);
 
 // A backend may use the last kReceiveHeadroom bytes of a receive buffer for itself (RDMA writes
 // the frame header there, behind the block). A receiver whose pool buffers are B bytes accepts

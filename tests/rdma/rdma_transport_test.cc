@@ -29,6 +29,7 @@
 
 #include "engine/replica.h"
 #include "engine/replicator.h"
+#include "io/forwarding_block_device.h"
 #include "io/mem/mem_block_device.h"
 #include "io/ring.h"
 #include "transport/rdma/rdma_internal.h"
@@ -837,23 +838,6 @@ TEST_F(RdmaTransportTest, TwoConnectionsShareTheDevice) {
 
 // ---- The engine over RDMA -------------------------------------------------------------------
 
-// Forwards to a MemBlockDevice the test keeps, so the test can look at it after the server is
-// done with its copy of the pointer.
-class SharedDevice final : public io::BlockDevice {
- public:
-  explicit SharedDevice(io::MemBlockDevice& dev) : dev_(dev) {}
-  uint64_t size() const override { return dev_.size(); }
-  const std::string& name() const override { return dev_.name(); }
-  bool direct() const override { return false; }
-  uint32_t alignment() const override { return 1; }
-  uint32_t queue_depth() const override { return dev_.queue_depth(); }
-  uint32_t in_flight() const override { return dev_.in_flight(); }
-  Status Submit(std::span<const io::IoRequest> r) override { return dev_.Submit(r); }
-  size_t Poll(std::span<io::IoCompletion> out) override { return dev_.Poll(out); }
-
- private:
-  io::MemBlockDevice& dev_;
-};
 
 // A ReplicaServer on LAB_IP1 over RDMA (optionally behind a FaultyTransport), in its own
 // thread, writing to an in-memory device.
@@ -914,7 +898,7 @@ class ReplicaThread {
     options.open_target = [dev](uint64_t size, const proto::VolumeId&,
                                 engine::TargetUse) -> Result<engine::OpenedTarget> {
       if (size > dev->size()) return Status::Error(ErrorCode::kRefused, "volume does not fit");
-      return engine::OpenedTarget{std::make_unique<SharedDevice>(*dev), {}};
+      return engine::OpenedTarget{std::make_unique<io::ForwardingBlockDevice>(*dev), {}};
     };
     auto server = engine::ReplicaServer::Create(**ring, **pool, std::move(options));
     if (!server.ok()) return started.set_value(server.status());

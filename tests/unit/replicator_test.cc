@@ -11,6 +11,7 @@
 #include "common/crc32c.h"
 #include "engine/replica.h"
 #include "engine/replicator.h"
+#include "io/forwarding_block_device.h"
 #include "io/mem/mem_block_device.h"
 #include "io/ring.h"
 #include "transport/loopback/loopback_transport.h"
@@ -23,23 +24,6 @@ namespace {
 
 using proto::AckLevel;
 
-// Forwards to a MemBlockDevice the test keeps, so the test can look at it after the server is
-// done with its copy of the pointer.
-class SharedDevice final : public io::BlockDevice {
- public:
-  explicit SharedDevice(io::MemBlockDevice& dev) : dev_(dev) {}
-  uint64_t size() const override { return dev_.size(); }
-  const std::string& name() const override { return dev_.name(); }
-  bool direct() const override { return false; }
-  uint32_t alignment() const override { return 1; }
-  uint32_t queue_depth() const override { return dev_.queue_depth(); }
-  uint32_t in_flight() const override { return dev_.in_flight(); }
-  Status Submit(std::span<const io::IoRequest> r) override { return dev_.Submit(r); }
-  size_t Poll(std::span<io::IoCompletion> out) override { return dev_.Poll(out); }
-
- private:
-  io::MemBlockDevice& dev_;
-};
 
 struct Replica {
   std::unique_ptr<io::BufferPool> pool;
@@ -92,7 +76,7 @@ class ReplicatorTest : public ::testing::Test {
     options.open_target = [dev](uint64_t size, const proto::VolumeId&,
                                 TargetUse) -> Result<OpenedTarget> {
       if (size > dev->size()) return Status::Error(ErrorCode::kRefused, "volume does not fit");
-      return OpenedTarget{std::make_unique<SharedDevice>(*dev), {}};
+      return OpenedTarget{std::make_unique<io::ForwardingBlockDevice>(*dev), {}};
     };
     r->server = std::move(ReplicaServer::Create(*ring_, *r->pool, std::move(options)).value());
     r->server->AddTransport(r->transport.get());

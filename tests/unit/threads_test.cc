@@ -12,6 +12,7 @@
 
 #include "engine/replica.h"
 #include "engine/replicator.h"
+#include "io/forwarding_block_device.h"
 #include "io/mem/mem_block_device.h"
 #include "io/ring.h"
 #include "transport/registry.h"
@@ -19,21 +20,6 @@
 namespace blkmirror::engine {
 namespace {
 
-class ForwardingDevice final : public io::BlockDevice {
- public:
-  explicit ForwardingDevice(io::MemBlockDevice& dev) : dev_(dev) {}
-  uint64_t size() const override { return dev_.size(); }
-  const std::string& name() const override { return dev_.name(); }
-  bool direct() const override { return false; }
-  uint32_t alignment() const override { return 1; }
-  uint32_t queue_depth() const override { return dev_.queue_depth(); }
-  uint32_t in_flight() const override { return dev_.in_flight(); }
-  Status Submit(std::span<const io::IoRequest> r) override { return dev_.Submit(r); }
-  size_t Poll(std::span<io::IoCompletion> out) override { return dev_.Poll(out); }
-
- private:
-  io::MemBlockDevice& dev_;
-};
 
 void RunPrimaryAndReplicaOnTwoThreads(const Key* key) {
   constexpr uint32_t kBlock = 64 << 10;
@@ -59,7 +45,7 @@ void RunPrimaryAndReplicaOnTwoThreads(const Key* key) {
     if (key != nullptr) options.key = *key;
     options.open_target = [&target](uint64_t, const proto::VolumeId&,
                                     TargetUse) -> Result<OpenedTarget> {
-      return OpenedTarget{std::make_unique<ForwardingDevice>(target), {}};
+      return OpenedTarget{std::make_unique<io::ForwardingBlockDevice>(target), {}};
     };
     auto server = ReplicaServer::Create(*ring, *pool, std::move(options)).value();
     server->AddTransport(t.get());

@@ -54,17 +54,8 @@ class LoopbackTransport final : public Transport {
       if (it == conns_.end() || it->second.closing) {
         return Status::Error(ErrorCode::kClosed, "loopback: connection is closed");
       }
-      // The same checks a stream transport makes before it can frame a message.
-      ASSIGN_OR_RETURN(proto::Prefix prefix, proto::DecodePrefix(item.header));
-      bool block = proto::CarriesBlockData(prefix.type);
-      if (block && prefix.payload_len > 0 && item.data == nullptr) {
-        return Status::Invalid("loopback: Data frame without a payload buffer");
-      }
-      if (!block && prefix.payload_len != item.control.size()) {
-        return Status::Invalid("loopback: {} frame says {} payload bytes, {} given",
-                               proto::FrameTypeName(prefix.type), prefix.payload_len,
-                               item.control.size());
-      }
+      auto checked = CheckWorkItem(item);
+      if (!checked.ok()) return checked.status().Context("loopback");
     }
     for (const WorkItem& item : items) {
       Conn& c = conns_[item.conn];
@@ -88,7 +79,7 @@ class LoopbackTransport final : public Transport {
     lent_.clear();
     size_t n = 0;
     while (n < out.size() && !accepted_.empty()) {
-      Completion& c = Fresh(out[n++]);
+      Completion& c = out[n++].Reset();
       c.kind = CompletionKind::kAccepted;
       c.conn = accepted_.front();
       accepted_.pop_front();
@@ -96,7 +87,7 @@ class LoopbackTransport final : public Transport {
     for (auto& [id, conn] : conns_) Deliver(id);
     while (n < out.size() && !events_.empty()) {
       Event& e = events_.front();
-      Completion& c = Fresh(out[n++]);
+      Completion& c = out[n++].Reset();
       c.kind = e.kind;
       c.conn = e.conn;
       c.tag = e.tag;
@@ -158,15 +149,6 @@ class LoopbackTransport final : public Transport {
     std::vector<std::byte> control;
     Status status;
   };
-
-  static Completion& Fresh(Completion& c) {
-    c.data.Reset();
-    c.control = {};
-    c.status = Status();
-    c.tag = 0;
-    c.res = 0;
-    return c;
-  }
 
   void Push(Event e) { events_.push_back(std::move(e)); }
 

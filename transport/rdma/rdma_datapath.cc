@@ -12,16 +12,6 @@
 namespace blkmirror::transport::rdma {
 namespace {
 
-// Completion slots are reused from Poll to Poll: clear what the last use left.
-Completion& Fresh(Completion& c) {
-  c.data.Reset();
-  c.control = {};
-  c.status = Status();
-  c.tag = 0;
-  c.res = 0;
-  return c;
-}
-
 Status WcError(const Conn& c, const ibv_wc& wc, bool send) {
   int err = EIO;
   std::string_view hint;
@@ -118,7 +108,9 @@ Status RdmaTransport::Post(std::span<const WorkItem> items) {
       return Status::Error(ErrorCode::kClosed,
                            fmt::format("rdma: connection to {} is closed", PeerName(item.conn)));
     }
-    ASSIGN_OR_RETURN(proto::Prefix prefix, proto::DecodePrefix(item.header));
+    auto checked = CheckWorkItem(item);
+    if (!checked.ok()) return checked.status().Context("rdma");
+    const proto::Prefix& prefix = *checked;
     if (proto::CarriesBlockData(prefix.type)) {
       const ConnectInfo& p = c->peer_info;
       if (p.slot_base == 0) {
@@ -137,10 +129,6 @@ Status RdmaTransport::Post(std::span<const WorkItem> items) {
           (item.data == nullptr || !pool_->Contains(item.data, prefix.payload_len))) {
         return Status::Invalid("rdma: a Data payload must lie in the registered buffer pool");
       }
-    } else if (prefix.payload_len != item.control.size()) {
-      return Status::Invalid("rdma: {} frame says {} payload bytes, {} given",
-                             proto::FrameTypeName(prefix.type), prefix.payload_len,
-                             item.control.size());
     }
   }
   // Room for the whole batch, per connection: send-queue entries and control-ring bytes.
@@ -564,7 +552,7 @@ size_t RdmaTransport::Drain(Conn& c, std::span<Completion> out) {
   while (n < out.size() && c.sq_head < c.sq_done) {
     SendEntry& e = c.entry(c.sq_head);
     if (e.signal) {
-      Completion& x = Fresh(out[n++]);
+      Completion& x = out[n++].Reset();
       x.kind = CompletionKind::kSent;
       x.conn = c.id;
       x.tag = e.tag;
@@ -582,7 +570,7 @@ size_t RdmaTransport::Drain(Conn& c, std::span<Completion> out) {
       r.data.Reset();
       continue;
     }
-    Completion& x = Fresh(out[n++]);
+    Completion& x = out[n++].Reset();
     x.kind = CompletionKind::kRecv;
     x.conn = c.id;
     x.header = r.header;
@@ -600,7 +588,7 @@ size_t RdmaTransport::Drain(Conn& c, std::span<Completion> out) {
   while (n < out.size() && c.sq_head < c.sq_tail) {
     SendEntry& e = c.entry(c.sq_head);
     if (e.signal) {
-      Completion& x = Fresh(out[n++]);
+      Completion& x = out[n++].Reset();
       x.kind = CompletionKind::kSent;
       x.conn = c.id;
       x.tag = e.tag;
@@ -610,7 +598,7 @@ size_t RdmaTransport::Drain(Conn& c, std::span<Completion> out) {
     ++c.sq_head;
   }
   if (n < out.size() && c.sq_head == c.sq_tail) {
-    Completion& x = Fresh(out[n++]);
+    Completion& x = out[n++].Reset();
     x.kind = CompletionKind::kClosed;
     x.conn = c.id;
     x.status = c.close_reason;
@@ -644,7 +632,7 @@ size_t RdmaTransport::Poll(std::span<Completion> out) {
     Conn* c = Find(id);
     if (c == nullptr || c->closing) continue;
     c->announced = true;
-    Completion& x = Fresh(out[n++]);
+    Completion& x = out[n++].Reset();
     x.kind = CompletionKind::kAccepted;
     x.conn = id;
   }

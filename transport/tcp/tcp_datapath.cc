@@ -9,19 +9,6 @@
 #include "transport/tcp/tcp_internal.h"
 
 namespace blkmirror::transport::tcp {
-namespace {
-
-// Completion slots are reused from Poll to Poll: clear what the last use left.
-Completion& Fresh(Completion& c) {
-  c.data.Reset();
-  c.control = {};
-  c.status = Status();
-  c.tag = 0;
-  c.res = 0;
-  return c;
-}
-
-}  // namespace
 
 Conn* TcpTransport::Find(ConnId id) const {
   for (const auto& c : conns_) {
@@ -74,16 +61,8 @@ Status TcpTransport::Post(std::span<const WorkItem> items) {
       return Status::Error(ErrorCode::kClosed,
                            fmt::format("tcp: connection to {} is closed", PeerName(item.conn)));
     }
-    ASSIGN_OR_RETURN(proto::Prefix prefix, proto::DecodePrefix(item.header));
-    bool block = proto::CarriesBlockData(prefix.type);
-    if (block && prefix.payload_len > 0 && item.data == nullptr) {
-      return Status::Invalid("tcp: Data frame without a payload buffer");
-    }
-    if (!block && prefix.payload_len != item.control.size()) {
-      return Status::Invalid("tcp: {} frame says {} payload bytes, {} given",
-                             proto::FrameTypeName(prefix.type), prefix.payload_len,
-                             item.control.size());
-    }
+    auto checked = CheckWorkItem(item);
+    if (!checked.ok()) return checked.status().Context("tcp");
   }
   for (const WorkItem& item : items) {
     if (SendSpace(item.conn) == 0) {
@@ -340,7 +319,7 @@ size_t TcpTransport::Drain(Conn& conn, std::span<Completion> out) {
   while (n < out.size() && conn.sq_head < conn.sq_done) {
     SendEntry& e = conn.entry(conn.sq_head);
     if (e.signal) {
-      Completion& c = Fresh(out[n++]);
+      Completion& c = out[n++].Reset();
       c.kind = CompletionKind::kSent;
       c.conn = conn.id;
       c.tag = e.tag;
@@ -358,7 +337,7 @@ size_t TcpTransport::Drain(Conn& conn, std::span<Completion> out) {
       f.data.Reset();
       continue;
     }
-    Completion& c = Fresh(out[n++]);
+    Completion& c = out[n++].Reset();
     c.kind = CompletionKind::kRecv;
     c.conn = conn.id;
     c.header = f.header;
@@ -378,7 +357,7 @@ size_t TcpTransport::Drain(Conn& conn, std::span<Completion> out) {
   while (n < out.size() && conn.sq_head < conn.sq_tail) {
     SendEntry& e = conn.entry(conn.sq_head);
     if (e.signal) {
-      Completion& c = Fresh(out[n++]);
+      Completion& c = out[n++].Reset();
       c.kind = CompletionKind::kSent;
       c.conn = conn.id;
       c.tag = e.tag;
@@ -388,7 +367,7 @@ size_t TcpTransport::Drain(Conn& conn, std::span<Completion> out) {
     ++conn.sq_head;
   }
   if (n < out.size() && conn.sq_head == conn.sq_tail) {
-    Completion& c = Fresh(out[n++]);
+    Completion& c = out[n++].Reset();
     c.kind = CompletionKind::kClosed;
     c.conn = conn.id;
     c.status = conn.close_reason;
@@ -403,7 +382,7 @@ size_t TcpTransport::Poll(std::span<Completion> out) {
   closed_.clear();  // the caller is done with what the last Poll handed out
   size_t n = 0;
   while (n < out.size() && !accepted_.empty()) {
-    Completion& c = Fresh(out[n++]);
+    Completion& c = out[n++].Reset();
     c.kind = CompletionKind::kAccepted;
     c.conn = accepted_.front();
     accepted_.erase(accepted_.begin());

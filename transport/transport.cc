@@ -31,6 +31,21 @@ Result<Endpoint> Endpoint::Parse(std::string_view text) {
   return Endpoint{std::string(host), static_cast<uint16_t>(value)};
 }
 
+Result<proto::Prefix> CheckWorkItem(const WorkItem& item) {
+  ASSIGN_OR_RETURN(proto::Prefix prefix, proto::DecodePrefix(item.header));
+  bool block = proto::CarriesBlockData(prefix.type);
+  if (block && prefix.payload_len > 0 && item.data == nullptr) {
+    return Status::Invalid("a Data frame of {} bytes without its payload buffer",
+                           prefix.payload_len);
+  }
+  if (!block && prefix.payload_len != item.control.size()) {
+    return Status::Invalid("{} frame says {} payload bytes, {} given",
+                           proto::FrameTypeName(prefix.type), prefix.payload_len,
+                           item.control.size());
+  }
+  return prefix;
+}
+
 std::string Endpoint::ToString() const {
   if (host.find(':') != std::string::npos) return fmt::format("[{}]:{}", host, port);
   return fmt::format("{}:{}", host, port);
