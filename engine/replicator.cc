@@ -159,6 +159,11 @@ class Replicator::Impl {
     return live_peers() != 0;
   }
 
+  bool BlockInFlight(uint64_t offset) const {
+    return std::any_of(writes_.begin(), writes_.end(),
+                       [offset](const Write& w) { return w.used && w.offset == offset; });
+  }
+
   Status Submit(uint64_t offset, io::BufferRef buffer, uint32_t length, uint64_t token,
                 PeerMask mask) {
     if (!failure_.ok()) return failure_;
@@ -179,6 +184,15 @@ class Replicator::Impl {
                                        offset));
     }
     if (!CanSubmit()) return Status::Error(ErrorCode::kBusy, "replication window is full");
+    // One write of a block at a time: a second one while the first is in flight could reach a
+    // replica's disk first, and the first one's durable ack would clear a dirty bit the second
+    // still needs.
+    if (BlockInFlight(offset)) {
+      return Status::Error(ErrorCode::kBusy,
+                           fmt::format("a write of the block at offset {} is still in flight; "
+                                       "submit this one once it is done",
+                                       offset));
+    }
     // The block's bit is durable in each target's bitmap before the block leaves.
     const uint64_t block = offset / options_.block_size;
     for (auto& p : peers_) {
@@ -774,6 +788,7 @@ void Replicator::AttachBitmap(size_t index, DirtyBitmap* bitmap) {
 }
 PeerMask Replicator::live_peers() const { return impl_->live_peers(); }
 bool Replicator::CanSubmit() const { return impl_->CanSubmit(); }
+bool Replicator::BlockInFlight(uint64_t offset) const { return impl_->BlockInFlight(offset); }
 Status Replicator::Submit(uint64_t offset, io::BufferRef buffer, uint32_t length, uint64_t token,
                           PeerMask peers) {
   return impl_->Submit(offset, std::move(buffer), length, token, peers);

@@ -123,12 +123,18 @@ class Replicator {
   // Peers still in session (neither lost nor closed), as a mask.
   PeerMask live_peers() const;
 
-  // True when Submit would be accepted now (window space on every live peer).
+  // True when Submit would be accepted now (window space on every live peer), for a block
+  // that has no write in flight (see BlockInFlight).
   bool CanSubmit() const;
+  // True while a write of the block at `offset` still holds its buffer (Submit refuses a
+  // second write of it until then).
+  bool BlockInFlight(uint64_t offset) const;
 
   // Replicates buffer[0, length) to [offset, offset + length) of the volume, on the live peers
   // in `peers`. `offset` must be block-aligned and `length` the block's size (shorter only for
-  // the volume's last block).
+  // the volume's last block). One write of a block at a time: while an earlier write of the
+  // same block still holds its buffer, Submit fails with kBusy (retry once it completed and
+  // every peer is done with it), so writes of a block reach every replica in order.
   Status Submit(uint64_t offset, io::BufferRef buffer, uint32_t length, uint64_t token,
                 PeerMask peers = kAllPeers);
 

@@ -253,6 +253,30 @@ TEST_F(ReplicatorTest, CanSubmitIsFalseWhileTheWindowIsFull) {
   EXPECT_TRUE(rep_->CanSubmit());
 }
 
+TEST_F(ReplicatorTest, OneWriteOfABlockAtATime) {
+  // A second write of a block while the first is in flight is refused (it could overtake the
+  // first on a replica's disk, and the first's durable ack would clear the second's dirty bit).
+  auto data = RandomBytes(4 * (16 << 10), 21);
+  Replica& r = AddReplica(data.size());
+  ASSERT_TRUE(StartPrimary(Options(data.size(), AckLevel::kDurable)).ok());
+  auto first = primary_pool_->TryGet();
+  std::memcpy(first->data(), data.data(), 16 << 10);
+  ASSERT_TRUE(rep_->Submit(0, std::move(*first), 16 << 10, 1).ok());
+  auto second = primary_pool_->TryGet();
+  std::memcpy(second->data(), data.data() + (16 << 10), 16 << 10);
+  Status s = rep_->Submit(0, std::move(*second), 16 << 10, 2);
+  EXPECT_EQ(s.code(), ErrorCode::kBusy) << s.message();
+  EXPECT_NE(s.message().find("offset 0 is still in flight"), std::string::npos);
+  for (int i = 0; i < 100 && !rep_->idle(); ++i) Step();
+  ASSERT_TRUE(rep_->idle());
+  auto again = primary_pool_->TryGet();
+  std::memcpy(again->data(), data.data() + (16 << 10), 16 << 10);
+  ASSERT_TRUE(rep_->Submit(0, std::move(*again), 16 << 10, 3).ok());
+  for (int i = 0; i < 100 && !rep_->idle(); ++i) Step();
+  EXPECT_EQ(std::memcmp(r.device->durable_contents().data(), data.data() + (16 << 10), 16 << 10),
+            0);
+}
+
 TEST_F(ReplicatorTest, SubmitRejectsWritesThatAreNotOneBlock) {
   AddReplica(1 << 20);
   ASSERT_TRUE(StartPrimary(Options(100000, AckLevel::kDurable)).ok());

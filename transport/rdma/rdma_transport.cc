@@ -709,22 +709,30 @@ void RdmaTransport::HandleCmEvents() {
           accepted_.push_back(conn->id);
         }
         break;
-      case RDMA_CM_EVENT_DISCONNECTED:
-        Fail(*conn, Status::Error(ErrorCode::kClosed,
-                                  fmt::format("{} closed the connection", conn->peer)));
+      // Each case in its own block with named temporaries: clang 14 mis-scopes the destructor
+      // of a temporary in a consteval-format call inside a switch (llvm-project#60249).
+      case RDMA_CM_EVENT_DISCONNECTED: {
+        Status why = Status::Error(ErrorCode::kClosed,
+                                   fmt::format("{} closed the connection", conn->peer));
+        Fail(*conn, why);
         break;
-      case RDMA_CM_EVENT_DEVICE_REMOVAL:
-        Fail(*conn, Status::Error(static_cast<ErrorCode>(ENODEV),
-                                  fmt::format("connection to {}: RDMA device {} was removed",
-                                              conn->peer, conn->device->name)));
+      }
+      case RDMA_CM_EVENT_DEVICE_REMOVAL: {
+        Status why = Status::Error(static_cast<ErrorCode>(ENODEV),
+                                   fmt::format("connection to {}: RDMA device {} was removed",
+                                               conn->peer, conn->device->name));
+        Fail(*conn, why);
         break;
+      }
       case RDMA_CM_EVENT_REJECTED:
       case RDMA_CM_EVENT_CONNECT_ERROR:
-      case RDMA_CM_EVENT_UNREACHABLE:
-        Fail(*conn, Status::Error(ErrorCode::kClosed,
-                                  fmt::format("connection from {} failed: {} (status {})",
-                                              conn->peer, rdma_event_str(ev.type), ev.status)));
+      case RDMA_CM_EVENT_UNREACHABLE: {
+        Status why = Status::Error(ErrorCode::kClosed,
+                                   fmt::format("connection from {} failed: {} (status {})",
+                                               conn->peer, rdma_event_str(ev.type), ev.status));
+        Fail(*conn, why);
         break;
+      }
       default:
         break;  // TIMEWAIT_EXIT, ADDR_CHANGE, ...
     }

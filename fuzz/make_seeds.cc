@@ -1,0 +1,407 @@
+// make_seeds: writes the seed corpora of the fuzz targets (fuzz/corpus/<target>/<name>).
+//
+//   build/fuzz/fuzz/make_seeds fuzz/corpus
+//
+// Deterministic: the same build writes the same bytes, so the committed corpus can be checked
+// against it (scripts/fuzz warns when they differ). Each seed is a small, meaningful exchange in
+// the target's input format (fuzz/input_formats.h) that libFuzzer starts mutating from.
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "common/crc32c.h"
+#include "fuzz/input_formats.h"
+#include "proto/frame.h"
+
+namespace blkmirror::fuzz {
+namespace {
+
+namespace fs = std::filesystem;
+namespace si = session_input;
+namespace ri = replicator_input;
+using proto::AckLevel;
+
+class Seed {
+ public:
+  Seed& U8(uint8_t v) {
+    bytes_.push_back(v);
+    return *this;
+  }
+  Seed& U32(uint32_t v) {
+    for (int i = 0; i < 4; ++i) U8(static_cast<uint8_t>(v >> (8 * i)));
+    return *this;
+  }
+  Seed& Bytes(const void* p, size_t n) {
+    auto b = static_cast<const uint8_t*>(p);
+    bytes_.insert(bytes_.end(), b, b + n);
+    return *this;
+  }
+  // `text` as 64 raw bytes (cut or padded with dots): a header-sized piece of garbage.
+  Seed& Text64(std::string text) {
+    text.resize(proto::kHeaderSize, '.');
+    return Bytes(text.data(), text.size());
+  }
+  Seed& Header(const proto::Frame& f) {
+    auto raw = proto::Encode(f);
+    return Bytes(raw.data(), raw.size());
+  }
+  const std::vector<uint8_t>& bytes() const { return bytes_; }
+
+ private:
+  std::vector<uint8_t> bytes_;
+};
+
+bool failed = false;
+
+void Save(const fs::path& dir, const std::string& name, const Seed& seed) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  std::ofstream out(dir / name, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(seed.bytes().data()),
+            static_cast<std::streamsize>(seed.bytes().size()));
+  if (!out) {
+    std::fprintf(stderr, "make_seeds: cannot write %s: %s\n", (dir / name).c_str(),
+                 std::strerror(errno));
+    failed = true;
+  }
+}
+
+proto::Frame Make(proto::Body body, uint16_t flags = 0, uint32_t payload_len = 0) {
+  proto::Frame f;
+  f.body = body;
+  f.flags = flags;
+  f.payload_len = payload_len;
+  return f;
+}
+
+proto::Hello HelloFor(proto::SessionKind kind, uint32_t block, uint64_t volume,
+                      uint32_t window = 4) {
+  proto::Hello h;
+  h.kind = kind;
+  h.block_size = block;
+  h.window = window;
+  h.volume_size = volume;
+  for (uint8_t i = 0; i < 16; ++i) h.volume_id.bytes[i] = i;
+  return h;
+}
+
+// ---- frame_fuzzer ------------------------------------------------------------------------------
+
+void FrameSeeds(const fs::path& dir) {
+  proto::Data data{3, 8192, 4096, 0x12345678};
+  proto::Nack nack{3, 8192, proto::NackReason::kCrcMismatch, 1, 2, 0};
+  const std::vector<std::pair<std::string, proto::Frame>> frames = {
+      {"hello", Make(HelloFor(proto::SessionKind::kWrite, 1 << 20, 1 << 30))},
+      {"hello_ok", Make(proto::HelloOk{1, 4 << 20, 1ull << 40, {}})},
+      {"error", Make(proto::Error{10002}, 0, 17)},
+      {"data", Make(data, static_cast<uint16_t>(AckLevel::kDurable), 4096)},
+      {"ack", Make(proto::Ack{AckLevel::kReceived, 5, 5, 0x6})},
+      {"nack", Make(nack)},
+      {"heartbeat", Make(proto::Heartbeat{1000, 0}, proto::kHeartbeatReply)},
+      {"verify_req", Make(proto::VerifyReq{0, 1 << 20, 4096, 7})},
+      {"verify_resp", Make(proto::VerifyResp{0, 3, 7, 0}, 0, 12)},
+      {"bye", Make(proto::Bye{})},
+      {"auth_challenge", Make(proto::AuthChallenge{}, 0, proto::kAuthNonceSize)},
+      {"auth_proof", Make(proto::AuthProof{}, 0, proto::kAuthNonceSize + proto::kAuthMacSize)},
+  };
+  for (const auto& [name, f] : frames) Save(dir, name, Seed().Header(f));
+  // A header followed by a frame description for the encode side (type 3 = Data).
+  Seed both;
+  both.Header(frames[3].second).U8(3).U8(1).U8(0).U32(4096);
+  for (int i = 0; i < 24; ++i) both.U8(static_cast<uint8_t>(i == 9 ? 0x20 : 0));
+  Save(dir, "data_then_encode", both);
+}
+
+// ---- session_fuzzer ----------------------------------------------------------------------------
+
+constexpr uint8_t kFix = 1;
+
+// A record whose payload is a compact Data block: [n][pattern].
+void DataRecord(Seed& s, uint8_t ctl, uint64_t seq, uint64_t offset, uint32_t len, AckLevel level,
+                uint8_t fill, bool resend = false) {
+  uint16_t flags = static_cast<uint16_t>(level) | (resend ? proto::kDataResend : 0);
+  s.U8(ctl | kFix | si::kCompact | si::kFixBody)
+      .Header(Make(proto::Data{seq, offset, len, 0}, flags, len))
+      .U8(1)
+      .U8(fill);
+}
+
+void Control(Seed& s, uint8_t ctl, const proto::Frame& f) { s.U8(ctl | kFix).Header(f); }
+
+void SessionSeeds(const fs::path& dir) {
+  const auto write = proto::SessionKind::kWrite;
+  const uint64_t vol = 64 << 10;
+  {
+    Seed s;
+    s.U8(0);
+    Control(s, 0, Make(HelloFor(write, 4096, vol)));
+    for (uint64_t seq = 0; seq < 4; ++seq) {
+      DataRecord(s, 0, seq, seq * 4096, 4096, AckLevel::kReceived, static_cast<uint8_t>(seq + 1));
+    }
+    Control(s, 0, Make(proto::Bye{}));
+    Save(dir, "write_received", s);
+  }
+  {
+    Seed s;
+    s.U8(0);
+    Control(s, 0, Make(HelloFor(write, 8192, vol, 2)));
+    DataRecord(s, 0, 1, 8192, 8192, AckLevel::kDurable, 0xAA);
+    DataRecord(s, 0, 0, 0, 8192, AckLevel::kDurable, 0xBB);
+    Control(s, 0, Make(proto::Heartbeat{5, 0}));
+    Control(s, 0, Make(proto::Bye{}));
+    Save(dir, "write_durable_out_of_order", s);
+  }
+  {
+    // A bad CRC (Nack), then the resend with the right one.
+    Seed s;
+    s.U8(0);
+    Control(s, 0, Make(HelloFor(write, 4096, vol)));
+    s.U8(kFix | si::kCompact)
+        .Header(Make(proto::Data{0, 4096, 4096, 0xDEADBEEF}, 1, 4096))
+        .U8(2)
+        .U8(1)
+        .U8(2);
+    DataRecord(s, 0, 0, 4096, 4096, AckLevel::kReceived, 1, true);
+    Control(s, 0, Make(proto::Bye{}));
+    Save(dir, "write_bad_crc_then_resend", s);
+  }
+  {
+    // The volume's short last block, in a literal (not compact) payload.
+    Seed s;
+    s.U8(0);
+    Control(s, 0, Make(HelloFor(write, 4096, 10000)));
+    s.U8(kFix | si::kFixBody).Header(Make(proto::Data{0, 8192, 1808, 0}, 1, 1808));
+    for (int i = 0; i < 1808; ++i) s.U8(static_cast<uint8_t>(i));
+    Control(s, 0, Make(proto::Bye{}));
+    Save(dir, "write_short_last_block", s);
+  }
+  {
+    Seed s;
+    s.U8(0);
+    Control(s, 0, Make(HelloFor(proto::SessionKind::kVerify, 4096, vol)));
+    Control(s, 0, Make(proto::VerifyReq{0, 16384, 4096, 7}));
+    Control(s, 0, Make(proto::VerifyReq{16384, 6000, 4096, 8}));
+    Control(s, 0, Make(proto::Bye{}));
+    Save(dir, "verify", s);
+  }
+  {
+    // Two writers (the second is refused), a verifier alongside, data from the first.
+    Seed s;
+    s.U8(0);
+    Control(s, 0, Make(HelloFor(write, 4096, vol)));
+    // Refused; four steps let the replica close the connection, so the next Hello opens another.
+    Control(s, si::kConn1 | si::kAfterStep4 << si::kAfterShift, Make(HelloFor(write, 4096, vol)));
+    Control(s, si::kConn1, Make(HelloFor(proto::SessionKind::kVerify, 4096, vol)));
+    DataRecord(s, 0, 0, 0, 4096, AckLevel::kReceived, 9);
+    Control(s, si::kConn1, Make(proto::VerifyReq{0, 4096, 4096, 1}));
+    Control(s, 0, Make(proto::Bye{}));
+    Save(dir, "two_clients", s);
+  }
+  {
+    // Authenticated: Hello, the proof (fixed by the fuzzer), data.
+    Seed s;
+    s.U8(si::kSetupKey);
+    Control(s, 0, Make(HelloFor(write, 4096, vol)));
+    s.U8(kFix | si::kFixBody)
+        .Header(Make(proto::AuthProof{}, 0, proto::kAuthNonceSize + proto::kAuthMacSize));
+    for (uint32_t i = 0; i < proto::kAuthNonceSize + proto::kAuthMacSize; ++i) s.U8(0x11);
+    DataRecord(s, 0, 0, 0, 4096, AckLevel::kDurable, 3);
+    Control(s, 0, Make(proto::Bye{}));
+    Save(dir, "auth_write", s);
+  }
+  {
+    // Authenticated replica, wrong proof, then data anyway.
+    Seed s;
+    s.U8(si::kSetupKey);
+    Control(s, 0, Make(HelloFor(write, 4096, vol)));
+    s.U8(kFix).Header(Make(proto::AuthProof{}, 0, proto::kAuthNonceSize + proto::kAuthMacSize));
+    for (uint32_t i = 0; i < proto::kAuthNonceSize + proto::kAuthMacSize; ++i) s.U8(0x22);
+    DataRecord(s, 0, 0, 0, 4096, AckLevel::kReceived, 3);
+    Save(dir, "auth_wrong_proof", s);
+  }
+  {
+    // Things a replica must refuse: data before Hello, an oversized block, garbage bytes, a
+    // client Error, a Hello with a heartbeat timeout.
+    Seed s;
+    s.U8(si::kSetupKeepTimeouts);
+    DataRecord(s, 0, 0, 0, 4096, AckLevel::kReceived, 1);
+    Control(s, 0, Make(HelloFor(write, 4096, vol)));
+    s.U8(kFix | si::kCompact).Header(Make(proto::Data{0, 0, 65536, 0}, 1, 65536)).U8(0);
+    s.U8(0).Text64("garbage, not a frame header");
+    auto h = HelloFor(write, 4096, vol);
+    h.peer_timeout_ms = 1;
+    Control(s, si::kConn1, Make(h));
+    Control(s, si::kConn1, Make(proto::Error{5}, 0, 4));
+    s.Bytes("oops", 4);
+    Save(dir, "refusals", s);
+  }
+  {
+    // Frames only a replica sends, sent to the replica: before Hello, and in a session.
+    Seed s;
+    s.U8(0);
+    Control(s, 0, Make(proto::Ack{AckLevel::kReceived, 0, 0, 0}));
+    Control(s, si::kConn1, Make(HelloFor(write, 4096, vol)));
+    Control(s, si::kConn1, Make(proto::Nack{0, 0, proto::NackReason::kIoError, 0, 0, 5}));
+    Control(s, 0, Make(proto::HelloOk{1, 4096, vol, {}}));
+    Control(s, 0, Make(proto::VerifyResp{0, 0, 1, 0}));
+    Save(dir, "unexpected_frames", s);
+  }
+  {
+    // Disk errors: the third write fails; the flush after three good writes fails; a verify
+    // session whose every second read fails.
+    auto fail_every = [](uint8_t n) { return static_cast<uint8_t>(n << si::kSetupFailShift); };
+    Seed w;
+    w.U8(fail_every(3));
+    Control(w, 0, Make(HelloFor(write, 4096, vol)));
+    for (uint64_t seq = 0; seq < 4; ++seq) {
+      DataRecord(w, 0, seq, seq * 4096, 4096, AckLevel::kDurable, static_cast<uint8_t>(seq));
+    }
+    Save(dir, "disk_write_error", w);
+    Seed f;
+    f.U8(fail_every(4));
+    Control(f, 0, Make(HelloFor(write, 4096, vol)));
+    for (uint64_t seq = 0; seq < 3; ++seq) {
+      DataRecord(f, 0, seq, seq * 4096, 4096, AckLevel::kReceived, static_cast<uint8_t>(seq));
+    }
+    Control(f, 0, Make(proto::Bye{}));
+    Save(dir, "disk_flush_error", f);
+    Seed v;
+    v.U8(fail_every(2));
+    Control(v, 0, Make(HelloFor(proto::SessionKind::kVerify, 4096, vol)));
+    Control(v, 0, Make(proto::VerifyReq{0, 16384, 4096, 3}));
+    Save(dir, "disk_read_error", v);
+  }
+}
+
+// ---- replicator_fuzzer -------------------------------------------------------------------------
+
+uint8_t Ctl(uint8_t action, uint8_t arg = 0, bool peer1 = false) {
+  return static_cast<uint8_t>(action | (peer1 ? ri::kPeer1 : 0) | arg << ri::kArgShift);
+}
+
+// setup: ack, window, block 4 KiB, volume blocks, retries, quorum, bitmaps.
+Seed ReplicatorSetup(uint8_t ack, uint8_t window, bool two, bool key, uint8_t blocks,
+                     uint8_t retries, uint8_t quorum = 0, bool bitmaps = false) {
+  Seed s;
+  s.U8(static_cast<uint8_t>(ack | (window - 1) << 2 | (two ? 0x40 : 0) | (key ? 0x80 : 0)));
+  s.U8(static_cast<uint8_t>((blocks - 1) | retries << 5));
+  s.U8(static_cast<uint8_t>(quorum | (bitmaps ? 0x04 : 0)));
+  return s;
+}
+
+// HelloOk with version 1, max block 8 KiB, capacity = the volume, id 1.
+void HelloOk(Seed& s, bool peer1 = false) {
+  s.U8(Ctl(ri::kHelloOk, 0, peer1)).U8(1).U8(0).U8(0).U8(1);
+}
+
+void Ack(Seed& s, uint8_t level, uint8_t cum, uint8_t base, uint32_t bits, bool peer1 = false) {
+  s.U8(Ctl(ri::kAck, 0, peer1)).U8(level).U8(cum).U8(base).U32(bits);
+}
+
+void Submit(Seed& s, uint8_t count, uint8_t first_block, uint8_t mask_sel = 0) {
+  s.U8(Ctl(ri::kSubmit, static_cast<uint8_t>((count - 1) | mask_sel << 2)));
+  for (uint8_t i = 0; i < count; ++i) s.U8(static_cast<uint8_t>(first_block + i));
+}
+
+void ReplicatorSeeds(const fs::path& dir) {
+  {
+    Seed s = ReplicatorSetup(2, 4, false, false, 8, 2);
+    HelloOk(s);
+    Submit(s, 4, 0);
+    Ack(s, 2, 2, 2, 0x2);  // seqs 0, 1 and (sack) 3
+    s.U8(Ctl(ri::kStep, 1));
+    Ack(s, 2, 4, 4, 0);
+    Submit(s, 2, 4);
+    Ack(s, 2, 6, 6, 0);
+    s.U8(Ctl(ri::kControl, 3));  // StartClose
+    s.U8(Ctl(ri::kStep, 2));
+    Save(dir, "durable_acks", s);
+  }
+  {
+    Seed s = ReplicatorSetup(1, 2, false, false, 4, 1);
+    HelloOk(s);
+    Submit(s, 2, 0);
+    s.U8(Ctl(ri::kNack, 0)).U8(0).U8(0);
+    s.U8(Ctl(ri::kNack, 1)).U8(1).U8(5);
+    s.U8(Ctl(ri::kNack, 0)).U8(0).U8(0);  // the second resend: over max_retries
+    Ack(s, 1, 2, 2, 0);
+    Save(dir, "nack_resend_give_up", s);
+  }
+  {
+    // Ack level sent, the replica holding its buffers (the primary's sends stay in flight).
+    Seed s = ReplicatorSetup(0, 8, false, false, 16, 3);
+    HelloOk(s);
+    s.U8(Ctl(ri::kControl, 1));  // hold
+    Submit(s, 4, 0);
+    Submit(s, 4, 8);
+    s.U8(Ctl(ri::kNack, 0)).U8(6).U8(0);
+    s.U8(Ctl(ri::kControl, 0));  // release
+    Ack(s, 1, 8, 8, 0);
+    Save(dir, "sent_level_holding", s);
+  }
+  {
+    // Two replicas, quorum 1, bitmaps: one replica fails, the other carries on.
+    Seed s = ReplicatorSetup(2, 4, true, false, 8, 2, 1, true);
+    HelloOk(s);
+    HelloOk(s, true);
+    Submit(s, 3, 0);
+    Ack(s, 2, 1, 1, 0);
+    s.U8(Ctl(ri::kError, 0, true)).U8(5).U8(4).Bytes("gone", 4);
+    Ack(s, 2, 3, 3, 0);
+    Submit(s, 1, 3, 2);
+    s.U8(Ctl(ri::kControl, 2));  // replica 0 closes
+    Save(dir, "quorum_lose_one", s);
+  }
+  {
+    // Authenticated handshake: challenge, proof, HelloOk with the replica's proof.
+    Seed s = ReplicatorSetup(1, 2, false, true, 4, 1);
+    s.U8(Ctl(ri::kControl, 4));
+    for (int i = 0; i < 32; ++i) s.U8(static_cast<uint8_t>(i));
+    HelloOk(s);
+    Submit(s, 2, 0);
+    Ack(s, 1, 2, 2, 0);
+    s.U8(Ctl(ri::kControl, 3));
+    Save(dir, "auth", s);
+  }
+  {
+    // Received level, then the replica's final durable ack after Bye; odd frames on the way.
+    Seed s = ReplicatorSetup(1, 4, false, false, 5, 1, 0, true);
+    HelloOk(s);
+    s.U8(Ctl(ri::kControl, 5));  // a heartbeat
+    Submit(s, 4, 0);
+    Ack(s, 1, 4, 4, 0);
+    s.U8(Ctl(ri::kStep, 0));
+    s.U8(Ctl(ri::kControl, 3));
+    Ack(s, 2, 4, 4, 0);
+    s.U8(Ctl(ri::kRaw, 1)).Header(Make(proto::Heartbeat{1, 0}));
+    s.U8(Ctl(ri::kControl, 6)).U8(1);
+    Save(dir, "received_final_flush", s);
+  }
+  {
+    // Handshake refusals: a capacity one byte short, garbage from the other replica.
+    Seed s = ReplicatorSetup(2, 1, true, false, 2, 0);
+    s.U8(Ctl(ri::kHelloOk)).U8(1).U8(0).U8(1).U8(0);
+    s.U8(Ctl(ri::kRaw, 0, true)).Text64("not a frame: text no replica would send");
+    Save(dir, "handshake_refused", s);
+  }
+}
+
+}  // namespace
+}  // namespace blkmirror::fuzz
+
+int main(int argc, char** argv) {
+  using namespace blkmirror::fuzz;
+  if (argc != 2) {
+    std::fprintf(stderr, "usage: %s OUTDIR   (writes OUTDIR/<target>/<seed>)\n", argv[0]);
+    return 2;
+  }
+  fs::path out = argv[1];
+  FrameSeeds(out / "frame_fuzzer");
+  SessionSeeds(out / "session_fuzzer");
+  ReplicatorSeeds(out / "replicator_fuzzer");
+  return failed ? 1 : 0;
+}
