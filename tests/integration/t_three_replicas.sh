@@ -5,7 +5,7 @@ random_file "$TEST_TMP/src" $((48 << 20))
 serve a "$TEST_TMP/a" --once
 serve b "$TEST_TMP/b" --once
 serve c /dev/shm/blkmirror-test-c.$$ --once
-CLEANUPS+=("rm -f /dev/shm/blkmirror-test-c.$$")
+CLEANUPS+=("rm -rf /dev/shm/blkmirror-test-c.$$ /dev/shm/blkmirror-test-c.$$.blkmirror")
 push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_a" --peer "127.0.0.1:$PORT_b" \
   --peer "127.0.0.1:$PORT_c" --window 16 || fail "push: $(cat "$TEST_TMP/push.log")"
 for p in "$PID_a" "$PID_b" "$PID_c"; do wait_exit "$p" || fail "a serve failed"; done
