@@ -191,7 +191,9 @@ Status ExtendFile(int fd, const std::string& path, uint64_t have, uint64_t want)
     uint64_t allocated = static_cast<uint64_t>(st.st_blocks) * 512;
     uint64_t need = want > allocated ? want - allocated : 0;
     uint64_t avail = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
-    if (need > avail) {
+    // A file system that reports no size at all (f_blocks 0: ramfs, some FUSE) has no limit to
+    // check against; a full one still fails its writes with ENOSPC, which the engine reports.
+    if (vfs.f_blocks != 0 && need > avail) {
       return Status::Errno(ENOSPC, fmt::format("{}: cannot grow to {} bytes: {} more needed, the "
                                                "file system has {} available",
                                                path, want, need, avail));
@@ -277,7 +279,8 @@ Result<std::unique_ptr<BlockDevice>> OpenUringDevice(Ring& ring, const std::stri
   if (options.prefer_direct) {
     direct_fd = open(path.c_str(), (flags & ~O_CREAT) | O_DIRECT);
     if (direct_fd < 0) {
-      // tmpfs and some FUSE file systems refuse O_DIRECT: buffered it is, said once.
+      // ramfs, tmpfs before Linux 6.6 and some FUSE file systems refuse O_DIRECT: buffered it
+      // is, said once per device.
       spdlog::info("{}: the file system refuses O_DIRECT ({}); using buffered I/O", path,
                    std::strerror(errno));
     }

@@ -9,11 +9,14 @@
 #include <fcntl.h>
 #include <linux/magic.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <array>
@@ -26,6 +29,7 @@
 #include <map>
 #include <memory>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -514,19 +518,39 @@ TEST_F(UringBlockDevice, TmpfsFileWorks) {
 }
 
 TEST_F(UringBlockDevice, FallsBackToBufferedWhenTheFsRefusesODirect) {
-  TempDir shm("/dev/shm");
-  ASSERT_FALSE(shm.path().empty());
-  if (FsAcceptsODirect(shm.path())) {
-    GTEST_SKIP() << "SKIPPED LOUDLY: tmpfs accepts O_DIRECT on this kernel (Linux >= 6.6) and no "
-                    "writable file system here refuses it, so the refused-O_DIRECT fallback of "
-                    "OpenUringDevice is not exercised (PreferDirectFalseUsesBufferedIo covers the "
-                    "buffered data path)";
+  // tmpfs takes O_DIRECT since Linux 6.6; ramfs never does (open(O_DIRECT) fails with EINVAL).
+  // Mounting one needs CAP_SYS_ADMIN, which the tests have in CI (root).
+  TempDir dir(::testing::TempDir());
+  ASSERT_FALSE(dir.path().empty()) << "mkdtemp: " << std::strerror(errno);
+  if (mount("ramfs", dir.path().c_str(), "ramfs", 0, "mode=0700") != 0) {
+    GTEST_SKIP() << "SKIPPED LOUDLY: cannot mount a ramfs on " << dir.path() << " ("
+                 << std::strerror(errno) << "; not root?), so the refused-O_DIRECT fallback "
+                 << "is not exercised";
   }
-  std::string path = shm.path() + "/fallback.img";
+  struct Unmount {
+    std::string path;
+    ~Unmount() { umount2(path.c_str(), MNT_DETACH); }
+  } unmount{dir.path()};
+  ASSERT_FALSE(FsAcceptsODirect(dir.path())) << "ramfs accepted O_DIRECT";
+
+  // The fallback is said in the log, once, naming the file.
+  std::ostringstream log;
+  auto saved = spdlog::default_logger();
+  spdlog::set_default_logger(std::make_shared<spdlog::logger>(
+      "capture", std::make_shared<spdlog::sinks::ostream_sink_mt>(log)));
+  std::string path = dir.path() + "/fallback.img";
   auto dev = OpenNew(path, 1 << 20);
+  spdlog::set_default_logger(saved);
   ASSERT_NE(dev, nullptr);
   EXPECT_FALSE(dev->direct());
+  const std::string said = log.str();
+  EXPECT_NE(said.find(path + ": the file system refuses O_DIRECT"), std::string::npos) << said;
+  EXPECT_EQ(said.find("refuses O_DIRECT"), said.rfind("refuses O_DIRECT")) << "said more than once: " << said;
+
   WriteReadRoundTrip(*dev, path);
+  auto piece = RandomBytes(1234, 5);
+  EXPECT_EQ(RunOne(*ring_, *dev, Write(4097, piece.data(), 1234, 1)), 1234);
+  EXPECT_EQ(ReadFile(path, 4097, 1234), piece);
   dev.reset();
 }
 
