@@ -321,6 +321,9 @@ class ReplicaServer::Impl {
     } else {
       s.phase = Phase::kVerifier;
     }
+    // Admitted: only now may the peer write block data into our memory (on RDMA it gets its
+    // first slots, and the key to them, from here on).
+    s.t->Trust(s.conn);
     proto::Frame f;
     f.body = proto::HelloOk{version, static_cast<uint32_t>(MaxBlock()), device_->size(),
                             replica_id_};

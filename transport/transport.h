@@ -149,6 +149,14 @@ class Transport {
   // Gives back a received block buffer.
   virtual void Release(ConnId conn, io::BufferRef buffer) = 0;
 
+  // Lets the peer of an accepted connection write block data into this side's memory. The
+  // engine calls it once the peer has passed the handshake (and the key check, where there is
+  // one). A backend whose peers write one-sided (RDMA: into slots of the registered pool) gives
+  // an accepted connection no slot, and no key to the pool's memory, before this, so a stranger
+  // never gets to write a byte there. Backends that receive by copy (TCP, loopback) have nothing
+  // to open and do nothing. Unknown or closed connections are ignored.
+  virtual void Trust(ConnId conn) = 0;
+
   // Closes the connection: queued sends are cancelled, a kClosed completion follows.
   virtual void Close(ConnId conn) = 0;
 

@@ -118,6 +118,8 @@ std::string Text(const Event& e) {
 // ---- A transport in a thread of its own -----------------------------------------------------
 
 struct LoopConfig {
+  // Trust every accepted connection at once, as the replica engine does after the handshake.
+  bool trust_on_accept = true;
   uint32_t slots = 16;
   size_t buffers = 32;
   size_t buffer_size = (64 << 10) + kReceiveHeadroom;
@@ -207,6 +209,9 @@ class LoopThread {
         size_t n = transport_->Poll(cs);
         for (size_t i = 0; i < n; ++i) {
           events.push_back(Copy(cs[i]));
+          if (cs[i].kind == CompletionKind::kAccepted && config_.trust_on_accept) {
+            transport_->Trust(cs[i].conn);
+          }
           if (handler_) handler_(*this, cs[i]);
           if (cs[i].data) transport_->Release(cs[i].conn, std::move(cs[i].data));
         }
@@ -500,6 +505,57 @@ TEST_F(RdmaTransportTest, DataWaitsForCreditsAndAllArrivesInOrder) {
       EXPECT_EQ(e.tag, tag++);
     }
   }
+}
+
+// Before the engine trusts an accepted connection (Transport::Trust, after the handshake and
+// the key check), its peer gets no slot and no key to the pool: Data frames wait at the sender
+// while control frames (the handshake) flow. Trust opens the slots and everything arrives.
+TEST_F(RdmaTransportTest, AnUntrustedPeerGetsNoSlotUntilTrusted) {
+  LoopConfig config;
+  config.trust_on_accept = false;
+  StartServer(config);
+  ConnId conn = ConnectClient();
+  ASSERT_NE(conn, kNoConn);
+  const ConnId server_conn = ServerConn();
+  // Frames leave in order: the control frame first (as the handshake precedes Data).
+  std::vector<std::vector<std::byte>> sent(3);
+  std::vector<WorkItem> items;
+  const std::string hello = "hello before trust";  // outlives the Post
+  items.push_back(TextItem(conn, hello, 100, true));
+  for (uint64_t i = 0; i < sent.size(); ++i) {
+    WorkItem item;
+    item.conn = conn;
+    item.tag = i;
+    item.signal = true;
+    item.header = DataHeader(i, 16 << 10);
+    item.data = Block(16 << 10, 900 + static_cast<uint32_t>(i), &sent[i]);
+    items.push_back(item);
+  }
+  ASSERT_TRUE(client_->Post(items).ok());
+  // The control frame arrives; no Data frame does, and the server's pool lends nothing.
+  ASSERT_TRUE(RunUntilServer([&] { return Count(server_->events, CompletionKind::kRecv) == 1; }));
+  EXPECT_FALSE(RunUntilServer(
+      [&] { return Count(server_->events, CompletionKind::kRecv) > 1; }, 1500ms))
+      << "a Data frame landed in an untrusted connection's memory";
+  EXPECT_EQ(server_->Call([&] { return server_->pool().available(); }),
+            server_->Call([&] { return server_->pool().count(); }))
+      << "slots were granted before Trust";
+  EXPECT_EQ(Count(events_, CompletionKind::kSent), 1u) << "only the control frame went out";
+
+  server_->Call([&] {
+    server_->t().Trust(server_conn);
+    return 0;
+  });
+  ASSERT_TRUE(RunUntilServer([&] { return Count(server_->events, CompletionKind::kRecv) == 4; }));
+  ASSERT_TRUE(RunUntil([&] { return Count(events_, CompletionKind::kSent) == 4; }));
+  auto server_events = server_->Call([&] { return server_->events; });
+  uint64_t next = 0;
+  for (auto& e : server_events) {
+    if (e.kind != CompletionKind::kRecv || e.payload.size() != (16u << 10)) continue;
+    EXPECT_TRUE(e.payload == sent[next]) << "frame " << next;
+    ++next;
+  }
+  EXPECT_EQ(next, 3u);
 }
 
 TEST_F(RdmaTransportTest, ConnectToAnAddressWithoutRdmaFailsFastNamingIt) {

@@ -113,7 +113,7 @@ Status RdmaTransport::Post(std::span<const WorkItem> items) {
     const proto::Prefix& prefix = *checked;
     if (proto::CarriesBlockData(prefix.type)) {
       const ConnectInfo& p = c->peer_info;
-      if (p.slot_base == 0) {
+      if (p.max_slots == 0) {
         return Status::Invalid(
             "rdma: {} advertises no receive slots: Data frames go from the "
             "connecting side to the accepting side only",
@@ -225,19 +225,30 @@ void RdmaTransport::BuildCredit(Conn& c, size_t n) {
   std::byte* p = c.send_slot(idx);
   auto count = static_cast<uint32_t>(std::min<size_t>(c.grants_pending.size(), kMaxGrantsPerMsg));
   const bool starved = c.tx_credits == 1;
+  // The first grants carry the region they point into (only trusted connections have grants).
+  const bool region = count > 0 && !c.region_sent;
   StoreLe<uint32_t>(p, c.rx_owed);
-  StoreLe<uint16_t>(p + 4, starved ? kCreditStarved : 0);
+  StoreLe<uint16_t>(p + 4, static_cast<uint16_t>((starved ? kCreditStarved : 0) |
+                                                 (region ? kCreditRegion : 0)));
   StoreLe<uint16_t>(p + 6, static_cast<uint16_t>(count));
+  size_t off = kCreditHeaderSize;
+  if (region) {
+    StoreLe<uint32_t>(p + off, c.slot_rkey);
+    StoreLe<uint32_t>(p + off + 4, 0);
+    StoreLe<uint64_t>(p + off + 8, reinterpret_cast<uint64_t>(pool_->base()));
+    off += kRegionSize;
+    c.region_sent = true;
+  }
   for (uint32_t i = 0; i < count; ++i) {
     uint32_t s = c.grants_pending[i];
-    StoreLe<uint32_t>(p + kCreditHeaderSize + kGrantSize * i, s);
-    StoreLe<uint32_t>(p + kCreditHeaderSize + kGrantSize * i + 4, c.slots[s].buffer.index());
+    StoreLe<uint32_t>(p + off + kGrantSize * i, s);
+    StoreLe<uint32_t>(p + off + kGrantSize * i + 4, c.slots[s].buffer.index());
     c.slots[s].announced = true;
   }
   c.grants_pending.erase(c.grants_pending.begin(), c.grants_pending.begin() + count);
   ibv_sge& sge = c.ssge[2 * n];
   sge.addr = reinterpret_cast<uintptr_t>(p);
-  sge.length = static_cast<uint32_t>(kCreditHeaderSize + kGrantSize * count);
+  sge.length = static_cast<uint32_t>(off + kGrantSize * count);
   sge.lkey = c.area_mr->lkey;
   wr.num_sge = 1;
   wr.opcode = IBV_WR_SEND_WITH_IMM;
@@ -487,9 +498,11 @@ void RdmaTransport::OnCredit(Conn& c, uint32_t recv_index, uint32_t imm, uint32_
   const auto returned = LoadLe<uint32_t>(p);
   const auto flags = LoadLe<uint16_t>(p + 4);
   const auto count = LoadLe<uint16_t>(p + 6);
-  if (byte_len < kCreditHeaderSize + size_t{kGrantSize} * count) {
-    return Abort(c, Status::Protocol("bad credit message from {}: {} grants in {} bytes", c.peer,
-                                     count, byte_len));
+  const size_t off = kCreditHeaderSize + ((flags & kCreditRegion) ? kRegionSize : 0);
+  if (byte_len < off + size_t{kGrantSize} * count) {
+    return Abort(c, Status::Protocol("bad credit message from {}: {} grants{} in {} bytes", c.peer,
+                                     count, (flags & kCreditRegion) ? " and a region" : "",
+                                     byte_len));
   }
   if (uint64_t{c.tx_credits} + returned > c.peer_info.rq_depth) {
     return Abort(c, Status::Protocol("{} returned {} message credits, more than it gave ({} "
@@ -498,10 +511,24 @@ void RdmaTransport::OnCredit(Conn& c, uint32_t recv_index, uint32_t imm, uint32_
   }
   c.tx_credits += returned;
   if (flags & kCreditStarved) c.peer_starved = true;
-  const ConnectInfo& info = c.peer_info;
+  ConnectInfo& info = c.peer_info;
+  if (flags & kCreditRegion) {
+    const auto rkey = LoadLe<uint32_t>(p + kCreditHeaderSize);
+    const auto base = LoadLe<uint64_t>(p + kCreditHeaderSize + 8);
+    if (info.max_slots == 0 || info.slot_base != 0 || base == 0 ||
+        uint64_t{info.slot_size} * info.slot_count > UINT64_MAX - base) {
+      return Abort(c, Status::Protocol("bad slot region from {}: base 0x{:x}, {} x {} bytes{}",
+                                       c.peer, base, info.slot_count, info.slot_size,
+                                       info.slot_base != 0 ? ", announced twice"
+                                       : info.max_slots == 0 ? ", but it has no slots"
+                                                             : ""));
+    }
+    info.slot_rkey = rkey;
+    info.slot_base = base;
+  }
   for (uint32_t i = 0; i < count; ++i) {
-    const auto s = LoadLe<uint32_t>(p + kCreditHeaderSize + kGrantSize * i);
-    const auto buffer = LoadLe<uint32_t>(p + kCreditHeaderSize + kGrantSize * i + 4);
+    const auto s = LoadLe<uint32_t>(p + off + kGrantSize * i);
+    const auto buffer = LoadLe<uint32_t>(p + off + kGrantSize * i + 4);
     if (info.slot_base == 0 || s >= info.max_slots || buffer >= info.slot_count ||
         c.remote_held[s] != 0) {
       return Abort(
@@ -658,8 +685,8 @@ size_t RdmaTransport::Poll(std::span<Completion> out) {
 void RdmaTransport::Release(ConnId id, io::BufferRef buffer) {
   if (!buffer) return;
   Conn* c = Find(id);
-  if (c == nullptr || c->closing || c->role != Role::kAccepted || buffer.pool() != pool_ ||
-      c->idle_slots.empty()) {
+  if (c == nullptr || c->closing || c->role != Role::kAccepted || !c->trusted ||
+      buffer.pool() != pool_ || c->idle_slots.empty()) {
     buffer.Reset();  // back to the pool
     return;
   }

@@ -70,7 +70,9 @@ inline T LoadLe(const std::byte* p) {
 }
 
 inline constexpr uint32_t kConnectMagic = 0x44524D42;  // "BMRD"
-inline constexpr uint16_t kWireVersion = 1;
+// 2: the slot region (rkey, base) is no longer in the accept's private data; it comes in the
+// first credit message after the engine trusts the connection (Transport::Trust).
+inline constexpr uint16_t kWireVersion = 2;
 
 // Why a connection request was refused (ConnectInfo::reject, in rdma_reject's private data).
 enum class RejectReason : uint16_t {
@@ -89,11 +91,14 @@ struct ConnectInfo {
   uint32_t rq_depth = 0;    // receive WQEs posted for the peer's messages = its first credits
   uint32_t recv_size = 0;   // bytes per receive buffer (a SEND must fit)
   uint32_t mtu = 0;         // request: the path MTU in bytes; accept/reject: the port's MTU
+  // The slot region: its rkey and base are 0 on the wire (a stranger must not learn them); the
+  // accepting side announces them in its first credit message with grants (kCreditRegion), and
+  // the connecting side stores them here.
   uint32_t slot_rkey = 0;   // slots: rkey of the pool region
-  uint64_t slot_base = 0;   // slots: address of pool buffer 0 (0: no slots, Data not accepted)
+  uint64_t slot_base = 0;   // slots: address of pool buffer 0 (0: region not announced yet)
   uint32_t slot_size = 0;   // slots: pool buffer size (a Data frame + 64 must fit)
   uint32_t slot_count = 0;  // slots: pool buffers (grants name buffers below this)
-  uint32_t max_slots = 0;   // slot ids in immediates are below this
+  uint32_t max_slots = 0;   // slot ids in immediates are below this (0: Data not accepted)
   uint32_t reserved = 0;
 };
 static_assert(sizeof(ConnectInfo) == 48, "ConnectInfo is a wire format");
@@ -103,12 +108,16 @@ std::array<std::byte, kConnectInfoSize> EncodeConnectInfo(const ConnectInfo& inf
 // Checks the size, magic and version (the caller checks the values against its own limits).
 Result<ConnectInfo> DecodeConnectInfo(const void* data, size_t len);
 
-// A credit message: SEND WITH IMM (imm = kCreditImm), payload = CreditHeader + count Grants.
+// A credit message: SEND WITH IMM (imm = kCreditImm), payload = CreditHeader, then the Region
+// when flagged, then count Grants.
 inline constexpr uint32_t kCreditImm = 0x43524454;  // "CRDT"
 inline constexpr uint16_t kCreditStarved = 0x1;     // flag: this took the sender's last credit
+inline constexpr uint16_t kCreditRegion = 0x2;      // flag: the slot region follows the header
 inline constexpr size_t kCreditHeaderSize = 8;      // le32 returned, le16 flags, le16 count
+inline constexpr size_t kRegionSize = 16;           // le32 rkey, le32 zero, le64 base address
 inline constexpr size_t kGrantSize = 8;             // le32 slot id, le32 pool buffer index
-inline constexpr uint32_t kMaxGrantsPerMsg = (kSendSlotSize - kCreditHeaderSize) / kGrantSize;
+inline constexpr uint32_t kMaxGrantsPerMsg =
+    (kSendSlotSize - kCreditHeaderSize - kRegionSize) / kGrantSize;
 
 inline uint32_t DataImm(uint32_t slot, uint64_t seq) {
   return slot | (static_cast<uint32_t>(seq) << kImmSlotBits);
@@ -314,7 +323,11 @@ struct Conn {
   uint64_t rx_data_seq = 0;
   std::vector<Ready> ready;  // ring, rq_depth entries (each holds a receive WQE)
   size_t ready_head = 0, ready_count = 0;
-  // Accepted side: the slots it grants.
+  // Accepted side: the slots it grants, once the engine trusts the peer (Transport::Trust), and
+  // the region they live in, announced with the first grants.
+  bool trusted = false;
+  bool region_sent = false;
+  uint32_t slot_rkey = 0;
   std::vector<Slot> slots;
   std::vector<uint32_t> idle_slots;      // ids without a buffer (their buffer is the engine's)
   std::vector<uint32_t> grants_pending;  // granted, not yet announced
@@ -350,6 +363,7 @@ class RdmaTransport final : public Transport, public io::RingHandler {
   size_t SendSpace(ConnId conn) const override;
   size_t Poll(std::span<Completion> out) override;
   void Release(ConnId conn, io::BufferRef buffer) override;
+  void Trust(ConnId conn) override;
   void Close(ConnId conn) override;
   std::string PeerName(ConnId conn) const override;
 

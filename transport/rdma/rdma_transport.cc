@@ -226,13 +226,13 @@ Status CheckPeerInfo(const ConnectInfo& info, bool expect_slots) {
                             info.recv_size, kRecvBufSize);
   }
   if (!expect_slots) return Status::Ok();
-  if (info.slot_base == 0 || info.slot_count == 0 || info.max_slots == 0 ||
-      info.max_slots > kMaxSlots || info.slot_size < proto::kHeaderSize ||
-      uint64_t{info.slot_size} * info.slot_count > UINT64_MAX - info.slot_base) {
+  // The region's rkey and base come later (kCreditRegion), checked then.
+  if (info.slot_rkey != 0 || info.slot_base != 0 || info.slot_count == 0 || info.max_slots == 0 ||
+      info.max_slots > kMaxSlots || info.slot_size < proto::kHeaderSize) {
     return Status::Protocol(
-        "peer advertised an unusable slot region (base 0x{:x}, {} x {} "
-        "bytes, {} slots)",
-        info.slot_base, info.slot_count, info.slot_size, info.max_slots);
+        "peer advertised an unusable slot region (rkey 0x{:x}, base 0x{:x}, {} x {} bytes, {} "
+        "slots)",
+        info.slot_rkey, info.slot_base, info.slot_count, info.slot_size, info.max_slots);
   }
   return Status::Ok();
 }
@@ -776,26 +776,14 @@ void RdmaTransport::OnConnectRequest(rdma_cm_id* id, const std::byte* pdata, siz
   if (!mr.ok()) return reject(RejectReason::kResources, port_mtu, mr.status());
   conn->pool_lkey = (*mr)->lkey;
 
-  // Slots: pool buffers held for the peer's Data frames, at most half of what is free now.
+  // Slots: pool buffers held for the peer's Data frames. None yet: they (and the key to the
+  // pool's memory) are granted when the engine trusts the peer (Trust).
   const uint32_t target = rdma_options_.slots_per_connection;
   conn->slots.resize(target);
   conn->idle_slots.reserve(target);
   conn->grants_pending.reserve(target);
   for (uint32_t s = target; s-- > 0;) conn->idle_slots.push_back(s);
-  size_t take = std::min<size_t>(target, (pool_->available() + 1) / 2);
-  for (size_t i = 0; i < take; ++i) {
-    auto buffer = pool_->TryGet();
-    if (!buffer) break;
-    uint32_t s = conn->idle_slots.back();
-    conn->idle_slots.pop_back();
-    conn->slots[s].buffer = std::move(*buffer);
-    conn->slots[s].granted = true;
-    conn->grants_pending.push_back(s);
-  }
-  if (conn->grants_pending.empty()) {
-    spdlog::warn("rdma: {}: the buffer pool is empty; Data frames wait until buffers free up",
-                 conn->peer);
-  }
+  conn->slot_rkey = (*mr)->rkey;
   Status set_up = SetUpQp(*conn);
   if (!set_up.ok()) return reject(RejectReason::kResources, port_mtu, set_up);
   conn->peer_info = *info;
@@ -805,8 +793,7 @@ void RdmaTransport::OnConnectRequest(rdma_cm_id* id, const std::byte* pdata, siz
   mine.rq_depth = conn->rq_depth;
   mine.recv_size = kRecvBufSize;
   mine.mtu = port_mtu;
-  mine.slot_rkey = (*mr)->rkey;
-  mine.slot_base = reinterpret_cast<uint64_t>(pool_->base());
+  // slot_rkey and slot_base stay 0 here: they go to the peer only once it is trusted.
   mine.slot_size = static_cast<uint32_t>(pool_->buffer_size());
   mine.slot_count = static_cast<uint32_t>(pool_->count());
   mine.max_slots = target;
@@ -831,6 +818,7 @@ void RdmaTransport::OnConnectRequest(rdma_cm_id* id, const std::byte* pdata, siz
 // Takes more slot buffers when the connection got fewer than it wanted and the pool has
 // plenty again (more than half free).
 void RdmaTransport::TopUpSlots(Conn& c) {
+  if (!c.trusted) return;
   while (!c.idle_slots.empty() && pool_->available() > pool_->count() / 2) {
     auto buffer = pool_->TryGet();
     if (!buffer) return;
@@ -841,6 +829,31 @@ void RdmaTransport::TopUpSlots(Conn& c) {
     c.slots[s].announced = false;
     c.grants_pending.push_back(s);
   }
+}
+
+void RdmaTransport::Trust(ConnId id) {
+  Conn* c = Find(id);
+  if (c == nullptr || c->closing || c->role != Role::kAccepted || c->trusted) return;
+  c->trusted = true;
+  // The first slots: at most half of what is free now; TopUpSlots adds more later while the
+  // pool has plenty. The region (rkey, base) goes out with the first credit message that
+  // carries grants.
+  size_t take = std::min<size_t>(c->idle_slots.size(), (pool_->available() + 1) / 2);
+  for (size_t i = 0; i < take; ++i) {
+    auto buffer = pool_->TryGet();
+    if (!buffer) break;
+    uint32_t s = c->idle_slots.back();
+    c->idle_slots.pop_back();
+    c->slots[s].buffer = std::move(*buffer);
+    c->slots[s].granted = true;
+    c->slots[s].announced = false;
+    c->grants_pending.push_back(s);
+  }
+  if (c->grants_pending.empty()) {
+    spdlog::warn("rdma: {}: the buffer pool is empty; Data frames wait until buffers free up",
+                 c->peer);
+  }
+  RequestWake();
 }
 
 // Stops the QP for good: one last pass over the CQ (what completed still counts), then error

@@ -10,13 +10,15 @@
 //     its registered BufferPool; it grants them to the sender in credit messages and re-grants
 //     a slot's buffer when the engine gives it back with Release(). Only the accepting side
 //     (the replica) advertises slots and registers its pool for remote write: Data frames flow
-//     from the connecting side to the accepting side.
+//     from the connecting side to the accepting side. It grants nothing, and tells nothing of
+//     the pool's address or rkey, until the engine calls Trust() (after the handshake and the
+//     key check): the first credit message with grants carries the region (rkey, base).
 //   - Every other frame is a SEND (header + payload, <= 4160 bytes) into receive buffers the
 //     transport posted before connecting/accepting.
 //   - Credit messages (transport-internal SEND WITH IMMEDIATE) return receive-queue credits and
 //     grant slots; no frame is ever sent without a receive posted for it at the peer.
-// rdma_cm private data carries each side's queue sizes, path MTU and slot region (see
-// rdma_internal.h: ConnectInfo). Setup errors name the peer, the device, port, GID and MTU where
+// rdma_cm private data carries each side's queue sizes, path MTU and slot geometry (see
+// rdma_internal.h: ConnectInfo), never the region's rkey or address. Setup errors name the peer, the device, port, GID and MTU where
 // known, and what to check.
 //
 // Ownership: the transport owns every verbs object it creates (event channels, PDs, CQs, QPs,

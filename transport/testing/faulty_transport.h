@@ -42,6 +42,7 @@ class FaultyTransport final : public Transport {
   void Release(ConnId conn, io::BufferRef buffer) override {
     inner_->Release(conn, std::move(buffer));
   }
+  void Trust(ConnId conn) override { inner_->Trust(conn); }
   void Close(ConnId conn) override { inner_->Close(conn); }
   std::string PeerName(ConnId conn) const override { return inner_->PeerName(conn); }
 
