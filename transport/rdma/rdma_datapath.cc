@@ -691,13 +691,7 @@ void RdmaTransport::Release(ConnId id, io::BufferRef buffer) {
     return;
   }
   // The buffer becomes a slot again; the grant goes out with the loop's next Submit/Wait.
-  uint32_t s = c->idle_slots.back();
-  c->idle_slots.pop_back();
-  Slot& slot = c->slots[s];
-  slot.buffer = std::move(buffer);
-  slot.granted = true;
-  slot.announced = false;
-  c->grants_pending.push_back(s);
+  GrantSlot(*c, std::move(buffer));
   RequestWake();
 }
 

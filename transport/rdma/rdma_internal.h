@@ -387,6 +387,7 @@ class RdmaTransport final : public Transport, public io::RingHandler {
   void ArmDevicePoll(Device& device);
   void RequestWake();
   void TopUpSlots(Conn& conn);
+  void GrantSlot(Conn& conn, io::BufferRef buffer);  // needs an idle slot id
 
   // Data path (rdma_datapath.cc).
   Conn* Find(ConnId id) const;

@@ -822,13 +822,19 @@ void RdmaTransport::TopUpSlots(Conn& c) {
   while (!c.idle_slots.empty() && pool_->available() > pool_->count() / 2) {
     auto buffer = pool_->TryGet();
     if (!buffer) return;
-    uint32_t s = c.idle_slots.back();
-    c.idle_slots.pop_back();
-    c.slots[s].buffer = std::move(*buffer);
-    c.slots[s].granted = true;
-    c.slots[s].announced = false;
-    c.grants_pending.push_back(s);
+    GrantSlot(c, std::move(*buffer));
   }
+}
+
+// `buffer` becomes an idle slot of `c`; the grant goes out in the next credit message.
+void RdmaTransport::GrantSlot(Conn& c, io::BufferRef buffer) {
+  uint32_t s = c.idle_slots.back();
+  c.idle_slots.pop_back();
+  Slot& slot = c.slots[s];
+  slot.buffer = std::move(buffer);
+  slot.granted = true;
+  slot.announced = false;
+  c.grants_pending.push_back(s);
 }
 
 void RdmaTransport::Trust(ConnId id) {
@@ -842,12 +848,7 @@ void RdmaTransport::Trust(ConnId id) {
   for (size_t i = 0; i < take; ++i) {
     auto buffer = pool_->TryGet();
     if (!buffer) break;
-    uint32_t s = c->idle_slots.back();
-    c->idle_slots.pop_back();
-    c->slots[s].buffer = std::move(*buffer);
-    c->slots[s].granted = true;
-    c->slots[s].announced = false;
-    c->grants_pending.push_back(s);
+    GrantSlot(*c, std::move(*buffer));
   }
   if (c->grants_pending.empty()) {
     spdlog::warn("rdma: {}: the buffer pool is empty; Data frames wait until buffers free up",
