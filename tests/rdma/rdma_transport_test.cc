@@ -33,12 +33,16 @@
 #include "io/mem/mem_block_device.h"
 #include "io/ring.h"
 #include "transport/rdma/rdma_internal.h"
+#include "transport/testing/events.h"
 #include "transport/testing/faulty_transport.h"
 
 namespace blkmirror::transport {
 namespace {
 
 using namespace std::chrono_literals;
+using test_events::Count;
+using test_events::Event;
+using test_events::Record;
 using Clock = std::chrono::steady_clock;
 
 // LAB_IP0 / LAB_IP1 / LAB_NORDMA_IP, or "" when not in the lab.
@@ -57,34 +61,6 @@ std::string Env(const char* name) {
       }                                                                                \
     }                                                                                  \
   } while (0)
-
-struct Event {
-  CompletionKind kind;
-  ConnId conn;
-  uint64_t tag;
-  int32_t res;
-  proto::RawHeader header;
-  std::vector<std::byte> payload;
-  std::string status;
-};
-
-size_t Count(const std::vector<Event>& events, CompletionKind kind) {
-  return static_cast<size_t>(
-      std::count_if(events.begin(), events.end(), [&](const Event& e) { return e.kind == kind; }));
-}
-
-Event Copy(const Completion& c) {
-  Event e{c.kind, c.conn, c.tag, c.res, c.header, {}, c.status.ok() ? "" : c.status.message()};
-  if (c.kind == CompletionKind::kRecv) {
-    if (c.data) {
-      uint32_t len = proto::DecodePrefix(c.header)->payload_len;
-      e.payload.assign(c.data.data(), c.data.data() + len);
-    } else {
-      e.payload.assign(c.control.begin(), c.control.end());
-    }
-  }
-  return e;
-}
 
 proto::RawHeader DataHeader(uint64_t seq, uint32_t len) {
   proto::Frame f;
@@ -208,7 +184,7 @@ class LoopThread {
       for (;;) {
         size_t n = transport_->Poll(cs);
         for (size_t i = 0; i < n; ++i) {
-          events.push_back(Copy(cs[i]));
+          events.push_back(Record(cs[i]));
           if (cs[i].kind == CompletionKind::kAccepted && config_.trust_on_accept) {
             transport_->Trust(cs[i].conn);
           }
@@ -287,7 +263,7 @@ class RdmaTransportTest : public ::testing::Test {
       size_t n;
       while ((n = client_->Poll(cs)) > 0) {
         for (size_t i = 0; i < n; ++i) {
-          events_.push_back(Copy(cs[i]));
+          events_.push_back(Record(cs[i]));
           if (cs[i].data) client_->Release(cs[i].conn, std::move(cs[i].data));
         }
       }
@@ -319,6 +295,19 @@ class RdmaTransportTest : public ::testing::Test {
       }
       return kNoConn;
     });
+  }
+
+  // A signaled Data frame (sequence `seq`, tag `tag`) of `len` random bytes from `seed`, in a
+  // client pool buffer; the bytes are also copied to *copy for the checks.
+  WorkItem DataItem(ConnId conn, uint64_t seq, uint64_t tag, uint32_t len, uint32_t seed,
+                    std::vector<std::byte>* copy) {
+    WorkItem item;
+    item.conn = conn;
+    item.tag = tag;
+    item.signal = true;
+    item.header = DataHeader(seq, len);
+    item.data = Block(len, seed, copy);
+    return item;
   }
 
   // A pool buffer filled with `len` random bytes (kept until the test ends).
@@ -367,12 +356,7 @@ TEST_F(RdmaTransportTest, FramesGoBothWaysInOrderWithTheirPayloads) {
   texts.reserve(8);
   for (uint64_t i = 0; i < sent.size(); ++i) {
     uint32_t len = 1 + rng() % (64 << 10);
-    WorkItem item;
-    item.conn = conn;
-    item.tag = i;
-    item.signal = true;
-    item.header = DataHeader(i, len);
-    item.data = Block(len, static_cast<uint32_t>(i), &sent[i]);
+    WorkItem item = DataItem(conn, i, i, len, static_cast<uint32_t>(i), &sent[i]);
     batch.push_back(item);
     if (i % 5 == 4) {
       texts.push_back("control " + std::to_string(i));
@@ -473,12 +457,7 @@ TEST_F(RdmaTransportTest, DataWaitsForCreditsAndAllArrivesInOrder) {
   std::vector<WorkItem> items;
   for (uint64_t i = 0; i < sent.size(); ++i) {
     uint32_t len = 32 << 10;
-    WorkItem item;
-    item.conn = conn;
-    item.tag = i;
-    item.signal = true;
-    item.header = DataHeader(i, len);
-    item.data = Block(len, 100 + static_cast<uint32_t>(i), &sent[i]);
+    WorkItem item = DataItem(conn, i, i, len, 100 + static_cast<uint32_t>(i), &sent[i]);
     items.push_back(item);
   }
   ASSERT_TRUE(client_->Post(items).ok());  // all at once: 26 of them wait for slots
@@ -523,12 +502,7 @@ TEST_F(RdmaTransportTest, AnUntrustedPeerGetsNoSlotUntilTrusted) {
   const std::string hello = "hello before trust";  // outlives the Post
   items.push_back(TextItem(conn, hello, 100, true));
   for (uint64_t i = 0; i < sent.size(); ++i) {
-    WorkItem item;
-    item.conn = conn;
-    item.tag = i;
-    item.signal = true;
-    item.header = DataHeader(i, 16 << 10);
-    item.data = Block(16 << 10, 900 + static_cast<uint32_t>(i), &sent[i]);
+    WorkItem item = DataItem(conn, i, i, 16 << 10, 900 + static_cast<uint32_t>(i), &sent[i]);
     items.push_back(item);
   }
   ASSERT_TRUE(client_->Post(items).ok());
@@ -653,12 +627,7 @@ TEST_F(RdmaTransportTest, PeerTornDownMidStreamCancelsAndCloses) {
   std::vector<std::vector<std::byte>> sent(20);
   std::vector<WorkItem> items;
   for (uint64_t i = 0; i < sent.size(); ++i) {
-    WorkItem item;
-    item.conn = conn;
-    item.tag = i;
-    item.signal = true;
-    item.header = DataHeader(i, 16 << 10);
-    item.data = Block(16 << 10, static_cast<uint32_t>(i), &sent[i]);
+    WorkItem item = DataItem(conn, i, i, 16 << 10, static_cast<uint32_t>(i), &sent[i]);
     items.push_back(item);
   }
   ASSERT_TRUE(client_->Post(items).ok());
@@ -700,12 +669,7 @@ TEST_F(RdmaTransportTest, ServerClosingMidStreamIsReportedAfterItsLastFrames) {
   std::vector<std::vector<std::byte>> sent(10);
   std::vector<WorkItem> items;
   for (uint64_t i = 0; i < sent.size(); ++i) {
-    WorkItem item;
-    item.conn = conn;
-    item.tag = i;
-    item.signal = true;
-    item.header = DataHeader(i, 8 << 10);
-    item.data = Block(8 << 10, static_cast<uint32_t>(i), &sent[i]);
+    WorkItem item = DataItem(conn, i, i, 8 << 10, static_cast<uint32_t>(i), &sent[i]);
     items.push_back(item);
   }
   ASSERT_TRUE(client_->Post(items).ok());
@@ -863,12 +827,8 @@ TEST_F(RdmaTransportTest, TwoConnectionsShareTheDevice) {
       RunUntilServer([&] { return Count(server_->events, CompletionKind::kAccepted) == 2; }));
   std::vector<std::vector<std::byte>> sent(40);
   for (uint64_t i = 0; i < sent.size(); ++i) {
-    WorkItem item;
-    item.conn = i % 2 == 0 ? *a : *b;
-    item.tag = i;
-    item.signal = true;
-    item.header = DataHeader(i / 2, 16 << 10);
-    item.data = Block(16 << 10, 500 + static_cast<uint32_t>(i), &sent[i]);
+    WorkItem item = DataItem(i % 2 == 0 ? *a : *b, i / 2, i, 16 << 10,
+                             500 + static_cast<uint32_t>(i), &sent[i]);
     ASSERT_TRUE(client_->Post(std::span(&item, 1)).ok());
   }
   ASSERT_TRUE(RunUntilServer([&] { return Count(server_->events, CompletionKind::kRecv) == 40; }));

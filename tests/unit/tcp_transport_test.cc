@@ -10,9 +10,14 @@
 
 #include "io/ring.h"
 #include "transport/registry.h"
+#include "transport/testing/events.h"
 
 namespace blkmirror::transport {
 namespace {
+
+using test_events::Count;
+using test_events::Event;
+using test_events::Record;
 
 class TcpTransportTest : public ::testing::TestWithParam<bool> {
  protected:
@@ -45,40 +50,15 @@ class TcpTransportTest : public ::testing::TestWithParam<bool> {
     return false;
   }
 
-  struct Event {
-    CompletionKind kind;
-    ConnId conn;
-    uint64_t tag;
-    int32_t res;
-    proto::RawHeader header;
-    std::vector<std::byte> payload;
-    std::string status;
-  };
-
   void Collect(Transport& t, std::vector<Event>& events) {
     std::array<Completion, 16> cs;
     size_t n;
     while ((n = t.Poll(cs)) > 0) {
       for (size_t i = 0; i < n; ++i) {
-        Completion& c = cs[i];
-        Event e{c.kind, c.conn, c.tag, c.res, c.header, {}, c.status.message()};
-        if (c.kind == CompletionKind::kRecv) {
-          if (c.data) {
-            uint32_t len = proto::DecodePrefix(c.header)->payload_len;
-            e.payload.assign(c.data.data(), c.data.data() + len);
-            t.Release(c.conn, std::move(c.data));
-          } else {
-            e.payload.assign(c.control.begin(), c.control.end());
-          }
-        }
-        events.push_back(std::move(e));
+        events.push_back(Record(cs[i]));
+        if (cs[i].data) t.Release(cs[i].conn, std::move(cs[i].data));
       }
     }
-  }
-
-  size_t Count(const std::vector<Event>& events, CompletionKind kind) {
-    return std::count_if(events.begin(), events.end(),
-                         [&](const Event& e) { return e.kind == kind; });
   }
 
   ConnId Accepted() {

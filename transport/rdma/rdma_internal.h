@@ -105,6 +105,8 @@ static_assert(sizeof(ConnectInfo) == 48, "ConnectInfo is a wire format");
 inline constexpr size_t kConnectInfoSize = 48;
 
 std::array<std::byte, kConnectInfoSize> EncodeConnectInfo(const ConnectInfo& info);
+// rdma_connect / rdma_accept parameters carrying `pdata` (which must outlive the call).
+rdma_conn_param ConnParam(const std::array<std::byte, kConnectInfoSize>& pdata);
 // Checks the size, magic and version (the caller checks the values against its own limits).
 Result<ConnectInfo> DecodeConnectInfo(const void* data, size_t len);
 

@@ -288,6 +288,18 @@ std::array<std::byte, kConnectInfoSize> EncodeConnectInfo(const ConnectInfo& inf
   return out;
 }
 
+// The connection parameters both ends use (connect and accept), carrying `pdata`.
+rdma_conn_param ConnParam(const std::array<std::byte, kConnectInfoSize>& pdata) {
+  rdma_conn_param param{};
+  param.private_data = pdata.data();
+  param.private_data_len = static_cast<uint8_t>(pdata.size());
+  param.responder_resources = 1;
+  param.initiator_depth = 1;
+  param.retry_count = 7;
+  param.rnr_retry_count = 7;  // credits make RNR impossible; never turn a slip into an error
+  return param;
+}
+
 Result<ConnectInfo> DecodeConnectInfo(const void* data, size_t len) {
   if (data == nullptr || len < kConnectInfoSize) {
     return Status::Protocol(
@@ -616,13 +628,7 @@ Result<ConnId> RdmaTransport::Connect(const Endpoint& peer, std::chrono::millise
   mine.recv_size = kRecvBufSize;
   mine.mtu = path_mtu;
   auto pdata = EncodeConnectInfo(mine);
-  rdma_conn_param param{};
-  param.private_data = pdata.data();
-  param.private_data_len = static_cast<uint8_t>(pdata.size());
-  param.responder_resources = 1;
-  param.initiator_depth = 1;
-  param.retry_count = 7;
-  param.rnr_retry_count = 7;  // credits make RNR impossible; never turn a slip into an error
+  rdma_conn_param param = ConnParam(pdata);
   if (rdma_connect(id, &param) != 0)
     return errno_fail(errno, "rdma_connect", " (" + conn->path + ")");
   ev = WaitEvent(setup.get(), deadline, "the peer to accept (is its event loop running?)");
@@ -798,13 +804,7 @@ void RdmaTransport::OnConnectRequest(rdma_cm_id* id, const std::byte* pdata, siz
   mine.slot_count = static_cast<uint32_t>(pool_->count());
   mine.max_slots = target;
   auto bytes = EncodeConnectInfo(mine);
-  rdma_conn_param param{};
-  param.private_data = bytes.data();
-  param.private_data_len = static_cast<uint8_t>(bytes.size());
-  param.responder_resources = 1;
-  param.initiator_depth = 1;
-  param.retry_count = 7;
-  param.rnr_retry_count = 7;
+  rdma_conn_param param = ConnParam(bytes);
   if (rdma_accept(id, &param) != 0) {
     int err = errno;
     spdlog::warn("rdma: accepting {} failed: rdma_accept: {} ({})", conn->peer, std::strerror(err),

@@ -6,31 +6,14 @@
 # --transport rdma to that address is a clear error.
 set -euo pipefail
 . "$LAB_REPO/scripts/lab.d/lib.sh"
+. "$LAB_REPO/scripts/lab.d/cli.sh"
 require_lab_rdma
 lab_defaults
-bin=$LAB_REPO/build/release/blkmirror
-[ -x "$bin" ] || { echo "$bin is missing: build it on the host first (scripts/build)"; exit 1; }
-tmp=$(mktemp -d /tmp/cli-rdma.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-fail() { echo "FAIL: $*"; for f in "$tmp"/*.log; do echo "--- $f"; tail -n 15 "$f"; done; exit 1; }
-
-serve() {  # serve NAME IP PORT
-  "$bin" serve --listen "$2:$3" --target "$tmp/$1.img" --insecure --pool-size 64M \
-    > "$tmp/$1.out" 2> "$tmp/$1.log" &
-  pids+=($!)
-  for _ in $(seq 100); do grep -q '^listening tcp' "$tmp/$1.out" 2>/dev/null && return 0; sleep 0.1; done
-  fail "serve $1 did not start"
-}
-push() {  # push NAME ARGS...: JSON in $tmp/NAME.json
-  local name=$1; shift
-  "$bin" push --no-progress --json --bind "$LAB_IP0" "$@" > "$tmp/$name.json" 2> "$tmp/$name-push.log"
-}
-j() { jq -r "$2" "$tmp/$1.json"; }
+cli_setup cli-rdma
+trap kill_pids EXIT
 
 head -c $((32 << 20)) /dev/urandom > "$tmp/src"
-serve r "$LAB_IP1" 7000
+serve r "$LAB_IP1" 7000 --insecure
 grep -q "^listening rdma $LAB_IP1:7000" "$tmp/r.out" || fail "serve does not listen over rdma: $(cat "$tmp/r.out")"
 
 echo "--- push --transport rdma"
@@ -48,7 +31,7 @@ push auto --source "$tmp/src2" --peer "$LAB_IP1:7000" --meta-dir "$tmp/m2" || fa
 cmp "$tmp/src2" "$tmp/r.img" || fail "the replica differs (auto)"
 
 echo "--- --transport auto to an address without RDMA falls back to TCP"
-serve n "$LAB_NORDMA_IP" 7001
+serve n "$LAB_NORDMA_IP" 7001 --insecure
 grep -q "^listening rdma" "$tmp/n.out" && fail "serve claims rdma on $LAB_NORDMA_IP"
 grep -q "not serving rdma" "$tmp/n.log" || fail "serve did not say why it does not serve rdma"
 push fb --source "$tmp/src" --peer "$LAB_NORDMA_IP:7001" --meta-dir "$tmp/m3" || fail "push with fallback"

@@ -6,36 +6,22 @@
 # timeout, --quorum 1 with a second, TCP peer, completes).
 set -euo pipefail
 . "$LAB_REPO/scripts/lab.d/lib.sh"
+. "$LAB_REPO/scripts/lab.d/cli.sh"
 require_lab_rdma
 lab_defaults
-bin=$LAB_REPO/build/release/blkmirror
-[ -x "$bin" ] || { echo "$bin is missing: build it on the host first (scripts/build)"; exit 1; }
-tmp=$(mktemp -d /tmp/fail-rdma.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; ip link set veth1 up 2>/dev/null || true; }
+cli_setup fail-rdma
+cleanup() { kill_pids; ip link set veth1 up 2>/dev/null || true; }
 trap cleanup EXIT
-fail() { echo "FAIL: $*"; for f in "$tmp"/*.log; do echo "--- $f"; tail -n 12 "$f"; done; exit 1; }
 "$bin" keygen "$tmp/key" > /dev/null
 "$bin" keygen "$tmp/other" > /dev/null
 
-serve() {  # serve NAME IP PORT ARGS... ; sets SPID
-  "$bin" serve --listen "$2:$3" --target "$tmp/$1.img" --pool-size 64M "${@:4}" \
-    > "$tmp/$1.out" 2> "$tmp/$1.log" &
-  SPID=$!
-  pids+=("$SPID")
-  for _ in $(seq 100); do grep -q '^listening tcp' "$tmp/$1.out" 2>/dev/null && return 0; sleep 0.1; done
-  fail "serve $1 did not start"
-}
-push() {  # push NAME ARGS...
-  local name=$1; shift
-  "$bin" push --no-progress --json --bind "$LAB_IP0" --transport rdma "$@" > "$tmp/$name.json" 2> "$tmp/$name-push.log"
-}
-j() { jq -r "$2" "$tmp/$1.json"; }
+# Every push here goes over RDMA.
+push_rdma() { local name=$1; shift; push "$name" --transport rdma "$@"; }
 head -c $((24 << 20)) /dev/urandom > "$tmp/src"
 
 echo "--- CRC faults over RDMA"
 serve crc "$LAB_IP1" 7100 --key-file "$tmp/key" --test-fault flip-rx-data:every=4
-push crc --source "$tmp/src" --peer "$LAB_IP1:7100" --key-file "$tmp/key" --meta-dir "$tmp/m-crc" || fail "push with CRC faults"
+push_rdma crc --source "$tmp/src" --peer "$LAB_IP1:7100" --key-file "$tmp/key" --meta-dir "$tmp/m-crc" || fail "push with CRC faults"
 [ "$(j crc .transport)" = rdma ] || fail "transport $(j crc .transport)"
 [ "$(j crc .crc_mismatches)" -ge 5 ] || fail "crc_mismatches $(j crc .crc_mismatches)"
 [ "$(j crc .retransmits)" = "$(j crc .crc_mismatches)" ] || fail "retransmits != mismatches"
@@ -44,7 +30,7 @@ echo "CRC faults: $(j crc .crc_mismatches) mismatches, all resent, replica ident
 
 echo "--- wrong key over RDMA"
 cp "$tmp/crc.img" "$tmp/before"
-rc=0; push wrongkey --source "$tmp/src" --peer "$LAB_IP1:7100" --key-file "$tmp/other" --meta-dir "$tmp/m-wk" || rc=$?
+rc=0; push_rdma wrongkey --source "$tmp/src" --peer "$LAB_IP1:7100" --key-file "$tmp/other" --meta-dir "$tmp/m-wk" || rc=$?
 [ "$rc" = 3 ] || fail "wrong key exited $rc"
 grep -q "authentication failed" "$tmp/wrongkey-push.log" || fail "$(tail -n 2 "$tmp/wrongkey-push.log")"
 cmp "$tmp/before" "$tmp/crc.img" || fail "the replica changed under a wrong key"
@@ -62,7 +48,7 @@ rc=0; wait "$ppid" || rc=$?
 [ "$rc" = 3 ] || fail "push whose replica died exited $rc"
 grep -q "lost replica" "$tmp/k1-push.log" || fail "$(tail -n 2 "$tmp/k1-push.log")"
 serve k "$LAB_IP1" 7200 --key-file "$tmp/key"
-push k2 --source "$tmp/src" --peer "$LAB_IP1:7200" --key-file "$tmp/key" --meta-dir "$tmp/m-k" || fail "push after restart"
+push_rdma k2 --source "$tmp/src" --peer "$LAB_IP1:7200" --key-file "$tmp/key" --meta-dir "$tmp/m-k" || fail "push after restart"
 [ "$(j k2 .resumed)" = true ] || fail "did not resume"
 [ "$(j k2 .bytes_sent)" -lt $((24 << 20)) ] || fail "resent everything: $(j k2 .bytes_sent)"
 cmp "$tmp/src" "$tmp/k.img" || fail "the replica differs after the restart"

@@ -1,0 +1,31 @@
+# Shared by the lab suites that drive the blkmirror CLI in the guest (suite.d/60-, 70-): sourced
+# after lib.sh. cli_setup NAME sets bin, tmp (a fresh /tmp/NAME.XXXXXX) and pids; then:
+#   serve NAME IP PORT ARGS...   starts `blkmirror serve` on IP:PORT into $tmp/NAME.img, waits until
+#                                it listens, sets SPID; output in $tmp/NAME.out, log in $tmp/NAME.log
+#   push NAME ARGS...            `blkmirror push --json` from LAB_IP0; JSON in $tmp/NAME.json
+#   j NAME JQ                    a field of $tmp/NAME.json
+#   fail MESSAGE                 prints it and the tail of every log, exits 1
+#   kill_pids                    stops every process started by serve
+# shellcheck shell=bash
+
+cli_setup() {
+    bin=$LAB_REPO/build/release/blkmirror
+    [ -x "$bin" ] || { echo "$bin is missing: build it on the host first (scripts/build)"; exit 1; }
+    tmp=$(mktemp -d "/tmp/$1.XXXXXX")
+    pids=()
+}
+kill_pids() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+fail() { echo "FAIL: $*"; for f in "$tmp"/*.log; do echo "--- $f"; tail -n 15 "$f"; done; exit 1; }
+serve() {
+    "$bin" serve --listen "$2:$3" --target "$tmp/$1.img" --pool-size 64M "${@:4}" \
+        > "$tmp/$1.out" 2> "$tmp/$1.log" &
+    SPID=$!
+    pids+=("$SPID")
+    for _ in $(seq 100); do grep -q '^listening tcp' "$tmp/$1.out" 2>/dev/null && return 0; sleep 0.1; done
+    fail "serve $1 did not start"
+}
+push() {
+    local name=$1; shift
+    "$bin" push --no-progress --json --bind "$LAB_IP0" "$@" > "$tmp/$name.json" 2> "$tmp/$name-push.log"
+}
+j() { jq -r "$2" "$tmp/$1.json"; }
