@@ -45,6 +45,7 @@ struct PushArgs {
   std::string key_file;
   std::string test_fault;
   std::string test_source_fault;
+  std::string test_hold_at;  // hold the push once this many bytes are acked, until SIGUSR1
   bool tcp_zerocopy = false;
   std::string bind;  // local address to connect from
 };

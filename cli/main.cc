@@ -75,6 +75,8 @@ int main(int argc, char** argv) {
   p->add_option("--test-fault", push.test_fault, "TEST ONLY: inject faults")->group("");
   p->add_option("--test-source-fault", push.test_source_fault, "TEST ONLY: source faults")
       ->group("");
+  p->add_option("--test-hold-at", push.test_hold_at, "TEST ONLY: hold at BYTES until SIGUSR1")
+      ->group("");
   p->add_flag("--tcp-zerocopy", push.tcp_zerocopy, "send with SENDMSG_ZC (experimental)")
       ->group("");
 

@@ -1,9 +1,11 @@
 // `blkmirror push`: read the source with io_uring into pool buffers and replicate its blocks to
 // the peers through the Replicator, at the ack level asked for. With metadata from an earlier
 // push (a dirty bitmap per replica), only the blocks a replica may be missing are sent to it.
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <bit>
 #include <cstdio>
 
@@ -46,6 +48,10 @@ struct PushReport {
   uint64_t wait_reads_ns = 0;  // window open, nothing read yet: waiting for the source
 };
 
+// --test-hold-at: set by SIGUSR1, which releases a held push.
+std::atomic<bool> g_hold_released{false};
+void OnReleaseHold(int) { g_hold_released.store(true); }
+
 // Reads the source's dirty blocks into buffers (as many reads in flight as buffers allow) and
 // feeds them to the Replicator, each to the live peers whose bitmap has it dirty.
 class PushLoop {
@@ -61,16 +67,25 @@ class PushLoop {
     batch_.reserve(pool.count());
   }
 
+  // Test hook (--test-hold-at): once `bytes` are acked, submit nothing more until SIGUSR1, so a
+  // test can break something at a known point in the middle of a push.
+  void HoldAt(uint64_t bytes) { hold_at_ = bytes; }
+
   Status Run(PushReport& report) {
     uint64_t start = NowNs();
     for (;;) {
       RETURN_IF_ERROR(rep_.failure());
+      if (hold_at_ > 0 && !held_ && report.bytes >= hold_at_) {
+        held_ = true;
+        spdlog::warn("TEST HOLD: {} bytes acked; holding until SIGUSR1", report.bytes);
+      }
+      const bool holding = held_ && !g_hold_released.load();
       size_t events = 0;
-      RETURN_IF_ERROR(IssueReads(report));
-      events += batch_.size();
+      if (!holding) RETURN_IF_ERROR(IssueReads(report));
+      events += holding ? 0 : batch_.size();
       ASSIGN_OR_RETURN(size_t reaped, ReapReads());
       events += reaped;
-      while (ready_count_ > 0 && rep_.CanSubmit()) {
+      while (!holding && ready_count_ > 0 && rep_.CanSubmit()) {
         uint32_t si = ready_[ready_head_];
         Slot& s = slots_[si];
         ready_head_ = (ready_head_ + 1) % ready_.size();
@@ -198,6 +213,8 @@ class PushLoop {
   uint64_t blocks_;
   std::vector<engine::DirtyBitmap*> bitmaps_;
   Progress& progress_;
+  uint64_t hold_at_ = 0;
+  bool held_ = false;
   uint64_t next_block_ = 0;
   uint64_t submitted_ = 0;
   std::vector<Slot> slots_;
@@ -275,6 +292,19 @@ int RunReplication(const ReplicationPlan& plan) {
   }
   auto timeout = ParseDuration(args.peer_timeout);
   if (!timeout.ok()) return fail(timeout.status().Context("--peer-timeout"), kExitUsage);
+  std::optional<uint64_t> hold_at;
+  if (!args.test_hold_at.empty()) {
+    auto bytes = ParseSize(args.test_hold_at);
+    if (!bytes.ok() || *bytes == 0) {
+      return fail(Status::Invalid("--test-hold-at '{}': expected a size above 0",
+                                  args.test_hold_at),
+                  kExitUsage);
+    }
+    hold_at = *bytes;
+    spdlog::warn("TEST HOLD ACTIVE: the push stops at {} bytes acked until SIGUSR1 (never use "
+                 "this in production)",
+                 *hold_at);
+  }
   std::vector<transport::Endpoint> endpoints;
   for (const std::string& p : args.peers) {
     auto ep = transport::Endpoint::Parse(p);
@@ -455,6 +485,12 @@ int RunReplication(const ReplicationPlan& plan) {
   Progress progress(cmd, dirty_bytes, show);
   PushReport report;
   PushLoop push(*loop->ring, *loop->pool, **source, **rep, bs, bitmap_ptrs, progress);
+  if (hold_at) {
+    struct sigaction sa {};
+    sa.sa_handler = OnReleaseHold;
+    sigaction(SIGUSR1, &sa, nullptr);
+    push.HoldAt(*hold_at);
+  }
   Status result = push.Run(report);
   progress.Finish();
   push.Drain();

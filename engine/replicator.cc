@@ -380,6 +380,9 @@ class Replicator::Impl {
   };
 
   void SendData(Peer& p, PeerWrite& pw) {
+    // A failed Replicator sends nothing more (its connections are closing; a resend of a
+    // block NACKed before the failure would only fail again on the closed connection).
+    if (!failure_.ok()) return;
     const Write& w = writes_[pw.write];
     proto::Frame f;
     f.flags = static_cast<uint16_t>(wire_level_) | (pw.retries > 0 ? proto::kDataResend : 0);

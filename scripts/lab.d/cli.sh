@@ -3,6 +3,10 @@
 #   serve NAME IP PORT ARGS...   starts `blkmirror serve` on IP:PORT into $tmp/NAME.img, waits until
 #                                it listens, sets SPID; output in $tmp/NAME.out, log in $tmp/NAME.log
 #   push NAME ARGS...            `blkmirror push --json` from LAB_IP0; JSON in $tmp/NAME.json
+#   push_held NAME BYTES ARGS... `blkmirror push --json --test-hold-at BYTES` in the background:
+#                                it stops once BYTES are acked until `release_push`; sets PPID_PUSH
+#                                and returns once the push holds (fails if it ends first)
+#   release_push                 lets the held push go on (SIGUSR1)
 #   j NAME JQ                    a field of $tmp/NAME.json
 #   fail MESSAGE                 prints it and the tail of every log, exits 1
 #   kill_pids                    stops every process started by serve
@@ -28,4 +32,17 @@ push() {
     local name=$1; shift
     "$bin" push --no-progress --json --bind "$LAB_IP0" "$@" > "$tmp/$name.json" 2> "$tmp/$name-push.log"
 }
+push_held() {
+    local name=$1 bytes=$2; shift 2
+    "$bin" push --no-progress --json --bind "$LAB_IP0" --test-hold-at "$bytes" "$@" \
+        > "$tmp/$name.json" 2> "$tmp/$name-push.log" &
+    PPID_PUSH=$!
+    for _ in $(seq 1200); do
+        grep -q "TEST HOLD: " "$tmp/$name-push.log" 2>/dev/null && return 0
+        kill -0 "$PPID_PUSH" 2>/dev/null || fail "push $name ended before it reached $bytes bytes"
+        sleep 0.05
+    done
+    fail "push $name did not reach $bytes bytes in 60 s"
+}
+release_push() { kill -USR1 "$PPID_PUSH"; }
 j() { jq -r "$2" "$tmp/$1.json"; }

@@ -141,15 +141,24 @@ push_bg() {
   PIDS+=("$PUSH_PID")
 }
 
-# wait_bytes FILE BYTES [SECONDS]: until FILE's allocated size reaches BYTES (the replica's
-# progress), or fail.
-wait_bytes() {
-  for _ in $(seq $((${3:-30} * 20))); do
-    [ "$(du -B1 "$1" 2>/dev/null | cut -f1)" -ge "$2" ] 2>/dev/null && return 0
+# push_held BYTES [ARGS...]: push in the background with --test-hold-at BYTES: it stops once
+# BYTES are acked, until release_push. Returns once it holds (fails if the push ended first), so
+# what a test breaks next happens in the middle of the push, whatever the machine's speed. Sets
+# PUSH_PID.
+push_held() {
+  local bytes=$1; shift
+  "$BLKMIRROR" push --no-progress --json --test-hold-at "$bytes" "$@" > "$TEST_TMP/push.json" \
+    2> "$TEST_TMP/push.log" &
+  PUSH_PID=$!
+  PIDS+=("$PUSH_PID")
+  for _ in $(seq 1200); do
+    grep -q "TEST HOLD: " "$TEST_TMP/push.log" 2>/dev/null && return 0
+    kill -0 "$PUSH_PID" 2>/dev/null || fail "the push ended before it reached $bytes bytes: $(tail -n 3 "$TEST_TMP/push.log")"
     sleep 0.05
   done
-  fail "$1 did not reach $2 bytes"
+  fail "the push did not reach $bytes bytes in 60 s"
 }
+release_push() { kill -USR1 "$PUSH_PID"; }
 
 # dirty_covers_diffs: every range `verify` found differing lies within the blocks the primary's
 # bitmap still has dirty for that replica (what was acked durable is on the replica).

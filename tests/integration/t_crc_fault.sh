@@ -4,17 +4,24 @@
 # every time fails the push with its offset named, and is never written.
 source "$(dirname "$0")/lib.sh"
 random_file "$TEST_TMP/src" $((64 << 20))
-step "every 5th block corrupted once"
+step "every 5th block corrupted once (its first transmission)"
 serve r "$TEST_TMP/rep" --once --test-fault flip-rx-data:every=5
 push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" || fail "push: $(cat "$TEST_TMP/push.log")"
 wait_exit "$PID_r"
 same "$TEST_TMP/src" "$TEST_TMP/rep"
 n=$(json .crc_mismatches)
-[ "$n" -ge 12 ] || fail "expected at least 12 CRC mismatches, got $n"
+[ "$n" = 12 ] || fail "expected exactly 12 CRC mismatches (blocks 4, 9, ..., 59 of 64), got $n"
 [ "$(json .retransmits)" = "$n" ] || fail "retransmits $(json .retransmits) != mismatches $n"
 [ "$(json '.peers[0].crc_mismatches')" = "$n" ] || fail "per-peer count"
 [ "$(grep -c 'TEST FAULT: flipped' "$TEST_TMP/serve-r.log")" = "$n" ] || fail "injected faults != counted"
 expect_in "$TEST_TMP/serve-r.log" "not written, asking for a resend"
+
+step "every 8th block corrupted on its first 5 tries: the 6th and last allowed try arrives"
+serve t "$TEST_TMP/rep3" --once --test-fault flip-rx-data:every=8,tries=5
+push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_t" || fail "push: $(tail -n 3 "$TEST_TMP/push.log")"
+wait_exit "$PID_t"
+same "$TEST_TMP/src" "$TEST_TMP/rep3"
+[ "$(json .crc_mismatches)" = 40 ] || fail "expected 8 blocks x 5 mismatches, got $(json .crc_mismatches)"
 
 step "one block corrupted every time"
 bad=$((3 << 20))

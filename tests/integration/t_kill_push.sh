@@ -5,9 +5,8 @@ source "$(dirname "$0")/lib.sh"
 netns_peer r 1 600mbit
 random_file "$TEST_TMP/src" $((256 << 20))
 serve_in "$NS_r" r "$TEST_TMP/rep" "$IP_r" --insecure
-push_bg --source "$TEST_TMP/src" --peer "$IP_r:7000" --peer-timeout 2s
-wait_bytes "$TEST_TMP/rep" $((150 << 20))
-step "kill -9 push"
+push_held 150M --source "$TEST_TMP/src" --peer "$IP_r:7000" --peer-timeout 2s
+step "kill -9 push (held at 150 MiB acked)"
 kill -9 "$PUSH_PID"
 wait "$PUSH_PID" 2>/dev/null || true
 step "push again"

@@ -1,16 +1,16 @@
 #!/bin/bash
 # kill -9 of serve in the middle of a 256 MiB push (over a shaped veth link into a network
-# namespace, so the push takes seconds), then a restart: every block the primary saw acked
+# namespace; the push holds at 150 MiB acked while serve is killed), then a restart: every block the primary saw acked
 # durable reads back right, the next push resends only the dirty blocks, the copies match.
 source "$(dirname "$0")/lib.sh"
 netns_peer r 1 600mbit
 "$BLKMIRROR" keygen "$TEST_TMP/key" > /dev/null
 random_file "$TEST_TMP/src" $((256 << 20))
 serve_in "$NS_r" r "$TEST_TMP/rep" "$IP_r" --key-file "$TEST_TMP/key"
-push_bg --source "$TEST_TMP/src" --peer "$IP_r:7000" --key-file "$TEST_TMP/key" --peer-timeout 2s
-wait_bytes "$TEST_TMP/rep" $((150 << 20))
+push_held 150M --source "$TEST_TMP/src" --peer "$IP_r:7000" --key-file "$TEST_TMP/key" --peer-timeout 2s
 step "kill -9 serve"
 kill -9 "$PID_r"
+release_push
 rc=0; wait "$PUSH_PID" || rc=$?
 [ "$rc" = 3 ] || fail "push should fail when its only replica dies (exit $rc)"
 expect_in "$TEST_TMP/push.log" "lost replica $IP_r:7000"

@@ -13,9 +13,9 @@ serve_in "$NS_b" b "$TEST_TMP/rep-b" "$IP_b" --insecure
 peers=(--peer "$IP_a:7000" --peer "$IP_b:7000")
 
 step "partition b during a push with --quorum 1"
-push_bg --source "$TEST_TMP/src" "${peers[@]}" --quorum 1 --peer-timeout 2s
-wait_bytes "$TEST_TMP/rep-b" $((40 << 20))
+push_held 40M --source "$TEST_TMP/src" "${peers[@]}" --quorum 1 --peer-timeout 2s
 ip link set "$IF_b" down
+release_push
 rc=0; wait "$PUSH_PID" || rc=$?
 [ "$rc" = 0 ] || fail "push with --quorum 1 should complete on a: exit $rc: $(tail -n 3 "$TEST_TMP/push.log")"
 [ "$(json '.peers[0].state')" = in_sync ] || fail "a: $(json '.peers[0].state')"
@@ -43,9 +43,9 @@ same "$TEST_TMP/src" "$TEST_TMP/rep-b"
 
 step "partition with the default quorum (all): the push fails clearly"
 random_file "$TEST_TMP/src2" $((192 << 20))
-push_bg --source "$TEST_TMP/src2" "${peers[@]}" --peer-timeout 2s --meta-dir "$TEST_TMP/meta2"
-sleep 1  # 192 MiB over 600 Mbit/s take more than 2.5 s
+push_held 32M --source "$TEST_TMP/src2" "${peers[@]}" --peer-timeout 2s --meta-dir "$TEST_TMP/meta2"
 ip link set "$IF_b" down
+release_push
 rc=0; wait "$PUSH_PID" || rc=$?
 [ "$rc" = 3 ] || fail "push without quorum should fail: exit $rc"
 expect_in "$TEST_TMP/push.log" "the quorum needs 2"

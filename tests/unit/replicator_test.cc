@@ -299,13 +299,31 @@ TEST_F(ReplicatorTest, CorruptedBlocksAreNackedResentAndNeverWritten) {
   ASSERT_TRUE(s.ok()) << s.message();
   CloseAll();
   EXPECT_TRUE(Equal(r.device->contents(), data));
-  ASSERT_GT(r.faulty->faults_injected(), 5u);
+  // The first transmission of seqs 2, 5, ..., 29: exactly 10, whatever the timing.
+  ASSERT_EQ(r.faulty->faults_injected(), 10u);
   auto stats = rep_->stats();
-  EXPECT_EQ(stats[0].crc_mismatches, r.faulty->faults_injected());
-  EXPECT_EQ(stats[0].retransmits, r.faulty->faults_injected());
-  EXPECT_EQ(r.server->stats().crc_mismatches, r.faulty->faults_injected());
+  EXPECT_EQ(stats[0].crc_mismatches, 10u);
+  EXPECT_EQ(stats[0].retransmits, 10u);
+  EXPECT_EQ(r.server->stats().crc_mismatches, 10u);
   // A corrupted block is never written: one write per block, no more.
   EXPECT_EQ(r.device->writes(), 30u);
+}
+
+TEST_F(ReplicatorTest, ABlockRejectedUpToItsLastAllowedTryStillArrives) {
+  auto data = RandomBytes(12 * (16 << 10), 14);
+  // Every 4th block fails 3 times, and max_retries is 3: the 4th transmission is the last one
+  // allowed, and it arrives intact.
+  Replica& r = AddReplica(data.size(), 64 << 10, "flip-rx-data:every=4,tries=3");
+  auto o = Options(data.size(), AckLevel::kDurable);
+  o.max_retries = 3;
+  ASSERT_TRUE(StartPrimary(o).ok());
+  Status s = Push(data);
+  ASSERT_TRUE(s.ok()) << s.message();
+  CloseAll();
+  EXPECT_TRUE(Equal(r.device->contents(), data));
+  ASSERT_EQ(r.faulty->faults_injected(), 9u);  // seqs 3, 7, 11, three times each
+  EXPECT_EQ(rep_->stats()[0].retransmits, 9u);
+  EXPECT_EQ(r.device->writes(), 12u);
 }
 
 TEST_F(ReplicatorTest, ABlockThatKeepsFailingFailsThePushNamingItsOffset) {

@@ -4,23 +4,33 @@
 // FaultSpec says (one flipped bit, as a bad NIC, cable or DIMM would), after the wire and before
 // the engine sees them: exactly what a replica's CRC32C check exists to catch.
 //
-// Specs (the CLI's hidden --test-fault takes the same text):
-//   flip-rx-data:every=N      flip a bit in every Nth Data payload received (N >= 1)
-//   flip-rx-data:offset=O     flip a bit in every Data payload for volume offset O
+// What a spec corrupts depends only on the Data frames' sequence numbers and on how many times
+// each has arrived, never on timing, so a test knows the exact number of faults in advance:
+//   flip-rx-data:every=N[,tries=K]  the first K transmissions (default 1) of every Nth block of a
+//                                   session (seqs N-1, 2N-1, ...): each such block is rejected K
+//                                   times and then arrives intact, so with K <= the primary's
+//                                   max_retries the push succeeds, with exactly
+//                                   K * floor(blocks / N) faults per session
+//   flip-rx-data:offset=O           every transmission of the block at volume offset O: the
+//                                   primary exhausts its retries on it
+// (The CLI's hidden --test-fault takes the same text.)
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string_view>
+#include <utility>
 
 #include "transport/transport.h"
 
 namespace blkmirror::transport {
 
 struct FaultSpec {
-  uint32_t flip_rx_data_every = 0;
-  std::optional<uint64_t> flip_rx_data_offset;
+  uint32_t flip_every = 0;  // 0: no every-Nth rule
+  uint32_t flip_tries = 1;  // transmissions corrupted per chosen block
+  std::optional<uint64_t> flip_offset;
 
   static Result<FaultSpec> Parse(std::string_view text);
 };
@@ -49,9 +59,14 @@ class FaultyTransport final : public Transport {
   uint64_t faults_injected() const { return injected_; }
 
  private:
+  // Whether this transmission of a Data frame is to be corrupted; counts it.
+  bool ShouldFlip(ConnId conn, const proto::Frame& frame);
+
   std::unique_ptr<Transport> inner_;
   FaultSpec spec_;
-  uint64_t data_frames_ = 0;
+  // Corrupted transmissions of each chosen block in flight (test code: a map is fine here); an
+  // entry goes when the block's intact transmission arrives, or with its connection.
+  std::map<std::pair<ConnId, uint64_t>, uint32_t> tries_;
   uint64_t injected_ = 0;
 };
 

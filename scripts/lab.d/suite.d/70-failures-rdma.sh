@@ -1,9 +1,12 @@
 #!/bin/bash
-# Failure scenarios over RDMA verbs (runs in the lab guest): a CRC fault injected on the
-# replica (NACK -> resend, counted, replica correct), kill -9 of serve in the middle of a push
+# Failure scenarios over RDMA verbs (runs in the lab guest): CRC faults injected on the replica
+# (NACK -> resend, exactly the number injected, replica correct), a block that fails every try
+# (the push gives up naming it, exit 3, never written), kill -9 of serve in the middle of a push
 # (the push fails clearly; after a restart the next push resends only the dirty blocks and the
 # copies match), a wrong key (refused, replica unchanged), a link taken down (peer lost by
-# timeout, --quorum 1 with a second, TCP peer, completes).
+# timeout, --quorum 1 with a second, TCP peer, completes). "In the middle" is made so: the push
+# holds at a known byte count (--test-hold-at) while the failure is injected, whatever the speed
+# of the emulator.
 set -euo pipefail
 . "$LAB_REPO/scripts/lab.d/lib.sh"
 . "$LAB_REPO/scripts/lab.d/cli.sh"
@@ -23,7 +26,8 @@ echo "--- CRC faults over RDMA"
 serve crc "$LAB_IP1" 7100 --key-file "$tmp/key" --test-fault flip-rx-data:every=4
 push_rdma crc --source "$tmp/src" --peer "$LAB_IP1:7100" --key-file "$tmp/key" --meta-dir "$tmp/m-crc" || fail "push with CRC faults"
 [ "$(j crc .transport)" = rdma ] || fail "transport $(j crc .transport)"
-[ "$(j crc .crc_mismatches)" -ge 5 ] || fail "crc_mismatches $(j crc .crc_mismatches)"
+# Seqs 3, 7, ..., 23 of the 24 blocks, on their first transmission: exactly 6.
+[ "$(j crc .crc_mismatches)" = 6 ] || fail "crc_mismatches $(j crc .crc_mismatches), expected 6"
 [ "$(j crc .retransmits)" = "$(j crc .crc_mismatches)" ] || fail "retransmits != mismatches"
 cmp "$tmp/src" "$tmp/crc.img" || fail "the replica differs after CRC faults"
 echo "CRC faults: $(j crc .crc_mismatches) mismatches, all resent, replica identical"
@@ -36,15 +40,23 @@ grep -q "authentication failed" "$tmp/wrongkey-push.log" || fail "$(tail -n 2 "$
 cmp "$tmp/before" "$tmp/crc.img" || fail "the replica changed under a wrong key"
 kill "$SPID"
 
+echo "--- a block that fails every try over RDMA"
+serve bad "$LAB_IP1" 7150 --key-file "$tmp/key" --test-fault flip-rx-data:offset=$((5 << 20))
+rc=0; push_rdma bad --source "$tmp/src" --peer "$LAB_IP1:7150" --key-file "$tmp/key" --meta-dir "$tmp/m-bad" || rc=$?
+[ "$rc" = 3 ] || fail "push with a block that always fails exited $rc"
+grep -q "block at offset $((5 << 20)) (length 1048576) was rejected by $LAB_IP1:7150 6 times" "$tmp/bad-push.log" \
+  || fail "no clear error: $(grep error "$tmp/bad-push.log" | head -n 3)"
+cmp -s -i "$((5 << 20)):0" -n $((1 << 20)) "$tmp/bad.img" /dev/zero || fail "the corrupted block was written"
+echo "gave up: $(grep -m1 'giving up' "$tmp/bad-push.log" | sed 's/.*error[^ ]* //')"
+kill "$SPID"
+
 echo "--- kill -9 serve mid-push over RDMA"
 serve k "$LAB_IP1" 7200 --key-file "$tmp/key"
-"$bin" push --no-progress --json --bind "$LAB_IP0" --transport rdma --source "$tmp/src" \
-  --peer "$LAB_IP1:7200" --key-file "$tmp/key" --meta-dir "$tmp/m-k" --peer-timeout 3s \
-  > "$tmp/k1.json" 2> "$tmp/k1-push.log" &
-ppid=$!
-for _ in $(seq 600); do [ "$(du -B1 "$tmp/k.img" 2>/dev/null | cut -f1)" -ge $((8 << 20)) ] 2>/dev/null && break; sleep 0.05; done
+push_held k1 8M --transport rdma --source "$tmp/src" --peer "$LAB_IP1:7200" --key-file "$tmp/key" \
+  --meta-dir "$tmp/m-k" --peer-timeout 3s
 kill -9 "$SPID"
-rc=0; wait "$ppid" || rc=$?
+release_push
+rc=0; wait "$PPID_PUSH" || rc=$?
 [ "$rc" = 3 ] || fail "push whose replica died exited $rc"
 grep -q "lost replica" "$tmp/k1-push.log" || fail "$(tail -n 2 "$tmp/k1-push.log")"
 serve k "$LAB_IP1" 7200 --key-file "$tmp/key"
@@ -58,16 +70,16 @@ kill "$SPID"
 echo "--- link down mid-push: quorum 1 with an RDMA peer and a TCP peer"
 serve a "$LAB_IP1" 7300 --key-file "$tmp/key"
 serve b "$LAB_NORDMA_IP" 7301 --key-file "$tmp/key"
-"$bin" push --no-progress --json --bind "$LAB_IP0" --source "$tmp/src" --peer "$LAB_IP1:7300" \
-  --peer "$LAB_NORDMA_IP:7301" --key-file "$tmp/key" --meta-dir "$tmp/m-q" --quorum 1 --peer-timeout 3s \
-  > "$tmp/q.json" 2> "$tmp/q-push.log" &
-ppid=$!
-for _ in $(seq 600); do [ "$(du -B1 "$tmp/a.img" 2>/dev/null | cut -f1)" -ge $((4 << 20)) ] 2>/dev/null && break; sleep 0.05; done
+push_held q 4M --source "$tmp/src" --peer "$LAB_IP1:7300" --peer "$LAB_NORDMA_IP:7301" \
+  --key-file "$tmp/key" --meta-dir "$tmp/m-q" --quorum 1 --peer-timeout 3s
 ip link set veth1 down
-rc=0; wait "$ppid" || rc=$?
+release_push
+rc=0; wait "$PPID_PUSH" || rc=$?
 ip link set veth1 up
 [ "$rc" = 0 ] || fail "quorum push exited $rc: $(tail -n 3 "$tmp/q-push.log")"
 [ "$(j q '.peers[0].state')" = lost ] || fail "rdma peer: $(j q '.peers[0]')"
+acked=$(j q '.peers[0].bytes_acked')
+[ "$acked" -ge $((4 << 20)) ] && [ "$acked" -lt $((24 << 20)) ] || fail "the rdma peer was not lost mid-push: $acked bytes acked"
 [ "$(j q '.peers[0].transport')" = rdma ] || fail "peer 0 transport $(j q '.peers[0].transport')"
 [ "$(j q '.peers[1].state')" = in_sync ] || fail "tcp peer: $(j q '.peers[1].state')"
 cmp "$tmp/src" "$tmp/b.img" || fail "the TCP replica differs"
