@@ -1,18 +1,23 @@
-// blkmirror: block replication over TCP (and, later, RDMA and DPDK).
-//
-//   blkmirror serve  --listen HOST:PORT --target PATH [--transport auto|tcp] [--once]
-//   blkmirror push   --source PATH --peer HOST:PORT [--peer ...] [--ack sent|received|durable]
-//                    [--block-size BYTES] [--window BLOCKS] [--transport auto|tcp] [--json]
-//                    [--progress|--no-progress]
-//   blkmirror verify --source PATH --peer HOST:PORT [--json] [--repair]
-//   blkmirror keygen PATH
+// blkmirror: the command line (README.md lists every command and flag).
 #include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include "cli/commands.h"
+#include "common/version.h"
 
 namespace {
+
+// --progress / --no-progress: `progress` keeps its default (-1: on a terminal) unless one is
+// given. (CLI11's integer flags reset their variable to 0 at registration, so the default would
+// be lost with add_flag.)
+void AddProgressFlags(CLI::App* sub, int& progress) {
+  auto* on = sub->add_flag_callback("--progress", [&progress] { progress = 1; },
+                                    "progress line on stderr (default: when it is a terminal)");
+  auto* off = sub->add_flag_callback("--no-progress", [&progress] { progress = 0; },
+                                     "no progress line");
+  on->excludes(off);
+}
 
 void SetupLogging(const std::string& level) {
   auto logger = spdlog::stderr_logger_st("blkmirror");
@@ -27,6 +32,7 @@ int main(int argc, char** argv) {
   using namespace blkmirror::cli;
   CLI::App app{"blkmirror: mirror a volume to replicas, block by block, CRC32C-checked"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", blkmirror::VersionText(), "print the version and exit");
   std::string log_level = "info";
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
@@ -60,7 +66,7 @@ int main(int argc, char** argv) {
   p->add_option("--window", push.window, "blocks in flight per peer (default 32)");
   p->add_option("--transport", push.transport, "auto (rdma, else tcp), tcp or rdma")->check(CLI::IsMember(transports));
   p->add_flag("--json", push.json, "print one JSON object on stdout");
-  p->add_flag("--progress{1},--no-progress{0}", push.progress, "progress line on stderr");
+  AddProgressFlags(p, push.progress);
   p->add_option("--meta-dir", push.meta_dir,
                 "metadata (dirty bitmaps) directory (default: <source>.blkmirror)");
   p->add_flag("--full", push.full, "send every block, whatever the bitmaps say");
@@ -87,7 +93,7 @@ int main(int argc, char** argv) {
   v->add_option("--block-size", verify.block_size, "block size (default 1M)");
   v->add_option("--transport", verify.transport, "auto (rdma, else tcp), tcp or rdma")->check(CLI::IsMember(transports));
   v->add_flag("--json", verify.json, "print one JSON object on stdout");
-  v->add_flag("--progress{1},--no-progress{0}", verify.progress, "progress line on stderr");
+  AddProgressFlags(v, verify.progress);
   v->add_option("--key-file", verify.key_file, "authenticate to the replica with this key");
   v->add_flag("--repair", verify.repair, "resend the blocks that differ");
   v->add_option("--meta-dir", verify.meta_dir, "metadata directory (for --repair)");
