@@ -4,7 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include "cli/commands.h"
-#include "common/version.h"
+#include "cli/version.h"
 
 namespace {
 

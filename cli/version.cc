@@ -1,7 +1,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include "common/version.h"
+#include "cli/version.h"
 #include "transport/registry.h"
 
 namespace blkmirror {
