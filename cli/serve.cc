@@ -158,14 +158,16 @@ int RunServe(const ServeArgs& args) {
   options.target_name = args.target;
   options.once = args.once;
   options.key = key;
-  options.open_target = [&ring, path = args.target, depth, meta_dir, disk_fault](
-                            uint64_t size, const proto::VolumeId& volume_id,
-                            engine::TargetUse use) -> Result<engine::OpenedTarget> {
+  options.open_target = [&ring, path = args.target, depth, disk_fault](
+                            uint64_t size,
+                            engine::TargetUse use) -> Result<std::unique_ptr<io::BlockDevice>> {
     ASSIGN_OR_RETURN(auto device, OpenTargetDevice(ring, path, depth, size, use));
-    ASSIGN_OR_RETURN(auto id, ReplicaIdentity(meta_dir, path, volume_id,
-                                              use == engine::TargetUse::kWrite));
     if (disk_fault) device = std::make_unique<io::FaultyBlockDevice>(std::move(device), *disk_fault);
-    return engine::OpenedTarget{std::move(device), id};
+    return device;
+  };
+  options.identity = [path = args.target, meta_dir](const proto::VolumeId& volume_id,
+                                                     engine::TargetUse use) {
+    return ReplicaIdentity(meta_dir, path, volume_id, use == engine::TargetUse::kWrite);
   };
   auto server = engine::ReplicaServer::Create(ring, *loop->pool, std::move(options));
   if (!server.ok()) return fail(server.status());

@@ -308,9 +308,17 @@ class ReplicaServer::Impl {
                                                  "per volume",
                                                  options_.target_name, writer_->peer)));
     }
-    Status opened = AcquireDevice(h.volume_size, h.volume_id,
-                                  write ? TargetUse::kWrite : TargetUse::kVerify);
+    const TargetUse use = write ? TargetUse::kWrite : TargetUse::kVerify;
+    Status opened = AcquireDevice(h.volume_size, use);
     if (!opened.ok()) return Refuse(s, opened);
+    // Every session asks, the target open or not: a write session of another volume renews the
+    // identity even while verify sessions keep the device open.
+    proto::ReplicaId replica_id;
+    if (options_.identity) {
+      auto id = options_.identity(h.volume_id, use);
+      if (!id.ok()) return Refuse(s, id.status());
+      replica_id = *id;
+    }
     s.uses_device = true;
     s.accepted = SeqTracker(SeqSpan(h.window));
     s.acked = SeqTracker(SeqSpan(h.window));
@@ -326,7 +334,7 @@ class ReplicaServer::Impl {
     s.t->Trust(s.conn);
     proto::Frame f;
     f.body = proto::HelloOk{version, static_cast<uint32_t>(MaxBlock()), device_->size(),
-                            replica_id_};
+                            replica_id};
     transport::WorkItem item;
     item.conn = s.conn;
     Mac proof{};
@@ -380,7 +388,7 @@ class ReplicaServer::Impl {
   // The largest block every transport can land in one of our buffers.
   size_t MaxBlock() const { return pool_.buffer_size() - transport::kReceiveHeadroom; }
 
-  Status AcquireDevice(uint64_t volume_size, const proto::VolumeId& volume_id, TargetUse use) {
+  Status AcquireDevice(uint64_t volume_size, TargetUse use) {
     bool in_use = std::any_of(sessions_.begin(), sessions_.end(),
                               [](const auto& x) { return x->uses_device; });
     if (device_ && (in_use || device_ops_ > 0)) {
@@ -393,10 +401,9 @@ class ReplicaServer::Impl {
       return Status::Ok();
     }
     device_.reset();
-    auto opened = options_.open_target(volume_size, volume_id, use);
+    auto opened = options_.open_target(volume_size, use);
     if (!opened.ok()) return opened.status();
-    device_ = std::move(opened->device);
-    replica_id_ = opened->replica_id;
+    device_ = std::move(opened).value();
     return Status::Ok();
   }
 
@@ -730,7 +737,6 @@ class ReplicaServer::Impl {
   Session* writer_ = nullptr;
   uint64_t next_session_id_ = 1;
   std::unique_ptr<io::BlockDevice> device_;
-  proto::ReplicaId replica_id_;
   uint32_t device_ops_ = 0;
   std::vector<DiskOp> ops_;
   std::vector<uint32_t> free_ops_;

@@ -35,24 +35,24 @@ namespace blkmirror::engine {
 
 enum class TargetUse : uint8_t { kWrite, kVerify };
 
-// An open target and its data identity (proto::ReplicaId): the identity changes whenever the
-// contents may no longer be what earlier sessions left (a new target file, another volume), so
-// a primary's dirty bitmap kept against the old identity is not trusted.
-struct OpenedTarget {
-  std::unique_ptr<io::BlockDevice> device;
-  proto::ReplicaId replica_id;
-};
-
 // Opens the target for a session. For kWrite, `volume_size` is what the primary announced: a
 // regular file is created or extended to it, a block device must hold it. For kVerify the target
 // must exist. The error is what the primary is told.
-using TargetOpener = std::function<Result<OpenedTarget>(uint64_t volume_size,
-                                                        const proto::VolumeId& volume_id,
-                                                        TargetUse use)>;
+using TargetOpener =
+    std::function<Result<std::unique_ptr<io::BlockDevice>>(uint64_t volume_size, TargetUse use)>;
+
+// The target's data identity (proto::ReplicaId) for a session of `volume_id`, asked at the
+// admission of every session, whether or not the target is already open: it changes whenever the
+// contents may no longer be what earlier sessions left (a new target file; for kWrite, another
+// volume than the one it was kept for), so a primary's dirty bitmap kept against the old identity
+// is not trusted. For kVerify it never changes anything (an all-zero id: no identity yet).
+using IdentityKeeper =
+    std::function<Result<proto::ReplicaId>(const proto::VolumeId& volume_id, TargetUse use)>;
 
 struct ReplicaOptions {
   std::string target_name;  // for messages
   TargetOpener open_target;
+  IdentityKeeper identity;  // empty: every session gets the all-zero identity (tests)
   bool once = false;        // finished() after the first write session ends
   // Primaries must prove they hold this key before anything else (mutual HMAC challenge).
   std::optional<Key> key;

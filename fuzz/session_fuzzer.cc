@@ -182,10 +182,11 @@ class Run {
     engine::ReplicaOptions options;
     options.target_name = dev_.name();
     options.key = key_;
-    options.open_target = [this](uint64_t size, const proto::VolumeId&,
-                                 engine::TargetUse) -> Result<engine::OpenedTarget> {
+    options.open_target =
+        [this](uint64_t size, engine::TargetUse) -> Result<std::unique_ptr<io::BlockDevice>> {
       if (size > dev_.size()) return Status::Error(ErrorCode::kRefused, "volume does not fit");
-      return engine::OpenedTarget{std::make_unique<WatchedDevice>(dev_, *this, fail_every_), {}};
+      return std::unique_ptr<io::BlockDevice>(
+          std::make_unique<WatchedDevice>(dev_, *this, fail_every_));
     };
     auto server = engine::ReplicaServer::Create(ProcessRing(), ServerPool(), std::move(options));
     FUZZ_CHECK(server.ok(), "ReplicaServer::Create: {}", server.status().message());

@@ -5,6 +5,20 @@
                                one as expected (an Error frame naming the problem, or a close)
     peer.py PORT hold-writer [VOLUME_BYTES]
                                open a write session and hold it until stdin closes
+    peer.py PORT hold-verifier [VOLUME_BYTES]
+                               open a verify session and hold it until stdin closes
+    peer.py PORT hog N         open N connections that each send one Data header announcing
+                               4096 bytes (no Hello, no payload) and hold them until stdin closes
+    peer.py PORT hello-heartbeats SECONDS
+                               connect, never send Hello, send a Heartbeat every 0.5 s; exit 0
+                               when the server closes the connection within SECONDS, 1 if not
+    peer.py PORT idle N        open N connections that send nothing; hold them until stdin closes
+    peer.py LISTEN_PORT fake-replica MODE
+                               a replica that accepts one primary, answers its Hello with HelloOk
+                               and then: MODE=heartbeats sends only Heartbeats (never an Ack);
+                               MODE=send-data sends the primary a Data frame. Prints "listening
+                               PORT" once it listens (LISTEN_PORT 0: any free port); ends when
+                               the primary closes.
 
 Frames are built here from docs/protocol.md (64-byte little-endian header, CRC32C over the
 header with the CRC field zeroed), independently of the C++ codec on purpose.
@@ -39,9 +53,14 @@ def header(ftype, body=b"", flags=0, payload_len=0, version=1, fix_crc=True):
         h = h[:12] + struct.pack("<I", crc32c(h)) + h[16:]
     return h
 
-def hello(block_size=1 << 20, window=4, volume=64 << 20, vmin=1, vmax=1, kind=1):
-    body = struct.pack("<HHB3xIIQ16s", vmin, vmax, kind, block_size, window, volume, b"\x11" * 16)
+def hello(block_size=1 << 20, window=4, volume=64 << 20, vmin=1, vmax=1, kind=1, timeout_ms=0,
+          volume_id=b"\x11" * 16):
+    body = struct.pack("<HHB3xIIQ16sI", vmin, vmax, kind, block_size, window, volume, volume_id,
+                       timeout_ms)
     return header(T_HELLO, body)
+
+def heartbeat(reply=False):
+    return header(T_HB, struct.pack("<QQ", 1, 0), flags=1 if reply else 0)
 
 def data(seq, offset, length, crc, level=2):
     return header(T_DATA, struct.pack("<QQII", seq, offset, length, crc), flags=level,
@@ -139,20 +158,119 @@ def malformed(port):
         ok = False
     return ok
 
-def hold_writer(port, volume=64 << 20):
+def hold_session(port, volume=64 << 20, kind=1):
     s = connect(port)
-    s.sendall(hello(volume=volume))
+    s.sendall(hello(volume=volume, kind=kind))
     h = recv_exact(s, 64)
     if h is None or h[5] != T_HELLO_OK:
-        print("hold-writer: no HelloOk", file=sys.stderr)
+        print("hold: no HelloOk", file=sys.stderr)
         return False
     print("holding", flush=True)
     sys.stdin.read()  # until the test closes our stdin
     s.close()
     return True
 
+def hog(port, n):
+    conns = []
+    for _ in range(n):
+        s = connect(port)
+        s.sendall(data(0, 0, 4096, 0))  # the header only: the payload never comes
+        conns.append(s)
+    print(f"holding {n}", flush=True)
+    sys.stdin.read()
+    return True
+
+def idle(port, n):
+    conns = [connect(port) for _ in range(n)]
+    print(f"holding {n}", flush=True)
+    sys.stdin.read()
+    return True
+
+def hello_heartbeats(port, seconds):
+    import time
+    s = connect(port)
+    s.settimeout(0.5)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            s.sendall(heartbeat())
+        except (BrokenPipeError, ConnectionResetError):
+            print("closed by the server (send failed)")
+            return True
+        try:
+            if s.recv(4096) == b"":
+                print("closed by the server")
+                return True
+        except socket.timeout:
+            pass
+        except ConnectionResetError:
+            print("reset by the server")
+            return True
+    print(f"still open after {seconds} s of heartbeats without a Hello")
+    return False
+
+def fake_replica(port, mode):
+    import threading, time
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("127.0.0.1", port))
+    ls.listen(1)
+    print(f"listening {ls.getsockname()[1]}", flush=True)
+    s, _ = ls.accept()
+    h = recv_exact(s, 64)
+    if h is None or h[5] != T_HELLO:
+        return False
+    volume = struct.unpack("<Q", h[16 + 16:16 + 24])[0]
+    body = struct.pack("<H2xIQ16s", 1, 64 << 20, volume, b"\x22" * 16)
+    s.sendall(header(T_HELLO_OK, body))
+    if mode == "send-data":
+        block = b"\0" * 4096
+        s.sendall(data(0, 0, 4096, crc32c(block)) + block)
+    stop = threading.Event()
+    def beat():
+        while not stop.is_set():
+            try:
+                s.sendall(heartbeat())
+            except OSError:
+                return
+            time.sleep(0.3)
+    t = threading.Thread(target=beat, daemon=True)
+    t.start()
+    s.settimeout(None)
+    try:
+        while read_one(s) is not None:  # read and drop whatever the primary sends
+            pass
+    except OSError:
+        pass
+    stop.set()
+    return True
+
+def read_one(s):
+    h = recv_exact(s, 64)
+    if h is None:
+        return None
+    plen = struct.unpack("<I", h[8:12])[0]
+    if plen and recv_exact(s, plen) is None:
+        return None
+    return h
+
 if __name__ == "__main__":
     port, mode = int(sys.argv[1]), sys.argv[2]
+    args = sys.argv[3:]
     if mode == "malformed":
-        sys.exit(0 if malformed(port) else 1)
-    sys.exit(0 if hold_writer(port, *map(int, sys.argv[3:])) else 1)
+        ok = malformed(port)
+    elif mode == "hold-writer":
+        ok = hold_session(port, *map(int, args), kind=1)
+    elif mode == "hold-verifier":
+        ok = hold_session(port, *map(int, args), kind=2)
+    elif mode == "hog":
+        ok = hog(port, int(args[0]))
+    elif mode == "idle":
+        ok = idle(port, int(args[0]))
+    elif mode == "hello-heartbeats":
+        ok = hello_heartbeats(port, float(args[0]))
+    elif mode == "fake-replica":
+        ok = fake_replica(port, args[0])
+    else:
+        sys.exit(f"unknown mode {mode}")
+    sys.exit(0 if ok else 1)

@@ -28,6 +28,7 @@
 #include <thread>
 
 #include "engine/replica.h"
+#include "engine/testing/kept_target.h"
 #include "engine/replicator.h"
 #include "io/forwarding_block_device.h"
 #include "io/mem/mem_block_device.h"
@@ -910,11 +911,7 @@ class ReplicaThread {
     engine::ReplicaOptions options;
     options.target_name = device_.name();
     io::MemBlockDevice* dev = &device_;
-    options.open_target = [dev](uint64_t size, const proto::VolumeId&,
-                                engine::TargetUse) -> Result<engine::OpenedTarget> {
-      if (size > dev->size()) return Status::Error(ErrorCode::kRefused, "volume does not fit");
-      return engine::OpenedTarget{std::make_unique<io::ForwardingBlockDevice>(*dev), {}};
-    };
+    options.open_target = engine::testing::KeptTarget(*dev);
     auto server = engine::ReplicaServer::Create(**ring, **pool, std::move(options));
     if (!server.ok()) return started.set_value(server.status());
     (*server)->AddTransport(t.get());

@@ -10,6 +10,7 @@
 
 #include "common/crc32c.h"
 #include "engine/replica.h"
+#include "engine/testing/kept_target.h"
 #include "engine/replicator.h"
 #include "io/forwarding_block_device.h"
 #include "io/mem/mem_block_device.h"
@@ -73,11 +74,7 @@ class ReplicatorTest : public ::testing::Test {
     options.target_name = r->device->name();
     options.key = key;
     io::MemBlockDevice* dev = r->device.get();
-    options.open_target = [dev](uint64_t size, const proto::VolumeId&,
-                                TargetUse) -> Result<OpenedTarget> {
-      if (size > dev->size()) return Status::Error(ErrorCode::kRefused, "volume does not fit");
-      return OpenedTarget{std::make_unique<io::ForwardingBlockDevice>(*dev), {}};
-    };
+    options.open_target = engine::testing::KeptTarget(*dev);
     r->server = std::move(ReplicaServer::Create(*ring_, *r->pool, std::move(options)).value());
     r->server->AddTransport(r->transport.get());
     replicas_.push_back(std::move(r));

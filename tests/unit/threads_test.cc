@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "engine/replica.h"
+#include "engine/testing/kept_target.h"
 #include "engine/replicator.h"
 #include "io/forwarding_block_device.h"
 #include "io/mem/mem_block_device.h"
@@ -43,10 +44,7 @@ void RunPrimaryAndReplicaOnTwoThreads(const Key* key) {
     ReplicaOptions options;
     options.target_name = "mem";
     if (key != nullptr) options.key = *key;
-    options.open_target = [&target](uint64_t, const proto::VolumeId&,
-                                    TargetUse) -> Result<OpenedTarget> {
-      return OpenedTarget{std::make_unique<io::ForwardingBlockDevice>(target), {}};
-    };
+    options.open_target = engine::testing::KeptTarget(target);
     auto server = ReplicaServer::Create(*ring, *pool, std::move(options)).value();
     server->AddTransport(t.get());
     bound.set_value(*ep);
