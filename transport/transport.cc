@@ -46,6 +46,17 @@ Result<proto::Prefix> CheckWorkItem(const WorkItem& item) {
   return prefix;
 }
 
+Status UnexpectedData(const std::string& peer, bool accepting_side) {
+  if (accepting_side) {
+    return Status::Protocol("{}: Data frame before its session was admitted (no block buffer is "
+                            "given before the handshake and key check)",
+                            peer);
+  }
+  return Status::Protocol("{}: unexpected Data frame (Data goes from the primary, which "
+                          "connects, to the replica only)",
+                          peer);
+}
+
 std::string Endpoint::ToString() const {
   if (host.find(':') != std::string::npos) return fmt::format("[{}]:{}", host, port);
   return fmt::format("{}:{}", host, port);

@@ -18,6 +18,13 @@
 // connection closes (a kClosed completion with the reason). A backend over an unreliable medium
 // (DPDK) provides this itself.
 //
+// Direction and trust: Data frames flow from the connecting side to the accepting side only,
+// and only once the accepting side's engine has called Trust(conn) (after the handshake and the
+// key check). A backend gives a Data frame a receive buffer (or a receive slot) under that rule
+// alone: a Data frame on a connection it does not trust, or arriving at the connecting side, is
+// a protocol error, and the connection closes (kClosed with UnexpectedData's reason) before any
+// buffer is taken, so a stranger can never hold the receiver's pool.
+//
 // Buffer ownership:
 //   - Sending: the block payload (WorkItem::data) stays owned by the caller and must not change
 //     until its kSent completion (or the kClosed of its connection, which cancels every pending
@@ -103,6 +110,10 @@ struct Completion {
 // Returns the prefix; the error names the frame type and sizes.
 Result<proto::Prefix> CheckWorkItem(const WorkItem& item);
 
+// The reason a backend closes a connection on which a Data frame arrived against the rule above:
+// at the accepting side before Trust, or at the connecting side at all.
+Status UnexpectedData(const std::string& peer, bool accepting_side);
+
 // A backend may use the last kReceiveHeadroom bytes of a receive buffer for itself (RDMA writes
 // the frame header there, behind the block). A receiver whose pool buffers are B bytes accepts
 // blocks of at most B - kReceiveHeadroom bytes on every transport.
@@ -149,12 +160,12 @@ class Transport {
   // Gives back a received block buffer.
   virtual void Release(ConnId conn, io::BufferRef buffer) = 0;
 
-  // Lets the peer of an accepted connection write block data into this side's memory. The
-  // engine calls it once the peer has passed the handshake (and the key check, where there is
-  // one). A backend whose peers write one-sided (RDMA: into slots of the registered pool) gives
-  // an accepted connection no slot, and no key to the pool's memory, before this, so a stranger
-  // never gets to write a byte there. Backends that receive by copy (TCP, loopback) have nothing
-  // to open and do nothing. Unknown or closed connections are ignored.
+  // Lets the peer of an accepted connection send block data (Data frames) into this side's
+  // buffers. The engine calls it once the peer has passed the handshake (and the key check,
+  // where there is one). Before it, no backend gives that connection a buffer: TCP and loopback
+  // close it on a Data frame; RDMA, whose peers write one-sided into slots of the registered
+  // pool, grants it no slot and no key to the pool's memory, so a stranger never gets to write a
+  // byte there. Unknown or closed connections are ignored.
   virtual void Trust(ConnId conn) = 0;
 
   // Closes the connection: queued sends are cancelled, a kClosed completion follows.

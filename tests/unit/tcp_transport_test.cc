@@ -69,6 +69,13 @@ class TcpTransportTest : public ::testing::TestWithParam<bool> {
     return kNoConn;
   }
 
+  // An accepted connection that the engine admitted (Trust): it may receive Data frames.
+  ConnId Admitted() {
+    ConnId conn = Accepted();
+    server_->Trust(conn);
+    return conn;
+  }
+
   static WorkItem DataItem(ConnId conn, uint64_t seq, const std::byte* data, uint32_t len) {
     proto::Frame f;
     f.flags = static_cast<uint16_t>(proto::AckLevel::kReceived);
@@ -125,7 +132,7 @@ TEST_P(TcpTransportTest, UnresolvableHostIsAClearError) {
 TEST_P(TcpTransportTest, FramesArriveInOrderWithTheirPayloads) {
   auto conn = client_->Connect(endpoint_, std::chrono::milliseconds(1000));
   ASSERT_TRUE(conn.ok()) << conn.status().message();
-  ConnId server_conn = Accepted();
+  ConnId server_conn = Admitted();
   ASSERT_NE(server_conn, kNoConn);
 
   // 100 Data frames of varied sizes through an 8-buffer receive pool (backpressure), with
@@ -184,7 +191,7 @@ TEST_P(TcpTransportTest, FramesArriveInOrderWithTheirPayloads) {
 TEST_P(TcpTransportTest, PostRefusesWhenTheQueueIsFullOrTheConnectionGone) {
   auto conn = client_->Connect(endpoint_, std::chrono::milliseconds(1000));
   ASSERT_TRUE(conn.ok());
-  Accepted();
+  Admitted();
   std::vector<std::byte> block(64 << 10);
   // Nothing is submitted to the kernel between these Posts: the queue (64) fills.
   size_t posted = 0;
@@ -230,6 +237,7 @@ TEST_P(TcpTransportTest, ATruncatedFrameIsReportedAsSuch) {
 
 TEST_P(TcpTransportTest, AnOversizedDataFrameIsRefused) {
   int fd = RawSocket();
+  Admitted();
   proto::Frame f;
   f.flags = static_cast<uint16_t>(proto::AckLevel::kReceived);
   f.payload_len = 1 << 20;  // more than the server's 64 KiB buffers
@@ -239,6 +247,45 @@ TEST_P(TcpTransportTest, AnOversizedDataFrameIsRefused) {
   ASSERT_TRUE(RunUntil([&] { return Count(server_events_, CompletionKind::kClosed) == 1; }));
   EXPECT_NE(ClosedReason().find("exceeds the buffer size"), std::string::npos) << ClosedReason();
   close(fd);
+}
+
+// Data frames go from the connecting side to the accepting side, once it trusts the connection:
+// a stranger's Data header closes its connection before it gets a receive buffer.
+TEST_P(TcpTransportTest, ADataFrameBeforeTrustClosesTheConnectionWithoutTakingABuffer) {
+  auto conn = client_->Connect(endpoint_, std::chrono::milliseconds(1000));
+  ASSERT_TRUE(conn.ok());
+  ConnId server_conn = Accepted();  // not trusted
+  ASSERT_NE(server_conn, kNoConn);
+  std::vector<std::byte> block(4096);
+  auto item = DataItem(*conn, 0, block.data(), 4096);
+  ASSERT_TRUE(client_->Post(std::span(&item, 1)).ok());
+  ASSERT_TRUE(RunUntil([&] { return Count(server_events_, CompletionKind::kClosed) == 1; }));
+  EXPECT_NE(ClosedReason().find("Data frame before its session was admitted"), std::string::npos)
+      << ClosedReason();
+  EXPECT_EQ(Count(server_events_, CompletionKind::kRecv), 0u);
+  EXPECT_EQ(server_pool_->available(), server_pool_->count());
+  // A raw stranger that sends only the header of a Data frame and then waits: the same.
+  int fd = RawSocket();
+  auto raw = item.header;
+  ASSERT_EQ(write(fd, raw.data(), raw.size()), 64);
+  ASSERT_TRUE(RunUntil([&] { return Count(server_events_, CompletionKind::kClosed) == 2; }));
+  EXPECT_EQ(server_pool_->available(), server_pool_->count());
+  close(fd);
+}
+
+TEST_P(TcpTransportTest, ADataFrameToTheConnectingSideClosesTheConnection) {
+  auto conn = client_->Connect(endpoint_, std::chrono::milliseconds(1000));
+  ASSERT_TRUE(conn.ok());
+  ConnId server_conn = Admitted();
+  std::vector<std::byte> block(4096);
+  auto item = DataItem(server_conn, 0, block.data(), 4096);
+  ASSERT_TRUE(server_->Post(std::span(&item, 1)).ok());
+  ASSERT_TRUE(RunUntil([&] { return Count(client_events_, CompletionKind::kClosed) == 1; }));
+  const auto& closed = client_events_.back();
+  ASSERT_EQ(closed.kind, CompletionKind::kClosed);
+  EXPECT_NE(closed.status.find("unexpected Data frame"), std::string::npos) << closed.status;
+  EXPECT_EQ(Count(client_events_, CompletionKind::kRecv), 0u);
+  EXPECT_EQ(client_pool_->available(), client_pool_->count());
 }
 
 TEST_P(TcpTransportTest, APeerClosingIsReportedAfterItsLastFrames) {

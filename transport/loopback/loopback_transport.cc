@@ -44,6 +44,7 @@ class LoopbackTransport final : public Transport {
     ConnId theirs = server->next_id_++;
     conns_[mine] = Conn{server, theirs, peer.ToString()};
     server->conns_[theirs] = Conn{this, mine, name_};
+    server->conns_[theirs].accepted = true;
     server->accepted_.push_back(theirs);
     return mine;
   }
@@ -107,7 +108,10 @@ class LoopbackTransport final : public Transport {
   }
 
   void Release(ConnId, io::BufferRef buffer) override { buffer.Reset(); }
-  void Trust(ConnId) override {}  // received by copy: nothing to open
+  void Trust(ConnId id) override {
+    auto it = conns_.find(id);
+    if (it != conns_.end() && it->second.accepted) it->second.trusted = true;
+  }
 
   void Close(ConnId id) override {
     auto it = conns_.find(id);
@@ -137,6 +141,8 @@ class LoopbackTransport final : public Transport {
     LoopbackTransport* peer = nullptr;
     ConnId peer_conn = kNoConn;
     std::string peer_name;
+    bool accepted = false;  // the accepting side (else the connecting side)
+    bool trusted = false;   // accepting side, after Trust(): Data frames may arrive
     bool closing = false;
     std::deque<Outgoing> out;
   };
@@ -163,6 +169,18 @@ class LoopbackTransport final : public Transport {
       auto prefix = proto::DecodePrefix(o.item.header);  // checked at Post
       Event e{CompletionKind::kRecv, c.peer_conn};
       e.header = o.item.header;
+      if (o.item.data != nullptr) {
+        // As on TCP: no buffer for a Data frame the receiver does not take from this peer.
+        const Conn& receiver = c.peer->conns_[c.peer_conn];
+        if (!(receiver.accepted && receiver.trusted)) {
+          LoopbackTransport* peer = c.peer;
+          ConnId peer_conn = c.peer_conn;
+          bool accepting_side = receiver.accepted;
+          Close(id);
+          peer->FailConn(peer_conn, UnexpectedData(receiver.peer_name, accepting_side));
+          return;
+        }
+      }
       if (o.item.data != nullptr && prefix->payload_len > c.peer->pool_->buffer_size()) {
         // As on TCP: the receiver cannot hold it, and says so by closing.
         LoopbackTransport* peer = c.peer;

@@ -269,6 +269,10 @@ void TcpTransport::OnRecv(Conn& conn, int32_t res) {
       Fail(conn, prefix.status().Context(fmt::format("bad frame from {}", conn.peer)));
       return;
     }
+    if (proto::CarriesBlockData(prefix->type) && !(conn.accepted && conn.trusted)) {
+      Fail(conn, UnexpectedData(conn.peer, conn.accepted));
+      return;
+    }
     if (proto::CarriesBlockData(prefix->type) && prefix->payload_len > pool_->buffer_size()) {
       Fail(conn, Status::Protocol("bad frame from {}: Data payload of {} bytes exceeds the "
                                   "buffer size {}",
@@ -396,6 +400,11 @@ size_t TcpTransport::Poll(std::span<Completion> out) {
     if (resume && i < conns_.size() && conns_[i].get() == &conn) StartRecv(conn);
   }
   return n;
+}
+
+void TcpTransport::Trust(ConnId id) {
+  Conn* conn = Find(id);
+  if (conn != nullptr && conn->accepted) conn->trusted = true;
 }
 
 void TcpTransport::Release(ConnId id, io::BufferRef buffer) {

@@ -48,6 +48,8 @@ struct Conn {
   ConnId id = kNoConn;
   int fd = -1;
   std::string peer;
+  bool accepted = false;  // we accepted it (else we connected it)
+  bool trusted = false;   // Trust() was called: Data frames may arrive (accepted side only)
 
   // Lifecycle: once `closing`, no new operation starts; when none is in flight the connection
   // reports its remaining completions and kClosed, and is destroyed.
@@ -118,7 +120,7 @@ class TcpTransport final : public Transport, public io::RingHandler {
   size_t SendSpace(ConnId conn) const override;
   size_t Poll(std::span<Completion> out) override;
   void Release(ConnId conn, io::BufferRef buffer) override;
-  void Trust(ConnId) override {}  // received by copy: nothing to open
+  void Trust(ConnId conn) override;
   void Close(ConnId conn) override;
   std::string PeerName(ConnId conn) const override;
 

@@ -152,6 +152,7 @@ void TcpTransport::OnAccept(Listener& l, int32_t res) {
   }
   TuneSocket(res);
   Conn* conn = AddConn(res, AddrToString(reinterpret_cast<sockaddr*>(&l.addr)));
+  conn->accepted = true;
   accepted_.push_back(conn->id);
   ArmAccept(l);
 }
