@@ -23,6 +23,8 @@ struct ServeArgs {
   std::string key_file;
   bool insecure = false;  // serve a non-loopback address without a key
   std::string meta_dir;
+  std::string handshake_timeout = "30s";  // from connect to the end of the handshake
+  std::string max_peer_timeout = "60s";   // the longest a primary may stay silent
   std::string test_fault;
   std::string test_disk_fault;
 };

@@ -53,6 +53,12 @@ int main(int argc, char** argv) {
               "allow serving a non-loopback address without --key-file");
   s->add_option("--meta-dir", serve.meta_dir,
                 "where the replica keeps its identity (default: beside the target)");
+  s->add_option("--handshake-timeout", serve.handshake_timeout,
+                "close a connection that has not completed its handshake this long after "
+                "connecting (default 30s)");
+  s->add_option("--max-peer-timeout", serve.max_peer_timeout,
+                "the longest a primary may stay silent, whatever --peer-timeout it asks for "
+                "(default 60s)");
   s->add_option("--test-fault", serve.test_fault, "TEST ONLY: inject faults")->group("");
   s->add_option("--test-disk-fault", serve.test_disk_fault, "TEST ONLY: disk faults")->group("");
 

@@ -227,23 +227,6 @@ class PushLoop {
   std::array<engine::WriteCompletion, 64> done_;
 };
 
-Result<std::chrono::milliseconds> ParseDuration(std::string_view text) {
-  std::string t(text);
-  uint64_t mult = 1000;  // plain numbers are seconds
-  if (t.size() > 2 && t.substr(t.size() - 2) == "ms") {
-    mult = 1;
-    t.resize(t.size() - 2);
-  } else if (!t.empty() && t.back() == 's') {
-    t.pop_back();
-  }
-  char* end = nullptr;
-  double v = std::strtod(t.c_str(), &end);
-  if (t.empty() || end != t.c_str() + t.size() || v < 0) {
-    return Status::Invalid("'{}' is not a duration (examples: 6, 6s, 500ms)", text);
-  }
-  return std::chrono::milliseconds(static_cast<int64_t>(v * static_cast<double>(mult)));
-}
-
 std::string StateName(const engine::PeerStats& s, const engine::DirtyBitmap* bitmap) {
   if (s.state == engine::PeerState::kLost) return "lost";
   if (bitmap != nullptr && bitmap->CountSet() == 0) return "in_sync";
@@ -251,10 +234,6 @@ std::string StateName(const engine::PeerStats& s, const engine::DirtyBitmap* bit
 }
 
 }  // namespace
-
-Result<std::chrono::milliseconds> ParsePeerTimeout(std::string_view text) {
-  return ParseDuration(text);
-}
 
 int RunReplication(const ReplicationPlan& plan) {
   const PushArgs& args = plan.args;

@@ -26,6 +26,4 @@ struct ReplicationPlan {
 // Replicates per the plan; returns the exit code (errors printed).
 int RunReplication(const ReplicationPlan& plan);
 
-Result<std::chrono::milliseconds> ParsePeerTimeout(std::string_view text);
-
 }  // namespace blkmirror::cli

@@ -94,6 +94,18 @@ int RunServe(const ServeArgs& args) {
                                 args.pool_size, count, args.max_block_size),
                 kExitUsage);
   }
+  auto handshake_timeout = ParseDuration(args.handshake_timeout);
+  if (!handshake_timeout.ok() || handshake_timeout->count() == 0) {
+    return fail(Status::Invalid("--handshake-timeout '{}': expected a duration above 0",
+                                args.handshake_timeout),
+                kExitUsage);
+  }
+  auto max_peer_timeout = ParseDuration(args.max_peer_timeout);
+  if (!max_peer_timeout.ok() || max_peer_timeout->count() == 0) {
+    return fail(Status::Invalid("--max-peer-timeout '{}': expected a duration above 0",
+                                args.max_peer_timeout),
+                kExitUsage);
+  }
   auto info = io::StatPath(args.target);
   if (!info.ok() && info.status().code() != ErrorCode::kNotFound) {
     return fail(info.status().Context("--target"));
@@ -158,6 +170,8 @@ int RunServe(const ServeArgs& args) {
   options.target_name = args.target;
   options.once = args.once;
   options.key = key;
+  options.handshake_timeout = *handshake_timeout;
+  options.max_peer_timeout = *max_peer_timeout;
   options.open_target = [&ring, path = args.target, depth, disk_fault](
                             uint64_t size,
                             engine::TargetUse use) -> Result<std::unique_ptr<io::BlockDevice>> {

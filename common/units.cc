@@ -2,6 +2,7 @@
 
 #include <cctype>
 #include <charconv>
+#include <cstdlib>
 
 namespace blkmirror {
 
@@ -51,6 +52,23 @@ std::string FormatRate(double bps) {
     ++u;
   }
   return fmt::format("{:.2f} {}", bps, kUnits[u]);
+}
+
+Result<std::chrono::milliseconds> ParseDuration(std::string_view text) {
+  std::string t(text);
+  double unit_ms = 1000;  // plain numbers are seconds
+  if (t.size() > 2 && t.substr(t.size() - 2) == "ms") {
+    unit_ms = 1;
+    t.resize(t.size() - 2);
+  } else if (!t.empty() && t.back() == 's') {
+    t.pop_back();
+  }
+  char* end = nullptr;
+  double v = std::strtod(t.c_str(), &end);
+  if (t.empty() || end != t.c_str() + t.size() || !(v >= 0) || v * unit_ms > 1e12) {
+    return Status::Invalid("'{}' is not a duration (examples: 6, 6s, 500ms)", text);
+  }
+  return std::chrono::milliseconds(static_cast<int64_t>(v * unit_ms));
 }
 
 }  // namespace blkmirror

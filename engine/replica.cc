@@ -16,7 +16,9 @@
 namespace blkmirror::engine {
 namespace {
 
-constexpr uint64_t kErrorTag = 1;  // tag of a session's Error frame: close once it has left
+// Tag of a session's last frame (an Error, or the final Ack/Heartbeat after Bye): the
+// connection closes once it has left, so nothing posted before it is cancelled by the close.
+constexpr uint64_t kCloseAfterTag = 1;
 constexpr uint64_t kFlushTagBit = uint64_t{1} << 63;  // final-flush tags: this bit | session id
 constexpr size_t kMaxVerifyJobs = 4;      // VerifyReqs a session may have outstanding
 constexpr uint32_t kVerifyReadsPerSession = 8;
@@ -79,7 +81,20 @@ class ReplicaServer::Impl {
   const ReplicaStats& stats() const { return stats_; }
 
  private:
-  enum class Phase : uint8_t { kHello, kAuth, kWriter, kVerifier, kDraining, kClosed };
+  // A session's life:
+  //   kHello -> (kAuth) -> kWriter | kVerifier      handshake, then the session proper
+  //   -> kDraining      Bye (or a refusal, a timeout): nothing new is taken; what was received
+  //                     is written and acked
+  //   -> kFlushing      after Bye, a `received` writer flushes the target once
+  //   -> kLastFrame     the last frame (the durable Ack of the flush, else a Heartbeat) is posted;
+  //                     the connection closes when it has left (kCloseAfterTag)
+  //   -> kClosed        the transport reported the close; the session goes once its disk
+  //                     operations are done
+  // A refused session posts its Error with kCloseAfterTag from kDraining. Every phase before
+  // kClosed is bounded in time (Tick).
+  enum class Phase : uint8_t {
+    kHello, kAuth, kWriter, kVerifier, kDraining, kFlushing, kLastFrame, kClosed
+  };
 
   struct VerifyJob {
     proto::VerifyReq req;
@@ -99,9 +114,11 @@ class ReplicaServer::Impl {
     Phase phase = Phase::kHello;
     bool uses_device = false;
     bool was_writer = false;
-    bool bye = false;
-    bool final_flush = false;  // Bye in a `received` session: the flush that makes it durable
-    bool final_flush_done = false;
+    bool bye = false;         // ended by the primary's Bye (a clean end)
+    bool flushed = false;     // kFlushing is over
+    bool flush_ok = false;    // ... and the flush succeeded: the final Ack says durable
+    uint64_t connected_ns = 0;
+    uint64_t drain_deadline_ns = 0;  // set when the session starts to end
     proto::Hello hello;
     proto::RawHeader hello_raw{};
     Nonce nonce_r{};
@@ -147,6 +164,7 @@ class ReplicaServer::Impl {
         s->conn = c.conn;
         s->peer = t.PeerName(c.conn);
         s->last_rx_ns = NowNs();
+        s->connected_ns = s->last_rx_ns;
         spdlog::info("{}: connected over {}", s->peer, t.name());
         sessions_.push_back(std::move(s));
         ++stats_.sessions;
@@ -154,7 +172,7 @@ class ReplicaServer::Impl {
       }
       case transport::CompletionKind::kSent: {
         Session* s = Find(t, c.conn);
-        if (s != nullptr && c.tag == kErrorTag) t.Close(c.conn);
+        if (s != nullptr && c.tag == kCloseAfterTag) t.Close(c.conn);
         return;
       }
       case transport::CompletionKind::kClosed: {
@@ -162,18 +180,15 @@ class ReplicaServer::Impl {
         if (s == nullptr) return;
         if (!c.status.ok() && !s->bye) {
           spdlog::warn("{}: connection closed: {}", s->peer, c.status.message());
-        } else {
-          spdlog::info("{}: session ended: {} blocks, {} bytes written", s->peer, s->blocks,
-                       s->bytes);
         }
-        s->phase = Phase::kClosed;
+        s->phase = Phase::kClosed;  // Reap logs what it wrote once its last writes are done
         if (writer_ == s) writer_ = nullptr;
         return;
       }
       case transport::CompletionKind::kRecv: {
         Session* s = Find(t, c.conn);
         if (s != nullptr) s->last_rx_ns = NowNs();
-        if (s == nullptr || s->phase == Phase::kClosed || s->phase == Phase::kDraining) {
+        if (s == nullptr || s->phase >= Phase::kDraining) {
           if (c.data) t.Release(c.conn, std::move(c.data));
           return;
         }
@@ -221,7 +236,7 @@ class ReplicaServer::Impl {
       case proto::FrameType::kBye:
         if (s.phase == Phase::kWriter || s.phase == Phase::kVerifier) {
           s.bye = true;
-          s.phase = Phase::kDraining;
+          StartDraining(s);
           return;
         }
         break;
@@ -230,8 +245,7 @@ class ReplicaServer::Impl {
         // call at the end of the switch instead (llvm-project#60249), found by the fuzzer.
         Status error = StatusFromError(std::get<proto::Error>(frame->body), c.control, s.peer);
         spdlog::warn("{}", error.message());
-        s.phase = Phase::kDraining;
-        s.bye = true;
+        StartDraining(s);
         s.t->Close(s.conn);
         return;
       }
@@ -246,8 +260,8 @@ class ReplicaServer::Impl {
   // Ends the session: an Error frame to the peer, a log line here.
   void Refuse(Session& s, const Status& status) {
     spdlog::warn("{}: {}; closing the connection", s.peer, status.message());
-    s.phase = Phase::kDraining;
-    if (!PostError(*s.t, s.conn, status, kErrorTag)) s.t->Close(s.conn);
+    StartDraining(s);
+    if (!PostError(*s.t, s.conn, status, kCloseAfterTag)) s.t->Close(s.conn);
   }
 
   void ProtocolError(Session& s, const Status& status) {
@@ -354,26 +368,63 @@ class ReplicaServer::Impl {
                  h.block_size >> 10, h.window, nonce_p ? ", authenticated" : "");
   }
 
-  // Heartbeats out; a silent peer, or one that never said Hello, is closed.
+  // The session starts to end: nothing new is taken from the peer, and ending is bounded.
+  void StartDraining(Session& s) {
+    if (s.phase >= Phase::kDraining) return;
+    s.phase = Phase::kDraining;
+    s.drain_deadline_ns = NowNs() + SilenceLimitNs(s);
+  }
+
+  // How long the primary of `s` may stay silent: what it asked for in Hello, but never more
+  // than max_peer_timeout (a primary asking for no timeout, 0, gets that bound).
+  uint64_t SilenceLimitNs(const Session& s) const {
+    auto max = std::chrono::duration_cast<std::chrono::nanoseconds>(options_.max_peer_timeout);
+    uint64_t asked = uint64_t{s.hello.peer_timeout_ms} * 1'000'000;
+    auto limit = static_cast<uint64_t>(max.count());
+    return asked == 0 || asked > limit ? limit : asked;
+  }
+
+  // Every phase is bounded: the handshake from the connect (whatever the peer sends meanwhile),
+  // the session by the primary's silence, the end of a session by its drain deadline.
+  // Heartbeats go out during the session.
   void Tick(Session& s, uint64_t now) {
-    if (s.phase == Phase::kClosed) return;
-    if (s.phase == Phase::kHello || s.phase == Phase::kAuth) {
-      auto limit = static_cast<uint64_t>(options_.hello_timeout.count()) * 1000000;
-      if (now - s.last_rx_ns > limit) {
-        Refuse(s, Status::Error(ErrorCode::kTimeout,
-                                fmt::format("no {} within {} ms", s.phase == Phase::kHello
-                                                                      ? "Hello"
-                                                                      : "authentication proof",
-                                            options_.hello_timeout.count())));
+    switch (s.phase) {
+      case Phase::kClosed:
+        return;
+      case Phase::kHello:
+      case Phase::kAuth: {
+        auto limit = static_cast<uint64_t>(
+            std::chrono::duration_cast<std::chrono::nanoseconds>(options_.handshake_timeout)
+                .count());
+        if (now - s.connected_ns > limit) {
+          Refuse(s, Status::Error(ErrorCode::kTimeout,
+                                  fmt::format("no {} within {} ms of connecting (handshake limit)",
+                                              s.phase == Phase::kHello ? "Hello"
+                                                                       : "authentication proof",
+                                              options_.handshake_timeout.count())));
+        }
+        return;
       }
-      return;
+      case Phase::kDraining:
+      case Phase::kFlushing:
+      case Phase::kLastFrame:
+        if (now > s.drain_deadline_ns) {
+          spdlog::warn("{}: the session did not end within {} ms; closing", s.peer,
+                       SilenceLimitNs(s) / 1'000'000);
+          s.drain_deadline_ns = UINT64_MAX;
+          s.t->Close(s.conn);
+        }
+        return;
+      case Phase::kWriter:
+      case Phase::kVerifier:
+        break;
     }
-    uint64_t timeout = uint64_t{s.hello.peer_timeout_ms} * 1000000;
-    if (timeout == 0 || s.phase == Phase::kDraining) return;
+    const uint64_t timeout = SilenceLimitNs(s);
     if (now - s.last_rx_ns > timeout) {
-      spdlog::error("{}: primary lost: no frame for {} ms (its --peer-timeout); closing", s.peer,
-                    (now - s.last_rx_ns) / 1000000);
-      s.phase = Phase::kDraining;
+      spdlog::error("{}: primary lost: no frame for {} ms (its --peer-timeout, at most "
+                    "--max-peer-timeout here); closing",
+                    s.peer, (now - s.last_rx_ns) / 1'000'000);
+      StartDraining(s);
       s.t->Close(s.conn);
       return;
     }
@@ -676,12 +727,14 @@ class ReplicaServer::Impl {
   // A `received` session ended with Bye: one flush makes all it wrote durable, then a durable
   // Ack covering every seq tells the primary it can clear those blocks from its bitmap.
   void StartFinalFlush(Session& s) {
-    s.final_flush = true;
+    s.phase = Phase::kFlushing;
     io::IoRequest req;
     req.op = io::IoOp::kFlush;
     req.tag = kFlushTagBit | s.id;
     if (!device_ || !device_->Submit(std::span(&req, 1)).ok()) {
-      s.final_flush_done = true;  // no durable ack: the primary keeps the blocks dirty
+      // No durable ack: the primary keeps the blocks dirty and resends them next time.
+      s.flushed = true;
+      s.phase = Phase::kDraining;
       return;
     }
     ++s.ops;
@@ -695,33 +748,52 @@ class ReplicaServer::Impl {
     if (it == sessions_.end()) return;
     Session& s = **it;
     --s.ops;
-    s.final_flush_done = true;
-    if (c.res < 0) {
+    s.flushed = true;
+    s.flush_ok = c.res >= 0;
+    if (!s.flush_ok) {
       spdlog::error("{}: final flush of {} failed: {}", s.peer, options_.target_name,
                     std::strerror(-c.res));
-      return;
     }
-    uint64_t cum = s.accepted.cumulative();
-    proto::Frame f;
-    f.body = proto::Ack{proto::AckLevel::kDurable, cum, cum, 0};
-    auto item = ControlItem(s.conn, f);
-    (void)s.t->Post(std::span(&item, 1));
+    if (s.phase == Phase::kFlushing) s.phase = Phase::kDraining;
   }
 
-  // Sessions that are closed or drained and have nothing on the disk go away.
+  // The last frame of a session that ended with Bye, after every earlier one: the durable Ack
+  // of the final flush, or a Heartbeat. The connection closes once it has left.
+  void PostLastFrame(Session& s) {
+    if (s.t->SendSpace(s.conn) == 0) return;  // retried at the next Step
+    proto::Frame f;
+    if (s.was_writer && s.level == proto::AckLevel::kReceived && s.flush_ok) {
+      uint64_t cum = s.accepted.cumulative();
+      f.body = proto::Ack{proto::AckLevel::kDurable, cum, cum, 0};
+    } else {
+      f.body = proto::Heartbeat{NowNs(), 0};
+    }
+    auto item = ControlItem(s.conn, f);
+    item.signal = true;
+    item.tag = kCloseAfterTag;
+    s.phase = Phase::kLastFrame;
+    if (!s.t->Post(std::span(&item, 1)).ok()) s.t->Close(s.conn);
+  }
+
+  // Sessions that ended cleanly move on to their last frame once their disk operations and
+  // acks are out; closed sessions go once nothing of theirs is on the disk.
   void Reap() {
     for (size_t i = 0; i < sessions_.size();) {
       Session& s = *sessions_[i];
       if (s.phase == Phase::kDraining && s.bye && s.ops == 0 && !s.ack_dirty) {
-        if (s.was_writer && s.level == proto::AckLevel::kReceived && !s.final_flush) {
+        if (s.was_writer && s.level == proto::AckLevel::kReceived && !s.flushed) {
           StartFinalFlush(s);
-        } else if (!s.final_flush || s.final_flush_done) {
-          s.t->Close(s.conn);  // its kClosed makes it kClosed
+        } else {
+          PostLastFrame(s);
         }
       }
       if (s.phase == Phase::kClosed && s.ops == 0) {
         if (writer_ == &s) writer_ = nullptr;
-        if (s.was_writer && options_.once) once_done_ = true;
+        if (s.was_writer) {
+          spdlog::info("{}: session ended: {} blocks, {} bytes written", s.peer, s.blocks,
+                       s.bytes);
+          if (options_.once) once_done_ = true;
+        }
         sessions_.erase(sessions_.begin() + static_cast<ptrdiff_t>(i));
         continue;
       }

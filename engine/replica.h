@@ -56,9 +56,13 @@ struct ReplicaOptions {
   bool once = false;        // finished() after the first write session ends
   // Primaries must prove they hold this key before anything else (mutual HMAC challenge).
   std::optional<Key> key;
-  // A connection that has not sent its Hello within this is closed. Longer than a primary's
+  // A connection that has not completed its handshake (Hello and, with a key, the proof) this
+  // long after connecting is closed, whatever else it sent meanwhile. Longer than a primary's
   // connect timeout: a primary connects to all its peers before it sends any Hello.
-  std::chrono::milliseconds hello_timeout{30000};
+  std::chrono::milliseconds handshake_timeout{30000};
+  // The longest a primary may stay silent before its session is closed: a primary that asks for
+  // a longer --peer-timeout, or for none (0), gets this one.
+  std::chrono::milliseconds max_peer_timeout{60000};
 };
 
 struct ReplicaStats {

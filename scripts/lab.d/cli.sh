@@ -44,5 +44,10 @@ push_held() {
     done
     fail "push $name did not reach $bytes bytes in 60 s"
 }
-release_push() { kill -USR1 "$PPID_PUSH"; }
+release_push() {
+    kill -USR1 "$PPID_PUSH" 2>/dev/null && return 0
+    local rc=0
+    wait "$PPID_PUSH" || rc=$?
+    fail "the held push ended before its release (exit $rc)"
+}
 j() { jq -r "$2" "$tmp/$1.json"; }

@@ -158,7 +158,12 @@ push_held() {
   done
   fail "the push did not reach $bytes bytes in 60 s"
 }
-release_push() { kill -USR1 "$PUSH_PID"; }
+release_push() {
+  kill -USR1 "$PUSH_PID" 2>/dev/null && return 0
+  local rc=0
+  wait "$PUSH_PID" || rc=$?
+  fail "the held push ended before its release (exit $rc)"
+}
 
 # dirty_covers_diffs: every range `verify` found differing lies within the blocks the primary's
 # bitmap still has dirty for that replica (what was acked durable is on the replica).

@@ -1,6 +1,8 @@
 #!/bin/bash
 # serve + push of a random 64 MiB file, compared byte for byte, at each ack level; the target
-# is on the disk's file system (O_DIRECT path).
+# is on the disk's file system (O_DIRECT path). At every level a clean push ends with the
+# replica in sync in the primary's bitmap: at sent and received the replica's final flush and
+# durable ack after Bye must reach the primary before the connection closes.
 source "$(dirname "$0")/lib.sh"
 random_file "$TEST_TMP/src" $((64 << 20))
 for ack in sent received durable; do
@@ -21,5 +23,10 @@ for ack in sent received durable; do
   # stdout holds exactly one JSON object and nothing else
   [ "$(wc -l < "$TEST_TMP/push.json")" = 1 ] || fail "stdout is not one line of JSON"
   expect_in "$TEST_TMP/serve-r.log" "session ended: 64 blocks"
+  [ "$(json '.peers[0].state')" = in_sync ] || fail "ack $ack: state $(json '.peers[0].state'), $(json '.peers[0].blocks_dirty') blocks dirty"
+  "$BLKMIRROR" status --json --source "$TEST_TMP/src" > "$TEST_TMP/status.json" || fail "status"
+  dirty=$(jq '[.replicas[].blocks_dirty] | add' "$TEST_TMP/status.json")
+  [ "$dirty" = 0 ] || fail "ack $ack: status says $dirty blocks dirty after a clean push"
+  rm -rf "$TEST_TMP/src.blkmirror"
 done
 echo PASS

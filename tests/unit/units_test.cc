@@ -101,3 +101,23 @@ TEST(Units, FormatRate) {
 
 }  // namespace
 }  // namespace blkmirror
+
+namespace blkmirror {
+namespace {
+
+TEST(Units, ParseDurationTakesSecondsAndMilliseconds) {
+  EXPECT_EQ(ParseDuration("6").value(), std::chrono::milliseconds(6000));
+  EXPECT_EQ(ParseDuration("6s").value(), std::chrono::milliseconds(6000));
+  EXPECT_EQ(ParseDuration("1.5s").value(), std::chrono::milliseconds(1500));
+  EXPECT_EQ(ParseDuration("500ms").value(), std::chrono::milliseconds(500));
+  EXPECT_EQ(ParseDuration("0").value(), std::chrono::milliseconds(0));
+  for (const char* bad : {"", "s", "ms", "-1", "6m", "six", "1e20", "nan", "5 s"}) {
+    auto d = ParseDuration(bad);
+    EXPECT_FALSE(d.ok()) << bad;
+    EXPECT_NE(d.status().message().find(std::string("'") + bad + "'"), std::string::npos)
+        << d.status().message();
+  }
+}
+
+}  // namespace
+}  // namespace blkmirror
