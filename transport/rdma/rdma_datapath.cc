@@ -635,7 +635,7 @@ size_t RdmaTransport::Drain(Conn& c, std::span<Completion> out) {
 }
 
 size_t RdmaTransport::Poll(std::span<Completion> out) {
-  graveyard_.clear();
+  CollectRemains();  // the caller is done with what the last Poll handed out
   HandleCmEvents();
   for (auto& cp : conns_) {
     Conn& c = *cp;

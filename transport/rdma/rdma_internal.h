@@ -14,10 +14,12 @@
 //     with RDMA WRITE WITH IMM, imm = slot id | low bits of a per-connection Data sequence. The
 //     receiver hands the buffer to the engine (kRecv) and grants the slot id again, with the
 //     buffer the engine gives back in Release().
-// Teardown: a closing connection's QP is moved to the error state (rdma_disconnect) and
-// destroyed right away, after one last pass over its CQ: nothing can touch its buffers after
-// that, so its slots return to the pool and its unfinished sends are cancelled. The CQ, cm_id
-// and buffers live until the Poll after its kClosed (control payload spans stay valid).
+// Teardown: a closing connection's QP gets one last pass over its CQ and is moved to the error
+// state (rdma_disconnect); its unfinished sends are cancelled. The QP is then destroyed on the
+// Reaper's thread (that can take seconds on a dead link), and until it is, the slot buffers it
+// could still write into stay parked in the connection; they return to the pool once it is
+// gone. The CQ, cm_id and buffers live until the first Poll after both its kClosed and the QP's
+// destruction (control payload spans stay valid).
 //
 // Thread safety: none (the transport's loop thread only).
 #pragma once
@@ -27,11 +29,15 @@
 
 #include <algorithm>
 #include <array>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "io/ring.h"
@@ -173,6 +179,8 @@ class QueuePair {
 
   Status Create(rdma_cm_id* id, ibv_pd* pd, ibv_qp_init_attr& attr);
   void Reset();
+  // Gives up ownership (someone else destroys the QP); returns its id.
+  rdma_cm_id* Release() { return std::exchange(id_, nullptr); }
   ibv_qp* get() const { return id_ != nullptr ? id_->qp : nullptr; }
 
  private:
@@ -193,6 +201,37 @@ class MappedArea {
  private:
   std::byte* data_ = nullptr;
   size_t size_ = 0;
+};
+
+// Destroys torn-down queue pairs on a thread of its own. Destroying a QP can take seconds
+// (soft-RoCE waits for packets still queued on a downed interface; a NIC runs firmware commands)
+// and the loop must not stall for it: a peer lost on a dead link would take every other peer's
+// heartbeats with it. What it is handed is already in the error state, and nothing on the loop
+// thread touches it again. Destroy and Done are for the loop thread; the destructor finishes
+// what is still queued.
+class Reaper {
+ public:
+  Reaper();
+  ~Reaper();
+  Reaper(const Reaper&) = delete;
+  Reaper& operator=(const Reaper&) = delete;
+
+  // rdma_destroy_qp(id), soon; `conn` comes back from Done() once it is done.
+  void Destroy(rdma_cm_id* id, ConnId conn);
+  // The connections whose QP was destroyed since the last call.
+  std::vector<ConnId> Done();
+  // Blocks until everything handed over is destroyed (teardown of the transport).
+  void WaitIdle();
+
+ private:
+  void Run();
+  bool busy_ = false;  // destroying one now
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::pair<rdma_cm_id*, ConnId>> todo_;
+  std::vector<ConnId> done_;
+  bool stop_ = false;
+  std::thread thread_;  // last: starts once the rest exists
 };
 
 // ---- Transport state ------------------------------------------------------------------------
@@ -285,7 +324,9 @@ struct Conn {
   bool announced = false;    // the engine knows this ConnId (returned by Connect, or kAccepted)
   bool closing = false;
   bool local_close = false;
-  bool torn_down = false;   // QP destroyed, slots returned
+  bool torn_down = false;   // QP in the error state and handed to the Reaper
+  bool qp_destroying = false;  // ... and not destroyed yet
+  std::vector<io::BufferRef> parked;  // slot buffers held until the QP is destroyed
   bool rx_stopped = false;  // a receive was bad: deliver nothing that came after it
   Status close_reason;
   bool cq_armed = false;  // ibv_req_notify_cq done since the last CQ event
@@ -385,6 +426,9 @@ class RdmaTransport final : public Transport, public io::RingHandler {
   void OnConnectRequest(rdma_cm_id* id, const std::byte* pdata, size_t pdata_len);
   void Teardown(Conn& conn);
   void Bury(Conn& conn);
+  // Returns the parked buffers of connections whose QP the Reaper destroyed, and frees buried
+  // connections that are done with.
+  void CollectRemains();
   void ArmCmPoll();
   void ArmDevicePoll(Device& device);
   void RequestWake();
@@ -428,8 +472,10 @@ class RdmaTransport final : public Transport, public io::RingHandler {
   std::vector<std::unique_ptr<Device>> devices_;
   std::vector<std::unique_ptr<Listener>> listeners_;
   std::vector<std::unique_ptr<Conn>> conns_;
-  std::vector<std::unique_ptr<Conn>> graveyard_;  // closed at the last Poll; freed at the next
+  // Closed at an earlier Poll: freed at the first Poll after that once its QP is destroyed.
+  std::vector<std::unique_ptr<Conn>> graveyard_;
   std::vector<ConnId> accepted_;                  // established, not yet reported
+  Reaper reaper_;  // last: it finishes before the connections and devices go
 };
 
 // "10.0.0.2:7000" / "[fe80::1]:7000".

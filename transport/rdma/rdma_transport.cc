@@ -14,6 +14,7 @@
 #include <chrono>
 #include <optional>
 
+#include "common/clock.h"
 #include "transport/rdma/rdma_internal.h"
 
 namespace blkmirror::transport {
@@ -253,6 +254,59 @@ Status QueuePair::Create(rdma_cm_id* id, ibv_pd* pd, ibv_qp_init_attr& attr) {
   return Status::Ok();
 }
 
+Reaper::Reaper() : thread_([this] { Run(); }) {}
+
+Reaper::~Reaper() {
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+void Reaper::Destroy(rdma_cm_id* id, ConnId conn) {
+  {
+    std::lock_guard lock(mu_);
+    todo_.emplace_back(id, conn);
+  }
+  cv_.notify_all();
+}
+
+std::vector<ConnId> Reaper::Done() {
+  std::lock_guard lock(mu_);
+  return std::exchange(done_, {});
+}
+
+void Reaper::WaitIdle() {
+  std::unique_lock lock(mu_);
+  cv_.wait(lock, [this] { return todo_.empty() && !busy_; });
+}
+
+void Reaper::Run() {
+  std::unique_lock lock(mu_);
+  for (;;) {
+    cv_.wait(lock, [this] { return stop_ || !todo_.empty(); });
+    if (todo_.empty()) return;  // stop_, and nothing left
+    auto [id, conn] = todo_.front();
+    todo_.pop_front();
+    busy_ = true;
+    lock.unlock();
+    const uint64_t start = NowNs();
+    rdma_destroy_qp(id);
+    const uint64_t took_ms = (NowNs() - start) / 1'000'000;
+    if (took_ms >= 1000) {
+      spdlog::info("rdma: destroying the queue pair of a lost connection took {} ms (on the "
+                   "reaper thread; the loop went on)",
+                   took_ms);
+    }
+    lock.lock();
+    busy_ = false;
+    done_.push_back(conn);
+    cv_.notify_all();
+  }
+}
+
 void QueuePair::Reset() {
   if (id_ != nullptr && id_->qp != nullptr) rdma_destroy_qp(id_);
   id_ = nullptr;
@@ -391,6 +445,10 @@ RdmaTransport::~RdmaTransport() {
     }
     Teardown(*c);
   }
+  // Every QP destroyed before the buffers they could touch go back, and before the CQs, MRs
+  // and devices they use go.
+  reaper_.WaitIdle();
+  CollectRemains();
   // POLL_ADDs in the ring point at our Ops: cancel them and wait for every one to complete.
   if (cm_armed_) io_uring_prep_cancel(ring_.GetSqe(nullptr), &cm_op_, 0);
   for (auto& d : devices_) {
@@ -863,12 +921,16 @@ void RdmaTransport::Trust(ConnId id) {
 void RdmaTransport::Teardown(Conn& c) {
   if (c.torn_down) return;
   c.torn_down = true;
-  if (c.qp.get() != nullptr) {
+  const bool has_qp = c.qp.get() != nullptr;
+  if (has_qp) {
     DrainCq(c);
-    rdma_disconnect(c.cm_id.get());  // fails harmlessly when never connected
-    c.qp.Reset();
+    rdma_disconnect(c.cm_id.get());  // error state; fails harmlessly when never connected
+    c.qp_destroying = true;
+    reaper_.Destroy(c.qp.Release(), c.id);
   }
   for (Slot& s : c.slots) {
+    // The peer may have been writing into a granted slot: its buffer waits for the QP to go.
+    if (s.buffer && has_qp) c.parked.push_back(std::move(s.buffer));
     s.buffer.Reset();
     s.granted = false;
     s.announced = false;
@@ -876,6 +938,19 @@ void RdmaTransport::Teardown(Conn& c) {
   c.grants_pending.clear();
   c.remote_count = 0;
   c.repost.clear();
+}
+
+void RdmaTransport::CollectRemains() {
+  for (ConnId id : reaper_.Done()) {
+    for (auto* list : {&conns_, &graveyard_}) {
+      for (auto& c : *list) {
+        if (c->id != id) continue;
+        c->qp_destroying = false;
+        c->parked.clear();  // back to the pool: nothing can write into them now
+      }
+    }
+  }
+  std::erase_if(graveyard_, [](const auto& c) { return !c->qp_destroying; });
 }
 
 void RdmaTransport::Bury(Conn& c) {
