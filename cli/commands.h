@@ -25,6 +25,7 @@ struct ServeArgs {
   std::string meta_dir;
   std::string handshake_timeout = "30s";  // from connect to the end of the handshake
   std::string max_peer_timeout = "60s";   // the longest a primary may stay silent
+  uint32_t max_connections = 256;         // open at once; more are refused at accept
   std::string test_fault;
   std::string test_disk_fault;
 };
@@ -44,6 +45,7 @@ struct PushArgs {
   bool checksum_skip = false;  // compare per-block CRCs first, send only the differing blocks
   uint32_t quorum = 0;         // 0: every peer
   std::string peer_timeout = "6s";
+  std::string ack_timeout;  // "": --peer-timeout
   std::string key_file;
   std::string test_fault;
   std::string test_source_fault;

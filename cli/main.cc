@@ -59,6 +59,9 @@ int main(int argc, char** argv) {
   s->add_option("--max-peer-timeout", serve.max_peer_timeout,
                 "the longest a primary may stay silent, whatever --peer-timeout it asks for "
                 "(default 60s)");
+  s->add_option("--max-connections", serve.max_connections,
+                "connections open at once; more are refused (default 256)")
+      ->check(CLI::Range(1u, 65536u));
   s->add_option("--test-fault", serve.test_fault, "TEST ONLY: inject faults")->group("");
   s->add_option("--test-disk-fault", serve.test_disk_fault, "TEST ONLY: disk faults")->group("");
 
@@ -82,12 +85,15 @@ int main(int argc, char** argv) {
   p->add_option("--quorum", push.quorum, "replicas a write needs (default: all)");
   p->add_option("--peer-timeout", push.peer_timeout,
                 "a replica silent this long is lost (default 6s)");
+  p->add_option("--ack-timeout", push.ack_timeout,
+                "a replica that acknowledges none of its outstanding writes this long is lost "
+                "(default: --peer-timeout)");
   p->add_option("--key-file", push.key_file, "authenticate to the replicas with this key");
   p->add_option("--bind", push.bind, "local address to connect from");
   p->add_option("--test-fault", push.test_fault, "TEST ONLY: inject faults")->group("");
   p->add_option("--test-source-fault", push.test_source_fault, "TEST ONLY: source faults")
       ->group("");
-  p->add_option("--test-hold-at", push.test_hold_at, "TEST ONLY: hold at BYTES until SIGUSR1")
+  p->add_option("--test-hold-at", push.test_hold_at, "TEST ONLY: hold after BYTES until SIGUSR1")
       ->group("");
   p->add_flag("--tcp-zerocopy", push.tcp_zerocopy, "send with SENDMSG_ZC (experimental)")
       ->group("");

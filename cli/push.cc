@@ -22,6 +22,7 @@
 #include "common/units.h"
 #include "engine/dirty_bitmap.h"
 #include "engine/replicator.h"
+#include "engine/send_plan.h"
 #include "engine/session.h"
 #include "engine/verifier.h"
 #include "io/testing/faulty_block_device.h"
@@ -52,68 +53,80 @@ struct PushReport {
 std::atomic<bool> g_hold_released{false};
 void OnReleaseHold(int) { g_hold_released.store(true); }
 
-// Reads the source's dirty blocks into buffers (as many reads in flight as buffers allow) and
-// feeds them to the Replicator, each to the live peers whose bitmap has it dirty.
+// Reads the blocks the plan says into buffers (as many reads in flight as buffers allow) and
+// feeds them to the Replicator, each to the live peers that need it. A write that a peer missed
+// because it was behind goes back into the plan for that peer, and comes in a later pass.
 class PushLoop {
  public:
   PushLoop(io::Ring& ring, io::BufferPool& pool, io::BlockDevice& source,
-           engine::Replicator& replicator, uint32_t block_size,
-           std::vector<engine::DirtyBitmap*> bitmaps, Progress& progress)
+           engine::Replicator& replicator, uint32_t block_size, engine::SendPlan& plan,
+           Progress& progress)
       : ring_(ring), pool_(pool), source_(source), rep_(replicator), block_size_(block_size),
-        blocks_((source.size() + block_size - 1) / block_size), bitmaps_(std::move(bitmaps)),
-        progress_(progress), slots_(pool.count()), ready_(pool.count()) {
+        plan_(plan), progress_(progress), slots_(pool.count()), ready_(pool.count()),
+        completed_((plan.blocks() + 63) / 64, 0) {
     free_.reserve(pool.count());
     for (uint32_t i = 0; i < pool.count(); ++i) free_.push_back(i);
     batch_.reserve(pool.count());
   }
 
-  // Test hook (--test-hold-at): once `bytes` are acked, submit nothing more until SIGUSR1, so a
-  // test can break something at a known point in the middle of a push.
+  // Test hook (--test-hold-at): once `bytes` have been submitted, submit nothing more until
+  // SIGUSR1; say so once everything submitted is acked. A test breaks something at that known
+  // point in the middle of the push, whatever the speed of the machine.
   void HoldAt(uint64_t bytes) { hold_at_ = bytes; }
 
   Status Run(PushReport& report) {
     uint64_t start = NowNs();
     for (;;) {
       RETURN_IF_ERROR(rep_.failure());
-      if (hold_at_ > 0 && !held_ && report.bytes >= hold_at_) {
+      const bool holding = Holding();
+      if (holding && !held_ && rep_.in_flight() == 0) {
         held_ = true;
-        spdlog::warn("TEST HOLD: {} bytes acked; holding until SIGUSR1", report.bytes);
+        spdlog::warn("TEST HOLD: {} bytes submitted and acked; holding until SIGUSR1",
+                     submitted_bytes_);
       }
-      const bool holding = held_ && !g_hold_released.load();
       size_t events = 0;
-      if (!holding) RETURN_IF_ERROR(IssueReads(report));
+      if (!holding) RETURN_IF_ERROR(IssueReads());
       events += holding ? 0 : batch_.size();
       ASSIGN_OR_RETURN(size_t reaped, ReapReads());
       events += reaped;
-      while (!holding && ready_count_ > 0 && rep_.CanSubmit()) {
-        uint32_t si = ready_[ready_head_];
-        Slot& s = slots_[si];
+      while (!Holding() && ready_count_ > 0) {
+        Slot& s = slots_[ready_[ready_head_]];
+        engine::PeerMask mask = s.peers & rep_.live_peers();
+        if (mask != 0) {
+          // In order: a block waits for an earlier write of it, and for window space.
+          if (rep_.BlockInFlight(s.offset) || !rep_.CanSubmit(mask)) break;
+          RETURN_IF_ERROR(rep_.Submit(s.offset, std::move(s.buffer), s.length, s.offset, mask));
+          submitted_bytes_ += s.length;
+        } else {
+          s.buffer.Reset();  // every peer it was read for is lost since: it stays dirty there
+        }
+        free_.push_back(ready_[ready_head_]);
         ready_head_ = (ready_head_ + 1) % ready_.size();
         --ready_count_;
-        engine::PeerMask mask = Mask(s.offset / block_size_);
-        if (mask == 0) {
-          // Every peer it was read for is lost since: it stays dirty in their bitmaps.
-          s.buffer.Reset();
-        } else {
-          RETURN_IF_ERROR(rep_.Submit(s.offset, std::move(s.buffer), s.length, s.offset, mask));
-          ++submitted_;
-        }
-        free_.push_back(si);
         ++events;
       }
       size_t n = rep_.Poll(done_);
       for (size_t i = 0; i < n; ++i) {
         const engine::WriteCompletion& c = done_[i];
         if (!c.status.ok()) return c.status;
+        const uint64_t block = c.offset / block_size_;
+        for (engine::PeerMask m = c.skipped; m != 0; m &= m - 1) {
+          plan_.Add(static_cast<size_t>(std::countr_zero(m)), block);
+        }
+        // Each block counts once, however many passes it took to reach every peer.
+        uint64_t& word = completed_[block / 64];
+        if (word >> (block % 64) & 1) continue;
+        word |= uint64_t{1} << (block % 64);
         ++report.blocks;
         report.bytes += c.length;
         report.latency.Record(c.latency_ns);
       }
       events += n;
       progress_.Update(report.bytes);
-      if (next_block_ >= blocks_ && source_.in_flight() == 0 && ready_count_ == 0 &&
-          rep_.in_flight() == 0) {
-        break;
+      if (!more_ && source_.in_flight() == 0 && ready_count_ == 0 && rep_.in_flight() == 0) {
+        // Writes that completed since may have put blocks back: one more look.
+        more_ = plan_.CountAny(rep_.live_peers()) > 0;
+        if (!more_) break;
       }
       if (events == 0) {
         uint64_t t0 = NowNs();
@@ -137,37 +150,34 @@ class PushLoop {
   }
 
  private:
+  bool Holding() const {
+    return hold_at_ > 0 && submitted_bytes_ >= hold_at_ && !g_hold_released.load();
+  }
+
   struct Slot {
     io::BufferRef buffer;
     uint64_t offset = 0;
     uint32_t length = 0;
+    engine::PeerMask peers = 0;  // the peers it was read for
   };
 
-  // The live peers for which `block` is dirty.
-  engine::PeerMask Mask(uint64_t block) const {
-    engine::PeerMask live = rep_.live_peers();
-    engine::PeerMask mask = 0;
-    for (size_t i = 0; i < bitmaps_.size(); ++i) {
-      if ((live >> i & 1) && bitmaps_[i]->Test(block)) mask |= engine::PeerMask{1} << i;
-    }
-    return mask;
-  }
-
-  Status IssueReads(PushReport& report) {
+  Status IssueReads() {
     batch_.clear();
     const uint64_t size = source_.size();
-    while (next_block_ < blocks_ && !free_.empty() && pool_.available() > 0) {
-      uint64_t block = next_block_++;
-      if (Mask(block) == 0) {
-        ++report.blocks_skipped;
-        continue;
+    while (!free_.empty() && pool_.available() > 0) {
+      auto item = plan_.Next(rep_.live_peers());
+      if (!item) {
+        more_ = false;
+        break;
       }
+      more_ = true;
       uint32_t si = free_.back();
       free_.pop_back();
       Slot& s = slots_[si];
       s.buffer = std::move(*pool_.TryGet());
-      s.offset = block * block_size_;
+      s.offset = item->block * block_size_;
       s.length = static_cast<uint32_t>(std::min<uint64_t>(block_size_, size - s.offset));
+      s.peers = item->peers;
       io::IoRequest r;
       r.op = io::IoOp::kRead;
       r.offset = s.offset;
@@ -210,18 +220,18 @@ class PushLoop {
   io::BlockDevice& source_;
   engine::Replicator& rep_;
   uint32_t block_size_;
-  uint64_t blocks_;
-  std::vector<engine::DirtyBitmap*> bitmaps_;
+  engine::SendPlan& plan_;
   Progress& progress_;
   uint64_t hold_at_ = 0;
-  bool held_ = false;
-  uint64_t next_block_ = 0;
-  uint64_t submitted_ = 0;
+  bool held_ = false;  // the hold was announced
+  uint64_t submitted_bytes_ = 0;
+  bool more_ = true;  // the plan may still have blocks for live peers
   std::vector<Slot> slots_;
   std::vector<uint32_t> free_;
   std::vector<uint32_t> ready_;  // ring of slots read and waiting for window space
   size_t ready_head_ = 0;
   size_t ready_count_ = 0;
+  std::vector<uint64_t> completed_;  // blocks whose write completed at least once
   std::vector<io::IoRequest> batch_;
   std::array<io::IoCompletion, 64> io_;
   std::array<engine::WriteCompletion, 64> done_;
@@ -271,6 +281,9 @@ int RunReplication(const ReplicationPlan& plan) {
   }
   auto timeout = ParseDuration(args.peer_timeout);
   if (!timeout.ok()) return fail(timeout.status().Context("--peer-timeout"), kExitUsage);
+  auto ack_timeout = args.ack_timeout.empty() ? Result<std::chrono::milliseconds>(*timeout)
+                                              : ParseDuration(args.ack_timeout);
+  if (!ack_timeout.ok()) return fail(ack_timeout.status().Context("--ack-timeout"), kExitUsage);
   std::optional<uint64_t> hold_at;
   if (!args.test_hold_at.empty()) {
     auto bytes = ParseSize(args.test_hold_at);
@@ -280,8 +293,8 @@ int RunReplication(const ReplicationPlan& plan) {
                   kExitUsage);
     }
     hold_at = *bytes;
-    spdlog::warn("TEST HOLD ACTIVE: the push stops at {} bytes acked until SIGUSR1 (never use "
-                 "this in production)",
+    spdlog::warn("TEST HOLD ACTIVE: the push stops after {} bytes submitted until SIGUSR1 (never "
+                 "use this in production)",
                  *hold_at);
   }
   std::vector<transport::Endpoint> endpoints;
@@ -325,8 +338,15 @@ int RunReplication(const ReplicationPlan& plan) {
                                     {"volume_size", std::to_string(info->size)}});
   if (!recorded.ok()) return fail(recorded);
 
+  // Buffers: every write the Replicator may have in flight (a window per peer that may be
+  // behind, besides the quorum's), and reads ahead of them.
+  engine::ReplicatorOptions sizing;
+  sizing.window = args.window;
+  sizing.quorum = args.quorum;
+  const uint32_t write_slots = engine::Replicator::WriteSlots(sizing, endpoints.size());
   const uint32_t readahead = std::max<uint32_t>(4, args.window);
-  auto loop = MakeLoop(bs, args.window + readahead, std::max<unsigned>(256, 4 * args.window));
+  auto loop =
+      MakeLoop(bs, write_slots + readahead, std::max<unsigned>(256, 4 * (write_slots + readahead)));
   if (!loop.ok()) return fail(loop.status());
   io::UringOpenOptions open_options;
   open_options.queue_depth = static_cast<uint32_t>(loop->pool->count());
@@ -383,6 +403,7 @@ int RunReplication(const ReplicationPlan& plan) {
   options.volume_id = *volume_id;
   options.quorum = args.quorum;
   options.peer_timeout = *timeout;
+  options.ack_timeout = *ack_timeout;
   options.key = key;
   auto rep = engine::Replicator::Create(*loop->ring, *loop->pool, options);
   if (!rep.ok()) return fail(rep.status());
@@ -454,16 +475,24 @@ int RunReplication(const ReplicationPlan& plan) {
     bitmaps.push_back(std::move(*bitmap));
   }
 
+  // What this run sends to whom: each live replica's dirty blocks.
+  engine::SendPlan send_plan(bitmaps[0]->blocks(), bitmap_ptrs.size());
+  const engine::PeerMask live = (*rep)->live_peers();
+  for (size_t i = 0; i < bitmap_ptrs.size(); ++i) {
+    if (live >> i & 1) send_plan.AddDirty(i, *bitmap_ptrs[i]);
+  }
+  PushReport report;
+  report.blocks_skipped = send_plan.blocks() - send_plan.CountAny(live);
   uint64_t dirty_bytes = 0;
-  for (uint64_t blk = 0; blk < bitmaps[0]->blocks(); ++blk) {
-    bool any = false;
-    for (auto* b : bitmap_ptrs) any = any || b->Test(blk);
-    if (any) dirty_bytes += std::min<uint64_t>(bs, (*source)->size() - blk * bs);
+  {
+    engine::SendPlan count = send_plan;
+    while (auto item = count.Next(live)) {
+      dirty_bytes += std::min<uint64_t>(bs, (*source)->size() - item->block * bs);
+    }
   }
   bool show = args.progress == 1 || (args.progress == -1 && isatty(STDERR_FILENO));
   Progress progress(cmd, dirty_bytes, show);
-  PushReport report;
-  PushLoop push(*loop->ring, *loop->pool, **source, **rep, bs, bitmap_ptrs, progress);
+  PushLoop push(*loop->ring, *loop->pool, **source, **rep, bs, send_plan, progress);
   if (hold_at) {
     struct sigaction sa {};
     sa.sa_handler = OnReleaseHold;
@@ -500,7 +529,8 @@ int RunReplication(const ReplicationPlan& plan) {
         {"bytes_acked", s.bytes_acked},
         {"blocks_dirty", bitmap_ptrs[i]->CountSet()},
         {"retransmits", s.retransmits},
-        {"crc_mismatches", s.crc_mismatches}};
+        {"crc_mismatches", s.crc_mismatches},
+        {"blocks_behind", s.blocks_behind}};
     if (!s.lost_reason.empty()) peer["lost_reason"] = s.lost_reason;
     peers_json.push_back(peer);
   }

@@ -1,5 +1,6 @@
 // `blkmirror serve`: accept primaries and apply their blocks to the target.
 #include <signal.h>
+#include <sys/resource.h>
 
 #include <atomic>
 #include <optional>
@@ -60,11 +61,38 @@ Result<std::unique_ptr<io::BlockDevice>> OpenTargetDevice(io::Ring& ring, const 
   auto dev = io::OpenUringDevice(ring, path, options);
   if (!dev.ok()) {
     if (dev.status().err() == ENOSPC) {
-      return Status::Errno(ENOSPC, fmt::format("replica disk full: {}", dev.status().message()));
+      return dev.status().Context("replica disk full");
     }
     return dev.status();
   }
   return dev;
+}
+
+// Descriptors serve needs besides its connections: the target (two), the ring, listeners, the
+// metadata files, RDMA event channels, logs.
+constexpr rlim_t kReservedDescriptors = 64;
+
+// Makes the open-file limit hold `connections` plus what serve needs otherwise, raising the soft
+// limit up to the hard one if it must; returns how many connections fit (fewer, with a warning,
+// when the hard limit is too low).
+uint32_t FitDescriptors(uint32_t connections) {
+  rlimit lim{};
+  if (getrlimit(RLIMIT_NOFILE, &lim) != 0) return connections;
+  const rlim_t want = connections + kReservedDescriptors;
+  if (lim.rlim_cur < want && lim.rlim_cur != RLIM_INFINITY) {
+    rlimit raised = lim;
+    raised.rlim_cur = lim.rlim_max == RLIM_INFINITY ? want : std::min(want, lim.rlim_max);
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) lim = raised;
+  }
+  if (lim.rlim_cur != RLIM_INFINITY && lim.rlim_cur < want) {
+    auto fit = static_cast<uint32_t>(
+        lim.rlim_cur > kReservedDescriptors + 1 ? lim.rlim_cur - kReservedDescriptors : 1);
+    spdlog::warn("the open-file limit ({}) leaves room for {} connections, not {}: serving at "
+                 "most {} (raise ulimit -n)",
+                 static_cast<uint64_t>(lim.rlim_cur), fit, connections, fit);
+    return fit;
+  }
+  return connections;
 }
 
 }  // namespace
@@ -172,6 +200,7 @@ int RunServe(const ServeArgs& args) {
   options.key = key;
   options.handshake_timeout = *handshake_timeout;
   options.max_peer_timeout = *max_peer_timeout;
+  options.max_connections = FitDescriptors(args.max_connections);
   options.open_target = [&ring, path = args.target, depth, disk_fault](
                             uint64_t size,
                             engine::TargetUse use) -> Result<std::unique_ptr<io::BlockDevice>> {

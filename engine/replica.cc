@@ -9,6 +9,7 @@
 
 #include "common/clock.h"
 #include "common/crc32c.h"
+#include "common/log_limiter.h"
 #include "engine/seq_tracker.h"
 #include "engine/session.h"
 #include "proto/frame.h"
@@ -134,7 +135,7 @@ class ReplicaServer::Impl {
     uint32_t verify_reads = 0;
     std::array<VerifyJob, kMaxVerifyJobs> jobs;
     size_t job_head = 0, job_count = 0;
-    uint64_t blocks = 0, bytes = 0;
+    uint64_t blocks = 0, bytes = 0, crc_mismatches = 0;
   };
 
   struct DiskOp {
@@ -158,6 +159,17 @@ class ReplicaServer::Impl {
   void OnTransport(transport::Transport& t, transport::Completion& c) {
     switch (c.kind) {
       case transport::CompletionKind::kAccepted: {
+        size_t open = static_cast<size_t>(std::count_if(
+            sessions_.begin(), sessions_.end(),
+            [](const auto& x) { return x->phase != Phase::kClosed; }));
+        if (open >= options_.max_connections) {
+          if (auto left_out = refusal_log_.Allow(NowNs())) {
+            spdlog::warn("{}: refused: {} connections are open (--max-connections){}",
+                         t.PeerName(c.conn), open, LeftOut(*left_out));
+          }
+          t.Close(c.conn);
+          return;
+        }
         auto s = std::make_unique<Session>(SeqSpan(1));
         s->id = next_session_id_++;
         s->t = &t;
@@ -490,9 +502,12 @@ class ReplicaServer::Impl {
     if (crc != d.crc) {
       // Never written: NACK it, the primary sends it again.
       ++stats_.crc_mismatches;
-      spdlog::warn("{}: block at offset {} (seq {}) failed its CRC32C check (frame says "
-                   "0x{:08x}, data gives 0x{:08x}); not written, asking for a resend",
-                   s.peer, d.offset, d.seq, d.crc, crc);
+      ++s.crc_mismatches;
+      if (auto left_out = crc_log_.Allow(NowNs())) {
+        spdlog::warn("{}: block at offset {} (seq {}) failed its CRC32C check (frame says "
+                     "0x{:08x}, data gives 0x{:08x}); not written, asking for a resend{}",
+                     s.peer, d.offset, d.seq, d.crc, crc, LeftOut(*left_out));
+      }
       s.t->Release(s.conn, std::move(buffer));
       proto::Frame nf;
       nf.body = proto::Nack{d.seq, d.offset, proto::NackReason::kCrcMismatch, d.crc, crc, 0};
@@ -790,8 +805,9 @@ class ReplicaServer::Impl {
       if (s.phase == Phase::kClosed && s.ops == 0) {
         if (writer_ == &s) writer_ = nullptr;
         if (s.was_writer) {
-          spdlog::info("{}: session ended: {} blocks, {} bytes written", s.peer, s.blocks,
-                       s.bytes);
+          spdlog::info("{}: session ended: {} blocks, {} bytes written, {} CRC mismatches{}",
+                       s.peer, s.blocks, s.bytes, s.crc_mismatches,
+                       LeftOut(crc_log_.TakeLeftOut()));
           if (options_.once) once_done_ = true;
         }
         sessions_.erase(sessions_.begin() + static_cast<ptrdiff_t>(i));
@@ -814,6 +830,8 @@ class ReplicaServer::Impl {
   std::vector<uint32_t> free_ops_;
   bool once_done_ = false;
   ReplicaStats stats_;
+  LogLimiter crc_log_{kLogBurst, kLogPeriodNs};
+  LogLimiter refusal_log_{kLogBurst, kLogPeriodNs};
   std::array<transport::Completion, 64> completions_;
   std::array<io::IoCompletion, 64> io_done_;
 };

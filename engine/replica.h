@@ -63,6 +63,9 @@ struct ReplicaOptions {
   // The longest a primary may stay silent before its session is closed: a primary that asks for
   // a longer --peer-timeout, or for none (0), gets this one.
   std::chrono::milliseconds max_peer_timeout{60000};
+  // Connections open at once (sessions and connections still in their handshake): one more is
+  // closed as soon as it is accepted, so a flood cannot exhaust the process's descriptors.
+  uint32_t max_connections = 256;
 };
 
 struct ReplicaStats {

@@ -8,6 +8,7 @@
 
 #include "common/clock.h"
 #include "common/crc32c.h"
+#include "common/log_limiter.h"
 #include "engine/seq_tracker.h"
 #include "engine/session.h"
 
@@ -28,12 +29,7 @@ class Replicator::Impl {
         options_(options),
         wire_level_(std::max(options.ack, proto::AckLevel::kReceived)),
         span_(SeqSpan(options.window)),
-        blocks_((options.volume_size + options.block_size - 1) / options.block_size),
-        writes_(options.window),
-        done_(options.window) {
-    free_.reserve(options.window);
-    for (uint32_t i = options.window; i-- > 0;) free_.push_back(i);
-  }
+        blocks_((options.volume_size + options.block_size - 1) / options.block_size) {}
 
   Status StartConnect(std::span<const PeerConfig> configs) {
     if (configs.empty()) return Status::Invalid("no peer to replicate to");
@@ -45,6 +41,11 @@ class Replicator::Impl {
                              configs.size());
     }
     quorum_ = options_.quorum == 0 ? static_cast<uint32_t>(configs.size()) : options_.quorum;
+    const uint32_t slots = WriteSlots(options_, configs.size());
+    writes_ = std::vector<Write>(slots);
+    done_.assign(slots, 0);
+    free_.clear();
+    for (uint32_t i = slots; i-- > 0;) free_.push_back(i);
     proto::Hello hello;
     hello.min_version = options_.min_version;
     hello.max_version = options_.max_version;
@@ -148,15 +149,30 @@ class Replicator::Impl {
     return m;
   }
 
-  bool CanSubmit() const {
-    if (!failure_.ok() || free_.empty()) return false;
+  // The live peers of `mask` that can take one more write now.
+  PeerMask WithRoom(PeerMask mask) const {
+    PeerMask room = 0;
     for (const auto& p : peers_) {
-      if (p->stats.state != PeerState::kInSession) continue;
+      if (!(mask >> p->index & 1)) continue;
+      if (p->holding >= options_.window) continue;  // its window is full: behind
       // Keep every outstanding seq inside the span the replica tracks.
-      if (p->next_seq - p->released.cumulative() >= span_) return false;
-      if (p->t->SendSpace(p->conn) < 2) return false;  // room for the block and a heartbeat
+      if (p->next_seq - p->released.cumulative() >= span_) continue;
+      if (p->t->SendSpace(p->conn) < 2) continue;  // room for the block and a heartbeat
+      room |= PeerMask{1} << p->index;
     }
-    return live_peers() != 0;
+    return room;
+  }
+
+  // Peers a write to `mask` needs to reach: the quorum, or all of them when fewer are live.
+  uint32_t Need(PeerMask targets) const {
+    return std::min<uint32_t>(quorum_, static_cast<uint32_t>(std::popcount(targets)));
+  }
+
+  bool CanSubmit(PeerMask mask) const {
+    if (!failure_.ok() || free_.empty()) return false;
+    PeerMask targets = mask & live_peers();
+    if (targets == 0) return false;
+    return static_cast<uint32_t>(std::popcount(WithRoom(targets))) >= Need(targets);
   }
 
   bool BlockInFlight(uint64_t offset) const {
@@ -183,7 +199,7 @@ class Replicator::Impl {
                            fmt::format("write at offset {}: none of its peers is in session",
                                        offset));
     }
-    if (!CanSubmit()) return Status::Error(ErrorCode::kBusy, "replication window is full");
+    if (!CanSubmit(mask)) return Status::Error(ErrorCode::kBusy, "replication window is full");
     // One write of a block at a time: a second one while the first is in flight could reach a
     // replica's disk first, and the first one's durable ack would clear a dirty bit the second
     // still needs.
@@ -193,7 +209,11 @@ class Replicator::Impl {
                                        "submit this one once it is done",
                                        offset));
     }
-    // The block's bit is durable in each target's bitmap before the block leaves.
+    // Peers that are behind get the block later (the caller's business): it is sent to those
+    // with room, which are enough for the quorum (CanSubmit).
+    const PeerMask sendable = WithRoom(targets);
+    // The block's bit is durable in each target's bitmap (skipped ones included) before the
+    // block leaves.
     const uint64_t block = offset / options_.block_size;
     for (auto& p : peers_) {
       if (!(targets >> p->index & 1) || p->bitmap == nullptr) continue;
@@ -216,22 +236,27 @@ class Replicator::Impl {
     w.crc = Crc32c(buffer.data(), length);
     w.buffer = std::move(buffer);
     w.start_ns = NowNs();
-    w.targets = targets;
+    w.targets = sendable;
+    w.skipped = targets & ~sendable;
     w.counted = 0;
-    w.need = std::min<uint32_t>(quorum_, static_cast<uint32_t>(std::popcount(targets)));
+    w.need = Need(targets);
     w.holding = 0;
     w.done = false;
     w.reported = false;
     w.status = Status();
     ++in_flight_;
+    const uint64_t now = NowNs();
     for (auto& p : peers_) {
-      if (!(targets >> p->index & 1)) continue;
+      if (w.skipped >> p->index & 1) ++p->stats.blocks_behind;
+      if (!(sendable >> p->index & 1)) continue;
       uint64_t seq = p->next_seq++;
       PeerWrite& pw = p->writes[seq % span_];
       pw = PeerWrite{};
       pw.write = wi;
       pw.seq = seq;
       ++w.holding;
+      ++p->holding;
+      if (p->unacked++ == 0) p->last_progress_ns = now;  // the ack clock starts now
       SendData(*p, pw);
       if (!failure_.ok()) break;
     }
@@ -258,6 +283,7 @@ class Replicator::Impl {
       c.length = w.length;
       c.latency_ns = w.done_ns - w.start_ns;
       c.status = w.status;
+      c.skipped = w.skipped;
       w.reported = true;
       --in_flight_;
       MaybeFree(wi);
@@ -307,6 +333,9 @@ class Replicator::Impl {
       }
     }
     SyncBitmaps();
+    if (uint64_t left_out = nack_log_.TakeLeftOut()) {
+      spdlog::warn("{} more warnings of rejected blocks were left out of the log", left_out);
+    }
     return failure_;
   }
 
@@ -339,6 +368,7 @@ class Replicator::Impl {
     uint64_t start_ns = 0;
     uint64_t done_ns = 0;
     PeerMask targets = 0;  // peers it was sent to
+    PeerMask skipped = 0;  // live peers it was meant for but not sent to (behind)
     PeerMask counted = 0;  // peers that reached the ack level
     uint32_t need = 0;     // peers that must reach it for the write to complete
     uint32_t holding = 0;  // peers that may still need the buffer
@@ -376,6 +406,9 @@ class Replicator::Impl {
     DirtyBitmap* bitmap = nullptr;
     uint64_t last_rx_ns = 0;
     uint64_t last_heartbeat_ns = 0;
+    uint32_t holding = 0;  // writes whose buffer this peer may still need (its window)
+    uint32_t unacked = 0;  // writes sent and not acked at the wire level
+    uint64_t last_progress_ns = 0;  // the last ack or nack, or when `unacked` left 0
     PeerStats stats;
   };
 
@@ -414,18 +447,29 @@ class Replicator::Impl {
     }
   }
 
-  // Heartbeats out, silence in.
+  // Heartbeats out; silence, and being alive without progress, in.
   void Tick(uint64_t now) {
     const uint64_t timeout = static_cast<uint64_t>(options_.peer_timeout.count()) * 1000000;
-    if (timeout == 0) return;
+    const uint64_t ack_timeout =
+        options_.ack_timeout.count() > 0
+            ? static_cast<uint64_t>(options_.ack_timeout.count()) * 1000000
+            : timeout;
     for (auto& p : peers_) {
       if (p->stats.state != PeerState::kInSession) continue;
-      if (now - p->last_rx_ns > timeout) {
+      if (timeout > 0 && now - p->last_rx_ns > timeout) {
         LosePeer(*p, Status::Error(ErrorCode::kTimeout,
                                    fmt::format("no frame for {} ms (--peer-timeout)",
                                                (now - p->last_rx_ns) / 1000000)));
         continue;
       }
+      if (ack_timeout > 0 && p->unacked > 0 && now - p->last_progress_ns > ack_timeout) {
+        LosePeer(*p, Status::Error(ErrorCode::kTimeout,
+                                   fmt::format("acknowledged none of its {} outstanding writes "
+                                               "for {} ms (--ack-timeout); alive but stuck",
+                                               p->unacked, (now - p->last_progress_ns) / 1000000)));
+        continue;
+      }
+      if (timeout == 0) continue;
       if (now - p->last_heartbeat_ns >= timeout / 3 && p->t->SendSpace(p->conn) > 0) {
         proto::Frame f;
         f.body = proto::Heartbeat{now, 0};
@@ -557,8 +601,8 @@ class Replicator::Impl {
     for (uint64_t i = 0; i < 64 && a.sack_bits != 0; ++i) {
       if (!((a.sack_bits >> i) & 1)) continue;
       uint64_t s = a.sack_base + i;
-      if (s >= p.next_seq) {
-        LosePeer(p, Status::Protocol("acked seq {} that was never sent", s));
+      if (s < a.sack_base || s >= p.next_seq) {  // wrapped past 2^64, or beyond what was sent
+        LosePeer(p, Status::Protocol("acked seq {} + {} that was never sent", a.sack_base, i));
         return;
       }
       if (!p.acked.Has(s)) Acked(p, s);
@@ -570,6 +614,8 @@ class Replicator::Impl {
     if (pw.write == kNoWrite || pw.seq != seq) return;
     p.acked.Mark(seq);
     pw.acked = true;
+    --p.unacked;
+    p.last_progress_ns = NowNs();
     const Write& w = writes_[pw.write];
     uint64_t block = w.offset / options_.block_size;
     ++p.stats.blocks_acked;
@@ -590,14 +636,17 @@ class Replicator::Impl {
       return;
     }
     const Write& w = writes_[pw.write];
-    if (n.reason == proto::NackReason::kCrcMismatch) {
-      ++p.stats.crc_mismatches;
-      spdlog::warn("{}: block at offset {} failed its CRC32C check at the replica (expected "
-                   "0x{:08x}, got 0x{:08x}); resending",
-                   p.name, w.offset, n.expected_crc, n.actual_crc);
-    } else {
-      spdlog::warn("{}: replica could not write block at offset {}: {}; resending", p.name,
-                   w.offset, std::strerror(n.err));
+    p.last_progress_ns = NowNs();  // an answer, if not a good one: max_retries bounds those
+    if (n.reason == proto::NackReason::kCrcMismatch) ++p.stats.crc_mismatches;
+    if (auto left_out = nack_log_.Allow(NowNs())) {
+      if (n.reason == proto::NackReason::kCrcMismatch) {
+        spdlog::warn("{}: block at offset {} failed its CRC32C check at the replica (expected "
+                     "0x{:08x}, got 0x{:08x}); resending{}",
+                     p.name, w.offset, n.expected_crc, n.actual_crc, LeftOut(*left_out));
+      } else {
+        spdlog::warn("{}: replica could not write block at offset {}: {}; resending{}", p.name,
+                     w.offset, std::strerror(n.err), LeftOut(*left_out));
+      }
     }
     if (++pw.retries > options_.max_retries) {
       // A block that keeps failing: the push cannot complete as asked, whatever the quorum.
@@ -696,6 +745,7 @@ class Replicator::Impl {
   void Release(Peer& p, PeerWrite& pw) {
     if (pw.released) return;
     pw.released = true;
+    --p.holding;
     p.released.Mark(pw.seq);
     uint32_t wi = pw.write;
     Write& w = writes_[wi];
@@ -757,6 +807,7 @@ class Replicator::Impl {
   uint32_t in_flight_ = 0;
   uint64_t last_bitmap_sync_ns_ = 0;
   Status failure_;
+  LogLimiter nack_log_{kLogBurst, kLogPeriodNs};
   std::array<transport::Completion, 64> completions_;
 };
 
@@ -779,6 +830,11 @@ Result<std::unique_ptr<Replicator>> Replicator::Create(io::Ring& ring, io::Buffe
   return std::unique_ptr<Replicator>(new Replicator(std::make_unique<Impl>(ring, options)));
 }
 
+uint32_t Replicator::WriteSlots(const ReplicatorOptions& options, size_t peers) {
+  size_t quorum = options.quorum == 0 ? peers : std::min<size_t>(options.quorum, peers);
+  return static_cast<uint32_t>(options.window * (1 + peers - quorum));
+}
+
 Replicator::Replicator(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Replicator::~Replicator() = default;
 Status Replicator::Connect(std::span<const PeerConfig> peers) { return impl_->Connect(peers); }
@@ -790,7 +846,7 @@ void Replicator::AttachBitmap(size_t index, DirtyBitmap* bitmap) {
   impl_->AttachBitmap(index, bitmap);
 }
 PeerMask Replicator::live_peers() const { return impl_->live_peers(); }
-bool Replicator::CanSubmit() const { return impl_->CanSubmit(); }
+bool Replicator::CanSubmit(PeerMask peers) const { return impl_->CanSubmit(peers); }
 bool Replicator::BlockInFlight(uint64_t offset) const { return impl_->BlockInFlight(offset); }
 Status Replicator::Submit(uint64_t offset, io::BufferRef buffer, uint32_t length, uint64_t token,
                           PeerMask peers) {

@@ -16,7 +16,13 @@
 //
 // Failure model (docs/failure-model.md):
 //   - Every connection carries heartbeats; a peer silent for `peer_timeout`, or whose
-//     connection breaks or who sends an Error, is lost (logged with the reason).
+//     connection breaks or who sends an Error, is lost (logged with the reason). So is a peer
+//     that is alive but makes no progress: writes outstanding and none of them acknowledged for
+//     `ack_timeout` (DRBD's ko-count x timeout).
+//   - A slow peer cannot hold the others back while the quorum does without it: a peer whose
+//     window is full is "behind"; a write that the quorum can reach without it is not sent to it
+//     (WriteCompletion::skipped says so; its bit stays set in its bitmap), and the caller sends
+//     it that block later. Hence more write slots than one window (WriteSlots).
 //   - With `quorum` K (default: every peer), a write completes once K of the peers it was sent
 //     to reached the ack level. Losing a peer leaves the others going while at least K remain
 //     (the lost peer's blocks stay dirty in its bitmap, for the next resync); below K the
@@ -63,6 +69,9 @@ struct ReplicatorOptions {
   uint32_t max_retries = 5;
   uint32_t quorum = 0;  // peers a write needs; 0: all of them
   std::chrono::milliseconds peer_timeout{6000};
+  // A peer with writes outstanding that acknowledges none of them for this long is lost
+  // (0: peer_timeout).
+  std::chrono::milliseconds ack_timeout{0};
   std::chrono::milliseconds connect_timeout{10000};
   std::chrono::milliseconds handshake_timeout{10000};
   std::optional<Key> key;  // authenticate every peer (mutual HMAC challenge-response)
@@ -77,6 +86,10 @@ struct WriteCompletion {
   uint32_t length = 0;
   uint64_t latency_ns = 0;  // Submit to completion at the ack level
   Status status;
+  // Peers the write was meant for (live, in its mask) but not sent to, because they were
+  // behind (their window full) while the quorum could do without them. Their bits stay set in
+  // their bitmaps; the caller sends them the block again later.
+  uint64_t skipped = 0;
 };
 
 enum class PeerState : uint8_t { kConnecting, kInSession, kClosed, kLost };
@@ -94,6 +107,7 @@ struct PeerStats {
   uint64_t bytes_acked = 0;
   uint64_t retransmits = 0;
   uint64_t crc_mismatches = 0;
+  uint64_t blocks_behind = 0;  // writes not sent to it while it was behind (sent later)
 };
 
 // Which peers (by index in the Connect list) a write goes to. At most 64 peers.
@@ -105,6 +119,10 @@ class Replicator {
  public:
   static Result<std::unique_ptr<Replicator>> Create(io::Ring& ring, io::BufferPool& pool,
                                                     const ReplicatorOptions& options);
+
+  // Writes in flight at most, for `peers` peers: one window for the quorum, plus one for each
+  // peer that may be behind (peers - quorum). A caller sizes its buffer pool from this.
+  static uint32_t WriteSlots(const ReplicatorOptions& options, size_t peers);
   ~Replicator();
 
   // Connects to every peer and completes the handshakes (setup: blocks, bounded by the
@@ -123,9 +141,10 @@ class Replicator {
   // Peers still in session (neither lost nor closed), as a mask.
   PeerMask live_peers() const;
 
-  // True when Submit would be accepted now (window space on every live peer), for a block
-  // that has no write in flight (see BlockInFlight).
-  bool CanSubmit() const;
+  // True when Submit(…, peers) would be accepted now, for a block that has no write in flight
+  // (see BlockInFlight): a free write slot, and enough of the live peers in `peers` with window
+  // space to make the quorum (min(quorum, live peers in `peers`)).
+  bool CanSubmit(PeerMask peers = kAllPeers) const;
   // True while a write of the block at `offset` still holds its buffer (Submit refuses a
   // second write of it until then).
   bool BlockInFlight(uint64_t offset) const;

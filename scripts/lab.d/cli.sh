@@ -4,7 +4,8 @@
 #                                it listens, sets SPID; output in $tmp/NAME.out, log in $tmp/NAME.log
 #   push NAME ARGS...            `blkmirror push --json` from LAB_IP0; JSON in $tmp/NAME.json
 #   push_held NAME BYTES ARGS... `blkmirror push --json --test-hold-at BYTES` in the background:
-#                                it stops once BYTES are acked until `release_push`; sets PPID_PUSH
+#                                it stops once BYTES are sent and acked, until `release_push`;
+#                                sets PPID_PUSH
 #                                and returns once the push holds (fails if it ends first)
 #   release_push                 lets the held push go on (SIGUSR1)
 #   j NAME JQ                    a field of $tmp/NAME.json

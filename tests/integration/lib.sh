@@ -60,6 +60,17 @@ push() {
 
 json() { jq -r "$1" "$TEST_TMP/push.json"; }
 
+# push_retrying SECONDS ARGS...: runs push until it succeeds (0) or SECONDS have passed (1), for a
+# replica expected to take a primary again soon (a slot or a descriptor freeing up).
+push_retrying() {
+  local until=$((SECONDS + $1)); shift
+  while :; do
+    push "$@" && return 0
+    [ "$SECONDS" -lt "$until" ] || return 1
+    sleep 0.2
+  done
+}
+
 # same FILE1 FILE2 [BYTES]: byte-for-byte compare (of the first BYTES bytes if given).
 same() {
   if [ $# -eq 3 ]; then
@@ -142,7 +153,7 @@ push_bg() {
 }
 
 # push_held BYTES [ARGS...]: push in the background with --test-hold-at BYTES: it stops once
-# BYTES are acked, until release_push. Returns once it holds (fails if the push ended first), so
+# BYTES are submitted (and waits for their acks), until release_push. Returns once it holds (fails if the push ended first), so
 # what a test breaks next happens in the middle of the push, whatever the machine's speed. Sets
 # PUSH_PID.
 push_held() {

@@ -16,7 +16,9 @@
     peer.py LISTEN_PORT fake-replica MODE
                                a replica that accepts one primary, answers its Hello with HelloOk
                                and then: MODE=heartbeats sends only Heartbeats (never an Ack);
-                               MODE=send-data sends the primary a Data frame. Prints "listening
+                               MODE=send-data sends the primary a Data frame; MODE=wrapping-sack
+                               answers the first Data with an Ack whose selective part starts at
+                               2^64 - 1 and wraps to seq 0. Prints "listening
                                PORT" once it listens (LISTEN_PORT 0: any free port); ends when
                                the primary closes.
 
@@ -242,6 +244,15 @@ def fake_replica(port, mode):
     if mode == "send-data":
         block = b"\0" * 4096
         s.sendall(data(0, 0, 4096, crc32c(block)) + block)
+    if mode == "wrapping-sack":
+        while True:
+            h = read_one(s)
+            if h is None:
+                return True
+            if h[5] == T_DATA:
+                break
+        # level durable, cumulative 0, sack_base 2^64 - 1, bit 1: "seq 2^64", wrapped to 0.
+        s.sendall(header(T_ACK, struct.pack("<B7xQQQ", 2, 0, (1 << 64) - 1, 0b10)))
     stop = threading.Event()
     def beat():
         while not stop.is_set():

@@ -23,6 +23,19 @@ wait_exit "$PID_t"
 same "$TEST_TMP/src" "$TEST_TMP/rep3"
 [ "$(json .crc_mismatches)" = 40 ] || fail "expected 8 blocks x 5 mismatches, got $(json .crc_mismatches)"
 
+step "every block corrupted 5 times: 320 NACKs, said in a few lines"
+serve u "$TEST_TMP/rep4" --once --test-fault flip-rx-data:every=1,tries=5
+push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_u" || fail "push: $(tail -n 3 "$TEST_TMP/push.log")"
+wait_exit "$PID_u"
+same "$TEST_TMP/src" "$TEST_TMP/rep4"
+[ "$(json .crc_mismatches)" = 320 ] || fail "expected 64 blocks x 5 mismatches, got $(json .crc_mismatches)"
+for log in "$TEST_TMP/push.log" "$TEST_TMP/serve-u.log"; do
+  lines=$(grep -c "failed its CRC32C check" "$log")
+  [ "$lines" -lt 100 ] || fail "$lines CRC warnings in $log for 320 mismatches: not rate-limited"
+done
+expect_in "$TEST_TMP/push.log" "more warnings of rejected blocks were left out of the log"
+expect_in "$TEST_TMP/serve-u.log" "320 CRC mismatches ("
+
 step "one block corrupted every time"
 bad=$((3 << 20))
 serve s "$TEST_TMP/rep2" --once --test-fault "flip-rx-data:offset=$bad"

@@ -10,6 +10,7 @@ rc=0; push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" || rc=$?
 [ "$rc" = 3 ] || fail "push to a full disk exited $rc"
 expect_in "$TEST_TMP/push.log" "replica disk full"
 expect_in "$TEST_TMP/push.log" "$TEST_TMP/small/rep"
+grep -q "No space left on device: No space left on device" "$TEST_TMP/push.log" && fail "the error repeats itself"
 kill -0 "$PID_r" || fail "serve died on a full disk"
 step "a volume that fits still works"
 random_file "$TEST_TMP/src2" $((4 << 20))

@@ -31,13 +31,8 @@ serve w "$TEST_TMP/rep-w" --max-peer-timeout 2s
 coproc HOLD { "${peer[@]}" "$PORT_w" hold-writer $((8 << 20)); }
 read -r line <&"${HOLD[0]}" || true
 [ "$line" = holding ] || fail "peer.py could not open a write session"
-ok=0
-for _ in $(seq 100); do
-  if push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_w" --meta-dir "$TEST_TMP/meta-w"; then ok=1; break; fi
-  grep -q "one writer per volume" "$TEST_TMP/push.log" || fail "push: $(tail -n 2 "$TEST_TMP/push.log")"
-  sleep 0.2
-done
-[ "$ok" = 1 ] || fail "the silent writer held the target for 20 s"
+push_retrying 30 --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_w" --meta-dir "$TEST_TMP/meta-w" \
+  || fail "the silent writer held the target for 30 s: $(tail -n 2 "$TEST_TMP/push.log")"
 expect_in "$TEST_TMP/serve-w.log" "primary lost: no frame for"
 same "$TEST_TMP/src" "$TEST_TMP/rep-w"
 exec {HOLD[1]}>&-

@@ -20,6 +20,9 @@ TEST(FaultSpecTest, ParsesEveryNthWithTries) {
   spec = FaultSpec::Parse("flip-rx-data:offset=1048576");
   ASSERT_TRUE(spec.ok()) << spec.status().message();
   EXPECT_EQ(spec->flip_offset, 1048576u);
+  spec = FaultSpec::Parse("drop-tx-acks");
+  ASSERT_TRUE(spec.ok()) << spec.status().message();
+  EXPECT_TRUE(spec->drop_tx_acks);
 }
 
 TEST(FaultSpecTest, RefusesWhatItDoesNotKnowNamingIt) {

@@ -514,6 +514,56 @@ TEST_F(ReplicatorTest, ASilentReplicaIsLostAfterThePeerTimeout) {
   EXPECT_TRUE(Equal(replicas_[0]->device->contents(), data));
 }
 
+// A replica that is slow (here: not stepped at all, yet not lost) above the quorum holds its own
+// window and no more: the writes go on to the healthy replica, reported as skipped for the slow
+// one, which gets them later (the caller's plan).
+TEST_F(ReplicatorTest, ASlowReplicaAboveTheQuorumDoesNotHoldTheOthersBack) {
+  auto data = RandomBytes(32 * (16 << 10), 18);
+  for (int i = 0; i < 2; ++i) AddReplica(data.size());
+  auto o = Options(data.size(), AckLevel::kDurable, 16 << 10, 4);
+  o.quorum = 1;
+  o.peer_timeout = std::chrono::milliseconds(60000);
+  ASSERT_EQ(Replicator::WriteSlots(o, 2), 8u);
+  ASSERT_TRUE(StartPrimary(o).ok());
+  frozen_ = 0b10;
+  Status s = Push(data);
+  ASSERT_TRUE(s.ok()) << s.message();
+  ASSERT_EQ(done_.size(), 32u);
+  size_t skipped = 0;
+  for (const auto& c : done_) skipped += (c.skipped >> 1) & 1;
+  EXPECT_EQ(skipped, 28u) << "the slow replica took its window of 4, no more";
+  auto stats = rep_->stats();
+  EXPECT_EQ(stats[1].blocks_behind, 28u);
+  EXPECT_EQ(stats[1].state, PeerState::kInSession);
+  EXPECT_TRUE(Equal(replicas_[0]->device->contents(), data));
+  frozen_ = 0;  // it wakes up: its 4 writes land, then the session ends cleanly
+  CloseAll();
+  EXPECT_EQ(rep_->stats()[1].blocks_acked, 4u);
+}
+
+// Alive (heartbeats) but stuck (no acks): lost after the ack timeout; the quorum carries on.
+TEST_F(ReplicatorTest, AReplicaThatNeverAcksIsLostAfterTheAckTimeout) {
+  auto data = RandomBytes(16 * (16 << 10), 19);
+  AddReplica(data.size());
+  AddReplica(data.size(), 64 << 10, "drop-tx-acks");
+  auto o = Options(data.size(), AckLevel::kDurable);
+  o.quorum = 1;
+  o.peer_timeout = std::chrono::milliseconds(60000);
+  o.ack_timeout = std::chrono::milliseconds(300);
+  ASSERT_TRUE(StartPrimary(o).ok());
+  Status s = Push(data);
+  ASSERT_TRUE(s.ok()) << s.message();
+  for (int i = 0; i < 400 && rep_->stats()[1].state != PeerState::kLost; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    Step();
+  }
+  auto stats = rep_->stats();
+  ASSERT_EQ(stats[1].state, PeerState::kLost);
+  EXPECT_NE(stats[1].lost_reason.find("--ack-timeout"), std::string::npos) << stats[1].lost_reason;
+  EXPECT_EQ(stats[1].blocks_acked, 0u);
+  EXPECT_TRUE(Equal(replicas_[0]->device->contents(), data));
+}
+
 TEST_F(ReplicatorTest, ResyncSendsOnlyDirtyBlocksToTheirPeers) {
   auto data = RandomBytes(16 * (16 << 10), 16);
   for (int i = 0; i < 2; ++i) AddReplica(data.size());

@@ -314,6 +314,10 @@ void TcpTransport::OnCqe(io::RingOp* ring_op, int32_t res, uint32_t flags) {
     case Op::Kind::kAccept:
       OnAccept(*op->listener, res);
       break;
+    case Op::Kind::kAcceptRetry:
+      op->listener->retry_inflight = false;
+      if (!shutting_down_) ArmAccept(*op->listener);
+      break;
   }
 }
 

@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 
 #include <array>
+#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
@@ -23,7 +24,7 @@ struct Conn;
 struct Listener;
 
 struct Op : io::RingOp {
-  enum class Kind : uint8_t { kSend, kRecv, kAccept };
+  enum class Kind : uint8_t { kSend, kRecv, kAccept, kAcceptRetry };
   Kind kind = Kind::kSend;
   Conn* conn = nullptr;
   Listener* listener = nullptr;
@@ -98,6 +99,11 @@ struct Conn {
   bool busy() const { return send_inflight || recv_inflight || zc_count > 0; }
 };
 
+// Accept retries after the process ran out of descriptors (or memory): the first after
+// kAcceptRetryFirst, doubling up to kAcceptRetryMax, until an accept succeeds again.
+inline constexpr std::chrono::milliseconds kAcceptRetryFirst{100};
+inline constexpr std::chrono::milliseconds kAcceptRetryMax{2000};
+
 struct Listener {
   int fd = -1;
   Endpoint local;
@@ -105,6 +111,11 @@ struct Listener {
   bool inflight = false;
   sockaddr_storage addr{};
   socklen_t addr_len = sizeof(sockaddr_storage);
+  // A timer (IORING_OP_TIMEOUT) that re-arms the accept after a failure that a retry may cure.
+  Op retry_op;
+  bool retry_inflight = false;
+  __kernel_timespec retry_ts{};
+  uint32_t failures = 0;  // accepts failed in a row
 };
 
 class TcpTransport final : public Transport, public io::RingHandler {
@@ -132,6 +143,7 @@ class TcpTransport final : public Transport, public io::RingHandler {
   void Destroy(Conn* conn);
   void ArmAccept(Listener& listener);
   void OnAccept(Listener& listener, int32_t res);
+  void RetryAcceptLater(Listener& listener, int32_t res);
 
   // Data path (tcp_datapath.cc).
   Conn* Find(ConnId id) const;

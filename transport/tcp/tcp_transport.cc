@@ -8,6 +8,8 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include <algorithm>
+
 #include <spdlog/spdlog.h>
 
 #include "transport/tcp/tcp_internal.h"
@@ -68,10 +70,8 @@ TcpTransport::TcpTransport(const TransportContext& context)
 TcpTransport::~TcpTransport() {
   shutting_down_ = true;
   for (auto& l : listeners_) {
-    if (l->inflight) {
-      io_uring_sqe* sqe = ring_.GetSqe(nullptr);
-      io_uring_prep_cancel(sqe, &l->op, 0);
-    }
+    if (l->inflight) io_uring_prep_cancel(ring_.GetSqe(nullptr), &l->op, 0);
+    if (l->retry_inflight) io_uring_prep_cancel(ring_.GetSqe(nullptr), &l->retry_op, 0);
   }
   for (auto& c : conns_) {
     if (!c->closing) Fail(*c, Status());
@@ -79,7 +79,7 @@ TcpTransport::~TcpTransport() {
   // Operations in the kernel point at our connections: wait until every one has completed.
   auto busy = [&] {
     for (auto& l : listeners_) {
-      if (l->inflight) return true;
+      if (l->inflight || l->retry_inflight) return true;
     }
     for (auto& c : conns_) {
       if (c->busy()) return true;
@@ -125,6 +125,9 @@ Result<Endpoint> TcpTransport::Listen(const Endpoint& local) {
   listener->op.handler = this;
   listener->op.kind = Op::Kind::kAccept;
   listener->op.listener = listener.get();
+  listener->retry_op.handler = this;
+  listener->retry_op.kind = Op::Kind::kAcceptRetry;
+  listener->retry_op.listener = listener.get();
   Listener& l = *listener;
   listeners_.push_back(std::move(listener));
   ArmAccept(l);
@@ -142,19 +145,42 @@ void TcpTransport::ArmAccept(Listener& l) {
 void TcpTransport::OnAccept(Listener& l, int32_t res) {
   l.inflight = false;
   if (shutting_down_) return;
+  if (res == -ECANCELED) return;
+  if (res == -EMFILE || res == -ENFILE || res == -ENOMEM || res == -ENOBUFS) {
+    RetryAcceptLater(l, res);  // retrying at once would spin; descriptors free up later
+    return;
+  }
   if (res < 0) {
-    if (res != -ECANCELED) {
-      spdlog::warn("tcp {}: accept failed: {}", l.local.ToString(), std::strerror(-res));
-    }
-    if (res == -EMFILE || res == -ENFILE || res == -ENOMEM) return;  // do not spin
+    spdlog::warn("tcp {}: accept failed: {}", l.local.ToString(), std::strerror(-res));
     ArmAccept(l);
     return;
+  }
+  if (l.failures > 0) {
+    spdlog::info("tcp {}: accepting again after {} failed attempts", l.local.ToString(),
+                 l.failures);
+    l.failures = 0;
   }
   TuneSocket(res);
   Conn* conn = AddConn(res, AddrToString(reinterpret_cast<sockaddr*>(&l.addr)));
   conn->accepted = true;
   accepted_.push_back(conn->id);
   ArmAccept(l);
+}
+
+void TcpTransport::RetryAcceptLater(Listener& l, int32_t res) {
+  auto delay = std::min(kAcceptRetryMax, kAcceptRetryFirst * (1 << std::min(l.failures, 5u)));
+  if (l.failures == 0) {
+    spdlog::warn("tcp {}: accept failed: {}; retrying every {} to {} ms until it works (the "
+                 "process is out of descriptors or memory: see serve --max-connections and "
+                 "ulimit -n)",
+                 l.local.ToString(), std::strerror(-res), kAcceptRetryFirst.count(),
+                 kAcceptRetryMax.count());
+  }
+  ++l.failures;
+  l.retry_ts.tv_sec = delay.count() / 1000;
+  l.retry_ts.tv_nsec = (delay.count() % 1000) * 1'000'000;
+  io_uring_prep_timeout(ring_.GetSqe(&l.retry_op), &l.retry_ts, 0, 0);
+  l.retry_inflight = true;
 }
 
 Result<ConnId> TcpTransport::Connect(const Endpoint& peer, std::chrono::milliseconds timeout) {

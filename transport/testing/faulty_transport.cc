@@ -1,6 +1,7 @@
 #include "transport/testing/faulty_transport.h"
 
 #include <charconv>
+#include <vector>
 
 #include <spdlog/spdlog.h>
 
@@ -8,7 +9,7 @@ namespace blkmirror::transport {
 namespace {
 
 constexpr std::string_view kKnownFaults =
-    "known: flip-rx-data:every=N[,tries=K], flip-rx-data:offset=O";
+    "known: flip-rx-data:every=N[,tries=K], flip-rx-data:offset=O, drop-tx-acks";
 
 std::optional<uint64_t> ParseNumber(std::string_view v) {
   uint64_t n = 0;
@@ -21,6 +22,10 @@ std::optional<uint64_t> ParseNumber(std::string_view v) {
 
 Result<FaultSpec> FaultSpec::Parse(std::string_view text) {
   FaultSpec spec;
+  if (text == "drop-tx-acks") {
+    spec.drop_tx_acks = true;
+    return spec;
+  }
   constexpr std::string_view kFlip = "flip-rx-data:";
   if (text.substr(0, kFlip.size()) != kFlip) {
     return Status::Invalid("unknown fault '{}' ({})", text, kKnownFaults);
@@ -56,6 +61,17 @@ Result<FaultSpec> FaultSpec::Parse(std::string_view text) {
   return spec;
 }
 
+Status FaultyTransport::Post(std::span<const WorkItem> items) {
+  if (!spec_.drop_tx_acks) return inner_->Post(items);
+  std::vector<WorkItem> kept;  // test code: a copy per Post is fine here
+  for (const WorkItem& item : items) {
+    auto prefix = proto::DecodePrefix(item.header);
+    if (prefix.ok() && prefix->type == proto::FrameType::kAck) continue;
+    kept.push_back(item);
+  }
+  return kept.empty() ? Status::Ok() : inner_->Post(kept);
+}
+
 bool FaultyTransport::ShouldFlip(ConnId conn, const proto::Frame& frame) {
   const auto& d = std::get<proto::Data>(frame.body);
   if (spec_.flip_offset) return *spec_.flip_offset == d.offset;
@@ -77,6 +93,7 @@ bool FaultyTransport::ShouldFlip(ConnId conn, const proto::Frame& frame) {
 
 size_t FaultyTransport::Poll(std::span<Completion> out) {
   size_t n = inner_->Poll(out);
+  if (spec_.drop_tx_acks) return n;
   for (size_t i = 0; i < n; ++i) {
     Completion& c = out[i];
     if (c.kind == CompletionKind::kClosed) {

@@ -13,6 +13,7 @@
 //                                   K * floor(blocks / N) faults per session
 //   flip-rx-data:offset=O           every transmission of the block at volume offset O: the
 //                                   primary exhausts its retries on it
+//   drop-tx-acks                    never send an Ack (a replica alive, heartbeating, and stuck)
 // (The CLI's hidden --test-fault takes the same text.)
 #pragma once
 
@@ -31,6 +32,7 @@ struct FaultSpec {
   uint32_t flip_every = 0;  // 0: no every-Nth rule
   uint32_t flip_tries = 1;  // transmissions corrupted per chosen block
   std::optional<uint64_t> flip_offset;
+  bool drop_tx_acks = false;
 
   static Result<FaultSpec> Parse(std::string_view text);
 };
@@ -46,7 +48,7 @@ class FaultyTransport final : public Transport {
   Result<ConnId> Connect(const Endpoint& peer, std::chrono::milliseconds timeout) override {
     return inner_->Connect(peer, timeout);
   }
-  Status Post(std::span<const WorkItem> items) override { return inner_->Post(items); }
+  Status Post(std::span<const WorkItem> items) override;
   size_t SendSpace(ConnId conn) const override { return inner_->SendSpace(conn); }
   size_t Poll(std::span<Completion> out) override;
   void Release(ConnId conn, io::BufferRef buffer) override {
