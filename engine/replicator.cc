@@ -168,6 +168,8 @@ class Replicator::Impl {
     return std::min<uint32_t>(quorum_, static_cast<uint32_t>(std::popcount(targets)));
   }
 
+  PeerMask Behind() const { return live_peers() & ~WithRoom(live_peers()); }
+
   bool CanSubmit(PeerMask mask) const {
     if (!failure_.ok() || free_.empty()) return false;
     PeerMask targets = mask & live_peers();
@@ -284,6 +286,7 @@ class Replicator::Impl {
       c.latency_ns = w.done_ns - w.start_ns;
       c.status = w.status;
       c.skipped = w.skipped;
+      c.reached = static_cast<uint32_t>(std::popcount(w.counted));
       w.reported = true;
       --in_flight_;
       MaybeFree(wi);
@@ -847,6 +850,7 @@ void Replicator::AttachBitmap(size_t index, DirtyBitmap* bitmap) {
 }
 PeerMask Replicator::live_peers() const { return impl_->live_peers(); }
 bool Replicator::CanSubmit(PeerMask peers) const { return impl_->CanSubmit(peers); }
+PeerMask Replicator::Behind() const { return impl_->Behind(); }
 bool Replicator::BlockInFlight(uint64_t offset) const { return impl_->BlockInFlight(offset); }
 Status Replicator::Submit(uint64_t offset, io::BufferRef buffer, uint32_t length, uint64_t token,
                           PeerMask peers) {

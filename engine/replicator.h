@@ -90,6 +90,10 @@ struct WriteCompletion {
   // behind (their window full) while the quorum could do without them. Their bits stay set in
   // their bitmaps; the caller sends them the block again later.
   uint64_t skipped = 0;
+  // Peers that reached the ack level. Fewer than the quorum only when peers it was sent to
+  // were lost before they got there (the write still completes: the quorum of peers in session
+  // is what Submit and the Replicator's failure enforce).
+  uint32_t reached = 0;
 };
 
 enum class PeerState : uint8_t { kConnecting, kInSession, kClosed, kLost };
@@ -145,6 +149,9 @@ class Replicator {
   // (see BlockInFlight): a free write slot, and enough of the live peers in `peers` with window
   // space to make the quorum (min(quorum, live peers in `peers`)).
   bool CanSubmit(PeerMask peers = kAllPeers) const;
+  // Live peers whose window is full now: a write submitted now is not sent to them (it is
+  // skipped, WriteCompletion::skipped) as long as the quorum does without them.
+  PeerMask Behind() const;
   // True while a write of the block at `offset` still holds its buffer (Submit refuses a
   // second write of it until then).
   bool BlockInFlight(uint64_t offset) const;

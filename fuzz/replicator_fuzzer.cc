@@ -155,11 +155,12 @@ struct WriteInfo {
   uint64_t offset = 0;
   uint32_t length = 0;
   uint32_t crc = 0;
-  engine::PeerMask targets = 0;
-  std::array<uint64_t, 2> seq{};  // per target peer
+  engine::PeerMask targets = 0;  // live peers of its mask when submitted
+  engine::PeerMask sent = 0;     // the targets it went to (the others were behind)
+  std::array<uint64_t, 2> seq{};  // per peer it was sent to
   bool completed = false;
   bool ok = false;
-  uint32_t lost_targets = 0;  // target peers lost or closed when it completed
+  uint32_t lost_targets = 0;  // peers it was sent to, lost or closed when it completed
 };
 
 class Run {
@@ -451,22 +452,28 @@ void Run::Submit(ByteReader& in, uint8_t arg) {
     uint64_t token = next_token_++;
     std::memcpy(buf->data(), BlockBytes(token), length);
     const uint32_t crc = Crc32c(buf->data(), length);
-    const bool can = rep_->CanSubmit();
+    const bool can = rep_->CanSubmit(mask);
     const bool busy_block = rep_->BlockInFlight(offset);
     const engine::PeerMask targets = mask & rep_->live_peers();
+    const engine::PeerMask sent = targets & ~rep_->Behind();
     Status s = rep_->Submit(offset, std::move(*buf), length, token, mask);
     FUZZ_CHECK(s.ok() == (can && targets != 0 && !busy_block),
-               "Submit returned \"{}\" where CanSubmit() was {}, the block {} in flight and the "
-               "live targets 0x{:x}",
-               s.message(), can, busy_block ? "was" : "was not", targets);
+               "Submit returned \"{}\" where CanSubmit(0x{:x}) was {}, the block {} in flight "
+               "and the live targets 0x{:x}",
+               s.message(), mask, can, busy_block ? "was" : "was not", targets);
     if (!s.ok()) continue;
+    FUZZ_CHECK(static_cast<uint32_t>(std::popcount(sent)) >=
+                   std::min(o_.quorum, static_cast<uint32_t>(std::popcount(targets))),
+               "a write went to {} peers (0x{:x}), its quorum is {} of 0x{:x}", std::popcount(sent),
+               sent, o_.quorum, targets);
     WriteInfo w;
     w.offset = offset;
     w.length = length;
     w.crc = crc;
     w.targets = targets;
+    w.sent = sent;
     for (size_t p = 0; p < o_.replicas; ++p) {
-      if (!((targets >> p) & 1)) continue;
+      if (!((sent >> p) & 1)) continue;
       w.seq[p] = replicas_[p].seq_token.size();
       replicas_[p].seq_token.push_back(token);
     }
@@ -498,9 +505,12 @@ void Run::TakeCompletions() {
       FUZZ_CHECK(c.offset == w.offset && c.length == w.length,
                  "write {} completed as {} bytes at {}, submitted as {} at {}", c.token, c.length,
                  c.offset, w.length, w.offset);
+      FUZZ_CHECK(c.skipped == (w.targets & ~w.sent),
+                 "write {} completed with skipped peers 0x{:x}; it was not sent to 0x{:x}", c.token,
+                 c.skipped, w.targets & ~w.sent);
       w.completed = true;
       w.ok = c.status.ok();
-      w.lost_targets = LostTargets(w.targets);
+      w.lost_targets = LostTargets(w.sent);
     }
     if (n < done_.size()) break;
   }
@@ -641,15 +651,18 @@ void Run::Finish() {
     if (!w.ok) continue;
     uint32_t reached = 0;
     for (size_t p = 0; p < o_.replicas; ++p) {
-      if (!((w.targets >> p) & 1)) continue;
+      if (!((w.sent >> p) & 1)) continue;
       const FakeReplica& r = replicas_[p];
       bool got = o_.rep.ack == AckLevel::kSent ? r.sends.count(w.seq[p]) == 1
                                                : r.acked.count(w.seq[p]) == 1;
       reached += got;
     }
+    // The quorum is of the live targets at submit time; the peers it was sent to that were
+    // lost since are excused.
     const auto targets = static_cast<uint32_t>(std::popcount(w.targets));
+    const auto sent = static_cast<uint32_t>(std::popcount(w.sent));
     FUZZ_CHECK(reached + w.lost_targets >= std::min(o_.quorum, targets) &&
-                   (reached > 0 || w.lost_targets == targets),
+                   (reached > 0 || w.lost_targets == sent),
                "write {} (offset {}) completed OK, reaching its ack level on {} of {} peers ({} "
                "lost, quorum {})",
                token, w.offset, reached, targets, w.lost_targets, o_.quorum);
