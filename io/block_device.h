@@ -28,6 +28,10 @@ enum class IoOp : uint8_t {
   kRead,
   kWrite,
   kFlush,  // fdatasync: every write completed before the flush was submitted is durable
+  // [offset, offset + len) reads back as zeros from now on (no `data`). With `unmap` the
+  // device may deallocate the range (punch a hole, discard); without it the range stays
+  // allocated where the device can tell the difference. The result is 0 or -errno.
+  kZero,
 };
 
 inline constexpr uint32_t kNoBufIndex = UINT32_MAX;
@@ -39,9 +43,10 @@ struct IoRequest {
   uint32_t len = 0;
   uint32_t buf_index = kNoBufIndex;
   uint64_t tag = 0;  // returned in the completion
-  // kWrite only: complete only once the data is durable (RWF_DSYNC: a FUA write, or the write
-  // followed by a flush of what it wrote).
+  // kWrite, kZero: complete only once the data is durable (RWF_DSYNC: a FUA write, or the
+  // write followed by a flush of what it wrote).
   bool dsync = false;
+  bool unmap = false;  // kZero: the range may be deallocated
 };
 
 struct IoCompletion {
@@ -67,7 +72,7 @@ class BlockDevice {
   virtual uint32_t in_flight() const = 0;
 
   // Queues the requests. Fails (queuing nothing) when they would exceed queue_depth() (requests
-  // completed but not yet polled count) or a write lies outside the device. Reads may cross or
+  // completed but not yet polled count) or a write or zero range lies outside the device. Reads may cross or
   // start past the end: they return what exists. An O_DIRECT read that crosses the end may
   // also have written the rest of the last aligned block of the buffer.
   virtual Status Submit(std::span<const IoRequest> requests) = 0;

@@ -14,7 +14,8 @@ Status MemBlockDevice::Submit(std::span<const IoRequest> requests) {
     return Status::Error(ErrorCode::kBusy, fmt::format("{}: queue depth {} exceeded", name_, depth_));
   }
   for (const IoRequest& r : requests) {
-    if (r.op == IoOp::kWrite && (r.offset > data_.size() || r.len > data_.size() - r.offset)) {
+    if ((r.op == IoOp::kWrite || r.op == IoOp::kZero) &&
+        (r.offset > data_.size() || r.len > data_.size() - r.offset)) {
       return Status::Invalid("{}: write of {} at {} beyond the size {}", name_, r.len, r.offset,
                              data_.size());
     }
@@ -43,6 +44,11 @@ Status MemBlockDevice::Submit(std::span<const IoRequest> requests) {
       case IoOp::kFlush:
         durable_ = data_;
         ++flushes_;
+        break;
+      case IoOp::kZero:
+        std::memset(data_.data() + r.offset, 0, r.len);
+        if (r.dsync) std::memset(durable_.data() + r.offset, 0, r.len);
+        ++zeroes_;
         break;
     }
     done_.push_back(IoCompletion{r.tag, res});

@@ -36,6 +36,7 @@ class MemBlockDevice final : public BlockDevice {
   void DropUnsynced() { data_ = durable_; }
   uint64_t writes() const { return writes_; }
   uint64_t flushes() const { return flushes_; }
+  uint64_t zeroes() const { return zeroes_; }
 
  private:
   std::string name_;
@@ -46,6 +47,7 @@ class MemBlockDevice final : public BlockDevice {
   size_t head_ = 0;
   uint64_t writes_ = 0;
   uint64_t flushes_ = 0;
+  uint64_t zeroes_ = 0;
 };
 
 }  // namespace blkmirror::io

@@ -7,6 +7,9 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include <spdlog/spdlog.h>
@@ -64,9 +67,11 @@ class UringBlockDevice final : public BlockDevice, public RingHandler {
                                        slots_.size()));
     }
     for (const IoRequest& r : requests) {
-      if (r.op == IoOp::kWrite && (r.offset > size_ || r.len > size_ - r.offset)) {
-        return Status::Invalid("{}: write of {} bytes at offset {} exceeds the size {}", name_,
-                               r.len, r.offset, size_);
+      if ((r.op == IoOp::kWrite || r.op == IoOp::kZero) &&
+          (r.offset > size_ || r.len > size_ - r.offset)) {
+        return Status::Invalid("{}: {} of {} bytes at offset {} exceeds the size {}", name_,
+                               r.op == IoOp::kWrite ? "write" : "zeroing", r.len, r.offset,
+                               size_);
       }
     }
     for (const IoRequest& r : requests) {
@@ -75,6 +80,7 @@ class UringBlockDevice final : public BlockDevice, public RingHandler {
       Slot& s = slots_[idx];
       s.req = r;
       s.done = 0;
+      s.zero = r.unmap ? ZeroStage::kPunch : ZeroStage::kZeroRange;
       ++in_flight_;
       Issue(s);
     }
@@ -98,6 +104,7 @@ class UringBlockDevice final : public BlockDevice, public RingHandler {
       Issue(s);
       return;
     }
+    if (s.req.op == IoOp::kZero) return OnZero(s, res);
     if (res < 0) {
       Complete(s, res);
       return;
@@ -119,13 +126,87 @@ class UringBlockDevice final : public BlockDevice, public RingHandler {
   }
 
  private:
+  // How a kZero request is being served: the device's own zeroing first (fallocate), then the
+  // fallbacks for devices that lack it, then the flush that makes it durable when asked.
+  enum class ZeroStage : uint8_t {
+    kZeroRange,  // FALLOC_FL_ZERO_RANGE: zeros, the range stays allocated
+    kPunch,      // FALLOC_FL_PUNCH_HOLE: zeros, deallocated (asked for, or ZERO_RANGE missing)
+    kWrite,      // writing zeros from zero_ (neither is supported)
+    kSync,       // the fdatasync of a dsync request
+  };
+
   struct Slot : RingOp {
     IoRequest req;
     uint32_t done = 0;
+    ZeroStage zero = ZeroStage::kZeroRange;
   };
+
+  void OnZero(Slot& s, int32_t res) {
+    const bool unsupported = res == -EOPNOTSUPP || res == -EINVAL || res == -ENODEV;
+    switch (s.zero) {
+      case ZeroStage::kZeroRange:
+        if (unsupported) {
+          s.zero = ZeroStage::kPunch;
+          return Issue(s);
+        }
+        break;
+      case ZeroStage::kPunch:
+        if (unsupported) {
+          s.zero = ZeroStage::kWrite;
+          s.done = 0;
+          return Issue(s);
+        }
+        break;
+      case ZeroStage::kWrite:
+        if (res == 0) return Complete(s, -EIO);  // no progress
+        if (res > 0) {
+          s.done += static_cast<uint32_t>(res);
+          if (s.done < s.req.len) return Issue(s);
+          res = 0;
+        }
+        break;
+      case ZeroStage::kSync:
+        return Complete(s, res < 0 ? res : 0);
+    }
+    if (res < 0) return Complete(s, res);
+    if (s.req.dsync) {
+      s.zero = ZeroStage::kSync;
+      return Issue(s);
+    }
+    Complete(s, 0);
+  }
+
+  void IssueZero(Slot& s, io_uring_sqe* sqe) {
+    switch (s.zero) {
+      case ZeroStage::kZeroRange:
+        io_uring_prep_fallocate(sqe, buffered_idx_, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
+                                s.req.offset, s.req.len);
+        break;
+      case ZeroStage::kPunch:
+        io_uring_prep_fallocate(sqe, buffered_idx_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                                s.req.offset, s.req.len);
+        break;
+      case ZeroStage::kWrite: {
+        if (zero_ == nullptr) {
+          zero_.reset(static_cast<std::byte*>(std::aligned_alloc(kZeroChunk, kZeroChunk)));
+          std::memset(zero_.get(), 0, kZeroChunk);
+        }
+        uint32_t len = std::min<uint32_t>(s.req.len - s.done, kZeroChunk);
+        uint64_t off = s.req.offset + s.done;
+        bool aligned = direct_fd_ >= 0 && off % alignment_ == 0 && len % alignment_ == 0;
+        io_uring_prep_write(sqe, aligned ? direct_idx_ : buffered_idx_, zero_.get(), len, off);
+        break;
+      }
+      case ZeroStage::kSync:
+        io_uring_prep_fsync(sqe, buffered_idx_, IORING_FSYNC_DATASYNC);
+        break;
+    }
+    sqe->flags |= IOSQE_FIXED_FILE;
+  }
 
   void Issue(Slot& s) {
     io_uring_sqe* sqe = ring_.GetSqe(&s);
+    if (s.req.op == IoOp::kZero) return IssueZero(s, sqe);
     if (s.req.op == IoOp::kFlush) {
       io_uring_prep_fsync(sqe, buffered_idx_, IORING_FSYNC_DATASYNC);
       sqe->flags |= IOSQE_FIXED_FILE;
@@ -170,6 +251,12 @@ class UringBlockDevice final : public BlockDevice, public RingHandler {
   int direct_idx_ = -1;
   uint64_t size_ = 0;
   uint32_t alignment_ = 4096;
+  // Zeros to write from, for devices that cannot zero a range themselves (allocated on first use).
+  static constexpr uint32_t kZeroChunk = 1 << 20;
+  struct FreeDeleter {
+    void operator()(std::byte* p) const { std::free(p); }
+  };
+  std::unique_ptr<std::byte, FreeDeleter> zero_;
   std::vector<Slot> slots_;
   std::vector<uint32_t> free_;
   // Completions not yet polled. Their slots are free again, but they still count in in_flight_
