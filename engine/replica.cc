@@ -23,6 +23,9 @@ constexpr uint64_t kCloseAfterTag = 1;
 constexpr uint64_t kFlushTagBit = uint64_t{1} << 63;  // final-flush tags: this bit | session id
 constexpr size_t kMaxVerifyJobs = 4;      // VerifyReqs a session may have outstanding
 constexpr uint32_t kVerifyReadsPerSession = 8;
+// Disk operations that hold no buffer (zero ranges, flushes) in flight at once, besides one per
+// pool buffer; a primary keeps at most its window of writes outstanding, far fewer than this.
+constexpr uint32_t kBufferlessOps = 1024;
 
 }  // namespace
 
@@ -30,7 +33,8 @@ class ReplicaServer::Impl {
  public:
   Impl(io::Ring& ring, io::BufferPool& pool, ReplicaOptions options)
       : ring_(ring), pool_(pool), options_(std::move(options)) {
-    ops_.resize(pool.count() + 1);
+    ops_.resize(pool.count() + 1 + kBufferlessOps);
+    queued_.reserve(ops_.size());
     free_ops_.reserve(ops_.size());
     for (uint32_t i = static_cast<uint32_t>(ops_.size()); i-- > 0;) free_ops_.push_back(i);
   }
@@ -115,6 +119,7 @@ class ReplicaServer::Impl {
     Phase phase = Phase::kHello;
     bool uses_device = false;
     bool was_writer = false;
+    uint16_t version = proto::kMinProtocolVersion;  // negotiated at admission
     bool bye = false;         // ended by the primary's Bye (a clean end)
     bool flushed = false;     // kFlushing is over
     bool flush_ok = false;    // ... and the flush succeeded: the final Ack says durable
@@ -138,21 +143,28 @@ class ReplicaServer::Impl {
     uint64_t blocks = 0, bytes = 0, crc_mismatches = 0;
   };
 
+  // A disk operation of a session. Writes (Data, Zero) reach the disk in the order they
+  // arrived wherever they overlap: io_uring completes concurrent operations in any order, so one
+  // waits (queued) while an earlier overlapping one is outstanding; a Flush waits for every
+  // earlier write of its session.
   struct DiskOp {
-    enum class Kind : uint8_t { kWrite, kVerifyRead } kind = Kind::kWrite;
+    enum class Kind : uint8_t { kWrite, kZero, kFlush, kVerifyRead } kind = Kind::kWrite;
     Session* session = nullptr;
     transport::Transport* t = nullptr;
     transport::ConnId conn = transport::kNoConn;
     io::BufferRef buffer;
     uint64_t seq = 0;
     uint64_t offset = 0;
-    uint32_t length = 0;
+    uint64_t length = 0;
+    bool unmap = false;  // kZero
     VerifyJob* job = nullptr;
     uint32_t block = 0;
-    bool on_disk = false;            // a write submitted to the device (not waiting its turn)
-    uint32_t next_same = kNoOp;      // a later write of the same block, waiting for this one
+    uint64_t order = 0;   // arrival order, among every write, zero and flush
+    bool queued = false;  // waiting for an earlier overlapping (or, a flush: earlier) op
+    bool Overlaps(const DiskOp& o) const {
+      return offset < o.offset + o.length && o.offset < offset + length;
+    }
   };
-  static constexpr uint32_t kNoOp = UINT32_MAX;
 
   // --- transport events ----------------------------------------------------------------------
 
@@ -238,6 +250,16 @@ class ReplicaServer::Impl {
           return OnData(s, *frame, std::get<proto::Data>(frame->body), std::move(c.data));
         }
         break;
+      case proto::FrameType::kZero:
+        if (s.phase == Phase::kWriter && s.version >= proto::kExtentsVersion) {
+          return OnZero(s, *frame, std::get<proto::Zero>(frame->body));
+        }
+        break;
+      case proto::FrameType::kFlush:
+        if (s.phase == Phase::kWriter && s.version >= proto::kExtentsVersion) {
+          return OnFlush(s, std::get<proto::Flush>(frame->body));
+        }
+        break;
       case proto::FrameType::kVerifyReq:
         if (s.phase == Phase::kVerifier) {
           return OnVerifyReq(s, std::get<proto::VerifyReq>(frame->body));
@@ -312,15 +334,16 @@ class ReplicaServer::Impl {
   // The checks of a (proven, where a key is set) Hello, then HelloOk.
   void Accept(Session& s, const std::optional<Nonce>& nonce_p) {
     const proto::Hello& h = s.hello;
-    uint16_t version = std::min(h.max_version, proto::kMaxProtocolVersion);
+    uint16_t version = std::min(h.max_version, options_.max_version);
     if (version < h.min_version || version < proto::kMinProtocolVersion) {
       return Refuse(s, Status::Error(ErrorCode::kRefused,
                                      fmt::format("protocol version mismatch: the primary speaks "
                                                  "{}..{}, this replica speaks {}..{}",
                                                  h.min_version, h.max_version,
                                                  proto::kMinProtocolVersion,
-                                                 proto::kMaxProtocolVersion)));
+                                                 options_.max_version)));
     }
+    s.version = version;
     if (h.block_size > MaxBlock()) {
       return Refuse(s, Status::Error(ErrorCode::kRefused,
                                      fmt::format("block size {} exceeds this replica's maximum "
@@ -470,34 +493,69 @@ class ReplicaServer::Impl {
     return Status::Ok();
   }
 
-  void OnData(Session& s, const proto::Frame& f, const proto::Data& d, io::BufferRef buffer) {
+  // The checks every write of a session passes (Data, Zero, Flush): its seq is new and in the
+  // window, and its ack level is the session's. Marks the level on the first one.
+  Status CheckSequenced(Session& s, std::string_view what, uint64_t seq, proto::AckLevel level,
+                        bool has_level) {
+    if (!s.accepted.InWindow(seq) || s.accepted.Has(seq)) {
+      return Status::Protocol("{} seq {} is outside the window [{}, +{}) or a duplicate", what, seq,
+                              s.accepted.cumulative(), s.accepted.span());
+    }
+    if (has_level) {
+      if (s.level_set && level != s.level) {
+        return Status::Protocol("{} seq {} asks for ack level {}, the session uses {}", what, seq,
+                                proto::AckLevelName(level), proto::AckLevelName(s.level));
+      }
+      s.level = level;
+      s.level_set = true;
+    }
+    return Status::Ok();
+  }
+
+  // Where a write may go: protocol 1, exactly one block; protocol 2, any sector-aligned range
+  // within the volume (a short tail at its end too), at most a block for Data.
+  Status CheckRange(const Session& s, std::string_view what, uint64_t seq, uint64_t offset,
+                    uint64_t length, bool data) const {
     const proto::Hello& h = s.hello;
+    if (s.version < proto::kExtentsVersion) {
+      if (offset % h.block_size != 0 || offset >= h.volume_size) {
+        return Status::Protocol("{} seq {}: offset {} is not a block of the {}-byte volume "
+                                "(block size {})",
+                                what, seq, offset, h.volume_size, h.block_size);
+      }
+      if (length != std::min<uint64_t>(h.block_size, h.volume_size - offset)) {
+        return Status::Protocol("{} seq {}: length {} at offset {} does not match the block size "
+                                "{} of the {}-byte volume",
+                                what, seq, length, offset, h.block_size, h.volume_size);
+      }
+      return Status::Ok();
+    }
+    if (offset % proto::kSectorSize != 0 || offset > h.volume_size ||
+        length > h.volume_size - offset || length == 0 ||
+        (length % proto::kSectorSize != 0 && offset + length != h.volume_size) ||
+        (data && length > h.block_size)) {
+      return Status::Protocol("{} seq {}: [{}, +{}) is not a sector-aligned range of the "
+                              "{}-byte volume{}",
+                              what, seq, offset, length, h.volume_size,
+                              data ? fmt::format(" of at most {} bytes", h.block_size) : "");
+    }
+    return Status::Ok();
+  }
+
+  void OnData(Session& s, const proto::Frame& f, const proto::Data& d, io::BufferRef buffer) {
     auto level = static_cast<proto::AckLevel>(f.flags & proto::kDataAckMask);
     Status bad;
     if (!buffer) {
       bad = Status::Protocol("Data seq {} arrived without its payload", d.seq);
-    } else if (d.offset % h.block_size != 0 || d.offset >= h.volume_size) {
-      bad = Status::Protocol("Data seq {}: offset {} is not a block of the {}-byte volume "
-                             "(block size {})",
-                             d.seq, d.offset, h.volume_size, h.block_size);
-    } else if (d.length != std::min<uint64_t>(h.block_size, h.volume_size - d.offset)) {
-      bad = Status::Protocol("Data seq {}: length {} at offset {} does not match the block size "
-                             "{} of the {}-byte volume",
-                             d.seq, d.length, d.offset, h.block_size, h.volume_size);
-    } else if (!s.accepted.InWindow(d.seq) || s.accepted.Has(d.seq)) {
-      bad = Status::Protocol("Data seq {} is outside the window [{}, +{}) or a duplicate", d.seq,
-                             s.accepted.cumulative(), s.accepted.span());
-    } else if (s.level_set && level != s.level) {
-      bad = Status::Protocol("Data seq {} asks for ack level {}, the session uses {}", d.seq,
-                             proto::AckLevelName(level), proto::AckLevelName(s.level));
+    } else {
+      bad = CheckRange(s, "Data", d.seq, d.offset, d.length, true);
+      if (bad.ok()) bad = CheckSequenced(s, "Data", d.seq, level, true);
     }
     if (!bad.ok()) {
       if (buffer) s.t->Release(s.conn, std::move(buffer));
       ProtocolError(s, bad);
       return;
     }
-    s.level = level;
-    s.level_set = true;
     uint32_t crc = Crc32c(buffer.data(), d.length);
     if (crc != d.crc) {
       // Never written: NACK it, the primary sends it again.
@@ -521,71 +579,146 @@ class ReplicaServer::Impl {
       s.acked.Mark(d.seq);
       s.ack_dirty = true;
     }
-    if (free_ops_.empty()) {
-      // Cannot happen while every op holds a buffer of our pool; a transport with its own
-      // buffers would break that, and this says so rather than corrupting state.
+    DiskOp* op = NewOp(s, DiskOp::Kind::kWrite, d.seq, d.offset, d.length);
+    if (op == nullptr) {
       s.t->Release(s.conn, std::move(buffer));
-      Refuse(s, Status::Error(ErrorCode::kBusy, "replica has no free disk operation slot"));
       return;
+    }
+    op->buffer = std::move(buffer);
+    Schedule(*op);
+  }
+
+  void OnZero(Session& s, const proto::Frame& f, const proto::Zero& z) {
+    auto level = static_cast<proto::AckLevel>(f.flags & proto::kDataAckMask);
+    Status bad = CheckRange(s, "Zero", z.seq, z.offset, z.length, false);
+    if (bad.ok()) bad = CheckSequenced(s, "Zero", z.seq, level, true);
+    if (!bad.ok()) return ProtocolError(s, bad);
+    s.accepted.Mark(z.seq);
+    if (level == proto::AckLevel::kReceived) {
+      s.acked.Mark(z.seq);
+      s.ack_dirty = true;
+    }
+    DiskOp* op = NewOp(s, DiskOp::Kind::kZero, z.seq, z.offset, z.length);
+    if (op == nullptr) return;
+    op->unmap = (f.flags & proto::kZeroUnmap) != 0;
+    Schedule(*op);
+  }
+
+  // Acked once every earlier write of the session is durable: after them, one fdatasync.
+  void OnFlush(Session& s, const proto::Flush& fl) {
+    Status bad = CheckSequenced(s, "Flush", fl.seq, s.level, false);
+    if (!bad.ok()) return ProtocolError(s, bad);
+    s.accepted.Mark(fl.seq);
+    DiskOp* op = NewOp(s, DiskOp::Kind::kFlush, fl.seq, 0, 0);
+    if (op == nullptr) return;
+    Schedule(*op);
+  }
+
+  // A disk operation slot for a write of session `s`; nullptr (the session refused) when none
+  // is free: a primary keeping more writes outstanding than the replica can hold.
+  DiskOp* NewOp(Session& s, DiskOp::Kind kind, uint64_t seq, uint64_t offset, uint64_t length) {
+    if (free_ops_.empty()) {
+      Refuse(s, Status::Error(ErrorCode::kBusy,
+                              fmt::format("more than {} writes outstanding: the replica has no "
+                                          "free disk operation slot",
+                                          ops_.size())));
+      return nullptr;
     }
     uint32_t oi = free_ops_.back();
     free_ops_.pop_back();
     DiskOp& op = ops_[oi];
-    op.kind = DiskOp::Kind::kWrite;
+    op.kind = kind;
     op.session = &s;
     op.t = s.t;
     op.conn = s.conn;
-    op.seq = d.seq;
-    op.offset = d.offset;
-    op.length = d.length;
-    op.buffer = std::move(buffer);
-    op.next_same = kNoOp;
-    op.on_disk = false;
+    op.seq = seq;
+    op.offset = offset;
+    op.length = length;
+    op.unmap = false;
+    op.order = next_order_++;
+    op.queued = false;
     ++s.ops;
-    // Writes of one block reach the disk in the order they arrived: io_uring completes
-    // concurrent writes in any order, so a later one waits for the one in flight.
-    for (uint32_t i = 0; i < ops_.size(); ++i) {
-      DiskOp& other = ops_[i];
-      if (i == oi || other.session == nullptr || other.kind != DiskOp::Kind::kWrite ||
-          other.offset != op.offset || other.next_same != kNoOp) {
-        continue;
-      }
-      other.next_same = oi;  // the last of the chain: ours goes behind it
-      return;
-    }
-    SubmitWrite(oi);
+    return &op;
   }
 
-  void SubmitWrite(uint32_t oi) {
+  // Whether an earlier outstanding operation must finish before `op` may go to the disk: for a
+  // write, one it overlaps (any session: a writer that replaced a closed one included); for a
+  // flush, any earlier write of its session.
+  bool MustWait(const DiskOp& op) const {
+    for (const DiskOp& other : ops_) {
+      if (other.session == nullptr || other.order >= op.order ||
+          other.kind == DiskOp::Kind::kVerifyRead || other.kind == DiskOp::Kind::kFlush) {
+        continue;
+      }
+      if (op.kind == DiskOp::Kind::kFlush ? other.session == op.session : op.Overlaps(other)) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  void Schedule(DiskOp& op) {
+    if (MustWait(op)) {
+      op.queued = true;
+      queued_.push_back(static_cast<uint32_t>(&op - ops_.data()));
+      return;
+    }
+    SubmitOp(static_cast<uint32_t>(&op - ops_.data()));
+  }
+
+  // An operation finished: the queued ones it held back may go, oldest first.
+  void ReleaseQueued() {
+    for (size_t i = 0; i < queued_.size();) {
+      DiskOp& op = ops_[queued_[i]];
+      if (MustWait(op)) {
+        ++i;
+        continue;
+      }
+      uint32_t oi = queued_[i];
+      queued_.erase(queued_.begin() + static_cast<ptrdiff_t>(i));
+      op.queued = false;
+      SubmitOp(oi);  // may complete and re-enter nothing: completions come at Poll
+    }
+  }
+
+  void SubmitOp(uint32_t oi) {
     DiskOp& op = ops_[oi];
     Session& s = *op.session;
     io::IoRequest req;
-    req.op = io::IoOp::kWrite;
     req.offset = op.offset;
-    req.data = op.buffer.data();
-    req.len = op.length;
-    req.buf_index = op.buffer.pool() == &pool_ ? op.buffer.index() : io::kNoBufIndex;
+    req.len = static_cast<uint32_t>(op.length);
     req.tag = oi;
     // Durable acks: each write is its own durability point (RWF_DSYNC: FUA on devices that
     // have it), so a durable ack follows its write with no separate flush round trip.
     req.dsync = s.level == proto::AckLevel::kDurable;
-    Status submitted = device_->Submit(std::span(&req, 1));
+    switch (op.kind) {
+      case DiskOp::Kind::kWrite:
+        req.op = io::IoOp::kWrite;
+        req.data = op.buffer.data();
+        req.buf_index = op.buffer.pool() == &pool_ ? op.buffer.index() : io::kNoBufIndex;
+        break;
+      case DiskOp::Kind::kZero:
+        req.op = io::IoOp::kZero;
+        req.unmap = op.unmap;
+        break;
+      case DiskOp::Kind::kFlush:
+        req.op = io::IoOp::kFlush;
+        req.dsync = false;
+        break;
+      case DiskOp::Kind::kVerifyRead:
+        return;  // never scheduled
+    }
+    Status submitted = op.length > UINT32_MAX
+                           ? Status::Invalid("a range of {} bytes at once", op.length)
+                           : device_->Submit(std::span(&req, 1));
     if (!submitted.ok()) {
       --s.ops;
-      ReleaseWaiting(oi);
       FreeOp(oi);
       Refuse(s, submitted);
+      ReleaseQueued();
       return;
     }
-    op.on_disk = true;
     ++device_ops_;
-  }
-
-  // A write is done (or failed): the next write of its block may go.
-  void ReleaseWaiting(uint32_t oi) {
-    uint32_t next = ops_[oi].next_same;
-    ops_[oi].next_same = kNoOp;
-    if (next != kNoOp) SubmitWrite(next);
   }
 
   void OnVerifyReq(Session& s, const proto::VerifyReq& r) {
@@ -691,28 +824,36 @@ class ReplicaServer::Impl {
       FreeOp(oi);
       return;
     }
-    ReleaseWaiting(oi);
     if (c.res < 0) {
       int err = -c.res;
+      const char* what = op.kind == DiskOp::Kind::kWrite  ? "writing"
+                         : op.kind == DiskOp::Kind::kZero ? "zeroing"
+                                                          : "flushing";
       Status status = Status::Errno(
-          err, fmt::format("{}writing {} bytes at offset {} of {} failed",
-                           err == ENOSPC ? "replica disk full: " : "replica disk error: ",
+          err, fmt::format("{}{} {} bytes at offset {} of {} failed",
+                           err == ENOSPC ? "replica disk full: " : "replica disk error: ", what,
                            op.length, op.offset, options_.target_name));
       spdlog::error("{}: {}", s.peer, status.message());
       if (s.phase == Phase::kWriter) Refuse(s, status);
       FreeOp(oi);
+      ReleaseQueued();
       return;
     }
-    ++stats_.blocks_written;
-    stats_.bytes_written += op.length;
-    ++s.blocks;
-    s.bytes += op.length;
-    if (s.level == proto::AckLevel::kDurable && s.phase != Phase::kClosed) {
-      // The write was issued with dsync: complete means on stable storage.
+    if (op.kind != DiskOp::Kind::kFlush) {
+      ++stats_.blocks_written;
+      stats_.bytes_written += op.length;
+      ++s.blocks;
+      s.bytes += op.length;
+    }
+    // A flush is acked (at any level) once it is done; a write at durable once it is, since it
+    // was issued with dsync.
+    if ((op.kind == DiskOp::Kind::kFlush || s.level == proto::AckLevel::kDurable) &&
+        s.phase != Phase::kClosed) {
       s.acked.Mark(op.seq);
       s.ack_dirty = true;
     }
     FreeOp(oi);
+    ReleaseQueued();
   }
 
   void FreeOp(uint32_t oi) {
@@ -828,6 +969,8 @@ class ReplicaServer::Impl {
   uint32_t device_ops_ = 0;
   std::vector<DiskOp> ops_;
   std::vector<uint32_t> free_ops_;
+  std::vector<uint32_t> queued_;  // ops waiting for earlier ones, in arrival order
+  uint64_t next_order_ = 0;
   bool once_done_ = false;
   ReplicaStats stats_;
   LogLimiter crc_log_{kLogBurst, kLogPeriodNs};

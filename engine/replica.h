@@ -29,6 +29,7 @@
 #include "io/block_device.h"
 #include "io/buffer_pool.h"
 #include "io/ring.h"
+#include "proto/frame.h"
 #include "transport/transport.h"
 
 namespace blkmirror::engine {
@@ -66,6 +67,8 @@ struct ReplicaOptions {
   // Connections open at once (sessions and connections still in their handshake): one more is
   // closed as soon as it is accepted, so a flood cannot exhaust the process's descriptors.
   uint32_t max_connections = 256;
+  // Test hook: the highest protocol version spoken (an older replica's behaviour).
+  uint16_t max_version = proto::kMaxProtocolVersion;
 };
 
 struct ReplicaStats {

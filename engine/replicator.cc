@@ -23,7 +23,12 @@ constexpr uint64_t kBitmapSyncIntervalNs = 500'000'000;
 }  // namespace
 
 class Replicator::Impl {
+ private:
+  struct Peer;  // below, with the rest of the state
+
  public:
+  enum class WriteKind : uint8_t { kData, kZero, kFlush };
+
   Impl(io::Ring& ring, const ReplicatorOptions& options)
       : ring_(ring),
         options_(options),
@@ -46,9 +51,14 @@ class Replicator::Impl {
     done_.assign(slots, 0);
     free_.clear();
     for (uint32_t i = slots; i-- > 0;) free_.push_back(i);
-    proto::Hello hello;
-    hello.min_version = options_.min_version;
-    hello.max_version = options_.max_version;
+    returned_ = std::vector<ReturnedBuffer>(slots);
+    proto::Hello& hello = hello_;
+    // A volume's writes are extents (and zero ranges, flushes): protocol 2 at least, and an older
+    // replica refuses the session with a version mismatch naming both ranges.
+    hello.min_version =
+        options_.extents ? std::max(options_.min_version, proto::kExtentsVersion)
+                         : options_.min_version;
+    hello.max_version = std::max(options_.max_version, hello.min_version);
     hello.kind = proto::SessionKind::kWrite;
     hello.block_size = options_.block_size;
     hello.window = options_.window;
@@ -60,39 +70,12 @@ class Replicator::Impl {
     for (const PeerConfig& config : configs) {
       auto peer = std::make_unique<Peer>(span_, blocks_);
       peer->index = peers_.size();
+      peer->config = config;
       peer->name = config.endpoint.ToString();
       peer->stats.peer = peer->name;
-      // With a fallback, the preferred transport gets a shorter try.
-      auto first_timeout = config.fallback != nullptr
-                               ? std::min(options_.connect_timeout, std::chrono::milliseconds(5000))
-                               : options_.connect_timeout;
-      auto conn = config.transport->Connect(config.endpoint, first_timeout);
-      peer->t = config.transport;
-      if (!conn.ok() && config.fallback != nullptr) {
-        peer->stats.fallback_reason =
-            fmt::format("{}: {}", config.transport->name(), conn.status().message());
-        spdlog::info("{}: falling back to {} ({})", peer->name, config.fallback->name(),
-                     peer->stats.fallback_reason);
-        conn = config.fallback->Connect(config.endpoint, options_.connect_timeout);
-        peer->t = config.fallback;
-      }
-      if (!conn.ok()) {
-        // Unreachable: lost from the start. Fatal unless the quorum can do without it.
-        peer->stats.state = PeerState::kLost;
-        peer->stats.lost_reason = conn.status().message();
-        spdlog::error("lost replica {}: {}", peer->name, peer->stats.lost_reason);
-        peers_.push_back(std::move(peer));
-        if (Unreachable() > configs.size() - quorum_) return conn.status();
-        continue;
-      }
-      peer->conn = *conn;
-      peer->conn_open = true;
-      peer->stats.transport = std::string(peer->t->name());
-      if (std::find(transports_.begin(), transports_.end(), peer->t) == transports_.end()) {
-        transports_.push_back(peer->t);
-      }
-      peer->handshake = ClientHandshake(hello, options_.key, peer->name);
+      Status connected = ConnectTransport(*peer);
       peers_.push_back(std::move(peer));
+      if (!connected.ok() && Unreachable() > configs.size() - quorum_) return connected;
     }
     for (auto& peer : peers_) {
       if (!peer->conn_open) continue;
@@ -100,6 +83,67 @@ class Replicator::Impl {
       RETURN_IF_ERROR(peer->handshake.Start(*peer->t, peer->conn));
     }
     return Status::Ok();
+  }
+
+  // Connects `p`'s transport (the preferred one, then its fallback), ready for the handshake;
+  // an unreachable peer is lost with the reason. Setup: blocks up to the connect timeouts.
+  Status ConnectTransport(Peer& p) {
+    const PeerConfig& config = p.config;
+    // With a fallback, the preferred transport gets a shorter try.
+    auto first_timeout = config.fallback != nullptr
+                             ? std::min(options_.connect_timeout, std::chrono::milliseconds(5000))
+                             : options_.connect_timeout;
+    auto conn = config.transport->Connect(config.endpoint, first_timeout);
+    p.t = config.transport;
+    p.stats.fallback_reason.clear();
+    if (!conn.ok() && config.fallback != nullptr) {
+      p.stats.fallback_reason =
+          fmt::format("{}: {}", config.transport->name(), conn.status().message());
+      spdlog::info("{}: falling back to {} ({})", p.name, config.fallback->name(),
+                   p.stats.fallback_reason);
+      conn = config.fallback->Connect(config.endpoint, options_.connect_timeout);
+      p.t = config.fallback;
+    }
+    if (!conn.ok()) {
+      p.stats.state = PeerState::kLost;
+      p.stats.lost_reason = conn.status().message();
+      spdlog::error("lost replica {}: {}", p.name, p.stats.lost_reason);
+      return conn.status();
+    }
+    p.conn = *conn;
+    p.conn_open = true;
+    p.stats.state = PeerState::kConnecting;
+    p.stats.transport = std::string(p.t->name());
+    if (std::find(transports_.begin(), transports_.end(), p.t) == transports_.end()) {
+      transports_.push_back(p.t);
+    }
+    p.handshake = ClientHandshake(hello_, options_.key, p.name);
+    return Status::Ok();
+  }
+
+  Status Rejoin(size_t index) {
+    if (index >= peers_.size()) return Status::Invalid("no peer #{}", index);
+    Peer& p = *peers_[index];
+    if (p.stats.state != PeerState::kLost && p.stats.state != PeerState::kClosed) {
+      return Status::Invalid("{} is not lost", p.name);
+    }
+    if (p.conn_open) return Status::Error(ErrorCode::kBusy, fmt::format("{}: still closing", p.name));
+    if (!failure_.ok()) return failure_;
+    // A new session: a new sequence space. Every write of the old one was released at its close.
+    p.next_seq = 0;
+    p.released = SeqTracker(span_);
+    p.acked = SeqTracker(span_);
+    std::fill(p.writes.begin(), p.writes.end(), PeerWrite{});
+    std::fill(p.session_acked.begin(), p.session_acked.end(), 0);
+    p.closing = false;
+    p.holding = 0;
+    p.unacked = 0;
+    p.stats.lost_reason.clear();
+    RETURN_IF_ERROR(ConnectTransport(p));
+    p.last_rx_ns = NowNs();
+    Status started = p.handshake.Start(*p.t, p.conn);
+    if (!started.ok()) LosePeer(p, started);
+    return started;
   }
 
   // Every peer has settled (in session or lost) and the quorum is in session.
@@ -169,6 +213,7 @@ class Replicator::Impl {
   }
 
   PeerMask Behind() const { return live_peers() & ~WithRoom(live_peers()); }
+  uint32_t quorum() const { return quorum_; }
 
   bool CanSubmit(PeerMask mask) const {
     if (!failure_.ok() || free_.empty()) return false;
@@ -177,24 +222,76 @@ class Replicator::Impl {
     return static_cast<uint32_t>(std::popcount(WithRoom(targets))) >= Need(targets);
   }
 
-  bool BlockInFlight(uint64_t offset) const {
-    return std::any_of(writes_.begin(), writes_.end(),
-                       [offset](const Write& w) { return w.used && w.offset == offset; });
+  bool RangeInFlight(uint64_t offset, uint64_t length) const {
+    if (length == 0) return false;
+    const uint64_t first = offset / options_.block_size;
+    const uint64_t last = (offset + length - 1) / options_.block_size;
+    return std::any_of(writes_.begin(), writes_.end(), [&](const Write& w) {
+      return w.used && w.kind != WriteKind::kFlush && w.first_block <= last &&
+             first <= w.last_block;
+    });
+  }
+
+  // Where a write of [offset, offset + length) may go: whole blocks without extents; with
+  // extents any sector-aligned range of at most a block (a short tail at the volume's end too).
+  Status CheckExtent(uint64_t offset, uint64_t length, uint64_t max_length) const {
+    const uint64_t size = options_.volume_size;
+    bool ok;
+    if (!options_.extents) {
+      ok = offset % options_.block_size == 0 && offset < size &&
+           length == std::min<uint64_t>(options_.block_size, size - offset);
+    } else {
+      ok = length > 0 && length <= max_length && offset % proto::kSectorSize == 0 &&
+           offset <= size && length <= size - offset &&
+           (length % proto::kSectorSize == 0 || offset + length == size);
+    }
+    if (ok) return Status::Ok();
+    return Status::Invalid("{} bytes at offset {} are not {} of the volume (block size {}, volume "
+                           "size {})",
+                           length, offset,
+                           options_.extents ? "a sector-aligned extent of at most a block"
+                                            : "one block",
+                           options_.block_size, size);
   }
 
   Status Submit(uint64_t offset, io::BufferRef buffer, uint32_t length, uint64_t token,
-                PeerMask mask) {
-    if (!failure_.ok()) return failure_;
-    if (offset % options_.block_size != 0 || offset >= options_.volume_size ||
-        length != std::min<uint64_t>(options_.block_size, options_.volume_size - offset)) {
-      return Status::Invalid("write of {} bytes at offset {} is not one block of the volume "
-                             "(block size {}, volume size {})",
-                             length, offset, options_.block_size, options_.volume_size);
-    }
+                PeerMask mask, WriteOrigin origin) {
+    RETURN_IF_ERROR(CheckExtent(offset, length, options_.block_size).Context("write"));
     if (!buffer || buffer.capacity() < length) {
       return Status::Invalid("write at offset {}: buffer holds fewer than {} bytes", offset,
                              length);
     }
+    ASSIGN_OR_RETURN(uint32_t wi, Start(WriteKind::kData, offset, length, token, mask, origin));
+    Write& w = writes_[wi];
+    w.crc = Crc32c(buffer.data(), length);
+    w.buffer = std::move(buffer);
+    return SendToTargets(wi);
+  }
+
+  Status SubmitZero(uint64_t offset, uint64_t length, bool unmap, uint64_t token, PeerMask mask,
+                    WriteOrigin origin) {
+    if (!options_.extents) return Status::Invalid("zero ranges need protocol {} (extents)",
+                                                  proto::kExtentsVersion);
+    RETURN_IF_ERROR(CheckExtent(offset, length, options_.volume_size).Context("zero range"));
+    ASSIGN_OR_RETURN(uint32_t wi, Start(WriteKind::kZero, offset, length, token, mask, origin));
+    writes_[wi].unmap = unmap;
+    return SendToTargets(wi);
+  }
+
+  Status SubmitFlush(uint64_t token, PeerMask mask) {
+    if (!options_.extents) {
+      return Status::Invalid("flushes need protocol {} (extents)", proto::kExtentsVersion);
+    }
+    ASSIGN_OR_RETURN(uint32_t wi,
+                     Start(WriteKind::kFlush, 0, 0, token, mask, WriteOrigin::kCopy));
+    return SendToTargets(wi);
+  }
+
+  // Takes a write slot for a write of `kind` to the live peers of `mask`, once the checks that
+  // every kind shares pass; marks its blocks dirty (durably) in every target's bitmap first.
+  Result<uint32_t> Start(WriteKind kind, uint64_t offset, uint64_t length, uint64_t token,
+                         PeerMask mask, WriteOrigin origin) {
+    if (!failure_.ok()) return failure_;
     PeerMask targets = mask & live_peers();
     if (targets == 0) {
       return Status::Error(ErrorCode::kUnavailable,
@@ -202,24 +299,34 @@ class Replicator::Impl {
                                        offset));
     }
     if (!CanSubmit(mask)) return Status::Error(ErrorCode::kBusy, "replication window is full");
-    // One write of a block at a time: a second one while the first is in flight could reach a
-    // replica's disk first, and the first one's durable ack would clear a dirty bit the second
-    // still needs.
-    if (BlockInFlight(offset)) {
+    // One write of a block at a time: with two in flight, the first one's durable ack could
+    // clear a dirty bit the second still needs.
+    if (kind != WriteKind::kFlush && RangeInFlight(offset, length)) {
       return Status::Error(ErrorCode::kBusy,
-                           fmt::format("a write of the block at offset {} is still in flight; "
+                           fmt::format("a write of the blocks of [{}, +{}) is still in flight; "
                                        "submit this one once it is done",
-                                       offset));
+                                       offset, length));
     }
     // Peers that are behind get the block later (the caller's business): it is sent to those
     // with room, which are enough for the quorum (CanSubmit).
     const PeerMask sendable = WithRoom(targets);
-    // The block's bit is durable in each target's bitmap (skipped ones included) before the
-    // block leaves.
-    const uint64_t block = offset / options_.block_size;
+    const uint64_t first = kind == WriteKind::kFlush ? 0 : offset / options_.block_size;
+    const uint64_t last =
+        kind == WriteKind::kFlush ? 0 : (offset + length - 1) / options_.block_size;
+    uint32_t wi = free_.back();
+    Write& w = writes_[wi];
+    w.clean_before.fill(0);
+    // The blocks' bits are durable in each target's bitmap (skipped ones included) before the
+    // write leaves; whether the edge blocks were clean decides what its ack may clear. New data
+    // also marks every peer it does not go to (lost, closed, left out): they miss it.
     for (auto& p : peers_) {
-      if (!(targets >> p->index & 1) || p->bitmap == nullptr) continue;
-      p->bitmap->Set(block);
+      const bool marks = (targets >> p->index & 1) || origin == WriteOrigin::kNewData;
+      if (kind == WriteKind::kFlush || !marks || p->bitmap == nullptr) continue;
+      uint8_t clean = 0;
+      if (!p->bitmap->Test(first)) clean |= 1;
+      if (!p->bitmap->Test(last)) clean |= 2;
+      w.clean_before[p->index] = clean;
+      for (uint64_t b = first; b <= last; ++b) p->bitmap->Set(b);
       if (p->bitmap->has_unsynced_sets()) {
         Status s = p->bitmap->Sync();
         if (!s.ok()) {
@@ -228,16 +335,16 @@ class Replicator::Impl {
         }
       }
     }
-    uint32_t wi = free_.back();
     free_.pop_back();
-    Write& w = writes_[wi];
     w.used = true;
+    w.kind = kind;
+    w.unmap = false;
     w.token = token;
     w.offset = offset;
     w.length = length;
-    w.crc = Crc32c(buffer.data(), length);
-    w.buffer = std::move(buffer);
-    w.start_ns = NowNs();
+    w.first_block = first;
+    w.last_block = last;
+    w.crc = 0;
     w.targets = sendable;
     w.skipped = targets & ~sendable;
     w.counted = 0;
@@ -247,10 +354,16 @@ class Replicator::Impl {
     w.reported = false;
     w.status = Status();
     ++in_flight_;
+    return wi;
+  }
+
+  // Sends a started write to its targets, each under its next seq.
+  Status SendToTargets(uint32_t wi) {
+    Write& w = writes_[wi];
     const uint64_t now = NowNs();
     for (auto& p : peers_) {
       if (w.skipped >> p->index & 1) ++p->stats.blocks_behind;
-      if (!(sendable >> p->index & 1)) continue;
+      if (!(w.targets >> p->index & 1)) continue;
       uint64_t seq = p->next_seq++;
       PeerWrite& pw = p->writes[seq % span_];
       pw = PeerWrite{};
@@ -342,6 +455,19 @@ class Replicator::Impl {
     return failure_;
   }
 
+  size_t TakeBuffers(std::span<ReturnedBuffer> out) {
+    size_t n = 0;
+    while (n < out.size() && returned_count_ > 0) {
+      out[n++] = std::move(returned_[returned_head_]);
+      returned_head_ = (returned_head_ + 1) % returned_.size();
+      --returned_count_;
+    }
+    return n;
+  }
+
+  // Peer `index` (valid after StartConnect).
+  const auto& peer(size_t index) const { return *peers_[index]; }
+
   std::vector<PeerStats> stats() const {
     std::vector<PeerStats> out;
     for (const auto& p : peers_) out.push_back(p->stats);
@@ -363,9 +489,15 @@ class Replicator::Impl {
  private:
   struct Write {
     bool used = false;
+    WriteKind kind = WriteKind::kData;
+    bool unmap = false;  // kZero
     uint64_t token = 0;
     uint64_t offset = 0;
-    uint32_t length = 0;
+    uint64_t length = 0;  // kData: at most a block; kZero: any range
+    uint64_t first_block = 0, last_block = 0;  // the blocks it touches
+    // Per peer: bit 0, its first block was clean in that peer's bitmap before this write; bit
+    // 1, its last block.
+    std::array<uint8_t, kMaxPeers> clean_before{};
     uint32_t crc = 0;
     io::BufferRef buffer;
     uint64_t start_ns = 0;
@@ -395,6 +527,7 @@ class Replicator::Impl {
     Peer(uint64_t span, uint64_t blocks)
         : released(span), acked(span), writes(span), session_acked((blocks + 63) / 64, 0) {}
     size_t index = 0;
+    PeerConfig config;
     transport::Transport* t = nullptr;
     transport::ConnId conn = transport::kNoConn;
     bool conn_open = false;  // until the transport reports kClosed
@@ -415,21 +548,50 @@ class Replicator::Impl {
     PeerStats stats;
   };
 
+  // What a durable ack of write `w` by peer `p` lets it forget: the bits of the blocks the
+  // write covered whole, and of the blocks it touched in part that were clean before it (one
+  // write of a block at a time: nothing else changed them since).
+  template <typename Fn>
+  void ForEachSettledBlock(const Peer& p, const Write& w, Fn fn) const {
+    if (w.kind == WriteKind::kFlush) return;
+    const uint64_t bs = options_.block_size;
+    const uint64_t end = w.offset + w.length;
+    for (uint64_t b = w.first_block; b <= w.last_block; ++b) {
+      const uint64_t block_end = std::min<uint64_t>((b + 1) * bs, options_.volume_size);
+      const bool whole = w.offset <= b * bs && end >= block_end;
+      const bool was_clean = (b == w.first_block && (w.clean_before[p.index] & 1)) ||
+                             (b == w.last_block && (w.clean_before[p.index] & 2));
+      if (whole || was_clean) fn(b);
+    }
+  }
+
   void SendData(Peer& p, PeerWrite& pw) {
     // A failed Replicator sends nothing more (its connections are closing; a resend of a
     // block NACKed before the failure would only fail again on the closed connection).
     if (!failure_.ok()) return;
     const Write& w = writes_[pw.write];
     proto::Frame f;
-    f.flags = static_cast<uint16_t>(wire_level_) | (pw.retries > 0 ? proto::kDataResend : 0);
-    f.payload_len = w.length;
-    f.body = proto::Data{pw.seq, w.offset, w.length, w.crc};
+    const auto level = static_cast<uint16_t>(wire_level_);
     transport::WorkItem item;
+    switch (w.kind) {
+      case WriteKind::kData:
+        f.flags = level | (pw.retries > 0 ? proto::kDataResend : 0);
+        f.payload_len = static_cast<uint32_t>(w.length);
+        f.body = proto::Data{pw.seq, w.offset, static_cast<uint32_t>(w.length), w.crc};
+        item.data = w.buffer.data();
+        break;
+      case WriteKind::kZero:
+        f.flags = level | (w.unmap ? proto::kZeroUnmap : 0);
+        f.body = proto::Zero{pw.seq, w.offset, w.length};
+        break;
+      case WriteKind::kFlush:
+        f.body = proto::Flush{pw.seq};
+        break;
+    }
     item.conn = p.conn;
     item.tag = pw.seq;
     item.signal = true;
     item.header = proto::Encode(f);
-    item.data = w.buffer.data();
     Status s = p.t->Post(std::span(&item, 1));
     if (!s.ok()) {
       LosePeer(p, s.Context(fmt::format("sending block at offset {}", w.offset)));
@@ -620,13 +782,16 @@ class Replicator::Impl {
     --p.unacked;
     p.last_progress_ns = NowNs();
     const Write& w = writes_[pw.write];
-    uint64_t block = w.offset / options_.block_size;
-    ++p.stats.blocks_acked;
-    p.stats.bytes_acked += w.length;
+    if (w.kind != WriteKind::kFlush) {
+      ++p.stats.blocks_acked;
+      p.stats.bytes_acked += w.length;
+    }
     if (wire_level_ == proto::AckLevel::kDurable) {
-      if (p.bitmap != nullptr) p.bitmap->Clear(block);
+      if (p.bitmap != nullptr) ForEachSettledBlock(p, w, [&](uint64_t b) { p.bitmap->Clear(b); });
     } else {
-      p.session_acked[block / 64] |= uint64_t{1} << (block % 64);
+      ForEachSettledBlock(p, w, [&](uint64_t b) {
+        p.session_acked[b / 64] |= uint64_t{1} << (b % 64);
+      });
     }
     if (options_.ack != proto::AckLevel::kSent) Reached(p, pw);
     if (!pw.sending) Release(p, pw);
@@ -706,8 +871,9 @@ class Replicator::Impl {
     if (p.conn_open) p.t->Close(p.conn);
     if (!failure_.ok()) return;
     if (was_connecting) {
-      // Refused or failed in the handshake: fatal unless the quorum can do without this peer.
-      if (Unreachable() > peers_.size() - quorum_) {
+      // Refused or failed in the handshake: fatal unless the quorum can do without this peer (or
+      // the caller lives without a quorum for a while: a volume).
+      if (!options_.survive_quorum_loss && Unreachable() > peers_.size() - quorum_) {
         Fail(reason.message().find(p.name) == std::string::npos
                  ? Status::Error(reason.code(), fmt::format("{}: {}", p.name, why))
                  : reason);
@@ -715,24 +881,30 @@ class Replicator::Impl {
       return;
     }
     uint32_t live = static_cast<uint32_t>(std::popcount(live_peers()));
-    if (live < quorum_) {
-      Fail(Status::Error(reason.code(),
-                         fmt::format("lost replica {} ({}); {} replica(s) left, the quorum needs "
-                                     "{}",
-                                     p.name, why, live, quorum_)));
+    const Status no_quorum = Status::Error(
+        reason.code(), fmt::format("lost replica {} ({}); {} replica(s) left, the quorum needs {}",
+                                   p.name, why, live, quorum_));
+    if (live < quorum_ && !options_.survive_quorum_loss) {
+      Fail(no_quorum);
       return;
     }
-    // Writes waiting on this peer: they now need what the remaining targets can give.
+    // Writes waiting on this peer: they now need what the remaining targets can give. Without a
+    // quorum left (a volume lives on), those that cannot reach theirs fail.
     PeerMask live_mask = live_peers();
     for (uint32_t wi = 0; wi < writes_.size(); ++wi) {
       Write& w = writes_[wi];
       if (!w.used || w.done || !(w.targets >> p.index & 1) || (w.counted >> p.index & 1)) continue;
       uint32_t reached = static_cast<uint32_t>(std::popcount(w.counted));
       uint32_t can = reached + static_cast<uint32_t>(std::popcount(w.targets & live_mask & ~w.counted));
+      if (live < quorum_ && can < w.need) {
+        Finish(wi, no_quorum);
+        continue;
+      }
       w.need = std::min(w.need, can);
       if (reached >= w.need) Finish(wi, Status());
     }
   }
+
 
   // Peer `p` reached the ack level for this write.
   void Reached(Peer& p, PeerWrite& pw) {
@@ -770,9 +942,15 @@ class Replicator::Impl {
     Write& w = writes_[wi];
     if (!w.used || !w.reported || w.holding > 0) return;
     w.used = false;
+    if (options_.return_buffers && w.buffer) {
+      returned_[(returned_head_ + returned_count_) % returned_.size()] =
+          ReturnedBuffer{w.token, std::move(w.buffer)};
+      ++returned_count_;
+    }
     w.buffer.Reset();
     free_.push_back(wi);
   }
+
 
   void SyncBitmaps() {
     for (auto& p : peers_) {
@@ -811,6 +989,11 @@ class Replicator::Impl {
   uint64_t last_bitmap_sync_ns_ = 0;
   Status failure_;
   LogLimiter nack_log_{kLogBurst, kLogPeriodNs};
+  proto::Hello hello_;  // what every session of every peer opens with
+  // With return_buffers: buffers the Replicator is done with, for TakeBuffers (ring).
+  std::vector<ReturnedBuffer> returned_;
+  size_t returned_head_ = 0;
+  size_t returned_count_ = 0;
   std::array<transport::Completion, 64> completions_;
 };
 
@@ -822,8 +1005,8 @@ Result<std::unique_ptr<Replicator>> Replicator::Create(io::Ring& ring, io::Buffe
                            options.block_size, proto::kBlockAlign, proto::kBlockAlign,
                            proto::kMaxBlockSize);
   }
-  if (options.window == 0 || options.window > 65536) {
-    return Status::Invalid("window {} is outside 1..65536", options.window);
+  if (options.window == 0 || options.window > proto::kMaxWindow) {
+    return Status::Invalid("window {} is outside 1..{}", options.window, proto::kMaxWindow);
   }
   if (options.volume_size == 0) return Status::Invalid("the volume is empty");
   if (pool.buffer_size() < options.block_size) {
@@ -849,12 +1032,24 @@ void Replicator::AttachBitmap(size_t index, DirtyBitmap* bitmap) {
   impl_->AttachBitmap(index, bitmap);
 }
 PeerMask Replicator::live_peers() const { return impl_->live_peers(); }
+uint32_t Replicator::quorum() const { return impl_->quorum(); }
 bool Replicator::CanSubmit(PeerMask peers) const { return impl_->CanSubmit(peers); }
 PeerMask Replicator::Behind() const { return impl_->Behind(); }
-bool Replicator::BlockInFlight(uint64_t offset) const { return impl_->BlockInFlight(offset); }
+bool Replicator::RangeInFlight(uint64_t offset, uint64_t length) const {
+  return impl_->RangeInFlight(offset, length);
+}
 Status Replicator::Submit(uint64_t offset, io::BufferRef buffer, uint32_t length, uint64_t token,
-                          PeerMask peers) {
-  return impl_->Submit(offset, std::move(buffer), length, token, peers);
+                          PeerMask peers, WriteOrigin origin) {
+  return impl_->Submit(offset, std::move(buffer), length, token, peers, origin);
+}
+Status Replicator::Rejoin(size_t index) { return impl_->Rejoin(index); }
+size_t Replicator::TakeBuffers(std::span<ReturnedBuffer> out) { return impl_->TakeBuffers(out); }
+Status Replicator::SubmitZero(uint64_t offset, uint64_t length, bool unmap, uint64_t token,
+                              PeerMask peers, WriteOrigin origin) {
+  return impl_->SubmitZero(offset, length, unmap, token, peers, origin);
+}
+Status Replicator::SubmitFlush(uint64_t token, PeerMask peers) {
+  return impl_->SubmitFlush(token, peers);
 }
 size_t Replicator::Poll(std::span<WriteCompletion> out) { return impl_->Poll(out); }
 uint32_t Replicator::in_flight() const { return impl_->in_flight(); }
@@ -864,5 +1059,9 @@ void Replicator::StartClose() { impl_->StartClose(); }
 bool Replicator::closed() const { return impl_->closed(); }
 bool Replicator::idle() const { return impl_->idle(); }
 std::vector<PeerStats> Replicator::stats() const { return impl_->stats(); }
+PeerState Replicator::state(size_t index) const { return impl_->peer(index).stats.state; }
+const proto::ReplicaId& Replicator::replica_id(size_t index) const {
+  return impl_->peer(index).stats.replica_id;
+}
 
 }  // namespace blkmirror::engine

@@ -62,7 +62,20 @@ struct PeerConfig {
 
 struct ReplicatorOptions {
   proto::AckLevel ack = proto::AckLevel::kDurable;
+  // The replication unit: the dirty bitmap's granularity, and the largest write.
   uint32_t block_size = 1u << 20;
+  // Writes are extents (any sector-aligned range of at most a block), and zero ranges and
+  // flushes exist: protocol 2, which a volume that clients write through needs. Without it
+  // every write is one whole block (push).
+  bool extents = false;
+  // Buffers go back to the caller (TakeBuffers) instead of the pool once the Replicator is done
+  // with them: for a caller that still uses them after the write completed (a volume's local
+  // write of the same buffer).
+  bool return_buffers = false;
+  // Losing the quorum (fewer peers in session than it needs) is not the end: the writes that
+  // cannot reach theirs fail, Submit refuses new ones (kUnavailable: no peer, or kBusy), and
+  // lost peers may Rejoin. Without it (push) the Replicator fails for good.
+  bool survive_quorum_loss = false;
   uint32_t window = 32;
   uint64_t volume_size = 0;
   proto::VolumeId volume_id;
@@ -83,7 +96,7 @@ struct ReplicatorOptions {
 struct WriteCompletion {
   uint64_t token = 0;
   uint64_t offset = 0;
-  uint32_t length = 0;
+  uint64_t length = 0;
   uint64_t latency_ns = 0;  // Submit to completion at the ack level
   Status status;
   // Peers the write was meant for (live, in its mask) but not sent to, because they were
@@ -97,6 +110,17 @@ struct WriteCompletion {
 };
 
 enum class PeerState : uint8_t { kConnecting, kInSession, kClosed, kLost };
+
+// What a write is: a copy of what the source already holds (push, resync), which concerns only
+// the peers it goes to; or new data (a client's write through a volume), which every peer it
+// does not go to (lost, closed, left out of the mask) misses: their dirty bits are set too.
+enum class WriteOrigin : uint8_t { kCopy, kNewData };
+
+// A buffer the Replicator is done with (ReplicatorOptions::return_buffers).
+struct ReturnedBuffer {
+  uint64_t token = 0;
+  io::BufferRef buffer;
+};
 
 struct PeerStats {
   std::string peer;
@@ -144,6 +168,8 @@ class Replicator {
 
   // Peers still in session (neither lost nor closed), as a mask.
   PeerMask live_peers() const;
+  // Peers a write needs (the quorum; every peer when it was 0).
+  uint32_t quorum() const;
 
   // True when Submit(…, peers) would be accepted now, for a block that has no write in flight
   // (see BlockInFlight): a free write slot, and enough of the live peers in `peers` with window
@@ -152,21 +178,39 @@ class Replicator {
   // Live peers whose window is full now: a write submitted now is not sent to them (it is
   // skipped, WriteCompletion::skipped) as long as the quorum does without them.
   PeerMask Behind() const;
-  // True while a write of the block at `offset` still holds its buffer (Submit refuses a
-  // second write of it until then).
-  bool BlockInFlight(uint64_t offset) const;
+  // True while a write touching a block of [offset, offset + length) is in flight (Submit and
+  // SubmitZero refuse another one until then). BlockInFlight: the block at `offset`.
+  bool RangeInFlight(uint64_t offset, uint64_t length) const;
+  bool BlockInFlight(uint64_t offset) const { return RangeInFlight(offset, 1); }
 
   // Replicates buffer[0, length) to [offset, offset + length) of the volume, on the live peers
-  // in `peers`. `offset` must be block-aligned and `length` the block's size (shorter only for
-  // the volume's last block). One write of a block at a time: while an earlier write of the
-  // same block still holds its buffer, Submit fails with kBusy (retry once it completed and
-  // every peer is done with it), so writes of a block reach every replica in order.
+  // in `peers`. Without `extents`, `offset` is block-aligned and `length` the block's size
+  // (shorter only for the volume's last block); with them, any sector-aligned extent of at most a
+  // block. One write of a block at a time: while an earlier write touching one of its blocks is
+  // in flight, Submit fails with kBusy (retry once it completed and every peer is done with
+  // it), so writes of a block reach every replica in order.
   Status Submit(uint64_t offset, io::BufferRef buffer, uint32_t length, uint64_t token,
-                PeerMask peers = kAllPeers);
+                PeerMask peers = kAllPeers, WriteOrigin origin = WriteOrigin::kCopy);
+  // With `extents`: [offset, offset + length) (sector-aligned, any length) reads as zeros on
+  // the replicas (`unmap`: they may deallocate it). The same window, quorum and one-write-per-
+  // block rules as Submit; no buffer.
+  Status SubmitZero(uint64_t offset, uint64_t length, bool unmap, uint64_t token,
+                    PeerMask peers = kAllPeers, WriteOrigin origin = WriteOrigin::kCopy);
+  // With `extents`: completes once every write submitted before it is durable on the quorum
+  // (for ack levels below durable; at durable every completed write already is).
+  Status SubmitFlush(uint64_t token, PeerMask peers = kAllPeers);
 
   // Processes what the transports report (acks, heartbeats, timeouts); moves finished writes
   // into `out`. Never blocks (except to persist bitmap clears, at most twice a second).
   size_t Poll(std::span<WriteCompletion> out);
+  // With return_buffers: moves buffers the Replicator is done with into `out`.
+  size_t TakeBuffers(std::span<ReturnedBuffer> out);
+
+  // Connects a lost (or closed) peer again and starts a new session with it (setup: blocks up to
+  // the connect timeout); Poll completes the handshake. Its dirty bitmap stays attached; check
+  // its replica_id (stats) once it is in session: another identity means the bitmap is not
+  // valid for it.
+  Status Rejoin(size_t index);
 
   // Writes submitted and not yet reported complete.
   uint32_t in_flight() const;
@@ -185,6 +229,9 @@ class Replicator {
   bool idle() const;
 
   std::vector<PeerStats> stats() const;
+  // One peer's state and replica identity, without copying every PeerStats.
+  PeerState state(size_t index) const;
+  const proto::ReplicaId& replica_id(size_t index) const;
 
  private:
   class Impl;

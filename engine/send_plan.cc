@@ -1,5 +1,6 @@
 #include "engine/send_plan.h"
 
+#include <algorithm>
 #include <bit>
 #include <cassert>
 
@@ -14,6 +15,8 @@ void SendPlan::Add(size_t peer, uint64_t block) {
   assert(peer < need_.size() && block < blocks_);
   need_[peer][block / 64] |= uint64_t{1} << (block % 64);
 }
+
+void SendPlan::Forget(size_t peer) { std::fill(need_[peer].begin(), need_[peer].end(), 0); }
 
 void SendPlan::AddDirty(size_t peer, const DirtyBitmap& bitmap) {
   assert(bitmap.blocks() == blocks_);

@@ -34,6 +34,8 @@ class SendPlan {
 
   // `peer` needs `block` (again).
   void Add(size_t peer, uint64_t block);
+  // `peer` needs nothing (it is planned again from its bitmap).
+  void Forget(size_t peer);
   // `peer` needs every block set in `bitmap` (of the same volume geometry).
   void AddDirty(size_t peer, const DirtyBitmap& bitmap);
 

@@ -48,6 +48,8 @@ auto Fields(proto::VerifyResp& v) { return std::tie(v.offset, v.count, v.request
 auto Fields(proto::Bye&) { return std::tuple<>(); }
 auto Fields(proto::AuthChallenge&) { return std::tuple<>(); }
 auto Fields(proto::AuthProof&) { return std::tuple<>(); }
+auto Fields(proto::Zero& z) { return std::tie(z.seq, z.offset, z.length); }
+auto Fields(proto::Flush& f) { return std::tie(f.seq); }
 
 bool SameFrame(const proto::Frame& a, const proto::Frame& b) {
   if (a.flags != b.flags || a.payload_len != b.payload_len || a.body.index() != b.body.index()) {

@@ -126,6 +126,12 @@ void EncodeBody(Writer& w, const VerifyResp& v) {
   w.U32(kOffBody + 16, static_cast<uint32_t>(v.err));
 }
 void EncodeBody(Writer&, const Bye&) {}
+void EncodeBody(Writer& w, const Zero& z) {
+  w.U64(kOffBody + 0, z.seq);
+  w.U64(kOffBody + 8, z.offset);
+  w.U64(kOffBody + 16, z.length);
+}
+void EncodeBody(Writer& w, const Flush& f) { w.U64(kOffBody + 0, f.seq); }
 void EncodeBody(Writer&, const AuthChallenge&) {}
 void EncodeBody(Writer&, const AuthProof&) {}
 
@@ -134,6 +140,8 @@ uint16_t KnownFlags(FrameType type) {
   switch (type) {
     case FrameType::kData:
       return kDataAckMask | kDataResend;
+    case FrameType::kZero:
+      return kDataAckMask | kZeroUnmap;
     case FrameType::kHeartbeat:
       return kHeartbeatReply;
     default:
@@ -174,8 +182,8 @@ Result<Body> DecodeBody(FrameType type, uint16_t flags, uint32_t payload_len, co
             "Hello: block size {} is not a multiple of {} between {} and {} bytes", h.block_size,
             kBlockAlign, kBlockAlign, kMaxBlockSize);
       }
-      if (h.window == 0 || h.window > 65536) {
-        return Status::Protocol("Hello: window {} outside 1..65536", h.window);
+      if (h.window == 0 || h.window > kMaxWindow) {
+        return Status::Protocol("Hello: window {} outside 1..{}", h.window, kMaxWindow);
       }
       if (h.volume_size == 0) return Status::Protocol("Hello: volume size is 0");
       if (payload_len != 0) return Status::Protocol("Hello: unexpected payload of {} bytes", payload_len);
@@ -222,7 +230,7 @@ Result<Body> DecodeBody(FrameType type, uint16_t flags, uint32_t payload_len, co
         return Status::Protocol("Data seq {}: length {} differs from payload length {}", d.seq,
                                 d.length, payload_len);
       }
-      if (d.offset % kBlockAlign != 0 || d.offset > UINT64_MAX - d.length) {
+      if (d.offset % kSectorSize != 0 || d.offset > UINT64_MAX - d.length) {
         return Status::Protocol("Data seq {}: bad offset {}", d.seq, d.offset);
       }
       auto level = flags & kDataAckMask;
@@ -323,6 +331,34 @@ Result<Body> DecodeBody(FrameType type, uint16_t flags, uint32_t payload_len, co
                                 payload_len, kAuthNonceSize);
       }
       return Body(AuthChallenge{});
+    case FrameType::kZero: {
+      Zero z;
+      z.seq = r.U64(kOffBody + 0);
+      z.offset = r.U64(kOffBody + 8);
+      z.length = r.U64(kOffBody + 16);
+      if (!r.ZeroFrom(24)) return reserved("Zero");
+      if (z.length == 0 || z.length % kSectorSize != 0 || z.offset % kSectorSize != 0 ||
+          z.offset > UINT64_MAX - z.length) {
+        return Status::Protocol("Zero seq {}: bad range [{}, +{})", z.seq, z.offset, z.length);
+      }
+      auto level = flags & kDataAckMask;
+      if (level != static_cast<uint16_t>(AckLevel::kReceived) &&
+          level != static_cast<uint16_t>(AckLevel::kDurable)) {
+        return Status::Protocol("Zero seq {}: ack level {} is not received(1) or durable(2)",
+                                z.seq, level);
+      }
+      if (payload_len != 0) return Status::Protocol("Zero: unexpected payload of {} bytes", payload_len);
+      return Body(z);
+    }
+    case FrameType::kFlush: {
+      Flush f;
+      f.seq = r.U64(kOffBody + 0);
+      if (!r.ZeroFrom(8)) return reserved("Flush");
+      if (payload_len != 0) {
+        return Status::Protocol("Flush: unexpected payload of {} bytes", payload_len);
+      }
+      return Body(f);
+    }
     case FrameType::kAuthProof:
       if (!r.ZeroFrom(0)) return reserved("AuthProof");
       if (payload_len != kAuthNonceSize + kAuthMacSize) {
@@ -337,7 +373,7 @@ Result<Body> DecodeBody(FrameType type, uint16_t flags, uint32_t payload_len, co
 
 bool KnownType(uint8_t t) {
   return t >= static_cast<uint8_t>(FrameType::kHello) &&
-         t <= static_cast<uint8_t>(FrameType::kAuthProof);
+         t <= static_cast<uint8_t>(FrameType::kFlush);
 }
 
 }  // namespace
@@ -356,6 +392,8 @@ std::string_view FrameTypeName(FrameType type) {
     case FrameType::kBye: return "Bye";
     case FrameType::kAuthChallenge: return "AuthChallenge";
     case FrameType::kAuthProof: return "AuthProof";
+    case FrameType::kZero: return "Zero";
+    case FrameType::kFlush: return "Flush";
   }
   return "Unknown";
 }
@@ -373,7 +411,7 @@ FrameType Frame::type() const {
   // Variant order mirrors FrameType numbering (kHello == 1 at index 0).
   return static_cast<FrameType>(body.index() + 1);
 }
-static_assert(std::variant_size_v<Body> == static_cast<size_t>(FrameType::kAuthProof));
+static_assert(std::variant_size_v<Body> == static_cast<size_t>(FrameType::kFlush));
 
 RawHeader Encode(const Frame& frame) {
   RawHeader raw{};

@@ -32,9 +32,13 @@ namespace blkmirror::proto {
 
 inline constexpr uint32_t kMagic = 0x524D4B42;  // "BKMR" in little-endian byte order
 inline constexpr uint8_t kFrameVersion = 1;
-// Protocol versions this build speaks (negotiated in Hello/HelloOk).
+// Protocol versions this build speaks (negotiated in Hello/HelloOk):
+//   1  Data frames are whole blocks of the volume (push, verify)
+//   2  Data frames are extents (any sector-aligned range within one block's length), and the
+//      Zero and Flush frames exist (a volume that clients write through)
 inline constexpr uint16_t kMinProtocolVersion = 1;
-inline constexpr uint16_t kMaxProtocolVersion = 1;
+inline constexpr uint16_t kMaxProtocolVersion = 2;
+inline constexpr uint16_t kExtentsVersion = 2;
 
 inline constexpr size_t kHeaderSize = 64;
 inline constexpr size_t kBodySize = 48;
@@ -44,8 +48,12 @@ inline constexpr uint32_t kMaxControlPayload = 4096;
 inline constexpr uint32_t kMaxBlockSize = 64u << 20;
 // Block sizes are multiples of this (the O_DIRECT granularity every device supports).
 inline constexpr uint32_t kBlockAlign = 4096;
+// Extents (protocol 2) start and end on multiples of this.
+inline constexpr uint32_t kSectorSize = 512;
 inline constexpr uint32_t kMaxErrorText = 1024;
 inline constexpr uint32_t kMaxVerifyBlocks = kMaxControlPayload / 4;
+// The most writes a primary keeps in flight per replica (Hello::window).
+inline constexpr uint32_t kMaxWindow = 65536;
 
 using RawHeader = std::array<std::byte, kHeaderSize>;
 
@@ -62,6 +70,8 @@ enum class FrameType : uint8_t {
   kBye = 10,        // primary -> replica: clean end of session
   kAuthChallenge = 11,  // replica -> primary: prove you hold the key (payload: nonce)
   kAuthProof = 12,      // primary -> replica: the proof (payload: nonce + HMAC)
+  kZero = 13,           // primary -> replica (protocol 2): a range reads as zeros from now on
+  kFlush = 14,          // primary -> replica (protocol 2): make every earlier write durable
 };
 std::string_view FrameTypeName(FrameType type);
 
@@ -162,8 +172,22 @@ struct VerifyResp {
 
 struct Bye {};
 
+// Zero flags: bits 0-1 the ack level wanted (as Data); kZeroUnmap: the replica may deallocate
+// the range (punch a hole, discard) as long as it reads back as zeros.
+inline constexpr uint16_t kZeroUnmap = 0x8;
+struct Zero {
+  uint64_t seq = 0;     // in the session's sequence, as Data
+  uint64_t offset = 0;  // a multiple of kSectorSize
+  uint64_t length = 0;  // a multiple of kSectorSize, > 0; offset + length within the volume
+};
+
+// The replica acks a Flush's seq once every write with a lower seq in the session is durable.
+struct Flush {
+  uint64_t seq = 0;
+};
+
 using Body = std::variant<Hello, HelloOk, Error, Data, Ack, Nack, Heartbeat, VerifyReq, VerifyResp,
-                          Bye, AuthChallenge, AuthProof>;
+                          Bye, AuthChallenge, AuthProof, Zero, Flush>;
 
 struct Frame {
   uint16_t flags = 0;

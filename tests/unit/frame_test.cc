@@ -133,6 +133,8 @@ std::vector<Frame> OneOfEach() {
   frames.push_back(Make(Bye{}));
   frames.push_back(Make(AuthChallenge{}, 0, kAuthNonceSize));
   frames.push_back(Make(AuthProof{}, 0, kAuthNonceSize + kAuthMacSize));
+  frames.push_back(Make(Zero{9, 1 << 20, 8 << 20}, static_cast<uint16_t>(AckLevel::kDurable)));
+  frames.push_back(Make(Flush{10}));
   return frames;
 }
 
@@ -230,6 +232,43 @@ TEST(Frame, DataBoundsThatAreAccepted) {
   d.length = 1;
   got = DecodeAs<Data>(Encode(Make(d, 1, 1)));
   EXPECT_EQ(got.length, 1u);
+}
+
+// Protocol 2 extents start on any sector; which ones a session takes is the replica's check.
+TEST(Frame, DataOffsetsOnSectorsAreAccepted) {
+  for (uint64_t off : {uint64_t{512}, uint64_t{4096 + 512}, (uint64_t{1} << 40) + 2048}) {
+    Data d = ValidData();
+    d.offset = off;
+    EXPECT_EQ(DecodeAs<Data>(Encode(Make(d, 1, d.length))).offset, off);
+  }
+}
+
+TEST(Frame, ZeroAndFlushRoundTrip) {
+  Zero z{0x0102030405060708ull, 512 * 3, 0x10000000200ull};
+  Frame f = Make(z, static_cast<uint16_t>(AckLevel::kReceived) | kZeroUnmap);
+  auto r = DecodeRaw(Encode(f));
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_EQ(r->type(), FrameType::kZero);
+  EXPECT_EQ(r->flags, static_cast<uint16_t>(AckLevel::kReceived) | kZeroUnmap);
+  Zero got = std::get<Zero>(r->body);
+  EXPECT_EQ(got.seq, z.seq);
+  EXPECT_EQ(got.offset, z.offset);
+  EXPECT_EQ(got.length, z.length);
+  Flush fl = DecodeAs<Flush>(Encode(Make(Flush{0xABCDEF0123456789ull})));
+  EXPECT_EQ(fl.seq, 0xABCDEF0123456789ull);
+}
+
+TEST(Frame, ZeroRejectsBadRangesAndLevels) {
+  for (auto [off, len] : {std::pair<uint64_t, uint64_t>{0, 0}, {1, 512}, {512, 100},
+                          {UINT64_MAX - 511, 1024}}) {
+    SCOPED_TRACE("range " + std::to_string(off) + " +" + std::to_string(len));
+    ExpectRejected(Encode(Make(Zero{1, off, len}, static_cast<uint16_t>(AckLevel::kDurable))),
+                   "bad range");
+  }
+  ExpectRejected(Encode(Make(Zero{1, 0, 512}, 0)), "ack level");
+  ExpectRejected(Encode(Make(Zero{1, 0, 512}, static_cast<uint16_t>(AckLevel::kDurable) | 0x4)),
+                 "flag bits");
+  ExpectRejected(Encode(Make(Flush{1}, 0, 8)), "payload");
 }
 
 TEST(Frame, AckRoundTrip) {
@@ -427,7 +466,7 @@ TEST(Frame, AnySingleBitFlipIsRejected) {
 }
 
 TEST(Frame, RejectsUnknownTypes) {
-  for (uint8_t t : {0, 13, 14, 128, 255}) {
+  for (uint8_t t : {0, 15, 16, 128, 255}) {
     auto raw = Encode(Make(Bye{}));
     SetU8(raw, kOffType, t);
     ExpectRejected(raw, "type");
@@ -439,6 +478,7 @@ TEST(Frame, RejectsUnknownTypes) {
 TEST(Frame, RejectsUnknownFlagBitsForEveryType) {
   for (const Frame& f : OneOfEach()) {
     uint16_t allowed = f.type() == FrameType::kData        ? (kDataAckMask | kDataResend)
+                       : f.type() == FrameType::kZero      ? (kDataAckMask | kZeroUnmap)
                        : f.type() == FrameType::kHeartbeat ? kHeartbeatReply
                                                            : 0;
     for (int bit = 0; bit < 16; ++bit) {
@@ -480,6 +520,8 @@ TEST(Frame, RejectsNonZeroReservedBytesForEveryType) {
       {FrameType::kBye, range(0, 48)},
       {FrameType::kAuthChallenge, range(0, 48)},
       {FrameType::kAuthProof, range(0, 48)},
+      {FrameType::kZero, range(24, 48)},
+      {FrameType::kFlush, range(8, 48)},
   };
   auto frames = OneOfEach();
   for (const Case& c : cases) {
@@ -612,9 +654,9 @@ TEST(Frame, DataRejectsLengthDifferentFromPayload) {
   ExpectRejected(Encode(Make(d, 1, d.length + 1)), "payload length");
 }
 
-TEST(Frame, DataRejectsUnalignedOffset) {
-  for (uint64_t off : {uint64_t{1}, uint64_t{512}, uint64_t{4095}, uint64_t{4097},
-                       (uint64_t{1} << 40) + 2048}) {
+TEST(Frame, DataRejectsOffsetsThatAreNotSectors) {
+  for (uint64_t off : {uint64_t{1}, uint64_t{511}, uint64_t{4095}, uint64_t{4097},
+                       (uint64_t{1} << 40) + 2047}) {
     Data d = ValidData();
     d.offset = off;
     SCOPED_TRACE("offset " + std::to_string(off));

@@ -73,6 +73,7 @@ class ReplicatorTest : public ::testing::Test {
     ReplicaOptions options;
     options.target_name = r->device->name();
     options.key = key;
+    options.max_version = replica_max_version_;
     io::MemBlockDevice* dev = r->device.get();
     options.open_target = engine::testing::KeptTarget(*dev);
     r->server = std::move(ReplicaServer::Create(*ring_, *r->pool, std::move(options)).value());
@@ -158,6 +159,7 @@ class ReplicatorTest : public ::testing::Test {
   std::vector<WriteCompletion> done_;
   uint32_t max_in_flight_ = 0;
   uint64_t frozen_ = 0;
+  uint16_t replica_max_version_ = proto::kMaxProtocolVersion;  // for replicas added from now on
 };
 
 ReplicatorOptions Options(uint64_t volume, AckLevel ack, uint32_t block = 16 << 10,
@@ -263,7 +265,7 @@ TEST_F(ReplicatorTest, OneWriteOfABlockAtATime) {
   std::memcpy(second->data(), data.data() + (16 << 10), 16 << 10);
   Status s = rep_->Submit(0, std::move(*second), 16 << 10, 2);
   EXPECT_EQ(s.code(), ErrorCode::kBusy) << s.message();
-  EXPECT_NE(s.message().find("offset 0 is still in flight"), std::string::npos);
+  EXPECT_NE(s.message().find("[0, +16384) is still in flight"), std::string::npos) << s.message();
   for (int i = 0; i < 100 && !rep_->idle(); ++i) Step();
   ASSERT_TRUE(rep_->idle());
   auto again = primary_pool_->TryGet();
@@ -370,8 +372,8 @@ TEST_F(ReplicatorTest, RefusesAVolumeThatDoesNotFit) {
 TEST_F(ReplicatorTest, RefusesAnUnsupportedProtocolVersion) {
   AddReplica(1 << 20);
   auto o = Options(1 << 20, AckLevel::kDurable);
-  o.min_version = 2;
-  o.max_version = 3;
+  o.min_version = proto::kMaxProtocolVersion + 1;
+  o.max_version = proto::kMaxProtocolVersion + 2;
   Status s = StartPrimary(o);
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("protocol version mismatch"), std::string::npos) << s.message();
@@ -591,6 +593,126 @@ TEST_F(ReplicatorTest, AReceivedSessionEndsDurableAndCleansItsBitmap) {
   rep_.reset();  // the bitmap must outlive the Replicator
 }
 
+// ---- Protocol 2: extents, zero ranges, flushes (a volume's writes) ---------------------------
+
+class ExtentTest : public ReplicatorTest {
+ protected:
+  static constexpr uint32_t kBlock = 16 << 10;
+  ReplicatorOptions ExtentOptions(uint64_t size, AckLevel ack) {
+    auto o = Options(size, ack, kBlock, 4);
+    o.extents = true;
+    return o;
+  }
+  // Submits one extent of `bytes` at `offset` and steps until it completed.
+  Status Write(uint64_t offset, const std::vector<std::byte>& bytes, PeerMask mask = kAllPeers) {
+    auto buf = primary_pool_->TryGet();
+    if (!buf) return Status::Error(ErrorCode::kBusy, "no buffer");
+    std::memcpy(buf->data(), bytes.data(), bytes.size());
+    size_t before = done_.size();
+    RETURN_IF_ERROR(rep_->Submit(offset, std::move(*buf), static_cast<uint32_t>(bytes.size()),
+                                 next_token_++, mask));
+    return Settle(before);
+  }
+  Status Settle(size_t before) {
+    for (int i = 0; i < 1000 && (done_.size() == before || !rep_->idle()); ++i) Step();
+    if (done_.size() == before) return Status::Error(ErrorCode::kTimeout, "no completion");
+    return done_.back().status;
+  }
+  uint64_t next_token_ = 1;
+};
+
+TEST_F(ExtentTest, ExtentsOfAnySectorAlignedRangeReachTheReplica) {
+  const uint64_t size = 8 * kBlock + 1536;  // a tail of three sectors
+  Replica& r = AddReplica(size);
+  ASSERT_TRUE(StartPrimary(ExtentOptions(size, AckLevel::kDurable)).ok());
+  std::vector<std::byte> image(size);
+  struct Case {
+    uint64_t offset;
+    uint32_t length;
+  };
+  // Inside a block, across two blocks, a whole block, the tail.
+  for (Case c : {Case{512, 4096}, Case{kBlock - 1024, 2048}, Case{3 * kBlock, kBlock},
+                 Case{8 * kBlock, 1536}}) {
+    auto bytes = RandomBytes(c.length, static_cast<uint32_t>(c.offset));
+    Status s = Write(c.offset, bytes);
+    ASSERT_TRUE(s.ok()) << c.offset << ": " << s.message();
+    std::memcpy(image.data() + c.offset, bytes.data(), bytes.size());
+  }
+  EXPECT_TRUE(Equal(r.device->durable_contents(), image));
+  // What is not an extent is refused before anything is sent.
+  for (Case c : {Case{100, 512}, Case{512, 100}, Case{0, kBlock + 512}, Case{size - 512, 1024}}) {
+    auto buf = primary_pool_->TryGet();
+    Status s = rep_->Submit(c.offset, std::move(*buf), c.length, 0);
+    EXPECT_EQ(s.code(), ErrorCode::kInvalidArgument) << c.offset << "+" << c.length;
+  }
+  CloseAll();
+}
+
+TEST_F(ExtentTest, ZeroRangesAndFlushesReachTheReplica) {
+  const uint64_t size = 64 * kBlock;
+  Replica& r = AddReplica(size);
+  ASSERT_TRUE(StartPrimary(ExtentOptions(size, AckLevel::kReceived)).ok());
+  auto bytes = RandomBytes(kBlock, 31);
+  for (uint64_t b = 0; b < 8; ++b) ASSERT_TRUE(Write(b * kBlock, bytes).ok());
+  // Zero two and a half blocks from the middle of block 1, unmap allowed.
+  size_t before = done_.size();
+  ASSERT_TRUE(rep_->SubmitZero(kBlock + 4096, 2 * kBlock + kBlock / 2, true, 77).ok());
+  ASSERT_TRUE(Settle(before).ok());
+  EXPECT_EQ(done_.back().token, 77u);
+  std::vector<std::byte> image(size);
+  for (uint64_t b = 0; b < 8; ++b) std::memcpy(image.data() + b * kBlock, bytes.data(), kBlock);
+  std::memset(image.data() + kBlock + 4096, 0, 2 * kBlock + kBlock / 2);
+  EXPECT_TRUE(Equal(r.device->contents(), image));
+  // At ack level received, the flush is what makes them durable on the replica.
+  EXPECT_FALSE(Equal(r.device->durable_contents(), image));
+  uint64_t flushes = r.device->flushes();
+  before = done_.size();
+  ASSERT_TRUE(rep_->SubmitFlush(78).ok());
+  ASSERT_TRUE(Settle(before).ok());
+  EXPECT_EQ(done_.back().token, 78u);
+  EXPECT_EQ(r.device->flushes(), flushes + 1);
+  EXPECT_TRUE(Equal(r.device->durable_contents(), image));
+  CloseAll();
+}
+
+// A durable ack clears a block's dirty bit only when the replica's copy of the block is then
+// whole: the write covered the block, or the block was clean before the write.
+TEST_F(ExtentTest, APartialWriteClearsOnlyABlockThatWasCleanBefore) {
+  const uint64_t size = 8 * kBlock;
+  AddReplica(size);
+  ASSERT_TRUE(StartPrimary(ExtentOptions(size, AckLevel::kDurable)).ok());
+  BitmapKey key{kBlock, size, {}, {}};
+  auto bitmap = DirtyBitmap::InMemory(key);
+  bitmap->ClearAll();
+  bitmap->Set(2);  // block 2 is behind (missed writes, resync pending)
+  bitmap->Set(3);
+  rep_->AttachBitmap(0, bitmap.get());
+  auto small = RandomBytes(4096, 5);
+  ASSERT_TRUE(Write(1 * kBlock + 4096, small).ok());  // clean block, partial write
+  EXPECT_FALSE(bitmap->Test(1));
+  ASSERT_TRUE(Write(2 * kBlock + 4096, small).ok());  // dirty block, partial write
+  EXPECT_TRUE(bitmap->Test(2)) << "a partial write cannot make a dirty block whole";
+  ASSERT_TRUE(Write(3 * kBlock, RandomBytes(kBlock, 6)).ok());  // dirty block, whole write
+  EXPECT_FALSE(bitmap->Test(3));
+  size_t before = done_.size();
+  ASSERT_TRUE(rep_->SubmitZero(4 * kBlock + 512, 2 * kBlock, false, 9).ok());  // 4 (part), 5, 6 (part)
+  ASSERT_TRUE(Settle(before).ok());
+  for (uint64_t b : {4, 5, 6}) EXPECT_FALSE(bitmap->Test(b)) << b;
+  CloseAll();
+  rep_.reset();
+}
+
+TEST_F(ExtentTest, AReplicaThatSpeaksOnlyProtocol1IsRefusedClearly) {
+  replica_max_version_ = 1;
+  AddReplica(1 << 20);
+  Status s = StartPrimary(ExtentOptions(1 << 20, AckLevel::kDurable));
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("protocol version mismatch: the primary speaks 2..2, this replica "
+                             "speaks 1..1"),
+            std::string::npos)
+      << s.message();
+}
+
 // A hand-driven client that speaks raw frames to a replica.
 class RawClient {
  public:
@@ -656,13 +778,16 @@ class ReplicaInputTest : public ReplicatorTest {
     c->step = [this] { replicas_[0]->server->Step(); };
     return c;
   }
-  // Sends a Hello and waits for the HelloOk: only then may a client send Data.
-  void Open(RawClient& c) {
-    c.Send(Hello());
+  // Sends a Hello (protocol `version`) and waits for the HelloOk: only then may a client send
+  // Data.
+  void Open(RawClient& c, uint16_t version = 1) {
+    c.Send(Hello(version));
     ASSERT_TRUE(c.WaitFor(proto::FrameType::kHelloOk));
   }
-  proto::Frame Hello() {
+  proto::Frame Hello(uint16_t version = 1) {
     proto::Hello h;
+    h.min_version = version;
+    h.max_version = version;
     h.block_size = 16 << 10;
     h.window = 4;
     h.volume_size = 1 << 20;
@@ -734,6 +859,52 @@ TEST_F(ReplicaInputTest, WrongLengthAndDuplicateSeqAreRefused) {
     std::string err = c->Drain();
     EXPECT_NE(err.find("duplicate"), std::string::npos) << err;
   }
+  ExpectStillServing();
+}
+
+TEST_F(ReplicaInputTest, Protocol2RangesAreCheckedAndProtocol1HasNoZeroOrFlush) {
+  std::vector<std::byte> block(16 << 10);
+  const uint32_t crc = Crc32c(block.data(), 4096);
+  struct Case {
+    uint64_t offset;
+    uint32_t length;
+    const char* needle;
+  };
+  for (Case c : {Case{1 << 20, 4096, "sector-aligned range of the 1048576-byte volume"},
+                 Case{(1 << 20) - 2048, 4096, "sector-aligned range"},
+                 Case{4096, 1000, "sector-aligned range"}}) {
+    auto cl = Client();
+    Open(*cl, 2);
+    cl->Send(DataFrame(0, c.offset, c.length, crc), block.data());
+    std::string err = cl->Drain();
+    EXPECT_TRUE(cl->closed()) << c.offset;
+    EXPECT_NE(err.find(c.needle), std::string::npos) << err;
+  }
+  {
+    auto cl = Client();
+    Open(*cl, 2);
+    proto::Frame z;
+    z.flags = static_cast<uint16_t>(AckLevel::kReceived);
+    z.body = proto::Zero{0, (1 << 20) - 512, 1024};
+    cl->Send(z);
+    std::string err = cl->Drain();
+    EXPECT_NE(err.find("Zero seq 0: [1048064, +1024) is not a sector-aligned range"),
+              std::string::npos)
+        << err;
+  }
+  for (proto::Frame f : {proto::Frame{static_cast<uint16_t>(AckLevel::kReceived), 0,
+                                      proto::Zero{0, 0, 512}},
+                         proto::Frame{0, 0, proto::Flush{0}}}) {
+    auto cl = Client();
+    Open(*cl, 1);
+    cl->Send(f);
+    std::string err = cl->Drain();
+    EXPECT_NE(err.find(std::string("unexpected ") + std::string(proto::FrameTypeName(f.type()))),
+              std::string::npos)
+        << err;
+  }
+  EXPECT_EQ(replicas_[0]->device->writes(), 0u);
+  EXPECT_EQ(replicas_[0]->device->zeroes(), 0u);
   ExpectStillServing();
 }
 
