@@ -31,13 +31,6 @@
 namespace blkmirror::cli {
 namespace {
 
-Result<proto::AckLevel> ParseAck(std::string_view text) {
-  if (text == "sent") return proto::AckLevel::kSent;
-  if (text == "received") return proto::AckLevel::kReceived;
-  if (text == "durable") return proto::AckLevel::kDurable;
-  return Status::Invalid("--ack '{}': expected sent, received or durable", text);
-}
-
 struct PushReport {
   uint64_t bytes = 0;   // bytes of the blocks replicated (each block counted once)
   uint64_t blocks = 0;
@@ -254,16 +247,11 @@ int RunReplication(const ReplicationPlan& plan) {
   };
   auto ack = ParseAck(args.ack);
   if (!ack.ok()) return fail(ack.status(), kExitUsage);
-  auto block_size = ParseSize(args.block_size);
-  if (!block_size.ok()) return fail(block_size.status().Context("--block-size"), kExitUsage);
-  if (*block_size < proto::kBlockAlign || *block_size % proto::kBlockAlign != 0 ||
-      *block_size > proto::kMaxBlockSize) {
-    return fail(Status::Invalid("--block-size {}: must be a multiple of 4K between 4K and 64M",
-                                args.block_size),
-                kExitUsage);
-  }
-  if (args.window == 0 || args.window > 65536) {
-    return fail(Status::Invalid("--window {}: must be between 1 and 65536", args.window),
+  auto block_size = ParseBlockSize(args.block_size, "--block-size");
+  if (!block_size.ok()) return fail(block_size.status(), kExitUsage);
+  if (args.window == 0 || args.window > proto::kMaxWindow) {
+    return fail(Status::Invalid("--window {}: must be between 1 and {}", args.window,
+                                proto::kMaxWindow),
                 kExitUsage);
   }
   if (args.peers.empty()) return fail(Status::Invalid("at least one --peer is needed"), kExitUsage);

@@ -104,14 +104,8 @@ int RunServe(const ServeArgs& args) {
   };
   auto listen = transport::Endpoint::Parse(args.listen);
   if (!listen.ok()) return fail(listen.status().Context("--listen"), kExitUsage);
-  auto max_block = ParseSize(args.max_block_size);
-  if (!max_block.ok()) return fail(max_block.status().Context("--max-block-size"), kExitUsage);
-  if (*max_block < proto::kBlockAlign || *max_block % proto::kBlockAlign != 0 ||
-      *max_block > proto::kMaxBlockSize) {
-    return fail(Status::Invalid("--max-block-size {}: must be a multiple of 4K between 4K and 64M",
-                                args.max_block_size),
-                kExitUsage);
-  }
+  auto max_block = ParseBlockSize(args.max_block_size, "--max-block-size");
+  if (!max_block.ok()) return fail(max_block.status(), kExitUsage);
   auto pool_size = ParseSize(args.pool_size);
   if (!pool_size.ok()) return fail(pool_size.status().Context("--pool-size"), kExitUsage);
   // Each receive buffer holds a block plus the transports' headroom.

@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "common/units.h"
 #include "transport/registry.h"
 #include "transport/testing/faulty_transport.h"
 
@@ -81,6 +82,23 @@ Result<proto::VolumeId> VolumeIdFor(const std::string& path) {
   crypto_generichash(id.bytes.data(), id.bytes.size(), reinterpret_cast<const unsigned char*>(real),
                      std::strlen(real), nullptr, 0);
   return id;
+}
+
+Result<proto::AckLevel> ParseAck(std::string_view text) {
+  if (text == "sent") return proto::AckLevel::kSent;
+  if (text == "received") return proto::AckLevel::kReceived;
+  if (text == "durable") return proto::AckLevel::kDurable;
+  return Status::Invalid("--ack '{}': expected sent, received or durable", text);
+}
+
+Result<uint32_t> ParseBlockSize(std::string_view text, std::string_view flag) {
+  auto bytes = ParseSize(text);
+  if (!bytes.ok()) return bytes.status().Context(flag);
+  if (*bytes < proto::kBlockAlign || *bytes % proto::kBlockAlign != 0 ||
+      *bytes > proto::kMaxBlockSize) {
+    return Status::Invalid("{} {}: must be a multiple of 4K between 4K and 64M", flag, text);
+  }
+  return static_cast<uint32_t>(*bytes);
 }
 
 void PrintError(std::string_view command, const Status& status) {

@@ -39,6 +39,12 @@ Result<Transports> MakeTransports(const Loop& loop, std::string_view name,
 // A stable id for the volume at `path` (BLAKE2b-128 of its canonical path).
 Result<proto::VolumeId> VolumeIdFor(const std::string& path);
 
+// --ack: sent, received or durable.
+Result<proto::AckLevel> ParseAck(std::string_view text);
+
+// A block size as the user typed it for `flag`: a multiple of 4K between 4K and 64M.
+Result<uint32_t> ParseBlockSize(std::string_view text, std::string_view flag);
+
 // Prints "blkmirror <command>: error: <message>" on stderr.
 void PrintError(std::string_view command, const Status& status);
 

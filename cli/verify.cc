@@ -24,14 +24,8 @@ int RunVerify(const VerifyArgs& args) {
   };
   auto peer = transport::Endpoint::Parse(args.peer);
   if (!peer.ok()) return fail(peer.status().Context("--peer"), kExitUsage);
-  auto block_size = ParseSize(args.block_size);
-  if (!block_size.ok()) return fail(block_size.status().Context("--block-size"), kExitUsage);
-  if (*block_size < proto::kBlockAlign || *block_size % proto::kBlockAlign != 0 ||
-      *block_size > proto::kMaxBlockSize) {
-    return fail(Status::Invalid("--block-size {}: must be a multiple of 4K between 4K and 64M",
-                                args.block_size),
-                kExitUsage);
-  }
+  auto block_size = ParseBlockSize(args.block_size, "--block-size");
+  if (!block_size.ok()) return fail(block_size.status(), kExitUsage);
   auto info = io::StatPath(args.source);
   if (!info.ok()) return fail(info.status().Context("--source"));
   if (info->size == 0) return fail(Status::Invalid("the source {} is empty", args.source));
