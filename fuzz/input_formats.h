@@ -1,6 +1,6 @@
-// The input formats of session_fuzzer and replicator_fuzzer: how their bytes become frames and
-// actions. make_seeds writes seeds in these formats; change both together (and regenerate the
-// corpora: see fuzz/README.md).
+// The input formats of session_fuzzer, replicator_fuzzer and nbd_fuzzer: how their bytes become
+// frames and actions. make_seeds writes seeds in these formats; change both together (and
+// regenerate the corpora: see fuzz/README.md).
 //
 // Every input is a valid program: reads past the end yield zeros, and a record cut short is
 // completed with zeros.
@@ -73,5 +73,33 @@ enum Action : uint8_t {
                  // 6 a Data frame to the primary (len:u8 x 64 bytes), 7 Bye to the primary
 };
 }  // namespace replicator_input
+
+// ---- nbd_fuzzer: an NBD ServerHandshake, then requests -----------------------------------------
+//
+//   input := setup:4 stream
+//
+// setup[0..1]: the export's transmission flags, little-endian (any bits)
+// setup[2]:    bits 0-1 min_block (kMinBlocks), bits 2-3 max_payload (kMaxPayloads),
+//              bits 4-6 size (kSizes)
+// setup[3]:    bits 0-1 name (kNames), bit 2 a description
+//
+// stream: the client's bytes as on the wire (big-endian): client flags, options; once the
+// handshake reaches the transmission phase, 28-byte requests, each WRITE followed by its
+// payload. The handshake is fed the chunks its Want() asks for; the input ends where a chunk
+// would be cut short.
+namespace nbd_input {
+inline constexpr uint32_t kMinBlocks[4] = {1, 512, 4096, 65536};
+inline constexpr uint32_t kMaxPayloads[4] = {64u << 10, 1u << 20, 32u << 20, 0xFFFFFFFFu};
+inline constexpr uint64_t kSizes[8] = {0,
+                                       512,
+                                       1ull << 20,
+                                       (1ull << 30) + 512,
+                                       1ull << 30,
+                                       1ull << 63,
+                                       ~0ull << 16,
+                                       ~0ull};
+inline constexpr const char* kNames[4] = {"", "disk", "vol/with:odd chars", "x"};
+inline constexpr uint8_t kSetupDescription = 0x04;
+}  // namespace nbd_input
 
 }  // namespace blkmirror::fuzz

@@ -10,12 +10,15 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <initializer_list>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/crc32c.h"
 #include "fuzz/input_formats.h"
 #include "proto/frame.h"
+#include "proto/nbd.h"
 
 namespace blkmirror::fuzz {
 namespace {
@@ -390,6 +393,202 @@ void ReplicatorSeeds(const fs::path& dir) {
   }
 }
 
+// ---- nbd_fuzzer ---------------------------------------------------------------------------------
+
+namespace nbd = proto::nbd;
+
+// Big-endian, as NBD puts every integer on the wire.
+Seed& Be(Seed& s, uint64_t v, int n) {
+  for (int i = n - 1; i >= 0; --i) s.U8(static_cast<uint8_t>(v >> (8 * i)));
+  return s;
+}
+Seed& Text(Seed& s, std::string_view text) { return s.Bytes(text.data(), text.size()); }
+
+// setup: transmission flags, then indexes into nbd_input's tables.
+Seed NbdSetup(uint16_t flags, uint8_t min_block, uint8_t max_payload, uint8_t size, uint8_t name,
+              bool description) {
+  Seed s;
+  s.U8(static_cast<uint8_t>(flags)).U8(static_cast<uint8_t>(flags >> 8));
+  s.U8(static_cast<uint8_t>(min_block | max_payload << 2 | size << 4));
+  s.U8(static_cast<uint8_t>(name | (description ? nbd_input::kSetupDescription : 0)));
+  return s;
+}
+
+// The usual export: flush, FUA, trim, write zeroes, fast zero; 512-byte blocks, 32 MiB payloads,
+// 1 GiB, named "disk", with a description.
+constexpr uint16_t kNbdFlags = nbd::kFlagSendFlush | nbd::kFlagSendFua | nbd::kFlagSendTrim |
+                               nbd::kFlagSendWriteZeroes | nbd::kFlagSendFastZero;
+Seed NbdUsualSetup(uint16_t flags = kNbdFlags) { return NbdSetup(flags, 1, 2, 4, 1, true); }
+
+void NbdOption(Seed& s, uint32_t option, const Seed& data = Seed()) {
+  Be(s, nbd::kOptsMagic, 8);
+  Be(s, option, 4);
+  Be(s, data.bytes().size(), 4);
+  s.Bytes(data.bytes().data(), data.bytes().size());
+}
+void NbdOption(Seed& s, nbd::Option option, const Seed& data = Seed()) {
+  NbdOption(s, static_cast<uint32_t>(option), data);
+}
+
+Seed InfoData(std::string_view name, std::initializer_list<uint16_t> infos) {
+  Seed d;
+  Be(d, name.size(), 4);
+  Text(d, name);
+  Be(d, infos.size(), 2);
+  for (uint16_t i : infos) Be(d, i, 2);
+  return d;
+}
+
+Seed MetaData(std::string_view name, std::initializer_list<std::string_view> queries) {
+  Seed d;
+  Be(d, name.size(), 4);
+  Text(d, name);
+  Be(d, queries.size(), 4);
+  for (std::string_view q : queries) Text(Be(d, q.size(), 4), q);
+  return d;
+}
+
+void NbdRequest(Seed& s, nbd::Command type, uint16_t flags, uint64_t offset, uint32_t length,
+                uint64_t cookie) {
+  Be(s, nbd::kRequestMagic, 4);
+  Be(s, flags, 2);
+  Be(s, static_cast<uint16_t>(type), 2);
+  Be(s, cookie, 8);
+  Be(s, offset, 8);
+  Be(s, length, 4);
+}
+
+void NbdWrite(Seed& s, uint16_t flags, uint64_t offset, uint32_t length, uint64_t cookie) {
+  NbdRequest(s, nbd::Command::kWrite, flags, offset, length, cookie);
+  for (uint32_t i = 0; i < length; ++i) s.U8(static_cast<uint8_t>(i));
+}
+
+void NbdSeeds(const fs::path& dir) {
+  using nbd::Command;
+  using nbd::Option;
+  const uint32_t kNewstyleNoZeroes = nbd::kClientFixedNewstyle | nbd::kClientNoZeroes;
+  {
+    // As qemu connects: extended headers refused, structured replies, base:allocation, GO with
+    // block sizes; then one request of each kind.
+    Seed s = NbdUsualSetup();
+    Be(s, kNewstyleNoZeroes, 4);
+    NbdOption(s, 11);
+    NbdOption(s, Option::kStructuredReply);
+    NbdOption(s, Option::kSetMetaContext, MetaData("", {nbd::kBaseAllocation}));
+    NbdOption(s, Option::kGo, InfoData("", {nbd::kInfoBlockSize}));
+    NbdRequest(s, Command::kRead, nbd::kCmdFlagDf, 0, 4096, 1);
+    NbdWrite(s, nbd::kCmdFlagFua, 4096, 512, 2);
+    NbdRequest(s, Command::kBlockStatus, nbd::kCmdFlagReqOne, 0, 1 << 20, 3);
+    NbdRequest(s, Command::kWriteZeroes, nbd::kCmdFlagFastZero | nbd::kCmdFlagNoHole, 8192, 8192,
+               4);
+    NbdRequest(s, Command::kTrim, 0, 1 << 20, 1 << 20, 5);
+    NbdRequest(s, Command::kCache, 0, 0, 65536, 6);
+    NbdRequest(s, Command::kFlush, 0, 0, 0, 7);
+    NbdRequest(s, Command::kDisc, 0, 0, 0, 8);
+    Save(dir, "qemu_go", s);
+  }
+  {
+    // As libnbd lists and queries: LIST, INFO with every request, meta contexts listed (first
+    // too early), GO by name; then refused requests.
+    Seed s = NbdUsualSetup();
+    Be(s, nbd::kClientFixedNewstyle, 4);
+    NbdOption(s, Option::kList);
+    NbdOption(s, Option::kInfo,
+              InfoData("disk", {nbd::kInfoName, nbd::kInfoDescription, nbd::kInfoBlockSize}));
+    NbdOption(s, Option::kListMetaContext, MetaData("disk", {}));
+    NbdOption(s, Option::kStructuredReply);
+    NbdOption(s, Option::kListMetaContext, MetaData("disk", {}));
+    NbdOption(s, Option::kListMetaContext, MetaData("", {"base:", "qemu:dirty-bitmap:b0"}));
+    NbdOption(s, Option::kGo,
+              InfoData("disk", {nbd::kInfoName, nbd::kInfoDescription, nbd::kInfoBlockSize}));
+    NbdRequest(s, Command::kRead, 0, 100, 512, 1);               // unaligned
+    NbdWrite(s, 0, (1ull << 30) - 512, 1024, 2);                  // past the end
+    NbdRequest(s, Command::kRead, 0, 0, (32u << 20) + 512, 3);   // over max payload
+    NbdRequest(s, Command::kBlockStatus, 0, 0, 4096, 4);          // base:allocation not set
+    NbdRequest(s, Command::kWrite, 0, 0, (32u << 20) + 512, 5);  // fatal
+    Save(dir, "libnbd_list_info_go", s);
+  }
+  {
+    // EXPORT_NAME with the 124 zero bytes, then writes.
+    Seed s = NbdUsualSetup();
+    Be(s, nbd::kClientFixedNewstyle, 4);
+    Seed name;
+    NbdOption(s, Option::kExportName, Text(name, "disk"));
+    NbdWrite(s, nbd::kCmdFlagFua, 0, 4096, 1);
+    NbdRequest(s, Command::kFlush, 0, 0, 0, 2);
+    NbdRequest(s, Command::kDisc, 0, 0, 0, 3);
+    Save(dir, "export_name", s);
+  }
+  {
+    // A read-only export, EXPORT_NAME "" with NO_ZEROES: a refused write (payload skipped), a
+    // read, a fatal write.
+    Seed s = NbdSetup(nbd::kFlagReadOnly | nbd::kFlagSendFlush, 2, 1, 2, 0, false);
+    Be(s, kNewstyleNoZeroes, 4);
+    NbdOption(s, Option::kExportName);
+    NbdWrite(s, 0, 0, 4096, 1);
+    NbdRequest(s, Command::kRead, 0, 4096, 4096, 2);
+    NbdRequest(s, Command::kWrite, 0, 0, (1u << 20) + 4096, 3);
+    Save(dir, "export_name_read_only", s);
+  }
+  {
+    // TLS refused, an unknown option, then ABORT.
+    Seed s = NbdUsualSetup();
+    Be(s, kNewstyleNoZeroes, 4);
+    NbdOption(s, Option::kStartTls);
+    Seed peek;
+    NbdOption(s, 4, Text(peek, "peek"));
+    NbdOption(s, Option::kAbort);
+    Save(dir, "starttls_unknown_abort", s);
+  }
+  {
+    // An oversized option (skipped in chunks, refused), then GO.
+    Seed s = NbdUsualSetup();
+    Be(s, kNewstyleNoZeroes, 4);
+    Seed big;
+    for (uint32_t i = 0; i < 2 * nbd::kMaxOptionData + 100; ++i) big.U8(static_cast<uint8_t>(i));
+    NbdOption(s, Option::kList, big);
+    NbdOption(s, Option::kGo, InfoData("disk", {}));
+    NbdRequest(s, Command::kRead, 0, 0, 512, 1);
+    Save(dir, "oversized_option", s);
+  }
+  {
+    // Malformed options: INFO cut short, GO for an unknown export, SET_META_CONTEXT with a
+    // query past the data (after a good one), structured reply with data, EXPORT_NAME unknown.
+    Seed s = NbdUsualSetup();
+    Be(s, kNewstyleNoZeroes, 4);
+    Seed cut;
+    Be(cut, 10, 4);
+    Text(cut, "disk");
+    NbdOption(s, Option::kInfo, cut);
+    NbdOption(s, Option::kGo, InfoData("other", {}));
+    NbdOption(s, Option::kStructuredReply, InfoData("", {}));
+    NbdOption(s, Option::kStructuredReply);
+    NbdOption(s, Option::kSetMetaContext, MetaData("disk", {nbd::kBaseAllocation}));
+    Seed bad;
+    Be(bad, 0, 4);
+    Be(bad, 1, 4);
+    Be(bad, 40, 4);
+    Text(bad, nbd::kBaseAllocation);
+    NbdOption(s, Option::kSetMetaContext, bad);
+    Seed other;
+    NbdOption(s, Option::kExportName, Text(other, "other"));
+    Save(dir, "malformed_options", s);
+  }
+  {
+    Seed s = NbdUsualSetup();
+    Be(s, 0x7, 4);  // an unknown client flag
+    Save(dir, "bad_client_flags", s);
+  }
+  {
+    Seed s = NbdUsualSetup();
+    Be(s, kNewstyleNoZeroes, 4);
+    Be(s, nbd::kMagic, 8);  // NBDMAGIC where IHAVEOPT belongs
+    Be(s, 7, 4);
+    Be(s, 0, 4);
+    Save(dir, "bad_option_magic", s);
+  }
+}
+
 }  // namespace
 }  // namespace blkmirror::fuzz
 
@@ -403,5 +602,6 @@ int main(int argc, char** argv) {
   FrameSeeds(out / "frame_fuzzer");
   SessionSeeds(out / "session_fuzzer");
   ReplicatorSeeds(out / "replicator_fuzzer");
+  NbdSeeds(out / "nbd_fuzzer");
   return failed ? 1 : 0;
 }
