@@ -73,7 +73,7 @@ class Replicator::Impl {
       peer->config = config;
       peer->name = config.endpoint.ToString();
       peer->stats.peer = peer->name;
-      Status connected = ConnectTransport(*peer);
+      Status connected = ConnectTransport(*peer, options_.connect_timeout);
       peers_.push_back(std::move(peer));
       if (!connected.ok() && Unreachable() > configs.size() - quorum_) return connected;
     }
@@ -86,13 +86,13 @@ class Replicator::Impl {
   }
 
   // Connects `p`'s transport (the preferred one, then its fallback), ready for the handshake;
-  // an unreachable peer is lost with the reason. Setup: blocks up to the connect timeouts.
-  Status ConnectTransport(Peer& p) {
+  // an unreachable peer is lost with the reason. Blocks up to `timeout` per transport tried.
+  Status ConnectTransport(Peer& p, std::chrono::milliseconds timeout) {
     const PeerConfig& config = p.config;
     // With a fallback, the preferred transport gets a shorter try.
     auto first_timeout = config.fallback != nullptr
-                             ? std::min(options_.connect_timeout, std::chrono::milliseconds(5000))
-                             : options_.connect_timeout;
+                             ? std::min(timeout, std::chrono::milliseconds(5000))
+                             : timeout;
     auto conn = config.transport->Connect(config.endpoint, first_timeout);
     p.t = config.transport;
     p.stats.fallback_reason.clear();
@@ -101,7 +101,7 @@ class Replicator::Impl {
           fmt::format("{}: {}", config.transport->name(), conn.status().message());
       spdlog::info("{}: falling back to {} ({})", p.name, config.fallback->name(),
                    p.stats.fallback_reason);
-      conn = config.fallback->Connect(config.endpoint, options_.connect_timeout);
+      conn = config.fallback->Connect(config.endpoint, timeout);
       p.t = config.fallback;
     }
     if (!conn.ok()) {
@@ -121,7 +121,7 @@ class Replicator::Impl {
     return Status::Ok();
   }
 
-  Status Rejoin(size_t index) {
+  Status Rejoin(size_t index, std::chrono::milliseconds connect_timeout) {
     if (index >= peers_.size()) return Status::Invalid("no peer #{}", index);
     Peer& p = *peers_[index];
     if (p.stats.state != PeerState::kLost && p.stats.state != PeerState::kClosed) {
@@ -139,7 +139,7 @@ class Replicator::Impl {
     p.holding = 0;
     p.unacked = 0;
     p.stats.lost_reason.clear();
-    RETURN_IF_ERROR(ConnectTransport(p));
+    RETURN_IF_ERROR(ConnectTransport(p, connect_timeout));
     p.last_rx_ns = NowNs();
     Status started = p.handshake.Start(*p.t, p.conn);
     if (!started.ok()) LosePeer(p, started);
@@ -165,20 +165,11 @@ class Replicator::Impl {
 
   Status Connect(std::span<const PeerConfig> configs) {
     RETURN_IF_ERROR(StartConnect(configs));
-    auto deadline = NowNs() + static_cast<uint64_t>(options_.handshake_timeout.count()) * 1000000;
+    // Bounded: Tick loses a peer whose handshake takes longer than the handshake timeout.
     while (failure_.ok() && !ready()) {
-      if (NowNs() > deadline) {
-        for (auto& p : peers_) {
-          if (p->stats.state == PeerState::kConnecting) {
-            LosePeer(*p, Status::Error(ErrorCode::kTimeout,
-                                       fmt::format("{} did not answer the handshake within {} ms",
-                                                   p->name, options_.handshake_timeout.count())));
-          }
-        }
-        break;
-      }
       RETURN_IF_ERROR(ring_.Wait(std::chrono::milliseconds(20)));
       PollTransports();
+      Tick(NowNs());
     }
     return failure_;
   }
@@ -619,7 +610,16 @@ class Replicator::Impl {
         options_.ack_timeout.count() > 0
             ? static_cast<uint64_t>(options_.ack_timeout.count()) * 1000000
             : timeout;
+    const uint64_t handshake_timeout =
+        static_cast<uint64_t>(options_.handshake_timeout.count()) * 1000000;
     for (auto& p : peers_) {
+      if (p->stats.state == PeerState::kConnecting && p->conn_open &&
+          now - p->last_rx_ns > handshake_timeout) {
+        LosePeer(*p, Status::Error(ErrorCode::kTimeout,
+                                   fmt::format("{} did not answer the handshake within {} ms",
+                                               p->name, options_.handshake_timeout.count())));
+        continue;
+      }
       if (p->stats.state != PeerState::kInSession) continue;
       if (timeout > 0 && now - p->last_rx_ns > timeout) {
         LosePeer(*p, Status::Error(ErrorCode::kTimeout,
@@ -1042,7 +1042,9 @@ Status Replicator::Submit(uint64_t offset, io::BufferRef buffer, uint32_t length
                           PeerMask peers, WriteOrigin origin) {
   return impl_->Submit(offset, std::move(buffer), length, token, peers, origin);
 }
-Status Replicator::Rejoin(size_t index) { return impl_->Rejoin(index); }
+Status Replicator::Rejoin(size_t index, std::chrono::milliseconds connect_timeout) {
+  return impl_->Rejoin(index, connect_timeout);
+}
 size_t Replicator::TakeBuffers(std::span<ReturnedBuffer> out) { return impl_->TakeBuffers(out); }
 Status Replicator::SubmitZero(uint64_t offset, uint64_t length, bool unmap, uint64_t token,
                               PeerMask peers, WriteOrigin origin) {

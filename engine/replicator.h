@@ -206,11 +206,11 @@ class Replicator {
   // With return_buffers: moves buffers the Replicator is done with into `out`.
   size_t TakeBuffers(std::span<ReturnedBuffer> out);
 
-  // Connects a lost (or closed) peer again and starts a new session with it (setup: blocks up to
-  // the connect timeout); Poll completes the handshake. Its dirty bitmap stays attached; check
-  // its replica_id (stats) once it is in session: another identity means the bitmap is not
-  // valid for it.
-  Status Rejoin(size_t index);
+  // Connects a lost (or closed) peer again and starts a new session with it (blocks up to
+  // `connect_timeout` per transport tried); Poll completes the handshake, or loses the peer once
+  // the handshake timeout has passed. Its dirty bitmap stays attached; check its replica_id
+  // (stats) once it is in session: another identity means the bitmap is not valid for it.
+  Status Rejoin(size_t index, std::chrono::milliseconds connect_timeout);
 
   // Writes submitted and not yet reported complete.
   uint32_t in_flight() const;

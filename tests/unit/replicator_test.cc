@@ -7,33 +7,20 @@
 #include <functional>
 #include <optional>
 #include <random>
+#include <thread>
 
 #include "common/crc32c.h"
-#include "engine/replica.h"
-#include "engine/testing/kept_target.h"
 #include "engine/replicator.h"
-#include "io/forwarding_block_device.h"
 #include "io/mem/mem_block_device.h"
 #include "io/ring.h"
+#include "tests/unit/loopback_replica.h"
 #include "transport/loopback/loopback_transport.h"
-#include "transport/testing/faulty_transport.h"
-
-#include <thread>
 
 namespace blkmirror::engine {
 namespace {
 
 using proto::AckLevel;
-
-
-struct Replica {
-  std::unique_ptr<io::BufferPool> pool;
-  std::unique_ptr<transport::Transport> transport;
-  transport::FaultyTransport* faulty = nullptr;
-  std::unique_ptr<io::MemBlockDevice> device;
-  std::unique_ptr<ReplicaServer> server;
-  transport::Endpoint endpoint;
-};
+using Replica = testing::LoopbackReplica;
 
 std::vector<std::byte> RandomBytes(size_t n, uint32_t seed) {
   std::vector<std::byte> v(n);
@@ -54,31 +41,14 @@ class ReplicatorTest : public ::testing::Test {
   // buffers of `max_block`.
   Replica& AddReplica(uint64_t capacity, size_t max_block = 64 << 10, std::string fault = "",
                       std::optional<Key> key = std::nullopt) {
-    auto r = std::make_unique<Replica>();
-    r->pool = std::move(io::BufferPool::Create(max_block + transport::kReceiveHeadroom, 16,
-                                               io::HugePages::kNever)
-                            .value());
-    r->transport = net_.CreateTransport("replica" + std::to_string(replicas_.size()));
-    if (!fault.empty()) {
-      auto faulty = std::make_unique<transport::FaultyTransport>(
-          std::move(r->transport), transport::FaultSpec::Parse(fault).value());
-      r->faulty = faulty.get();
-      r->transport = std::move(faulty);
-    }
-    EXPECT_TRUE(r->transport->Register(*r->pool).ok());
-    r->endpoint = {"replica" + std::to_string(replicas_.size()), 7000};
-    EXPECT_TRUE(r->transport->Listen(r->endpoint).ok());
-    r->device = std::make_unique<io::MemBlockDevice>("mem" + std::to_string(replicas_.size()),
-                                                     capacity);
-    ReplicaOptions options;
-    options.target_name = r->device->name();
-    options.key = key;
-    options.max_version = replica_max_version_;
-    io::MemBlockDevice* dev = r->device.get();
-    options.open_target = engine::testing::KeptTarget(*dev);
-    r->server = std::move(ReplicaServer::Create(*ring_, *r->pool, std::move(options)).value());
-    r->server->AddTransport(r->transport.get());
-    replicas_.push_back(std::move(r));
+    testing::LoopbackReplicaOptions o;
+    o.capacity = capacity;
+    o.max_block = max_block;
+    o.fault = std::move(fault);
+    o.key = key;
+    o.max_version = replica_max_version_;
+    replicas_.push_back(testing::MakeLoopbackReplica(
+        net_, *ring_, "replica" + std::to_string(replicas_.size()), std::move(o)));
     return *replicas_.back();
   }
 
@@ -467,8 +437,7 @@ TEST_F(ReplicatorTest, QuorumCarriesOnWhenAReplicaIsLost) {
   // Replica 1 goes away after the first 8 blocks.
   std::vector<std::byte> first(data.begin(), data.begin() + 8 * (16 << 10));
   ASSERT_TRUE(Push(first).ok());
-  replicas_[1]->server.reset();
-  replicas_[1]->transport.reset();
+  replicas_[1]->Stop();
   done_.clear();
   Status s = Push(data);
   ASSERT_TRUE(s.ok()) << s.message();
@@ -489,8 +458,7 @@ TEST_F(ReplicatorTest, LosingTheQuorumFailsThePush) {
   auto data = RandomBytes(32 * (16 << 10), 14);
   for (int i = 0; i < 2; ++i) AddReplica(data.size());
   ASSERT_TRUE(StartPrimary(Options(data.size(), AckLevel::kDurable)).ok());  // quorum: all
-  replicas_[0]->server.reset();
-  replicas_[0]->transport.reset();
+  replicas_[0]->Stop();
   Status s = Push(data);
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("the quorum needs 2"), std::string::npos) << s.message();
