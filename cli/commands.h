@@ -54,6 +54,27 @@ struct PushArgs {
   std::string bind;  // local address to connect from
 };
 
+struct VolumeArgs {
+  std::string disk;
+  std::vector<std::string> peers;
+  std::vector<std::string> exports;  // unix:PATH or HOST:PORT
+  std::string name;                  // the export's name (default: the disk's file name)
+  std::string ack = "durable";
+  std::string block_size = "128K";
+  uint32_t window = 32;
+  std::string transport = "auto";
+  uint32_t quorum = 0;
+  std::string peer_timeout = "6s";
+  std::string ack_timeout;
+  std::string key_file;
+  std::string resync_rate;  // bytes per second ("" = no limit)
+  std::string pool_size = "64M";
+  uint32_t max_clients = 16;
+  std::string meta_dir;
+  std::string run_dir = "/run/blkmirror";
+  std::string bind;
+};
+
 struct VerifyArgs {
   std::string source;
   std::string peer;
@@ -69,11 +90,15 @@ struct VerifyArgs {
 
 int RunServe(const ServeArgs& args);
 int RunPush(const PushArgs& args);
+int RunVolume(const VolumeArgs& args);
 struct StatusArgs {
-  std::string source;
+  std::string source;  // what a push's metadata says
+  std::string volume;  // or what a running volume daemon says
   std::string meta_dir;
+  std::string run_dir = "/run/blkmirror";
   bool json = false;
 };
+int RunVolumeStatus(const StatusArgs& args);
 
 int RunVerify(const VerifyArgs& args);
 int RunStatus(const StatusArgs& args);

@@ -113,16 +113,57 @@ int main(int argc, char** argv) {
 
   StatusArgs status;
   auto* st = app.add_subcommand("status", "what the metadata says each replica is missing");
-  st->add_option("--source", status.source, "the source pushed from")->required();
+  auto* st_source = st->add_option("--source", status.source, "the source pushed from");
+  auto* st_volume =
+      st->add_option("--volume", status.volume, "a running volume daemon, by its name");
+  st_source->excludes(st_volume);
   st->add_option("--meta-dir", status.meta_dir, "metadata directory (default: beside the source)");
+  st->add_option("--run-dir", status.run_dir,
+                 "where volume daemons keep their status (default /run/blkmirror)");
   st->add_flag("--json", status.json, "print one JSON object on stdout");
+
+  VolumeArgs volume;
+  auto* vol = app.add_subcommand("volume", "a replicated volume that clients write through NBD");
+  vol->add_option("--disk", volume.disk, "the local copy: a regular file or block device")
+      ->required();
+  vol->add_option("--peer", volume.peers, "replica HOST:PORT (`blkmirror serve`; repeat)")
+      ->required();
+  vol->add_option("--export", volume.exports,
+                  "where NBD clients connect: unix:PATH or HOST:PORT (repeat)")
+      ->required();
+  vol->add_option("--name", volume.name, "the export's name (default: the disk's file name)");
+  vol->add_option("--ack", volume.ack, "sent, received or durable (default)")
+      ->check(CLI::IsMember({"sent", "received", "durable"}));
+  vol->add_option("--block-size", volume.block_size,
+                  "replication block: bitmap and ordering granularity, largest frame (default "
+                  "128K)");
+  vol->add_option("--window", volume.window, "writes in flight per peer (default 32)");
+  vol->add_option("--transport", volume.transport, "auto (rdma, else tcp), tcp or rdma")
+      ->check(CLI::IsMember(transports));
+  vol->add_option("--quorum", volume.quorum, "replicas a write needs (default: all)");
+  vol->add_option("--peer-timeout", volume.peer_timeout,
+                  "a replica silent this long is lost (default 6s)");
+  vol->add_option("--ack-timeout", volume.ack_timeout,
+                  "a replica that acknowledges none of its outstanding writes this long is lost "
+                  "(default: --peer-timeout)");
+  vol->add_option("--key-file", volume.key_file, "authenticate to the replicas with this key");
+  vol->add_option("--resync-rate", volume.resync_rate,
+                  "bytes per second of background resync (default: no limit)");
+  vol->add_option("--pool-size", volume.pool_size, "buffer memory (default 64M)");
+  vol->add_option("--max-clients", volume.max_clients, "NBD clients at once (default 16)")
+      ->check(CLI::Range(1u, 1024u));
+  vol->add_option("--meta-dir", volume.meta_dir,
+                  "metadata (bitmaps) directory (default: <disk>.blkmirror)");
+  vol->add_option("--run-dir", volume.run_dir,
+                  "where the status file goes (default /run/blkmirror)");
+  vol->add_option("--bind", volume.bind, "local address to connect from");
 
   std::string key_path;
   auto* k = app.add_subcommand("keygen", "write a new random key for --key-file (mode 0600)");
   k->add_option("PATH", key_path, "the key file to create")->required();
 
   // --log-level may come before or after the command.
-  for (auto* sub : {s, p, v, st, k}) sub->fallthrough();
+  for (auto* sub : {s, p, v, st, k, vol}) sub->fallthrough();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -134,6 +175,7 @@ int main(int argc, char** argv) {
   if (*p) return RunPush(push);
   if (*v) return RunVerify(verify);
   if (*k) return RunKeygen(key_path);
-  if (*st) return RunStatus(status);
+  if (*st) return status.volume.empty() ? RunStatus(status) : RunVolumeStatus(status);
+  if (*vol) return RunVolume(volume);
   return kExitUsage;
 }

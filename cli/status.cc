@@ -21,6 +21,11 @@ int RunStatus(const StatusArgs& args) {
     PrintError("status", s);
     return code;
   };
+  if (args.source.empty()) {
+    return fail(Status::Invalid("give --source PATH (a push's metadata) or --volume NAME (a "
+                                "running volume)"),
+                kExitUsage);
+  }
   auto info = io::StatPath(args.source);
   if (!info.ok()) return fail(info.status().Context("--source"));
   std::string meta_dir =

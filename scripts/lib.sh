@@ -7,7 +7,8 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD_PACKAGES=(g++ cmake ninja-build pkg-config liburing-dev libisal-dev libcli11-dev libspdlog-dev
                 libfmt-dev nlohmann-json3-dev libsodium-dev libgtest-dev libbenchmark-dev
                 libibverbs-dev librdmacm-dev
-                jq python3 iproute2 util-linux netcat-openbsd iperf3)
+                jq python3 iproute2 util-linux netcat-openbsd iperf3
+                libnbd-bin python3-libnbd nbdkit fio qemu-utils)
 
 say() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; }
 die() { printf '%s: FAILED: %s\n' "$(basename "$0")" "$*" >&2; exit 1; }

@@ -51,6 +51,49 @@ serve() {
   fail "serve $name did not start listening"
 }
 
+# volume NAME DISK [ARGS...]: starts `blkmirror volume` on DISK, exporting NBD on the unix socket
+# $TEST_TMP/NAME.sock; sets SOCK_<NAME>, URI_<NAME> (nbd+unix URI) and PID_<NAME>. Its status
+# file goes to $TEST_TMP/run.
+volume() {
+  local name=$1 disk=$2; shift 2
+  local out=$TEST_TMP/volume-$name.out
+  : > "$out"
+  "$BLKMIRROR" volume --disk "$disk" --name "$name" --export "unix:$TEST_TMP/$name.sock" \
+    --run-dir "$TEST_TMP/run" --pool-size 32M "$@" > "$out" 2> "$TEST_TMP/volume-$name.log" &
+  local pid=$!
+  PIDS+=("$pid")
+  for _ in $(seq 200); do
+    if grep -q '^listening nbd' "$out" 2>/dev/null; then
+      printf -v "SOCK_$name" '%s' "$TEST_TMP/$name.sock"
+      printf -v "URI_$name" '%s' "nbd+unix:///?socket=$TEST_TMP/$name.sock"
+      printf -v "PID_$name" '%s' "$pid"
+      return 0
+    fi
+    kill -0 "$pid" 2>/dev/null || fail "volume $name exited early: $(tail -n 3 "$TEST_TMP/volume-$name.log")"
+    sleep 0.1
+  done
+  fail "volume $name did not start listening"
+}
+
+# volume_status NAME JQ: a field of the running volume's status (blkmirror status --volume).
+volume_status() {
+  "$BLKMIRROR" status --volume "$1" --run-dir "$TEST_TMP/run" --json | jq -r "$2"
+}
+
+# wait_in_sync NAME [SECONDS]: until every peer of volume NAME is in sync (status file, updated
+# once a second), or fail naming their states.
+wait_in_sync() {
+  local until=$((SECONDS + ${2:-60})) states=""
+  while [ "$SECONDS" -lt "$until" ]; do
+    states=$(volume_status "$1" '[.peers[].state] | join(",")' 2>/dev/null || true)
+    if [ -n "$states" ] && [ "$(echo "$states" | tr ',' '\n' | grep -vc '^in_sync$')" = 0 ]; then
+      return 0
+    fi
+    sleep 0.3
+  done
+  fail "volume $1 not in sync after ${2:-60} s: peers $states"
+}
+
 # push ARGS...: runs blkmirror push with --json, stdout into $TEST_TMP/push.json; returns its rc.
 push() {
   local rc=0

@@ -1,0 +1,361 @@
+// `blkmirror volume`: a replicated volume that clients write through NBD. The local disk is the
+// primary copy; every write goes to it and to the replicas (`blkmirror serve`) before the client
+// hears back; reads are local. See engine/volume.h.
+//
+// Metadata in --meta-dir (default <disk>.blkmirror, or /var/lib/blkmirror/<name> for a block
+// device): `volume` (what this is), `peers` (each peer's last replica identity) and one dirty
+// bitmap per replica identity. The running daemon writes its status, once a second, to
+// <run-dir>/<name>.json (default /run/blkmirror), which `blkmirror status --volume NAME` reads.
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+#include <sodium.h>
+#include <spdlog/spdlog.h>
+
+#include "cli/commands.h"
+#include "cli/meta.h"
+#include "cli/setup.h"
+#include "common/clock.h"
+#include "common/units.h"
+#include "engine/session.h"
+#include "engine/volume.h"
+#include "frontend/nbd/nbd_frontend.h"
+#include "io/uring/uring_block_device.h"
+
+namespace blkmirror::cli {
+namespace {
+
+std::atomic<bool> g_stop{false};
+void OnSignal(int) { g_stop.store(true); }
+
+constexpr uint64_t kStatusIntervalNs = 1'000'000'000;
+
+std::string Basename(const std::string& path) {
+  size_t slash = path.find_last_of('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+bool ParseId(const std::string& hex, proto::ReplicaId& out) {
+  size_t len = 0;
+  return hex.size() == 32 &&
+         sodium_hex2bin(out.bytes.data(), out.bytes.size(), hex.data(), hex.size(), nullptr, &len,
+                        nullptr) == 0 &&
+         len == out.bytes.size();
+}
+
+nlohmann::json StatusJson(const engine::VolumeStatus& s, const std::string& name,
+                          const std::string& disk, const std::vector<std::string>& exports) {
+  nlohmann::json peers = nlohmann::json::array();
+  for (const auto& p : s.peers) {
+    nlohmann::json j = {{"peer", p.peer},
+                        {"transport", p.transport},
+                        {"state", engine::VolumePeerStateName(p.state)},
+                        {"replica_id", p.replica_id},
+                        {"dirty_bytes", p.dirty_bytes},
+                        {"resync_total_bytes", p.resync_total_bytes},
+                        {"resync_done_bytes", p.resync_done_bytes},
+                        {"resync_bytes_per_second", p.resync_bytes_per_second},
+                        {"reconnects", p.reconnects},
+                        {"bytes_acked", p.bytes_acked}};
+    if (!p.lost_reason.empty()) j["lost_reason"] = p.lost_reason;
+    if (!p.fallback_reason.empty()) j["fallback_reason"] = p.fallback_reason;
+    if (p.state == engine::VolumePeerState::kResyncing && p.resync_bytes_per_second > 0) {
+      j["resync_eta_seconds"] =
+          static_cast<double>(p.resync_total_bytes - std::min(p.resync_total_bytes,
+                                                              p.resync_done_bytes)) /
+          p.resync_bytes_per_second;
+    }
+    peers.push_back(j);
+  }
+  return {{"volume", name},
+          {"disk", disk},
+          {"exports", exports},
+          {"pid", getpid()},
+          {"size", s.size},
+          {"block_size", s.block_size},
+          {"ack", s.ack},
+          {"quorum", s.quorum},
+          {"live_peers", s.live_peers},
+          {"clients", s.clients},
+          {"writes", s.writes},
+          {"reads", s.reads},
+          {"flushes", s.flushes},
+          {"zeroes", s.zeroes},
+          {"failed", s.failed},
+          {"bytes_written", s.bytes_written},
+          {"bytes_read", s.bytes_read},
+          {"peers", peers}};
+}
+
+// Replaces `path` with `text` atomically (a crash leaves the old file or the new one).
+Status WriteFileAtomically(const std::string& path, const std::string& text) {
+  std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    if (!out || !(out << text << "\n")) return Status::Errno(errno, "cannot write " + tmp);
+  }
+  if (rename(tmp.c_str(), path.c_str()) != 0) return Status::Errno(errno, "cannot rename " + tmp);
+  return Status::Ok();
+}
+
+}  // namespace
+
+std::string VolumeStatusPath(const std::string& run_dir, const std::string& name) {
+  return run_dir + "/" + name + ".json";
+}
+
+int RunVolume(const VolumeArgs& args) {
+  auto fail = [](const Status& s, int code = kExitFailed) {
+    PrintError("volume", s);
+    return code;
+  };
+  auto ack = ParseAck(args.ack);
+  if (!ack.ok()) return fail(ack.status(), kExitUsage);
+  auto block_size = ParseBlockSize(args.block_size, "--block-size");
+  if (!block_size.ok()) return fail(block_size.status(), kExitUsage);
+  if (args.window == 0 || args.window > proto::kMaxWindow) {
+    return fail(Status::Invalid("--window {}: must be between 1 and {}", args.window,
+                                proto::kMaxWindow),
+                kExitUsage);
+  }
+  if (args.peers.empty()) return fail(Status::Invalid("at least one --peer is needed"), kExitUsage);
+  if (args.peers.size() > engine::kMaxPeers) {
+    return fail(Status::Invalid("{} peers: at most {}", args.peers.size(), engine::kMaxPeers),
+                kExitUsage);
+  }
+  if (args.quorum > args.peers.size()) {
+    return fail(Status::Invalid("--quorum {} is more than the {} peer(s) given", args.quorum,
+                                args.peers.size()),
+                kExitUsage);
+  }
+  if (args.exports.empty()) {
+    return fail(Status::Invalid("at least one --export (unix:PATH or HOST:PORT) is needed"),
+                kExitUsage);
+  }
+  auto timeout = ParseDuration(args.peer_timeout);
+  if (!timeout.ok()) return fail(timeout.status().Context("--peer-timeout"), kExitUsage);
+  auto ack_timeout = args.ack_timeout.empty() ? Result<std::chrono::milliseconds>(*timeout)
+                                              : ParseDuration(args.ack_timeout);
+  if (!ack_timeout.ok()) return fail(ack_timeout.status().Context("--ack-timeout"), kExitUsage);
+  uint64_t resync_rate = 0;
+  if (!args.resync_rate.empty()) {
+    auto rate = ParseSize(args.resync_rate);
+    if (!rate.ok()) return fail(rate.status().Context("--resync-rate"), kExitUsage);
+    resync_rate = *rate;
+  }
+  auto pool_size = ParseSize(args.pool_size);
+  if (!pool_size.ok()) return fail(pool_size.status().Context("--pool-size"), kExitUsage);
+  std::vector<transport::Endpoint> endpoints;
+  for (const std::string& p : args.peers) {
+    auto ep = transport::Endpoint::Parse(p);
+    if (!ep.ok()) return fail(ep.status().Context("--peer"), kExitUsage);
+    endpoints.push_back(*ep);
+  }
+  std::optional<engine::Key> key;
+  if (!args.key_file.empty()) {
+    auto k = engine::LoadKeyFile(args.key_file);
+    if (!k.ok()) return fail(k.status(), kExitUsage);
+    key = *k;
+  }
+  auto info = io::StatPath(args.disk);
+  if (!info.ok()) return fail(info.status().Context("--disk"));
+  if (info->size == 0 || info->size % proto::kSectorSize != 0) {
+    return fail(Status::Invalid("the disk {} has {} bytes: a volume needs a size that is a "
+                                "positive multiple of {}",
+                                args.disk, info->size, proto::kSectorSize));
+  }
+  const std::string name = args.name.empty() ? Basename(args.disk) : args.name;
+  auto volume_id = VolumeIdFor(args.disk);
+  if (!volume_id.ok()) return fail(volume_id.status());
+  const uint32_t bs = *block_size;
+
+  // Metadata.
+  const std::string meta_dir =
+      args.meta_dir.empty() ? DefaultMetaDir(args.disk, info->is_block_device) : args.meta_dir;
+  Status made = EnsureDir(meta_dir);
+  if (!made.ok()) return fail(made);
+  Status recorded = WriteKeyValues(meta_dir + "/volume",
+                                   {{"volume_id", engine::IdHex(*volume_id)},
+                                    {"disk", args.disk},
+                                    {"name", name},
+                                    {"block_size", std::to_string(bs)},
+                                    {"volume_size", std::to_string(info->size)}});
+  if (!recorded.ok()) return fail(recorded);
+  const std::string peers_path = meta_dir + "/peers";
+  auto read_known = ReadKeyValues(peers_path);
+  KeyValues known = read_known.ok() ? *read_known : KeyValues{};
+
+  // The loop: one pool for client payloads, reads, and resync copies.
+  const uint64_t count = *pool_size / bs;
+  if (count < 16 || count > 16384) {
+    return fail(Status::Invalid("--pool-size {} holds {} blocks of {}: need 16 to 16384",
+                                args.pool_size, count, bs),
+                kExitUsage);
+  }
+  auto loop = MakeLoop(bs, count, 1024);
+  if (!loop.ok()) return fail(loop.status());
+  io::UringOpenOptions open_options;
+  open_options.writable = true;
+  open_options.queue_depth = static_cast<uint32_t>(count + 512);
+  auto disk = io::OpenUringDevice(*loop->ring, args.disk, open_options);
+  if (!disk.ok()) return fail(disk.status());
+  transport::TransportOptions transport_options;
+  transport_options.source_address = args.bind;
+  auto transports = MakeTransports(*loop, args.transport, "", transport_options);
+  if (!transports.ok()) {
+    return fail(transports.status(), transports.status().code() == ErrorCode::kInvalidArgument
+                                         ? kExitUsage
+                                         : kExitFailed);
+  }
+
+  proto::nbd::ExportInfo export_info;
+  export_info.name = name;
+  export_info.description = fmt::format("blkmirror volume {} ({})", name, args.disk);
+  export_info.size = info->size;
+  export_info.transmission_flags =
+      proto::nbd::kFlagSendFlush | proto::nbd::kFlagSendFua | proto::nbd::kFlagSendTrim |
+      proto::nbd::kFlagSendWriteZeroes | proto::nbd::kFlagCanMultiConn;
+  export_info.min_block = proto::kSectorSize;
+  export_info.preferred_block = 4096;
+  export_info.max_payload = 32 << 20;
+  frontend::NbdFrontendOptions nbd_options;
+  nbd_options.export_info = export_info;
+  nbd_options.listen = args.exports;
+  nbd_options.segment_size = bs;
+  nbd_options.max_clients = args.max_clients;
+  auto nbd = frontend::NbdFrontend::Create(*loop->ring, *loop->pool, nbd_options);
+  if (!nbd.ok()) return fail(nbd.status(), kExitFailed);
+
+  engine::VolumeOptions options;
+  auto& r = options.replication;
+  r.ack = *ack;
+  r.block_size = bs;
+  r.window = args.window;
+  r.volume_size = info->size;
+  r.volume_id = *volume_id;
+  r.quorum = args.quorum;
+  r.peer_timeout = *timeout;
+  r.ack_timeout = *ack_timeout;
+  r.key = key;
+  for (const auto& ep : endpoints) {
+    options.peers.push_back({transports->preferred.get(), ep, transports->fallback.get()});
+    proto::ReplicaId id;
+    options.last_replica_ids.push_back(ParseId(known[ep.ToString()], id) ? id : proto::ReplicaId{});
+  }
+  options.bitmap_for = [meta_dir, bs, size = info->size, vid = *volume_id](
+                           size_t, const proto::ReplicaId& id,
+                           bool* existed) -> Result<std::unique_ptr<engine::DirtyBitmap>> {
+    engine::BitmapKey bkey{bs, size, vid, id};
+    return engine::DirtyBitmap::Open(BitmapPath(meta_dir, id), bkey, existed);
+  };
+  options.remember_replica_id = [&known, peers_path, endpoints](size_t peer,
+                                                               const proto::ReplicaId& id) {
+    known[endpoints[peer].ToString()] = engine::IdHex(id);
+    Status s = WriteKeyValues(peers_path, known);
+    if (!s.ok()) spdlog::warn("volume: {}", s.message());
+  };
+  options.resync_rate = resync_rate;
+  auto volume = engine::Volume::Create(*loop->ring, *loop->pool, **disk, **nbd, options);
+  if (!volume.ok()) return fail(volume.status());
+  Status started = (*volume)->Start();
+  while (started.ok() && !(*volume)->ready()) {
+    if ((*volume)->Step() == 0) started = loop->ring->Wait(std::chrono::milliseconds(20));
+    if (started.ok()) started = (*volume)->failure();
+  }
+  if (!started.ok()) return fail(started);
+
+  const std::string status_path = VolumeStatusPath(args.run_dir, name);
+  Status run_dir = EnsureDir(args.run_dir);
+  if (!run_dir.ok()) spdlog::warn("volume: {}; no status file", run_dir.message());
+
+  struct sigaction sa {};
+  sa.sa_handler = OnSignal;
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  const auto exports = (*nbd)->listening();
+  // Scripts read the bound addresses (useful with port 0) from these lines.
+  for (const auto& where : exports) std::printf("listening nbd %s\n", where.c_str());
+  std::fflush(stdout);
+
+  io::Ring& ring = *loop->ring;
+  uint64_t last_status = 0;
+  while (!g_stop.load()) {
+    size_t events = (*volume)->Step();
+    Status s = events == 0 ? ring.Wait(std::chrono::milliseconds(50)) : ring.Submit();
+    if (!s.ok()) return fail(s);
+    uint64_t now = NowNs();
+    if (run_dir.ok() && now - last_status >= kStatusIntervalNs) {
+      last_status = now;
+      Status w = WriteFileAtomically(status_path,
+                                     StatusJson((*volume)->status(), name, args.disk, exports).dump());
+      if (!w.ok()) spdlog::warn("volume: {}", w.message());
+    }
+  }
+  spdlog::info("volume: signal received; finishing the requests in flight");
+  (*volume)->Shutdown();
+  unlink(status_path.c_str());
+  return kExitOk;
+}
+
+int RunVolumeStatus(const StatusArgs& args) {
+  auto fail = [](const Status& s, int code = kExitFailed) {
+    PrintError("status", s);
+    return code;
+  };
+  const std::string path = VolumeStatusPath(args.run_dir, args.volume);
+  std::ifstream in(path);
+  if (!in) {
+    return fail(Status::Error(ErrorCode::kNotFound,
+                              fmt::format("no running volume '{}' ({} not found; is `blkmirror "
+                                          "volume` running with --run-dir {}?)",
+                                          args.volume, path, args.run_dir)));
+  }
+  auto not_status = [&](std::string_view why) {
+    return fail(Status::Error(ErrorCode::kProtocol,
+                              fmt::format("{} is not a blkmirror volume status file ({})", path,
+                                          why)));
+  };
+  nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+  if (j.is_discarded()) return not_status("not JSON");
+  try {
+    if (kill(j["pid"].get<int>(), 0) != 0) {
+      return fail(Status::Error(ErrorCode::kNotFound,
+                                fmt::format("volume '{}' is not running (pid {} is gone; {} is "
+                                            "stale)",
+                                            args.volume, j["pid"].get<int>(), path)));
+    }
+    if (args.json) {
+      std::printf("%s\n", j.dump().c_str());
+      return kExitOk;
+    }
+    std::printf("volume %s: %s, %s, ack %s, quorum %u, %u replica(s) in session, %zu client(s)\n",
+                j["volume"].get<std::string>().c_str(), j["disk"].get<std::string>().c_str(),
+                FormatBytes(j["size"].get<double>()).c_str(), j["ack"].get<std::string>().c_str(),
+                j["quorum"].get<unsigned>(), j["live_peers"].get<unsigned>(),
+                j["clients"].get<size_t>());
+    for (const auto& p : j["peers"]) {
+      std::string line = fmt::format("  {} ({}): {}, {} dirty", p["peer"].get<std::string>(),
+                                     p["transport"].get<std::string>(),
+                                     p["state"].get<std::string>(),
+                                     FormatBytes(p["dirty_bytes"].get<double>()));
+      if (p["state"] == "resyncing") {
+        line += fmt::format(", resync {} of {}", FormatBytes(p["resync_done_bytes"].get<double>()),
+                            FormatBytes(p["resync_total_bytes"].get<double>()));
+      }
+      if (p.contains("lost_reason")) line += " (" + p["lost_reason"].get<std::string>() + ")";
+      std::printf("%s\n", line.c_str());
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return not_status(e.what());
+  }
+  return kExitOk;
+}
+
+}  // namespace blkmirror::cli

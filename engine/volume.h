@@ -1,0 +1,141 @@
+// Volume: the primary of a replicated volume that clients write through (`blkmirror volume`).
+//
+// Client requests come from a Frontend (NBD): every write goes to the local disk (io_uring, from
+// the pool buffer the client's payload was received into) and, in parallel, from that same
+// buffer to the replicas through the Replicator; the client's reply goes out once the local write
+// is done and the ack level is reached on the quorum. FLUSH completes once every write completed
+// before it is durable locally and on the quorum, whatever the ack level; FUA the same for one
+// write. Reads are served from the local disk. TRIM and WRITE_ZEROES are replicated as zero
+// ranges (no payload on the wire).
+//
+// Ordering: operations that touch a common block (the replication block) run one at a time, in
+// the order they arrived (client writes, zero ranges and background resync copies alike), so an
+// overlap reaches the local disk and every replica in the same order, and a resync copy never
+// overwrites a newer client write on a replica (it is read after the writes before it completed
+// and replicated before the writes after it). Reads are not held back.
+//
+// Degraded mode: a lost peer does not stop writes while the quorum holds; every write it misses
+// sets its dirty bits first (write intent). Lost peers are reconnected with a backoff; a peer
+// back in session gets, in the background and rate-limited, every block its bitmap has dirty,
+// while client writes go on. Below the quorum, writes fail with EIO (reads go on) until enough
+// peers are back.
+//
+// Thread safety: none; the volume, its ring, pool, disk, frontend and transports belong to one
+// thread.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "engine/dirty_bitmap.h"
+#include "engine/replicator.h"
+#include "frontend/frontend.h"
+#include "io/block_device.h"
+#include "io/buffer_pool.h"
+#include "io/ring.h"
+
+namespace blkmirror::engine {
+
+struct VolumeOptions {
+  // The replication: ack level, block size (the ordering and bitmap granularity, and the largest
+  // write sent as one frame), window, quorum, timeouts, key, volume id and size. The volume sets
+  // `extents`, `return_buffers` and `survive_quorum_loss` itself.
+  ReplicatorOptions replication;
+  std::vector<PeerConfig> peers;
+  // Opens (or creates, every bit set) peer `peer`'s dirty bitmap for replica identity `id`;
+  // `existed` says whether it was kept before (so it knows what the replica lacks).
+  std::function<Result<std::unique_ptr<DirtyBitmap>>(size_t peer, const proto::ReplicaId& id,
+                                                     bool* existed)>
+      bitmap_for;
+  // The identity each peer had when last in session (all-zero: never seen), so that writes it
+  // misses while unreachable from the start are kept in the right bitmap; and the place to
+  // record a new one.
+  std::vector<proto::ReplicaId> last_replica_ids;
+  std::function<void(size_t peer, const proto::ReplicaId& id)> remember_replica_id;
+  uint64_t resync_rate = 0;  // bytes per second of background resync; 0: no limit
+  std::chrono::milliseconds reconnect_min{500};
+  std::chrono::milliseconds reconnect_max{30000};
+  // Connect timeout of a reconnect attempt: it blocks the loop (client requests wait) up to
+  // this long per transport tried, when the peer's address does not answer at all.
+  std::chrono::milliseconds reconnect_timeout{500};
+};
+
+enum class VolumePeerState : uint8_t {
+  kConnecting,  // first connect, or a reconnect attempt in progress
+  kInSync,      // in session, nothing dirty
+  kResyncing,   // in session, dirty blocks being sent in the background
+  kLost,        // out of session; reconnected with a backoff
+};
+std::string_view VolumePeerStateName(VolumePeerState state);
+
+struct VolumePeerStatus {
+  std::string peer;
+  std::string transport;
+  std::string fallback_reason;
+  VolumePeerState state = VolumePeerState::kConnecting;
+  std::string lost_reason;
+  std::string replica_id;  // hex
+  uint64_t dirty_bytes = 0;
+  uint64_t resync_total_bytes = 0;  // of the current resync
+  uint64_t resync_done_bytes = 0;
+  double resync_bytes_per_second = 0;
+  uint64_t reconnects = 0;
+  uint64_t blocks_acked = 0;
+  uint64_t bytes_acked = 0;
+};
+
+struct VolumeStatus {
+  uint64_t size = 0;
+  uint32_t block_size = 0;
+  std::string ack;
+  uint32_t quorum = 0;
+  uint32_t live_peers = 0;
+  size_t clients = 0;
+  uint64_t writes = 0, reads = 0, flushes = 0, zeroes = 0, failed = 0;
+  uint64_t bytes_written = 0, bytes_read = 0;
+  std::vector<VolumePeerStatus> peers;
+};
+
+class Volume {
+ public:
+  // `disk` is the local copy (what reads return, what writes land on first); it, the pool, the
+  // frontend and the transports must outlive the volume. The pool's buffers hold a block.
+  static Result<std::unique_ptr<Volume>> Create(io::Ring& ring, io::BufferPool& pool,
+                                                io::BlockDevice& disk,
+                                                frontend::Frontend& frontend,
+                                                VolumeOptions options);
+  ~Volume();
+
+  // Connects every peer (blocks up to the connect timeout) and sends the handshakes; Step
+  // completes them (bounded by the handshake timeout), then opens the peers' bitmaps and plans
+  // their resyncs: ready(), or failure() when fewer than the quorum answered.
+  Status Start();
+  bool ready() const;
+  const Status& failure() const;
+
+  // Makes all the progress possible without blocking (a reconnect attempt aside: up to
+  // reconnect_timeout); returns how many events it handled. Client requests are taken once
+  // ready().
+  size_t Step();
+
+  // Stops taking requests, finishes those in flight, ends the replica sessions cleanly and syncs
+  // the bitmaps: StartShutdown, then Step until closed() (bounded: 30 s per stage); Shutdown
+  // does both, blocking.
+  void StartShutdown();
+  bool closed() const;
+  void Shutdown();
+
+  VolumeStatus status() const;
+
+ private:
+  class Impl;
+  explicit Volume(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace blkmirror::engine
