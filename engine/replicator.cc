@@ -19,6 +19,10 @@ constexpr uint64_t kByeTag = UINT64_MAX;
 constexpr uint64_t kControlTag = UINT64_MAX - 1;
 constexpr uint32_t kNoWrite = UINT32_MAX;
 constexpr uint64_t kBitmapSyncIntervalNs = 500'000'000;
+// Bytes of blocks whose bits stay set after their durable ack (HotBlocks), per peer: what a
+// crash of the primary resends at most on top of what is dirty (DRBD's default activity log
+// covers about as much).
+constexpr uint64_t kHotBytes = uint64_t{4} << 30;
 
 }  // namespace
 
@@ -67,8 +71,10 @@ class Replicator::Impl {
     hello.peer_timeout_ms = static_cast<uint32_t>(options_.peer_timeout.count());
     // Connect every peer first, then send the Hellos: a slow connect (an RDMA attempt that
     // times out before the TCP fallback) must not leave an earlier peer's session silent.
+    const uint64_t hot_capacity =
+        std::min(blocks_, std::max<uint64_t>(1, kHotBytes / options_.block_size));
     for (const PeerConfig& config : configs) {
-      auto peer = std::make_unique<Peer>(span_, blocks_);
+      auto peer = std::make_unique<Peer>(span_, blocks_, hot_capacity);
       peer->index = peers_.size();
       peer->config = config;
       peer->name = config.endpoint.ToString();
@@ -174,7 +180,12 @@ class Replicator::Impl {
     return failure_;
   }
 
-  void AttachBitmap(size_t index, DirtyBitmap* bitmap) { peers_[index]->bitmap = bitmap; }
+  void AttachBitmap(size_t index, DirtyBitmap* bitmap) {
+    peers_[index]->bitmap = bitmap;
+    peers_[index]->hot.Reset();
+  }
+
+  const HotBlocks& hot_blocks(size_t index) const { return peers_[index]->hot; }
 
   PeerMask live_peers() const {
     PeerMask m = 0;
@@ -313,11 +324,15 @@ class Replicator::Impl {
     for (auto& p : peers_) {
       const bool marks = (targets >> p->index & 1) || origin == WriteOrigin::kNewData;
       if (kind == WriteKind::kFlush || !marks || p->bitmap == nullptr) continue;
+      // Clean: the bit is clear, or set only because the block is hot (the replica holds it).
       uint8_t clean = 0;
-      if (!p->bitmap->Test(first)) clean |= 1;
-      if (!p->bitmap->Test(last)) clean |= 2;
+      if (!p->bitmap->Test(first) || p->hot.hot(first)) clean |= 1;
+      if (!p->bitmap->Test(last) || p->hot.hot(last)) clean |= 2;
       w.clean_before[p->index] = clean;
-      for (uint64_t b = first; b <= last; ++b) p->bitmap->Set(b);
+      for (uint64_t b = first; b <= last; ++b) {
+        p->hot.Touched(b);
+        p->bitmap->Set(b);
+      }
       if (p->bitmap->has_unsynced_sets()) {
         Status s = p->bitmap->Sync();
         if (!s.ok()) {
@@ -403,6 +418,10 @@ class Replicator::Impl {
   bool idle() const { return in_flight_ == 0 && free_.size() == writes_.size(); }
 
   void StartClose() {
+    // Every write has settled (the caller waits for that): nothing hot needs to stay set.
+    for (auto& p : peers_) {
+      if (p->bitmap != nullptr) p->hot.Drain(*p->bitmap);
+    }
     for (auto& p : peers_) {
       if (p->stats.state != PeerState::kInSession || p->closing) continue;
       proto::Frame f;
@@ -515,8 +534,12 @@ class Replicator::Impl {
   };
 
   struct Peer {
-    Peer(uint64_t span, uint64_t blocks)
-        : released(span), acked(span), writes(span), session_acked((blocks + 63) / 64, 0) {}
+    Peer(uint64_t span, uint64_t blocks, uint64_t hot_capacity)
+        : released(span),
+          acked(span),
+          writes(span),
+          session_acked((blocks + 63) / 64, 0),
+          hot(blocks, hot_capacity) {}
     size_t index = 0;
     PeerConfig config;
     transport::Transport* t = nullptr;
@@ -531,6 +554,7 @@ class Replicator::Impl {
     std::vector<PeerWrite> writes;        // by seq % span
     std::vector<uint64_t> session_acked;  // blocks acked at the wire level in this session
     DirtyBitmap* bitmap = nullptr;
+    HotBlocks hot;  // blocks whose bit stays set a while after their durable ack
     uint64_t last_rx_ns = 0;
     uint64_t last_heartbeat_ns = 0;
     uint32_t holding = 0;  // writes whose buffer this peer may still need (its window)
@@ -787,7 +811,7 @@ class Replicator::Impl {
       p.stats.bytes_acked += w.length;
     }
     if (wire_level_ == proto::AckLevel::kDurable) {
-      if (p.bitmap != nullptr) ForEachSettledBlock(p, w, [&](uint64_t b) { p.bitmap->Clear(b); });
+      if (p.bitmap != nullptr) ForEachSettledBlock(p, w, [&](uint64_t b) { p.hot.Settled(b, *p.bitmap); });
     } else {
       ForEachSettledBlock(p, w, [&](uint64_t b) {
         p.session_acked[b / 64] |= uint64_t{1} << (b % 64);
@@ -1061,6 +1085,7 @@ void Replicator::StartClose() { impl_->StartClose(); }
 bool Replicator::closed() const { return impl_->closed(); }
 bool Replicator::idle() const { return impl_->idle(); }
 std::vector<PeerStats> Replicator::stats() const { return impl_->stats(); }
+const HotBlocks& Replicator::hot_blocks(size_t index) const { return impl_->hot_blocks(index); }
 PeerState Replicator::state(size_t index) const { return impl_->peer(index).stats.state; }
 const proto::ReplicaId& Replicator::replica_id(size_t index) const {
   return impl_->peer(index).stats.replica_id;

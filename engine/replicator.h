@@ -45,6 +45,7 @@
 #include "common/status.h"
 #include "engine/auth.h"
 #include "engine/dirty_bitmap.h"
+#include "engine/hot_blocks.h"
 #include "io/buffer_pool.h"
 #include "io/ring.h"
 #include "proto/frame.h"
@@ -165,6 +166,9 @@ class Replicator {
   // Attaches peer `index`'s dirty bitmap (kept by the caller, alive as long as the Replicator):
   // from now on every block sent to that peer is marked in it first. After Connect.
   void AttachBitmap(size_t index, DirtyBitmap* bitmap);
+  // Of peer `index`'s set bits, those only hot: acked durable a moment ago and kept set so that
+  // their next write needs no bitmap sync (engine/hot_blocks.h); the replica holds them.
+  const HotBlocks& hot_blocks(size_t index) const;
 
   // Peers still in session (neither lost nor closed), as a mask.
   PeerMask live_peers() const;

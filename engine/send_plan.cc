@@ -18,10 +18,10 @@ void SendPlan::Add(size_t peer, uint64_t block) {
 
 void SendPlan::Forget(size_t peer) { std::fill(need_[peer].begin(), need_[peer].end(), 0); }
 
-void SendPlan::AddDirty(size_t peer, const DirtyBitmap& bitmap) {
+void SendPlan::AddDirty(size_t peer, const DirtyBitmap& bitmap, const HotBlocks* hot) {
   assert(bitmap.blocks() == blocks_);
   for (uint64_t b = 0; b < blocks_; ++b) {
-    if (bitmap.Test(b)) Add(peer, b);
+    if (bitmap.Test(b) && (hot == nullptr || !hot->hot(b))) Add(peer, b);
   }
 }
 

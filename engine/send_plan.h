@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "engine/dirty_bitmap.h"
+#include "engine/hot_blocks.h"
 
 namespace blkmirror::engine {
 
@@ -36,8 +37,9 @@ class SendPlan {
   void Add(size_t peer, uint64_t block);
   // `peer` needs nothing (it is planned again from its bitmap).
   void Forget(size_t peer);
-  // `peer` needs every block set in `bitmap` (of the same volume geometry).
-  void AddDirty(size_t peer, const DirtyBitmap& bitmap);
+  // `peer` needs every block set in `bitmap` (of the same volume geometry), but those `hot`
+  // says it holds.
+  void AddDirty(size_t peer, const DirtyBitmap& bitmap, const HotBlocks* hot = nullptr);
 
   // Takes the next block, from the cursor on in volume order, that some peer in `live` needs,
   // with those peers (no longer counted as needing it); wraps to block 0 when blocks remain

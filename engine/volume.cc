@@ -218,7 +218,9 @@ class Volume::Impl {
       ps.state = p.state;
       ps.lost_reason = stats[i].lost_reason;
       ps.replica_id = IdHex(p.bitmap_id);
-      ps.dirty_bytes = p.bitmap ? p.bitmap->CountSet() * block_size_ : 0;
+      // Set bits, but the hot ones (the replica holds those).
+      const uint64_t set = p.bitmap ? p.bitmap->CountSet() : 0;
+      ps.dirty_bytes = (set - std::min(set, rep_->hot_blocks(i).count())) * block_size_;
       ps.resync_total_bytes = p.resync_total;
       ps.resync_done_bytes = p.resync_done;
       double secs = static_cast<double>(now - p.resync_start_ns) / 1e9;
@@ -769,7 +771,7 @@ class Volume::Impl {
     }
     rep_->AttachBitmap(i, p.bitmap.get());
     plan_->Forget(i);
-    plan_->AddDirty(i, *p.bitmap);
+    plan_->AddDirty(i, *p.bitmap, &rep_->hot_blocks(i));
     p.resync_total = 0;
     p.backoff = std::chrono::milliseconds(0);
     p.state = VolumePeerState::kInSync;
