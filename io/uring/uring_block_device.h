@@ -5,7 +5,10 @@
 // the log). Requests whose offset, length or
 // address is not aligned for direct I/O (a volume's short last block) go through a second,
 // buffered descriptor of the same file. Both descriptors are fixed files of the ring; reads and
-// writes into the registered pool use READ_FIXED / WRITE_FIXED.
+// writes into the registered pool use READ_FIXED / WRITE_FIXED. On tmpfs, writes are done inline
+// in Submit (pwritev2; RWF_DSYNC for dsync) and complete at the next Poll: tmpfs has no
+// asynchronous write path, and io_uring's hand-off of each write to a worker thread costs more
+// than the copy into the page cache.
 #pragma once
 
 #include <memory>

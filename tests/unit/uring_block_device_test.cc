@@ -512,8 +512,16 @@ TEST_F(UringBlockDevice, TmpfsFileWorks) {
   ASSERT_EQ(sfs.f_type, static_cast<decltype(sfs.f_type)>(TMPFS_MAGIC)) << "/dev/shm is not tmpfs";
   bool fs_direct = FsAcceptsODirect(shm.path());
   std::string path = shm.path() + "/tmpfs.img";
+  std::ostringstream log;
+  auto saved = spdlog::default_logger();
+  spdlog::set_default_logger(std::make_shared<spdlog::logger>(
+      "capture", std::make_shared<spdlog::sinks::ostream_sink_mt>(log)));
   auto dev = OpenNew(path, 1 << 20);
+  spdlog::set_default_logger(saved);
   ASSERT_NE(dev, nullptr);
+  // Writes are done inline there (tmpfs has no asynchronous write path), and said so.
+  EXPECT_NE(log.str().find(path + ": on tmpfs: writes are done inline"), std::string::npos)
+      << log.str();
   // The device uses O_DIRECT exactly when the file system takes it (tmpfs does since Linux 6.6).
   EXPECT_EQ(dev->direct(), fs_direct);
   WriteReadRoundTrip(*dev, path);
