@@ -110,6 +110,9 @@ void FrameSeeds(const fs::path& dir) {
       {"bye", Make(proto::Bye{})},
       {"auth_challenge", Make(proto::AuthChallenge{}, 0, proto::kAuthNonceSize)},
       {"auth_proof", Make(proto::AuthProof{}, 0, proto::kAuthNonceSize + proto::kAuthMacSize)},
+      {"zero", Make(proto::Zero{4, 8192, 3 * 4096},
+                    static_cast<uint16_t>(AckLevel::kDurable) | proto::kZeroUnmap)},
+      {"flush", Make(proto::Flush{5})},
   };
   for (const auto& [name, f] : frames) Save(dir, name, Seed().Header(f));
   // A header followed by a frame description for the encode side (type 3 = Data).
@@ -171,6 +174,21 @@ void SessionSeeds(const fs::path& dir) {
     DataRecord(s, 0, 0, 4096, 4096, AckLevel::kReceived, 1, true);
     Control(s, 0, Make(proto::Bye{}));
     Save(dir, "write_bad_crc_then_resend", s);
+  }
+  {
+    // Protocol 2 (a volume): extents of any sector-aligned length, overlapping ones, a zero
+    // range across blocks, a flush.
+    Seed s;
+    s.U8(0);
+    Control(s, 0, Make(HelloFor(write, 4096, vol)));
+    DataRecord(s, 0, 0, 1024, 512, AckLevel::kReceived, 0x11);
+    DataRecord(s, 0, 1, 512, 3584, AckLevel::kReceived, 0x22);
+    Control(s, 0, Make(proto::Zero{2, 2048, 3 * 4096},
+                       static_cast<uint16_t>(AckLevel::kReceived) | proto::kZeroUnmap));
+    DataRecord(s, 0, 3, 4096 + 1536, 1024, AckLevel::kReceived, 0x33);
+    Control(s, 0, Make(proto::Flush{4}));
+    Control(s, 0, Make(proto::Bye{}));
+    Save(dir, "write_extents_zero_flush", s);
   }
   {
     // The volume's short last block, in a literal (not compact) payload.

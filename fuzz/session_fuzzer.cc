@@ -12,14 +12,18 @@
 //
 // Properties (a violation traps; ASan/UBSan reports fail the run too):
 //   - The device is written only with a payload some client sent in a Data frame whose CRC32C
-//     matched, which is one block of the volume of that connection's write-session Hello, and
-//     that connection received a HelloOk (with a key: after a correct proof). Durable-level
-//     blocks are written with dsync. At the end, every byte of the device that changed holds
-//     such a payload.
+//     matched, which is one block of the volume of that connection's write-session Hello
+//     (protocol 1) or a sector-aligned extent of at most a block within it (protocol 2), and that
+//     connection received a HelloOk (with a key: after a correct proof); it is zeroed only in a
+//     range a protocol-2 Zero frame asked for. Durable-level writes and zero ranges carry dsync.
+//     At the end, every byte of the device that changed holds such a payload, or a zero inside
+//     such a range. The session's version is the highest both sides speak, as the model of
+//     docs/protocol.md says, and HelloOk names it.
 //   - Every frame the server sends decodes and is one a replica may send at that point: HelloOk
 //     only after Hello (with a key: after a correct proof, carrying a correct replica proof),
-//     Acks only for seqs sent with a matching CRC (durable ones only for blocks written with
-//     dsync or flushed since), Nacks only for blocks whose CRC did not match, VerifyResps only
+//     Acks only for seqs of acceptable frames (a Data with a matching CRC, a Zero, a Flush;
+//     durable ones only for writes made with dsync or flushed since, and for a Flush only after
+//     a device flush), Nacks only for blocks whose CRC did not match, VerifyResps only
 //     for requests made, with one CRC per block, each the CRC32C of what the target holds of
 //     that block (or an errno when a read failed).
 //   - Once every client has closed and the server has been stepped and shut down, every buffer
@@ -126,8 +130,9 @@ class WatchedDevice final : public io::BlockDevice {
   std::deque<io::IoCompletion> failed_;
 };
 
-// A Data frame a client sent.
+// A Data, Zero or Flush frame a client sent.
 struct SentData {
+  FrameType type = FrameType::kData;
   size_t conn = 0;
   uint64_t seq = 0;
   uint64_t offset = 0;
@@ -197,6 +202,7 @@ class Run {
   void Record(ByteReader& in);
   void Finish();
   void OnWrite(const io::IoRequest& r);
+  void OnZero(const io::IoRequest& r);
   void OnFlush();
   void OnFailed(const io::IoRequest& r) {
     if (r.op == io::IoOp::kRead) ++failed_reads_;
@@ -241,6 +247,7 @@ Status WatchedDevice::Submit(std::span<const io::IoRequest> requests) {
     }
     RETURN_IF_ERROR(dev_.Submit(std::span(&r, 1)));
     if (r.op == io::IoOp::kWrite) run_.OnWrite(r);
+    if (r.op == io::IoOp::kZero) run_.OnZero(r);
     if (r.op == io::IoOp::kFlush) run_.OnFlush();
   }
   return Status::Ok();
@@ -250,12 +257,37 @@ void Run::OnFlush() {
   for (SentData& sd : sent_) sd.flushed |= sd.written;
 }
 
+void Run::OnZero(const io::IoRequest& r) {
+  SeenWrite w{r.offset, r.len, {}};
+  bool dsync_ok = false;
+  for (size_t i = 0; i < sent_.size(); ++i) {
+    SentData& sd = sent_[i];
+    if (sd.type != FrameType::kZero || !sd.eligible || sd.offset != r.offset ||
+        sd.length != r.len) {
+      continue;
+    }
+    sd.written = true;
+    sd.flushed |= r.dsync;
+    w.sources.push_back(i);
+    dsync_ok |= sd.durable == r.dsync;
+  }
+  FUZZ_CHECK(!w.sources.empty(),
+             "the replica zeroed {} bytes at offset {} that no acceptable Zero frame asked for",
+             r.len, r.offset);
+  FUZZ_CHECK(dsync_ok,
+             "the replica zeroed the range at offset {} with dsync={} for a Zero frame asking for "
+             "the other ack level",
+             r.offset, r.dsync);
+  writes_.push_back(std::move(w));
+}
+
 void Run::OnWrite(const io::IoRequest& r) {
   SeenWrite w{r.offset, r.len, {}};
   bool dsync_ok = false;
   for (size_t i = 0; i < sent_.size(); ++i) {
     SentData& sd = sent_[i];
-    if (!sd.eligible || sd.offset != r.offset || sd.length != r.len ||
+    if (sd.type != FrameType::kData || !sd.eligible || sd.offset != r.offset ||
+        sd.length != r.len ||
         std::memcmp(sd.payload.data(), r.data, r.len) != 0) {
       continue;
     }
@@ -400,6 +432,30 @@ void Run::Record(ByteReader& in) {
   }
 }
 
+// The session version a Hello gets, from docs/protocol.md: the highest both sides speak; 0 when
+// they share none.
+uint16_t Version(const proto::Hello& h) {
+  const uint16_t v = std::min(h.max_version, proto::kMaxProtocolVersion);
+  return v >= std::max(h.min_version, proto::kMinProtocolVersion) ? v : 0;
+}
+
+bool WriteSession(const ClientConn& c) {
+  return c.hello && c.hello->kind == proto::SessionKind::kWrite && Version(*c.hello) != 0;
+}
+
+// Where a Data frame may write: protocol 1, exactly one block of the volume; protocol 2, a
+// sector-aligned extent of at most a block within it (its length a multiple of the sector, or
+// reaching the volume's end).
+bool ExtentOk(const proto::Hello& h, uint64_t offset, uint64_t length) {
+  if (Version(h) < 2) {
+    return offset % h.block_size == 0 && offset < h.volume_size &&
+           length == std::min<uint64_t>(h.block_size, h.volume_size - offset);
+  }
+  return length > 0 && length <= h.block_size && offset % proto::kSectorSize == 0 &&
+         offset <= h.volume_size && length <= h.volume_size - offset &&
+         (length % proto::kSectorSize == 0 || offset + length == h.volume_size);
+}
+
 // Records what a posted frame means for the properties.
 void Run::NoteSent(ClientConn& c, size_t ci, const proto::RawHeader& h,
                    std::span<const std::byte> payload) {
@@ -436,13 +492,38 @@ void Run::NoteSent(ClientConn& c, size_t ci, const proto::RawHeader& h,
       sd.durable =
           (f->flags & proto::kDataAckMask) == static_cast<uint16_t>(proto::AckLevel::kDurable);
       if (payload.size() == d.length) sd.payload.assign(payload.begin(), payload.end());
-      const proto::Hello* hello = c.hello ? &*c.hello : nullptr;
-      sd.eligible =
-          hello != nullptr && hello->kind == proto::SessionKind::kWrite &&
-          payload.size() == d.length && Crc32c(payload) == d.crc &&
-          d.offset % hello->block_size == 0 && d.offset < hello->volume_size &&
-          d.length == std::min<uint64_t>(hello->block_size, hello->volume_size - d.offset);
+      sd.eligible = WriteSession(c) && payload.size() == d.length && Crc32c(payload) == d.crc &&
+                    ExtentOk(*c.hello, d.offset, d.length);
       if (sd.eligible) c.good_seqs.insert(d.seq);
+      sent_.push_back(std::move(sd));
+      return;
+    }
+    case FrameType::kZero: {
+      const auto& z = std::get<proto::Zero>(f->body);
+      SentData sd;
+      sd.type = FrameType::kZero;
+      sd.conn = ci;
+      sd.seq = z.seq;
+      sd.offset = z.offset;
+      sd.length = static_cast<uint32_t>(std::min<uint64_t>(z.length, UINT32_MAX));
+      sd.durable =
+          (f->flags & proto::kDataAckMask) == static_cast<uint16_t>(proto::AckLevel::kDurable);
+      sd.eligible = WriteSession(c) && Version(*c.hello) >= 2 && z.length > 0 &&
+                    z.length <= UINT32_MAX && z.offset % proto::kSectorSize == 0 &&
+                    z.length % proto::kSectorSize == 0 && z.offset <= c.hello->volume_size &&
+                    z.length <= c.hello->volume_size - z.offset;
+      if (sd.eligible) c.good_seqs.insert(z.seq);
+      sent_.push_back(std::move(sd));
+      return;
+    }
+    case FrameType::kFlush: {
+      SentData sd;
+      sd.type = FrameType::kFlush;
+      sd.conn = ci;
+      sd.seq = std::get<proto::Flush>(f->body).seq;
+      sd.eligible = WriteSession(c) && Version(*c.hello) >= 2;
+      sd.written = true;  // durable once a device flush follows it
+      if (sd.eligible) c.good_seqs.insert(sd.seq);
       sent_.push_back(std::move(sd));
       return;
     }
@@ -498,8 +579,8 @@ void Run::OnReply(ClientConn& c, const transport::Completion& comp) {
     case FrameType::kHelloOk: {
       const auto& ok = std::get<proto::HelloOk>(f->body);
       FUZZ_CHECK(c.hello && !c.got_hello_ok, "HelloOk without a Hello, or twice");
-      FUZZ_CHECK(ok.version >= c.hello->min_version && ok.version <= c.hello->max_version,
-                 "HelloOk chose version {} outside the Hello's {}..{}", ok.version,
+      FUZZ_CHECK(ok.version == Version(*c.hello),
+                 "HelloOk chose version {} for a Hello offering {}..{}", ok.version,
                  c.hello->min_version, c.hello->max_version);
       FUZZ_CHECK(ok.max_block_size == kMaxBlock && ok.capacity == kDeviceSize,
                  "HelloOk announces max block {} and capacity {}", ok.max_block_size, ok.capacity);
@@ -530,7 +611,7 @@ void Run::OnReply(ClientConn& c, const transport::Completion& comp) {
         for (const SentData& sd : sent_) {
           durable |= &conns_[sd.conn] == &c && sd.seq == seq && sd.eligible && sd.flushed;
         }
-        FUZZ_CHECK(durable, "durable Ack covers seq {}, whose block was not written durably", seq);
+        FUZZ_CHECK(durable, "durable Ack covers seq {}, not written (or flushed) durably", seq);
       };
       for (uint64_t s = 0; s < a.cumulative; ++s) check(s);
       for (uint64_t i = 0; i < 64; ++i) {
@@ -637,9 +718,11 @@ void Run::Finish() {
     for (const SentData& sd : sent_) {
       uint64_t from = std::max<uint64_t>(sd.offset, page);
       uint64_t to = std::min<uint64_t>(sd.offset + sd.length, page + len);
-      if (!sd.written || from >= to) continue;
+      if (!sd.written || from >= to || sd.type == FrameType::kFlush) continue;
       for (uint64_t i = from; i < to; ++i) {
-        if (now[i] == sd.payload[i - sd.offset]) explained[i - page] = 1;
+        const std::byte want =
+            sd.type == FrameType::kZero ? std::byte{0} : sd.payload[i - sd.offset];
+        if (now[i] == want) explained[i - page] = 1;
       }
     }
     for (size_t i = page; i < page + len; ++i) {
