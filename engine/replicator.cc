@@ -19,10 +19,6 @@ constexpr uint64_t kByeTag = UINT64_MAX;
 constexpr uint64_t kControlTag = UINT64_MAX - 1;
 constexpr uint32_t kNoWrite = UINT32_MAX;
 constexpr uint64_t kBitmapSyncIntervalNs = 500'000'000;
-// Bytes of blocks whose bits stay set after their durable ack (HotBlocks), per peer: what a
-// crash of the primary resends at most on top of what is dirty (DRBD's default activity log
-// covers about as much).
-constexpr uint64_t kHotBytes = uint64_t{4} << 30;
 
 }  // namespace
 
@@ -72,7 +68,7 @@ class Replicator::Impl {
     // Connect every peer first, then send the Hellos: a slow connect (an RDMA attempt that
     // times out before the TCP fallback) must not leave an earlier peer's session silent.
     const uint64_t hot_capacity =
-        std::min(blocks_, std::max<uint64_t>(1, kHotBytes / options_.block_size));
+        std::min(blocks_, std::max<uint64_t>(1, options_.hot_bytes / options_.block_size));
     for (const PeerConfig& config : configs) {
       auto peer = std::make_unique<Peer>(span_, blocks_, hot_capacity);
       peer->index = peers_.size();
@@ -811,7 +807,13 @@ class Replicator::Impl {
       p.stats.bytes_acked += w.length;
     }
     if (wire_level_ == proto::AckLevel::kDurable) {
-      if (p.bitmap != nullptr) ForEachSettledBlock(p, w, [&](uint64_t b) { p.hot.Settled(b, *p.bitmap); });
+      if (p.bitmap != nullptr) ForEachSettledBlock(p, w, [&](uint64_t b) {
+          if (options_.hot_bytes > 0) {
+            p.hot.Settled(b, *p.bitmap);
+          } else {
+            p.bitmap->Clear(b);
+          }
+        });
     } else {
       ForEachSettledBlock(p, w, [&](uint64_t b) {
         p.session_acked[b / 64] |= uint64_t{1} << (b % 64);

@@ -77,6 +77,11 @@ struct ReplicatorOptions {
   // cannot reach theirs fail, Submit refuses new ones (kUnavailable: no peer, or kBusy), and
   // lost peers may Rejoin. Without it (push) the Replicator fails for good.
   bool survive_quorum_loss = false;
+  // Bytes of blocks whose dirty bits stay set after their durable ack, per peer (HotBlocks): a
+  // rewrite of a hot block needs no bitmap sync; a crash of the primary resends what is hot.
+  // 0: bits clear at the durable ack (push: every block is written once, and a push killed
+  // midway resumes from exactly what was not acked).
+  uint64_t hot_bytes = 0;
   uint32_t window = 32;
   uint64_t volume_size = 0;
   proto::VolumeId volume_id;

@@ -31,6 +31,10 @@ namespace {
 constexpr uint64_t kFlushBit = uint64_t{1} << 63;
 // Resync copies in flight at once, besides client writes.
 constexpr uint32_t kResyncInFlight = 8;
+// Bytes of recently written blocks whose dirty bits stay set per peer (HotBlocks): a client's
+// rewrite of one needs no bitmap sync; a crash of the volume resends them (DRBD's default
+// activity log covers about as much).
+constexpr uint64_t kHotBytes = uint64_t{4} << 30;
 // How long a shutdown waits for the requests in flight, then for the sessions to end.
 constexpr uint64_t kShutdownNs = 30'000'000'000;
 
@@ -47,6 +51,7 @@ class Volume::Impl {
     r.extents = true;
     r.return_buffers = true;
     r.survive_quorum_loss = true;
+    r.hot_bytes = kHotBytes;
     block_size_ = r.block_size;
     blocks_ = (r.volume_size + block_size_ - 1) / block_size_;
     // Every buffer can be one op, plus the bufferless ones (flushes, zero ranges).

@@ -649,7 +649,9 @@ TEST_F(ExtentTest, ZeroRangesAndFlushesReachTheReplica) {
 TEST_F(ExtentTest, APartialWriteSettlesOnlyABlockThatWasCleanBefore) {
   const uint64_t size = 8 * kBlock;
   AddReplica(size);
-  ASSERT_TRUE(StartPrimary(ExtentOptions(size, AckLevel::kDurable)).ok());
+  auto o = ExtentOptions(size, AckLevel::kDurable);
+  o.hot_bytes = size;  // settled blocks stay hot (a volume's setting)
+  ASSERT_TRUE(StartPrimary(o).ok());
   BitmapKey key{kBlock, size, {}, {}};
   auto bitmap = DirtyBitmap::InMemory(key);
   bitmap->ClearAll();
