@@ -35,6 +35,7 @@ enum class ErrorCode : int32_t {
   kTimeout,
   kMismatch,          // verify found differences
   kUnavailable,       // a backend cannot be used here (no device, no module)
+  kDiverged,          // two copies' data histories do not allow a sync (split brain, behind)
 };
 
 class [[nodiscard]] Status {

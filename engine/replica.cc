@@ -141,6 +141,13 @@ class ReplicaServer::Impl {
     std::array<VerifyJob, kMaxVerifyJobs> jobs;
     size_t job_head = 0, job_count = 0;
     uint64_t blocks = 0, bytes = 0, crc_mismatches = 0;
+    // Protocol 3 writers: no data before the primary's Generation was accepted.
+    bool generations_agreed = false;
+    // Every sequenced frame received below this seq (accepted, or NACKed and due again).
+    uint64_t seen_end = 0;
+    // The primary said "in sync": taken once every frame before it is accepted (no resend
+    // pending) and durable.
+    std::optional<Generations> adopt;
   };
 
   // A disk operation of a session. Writes (Data, Zero) reach the disk in the order they
@@ -148,7 +155,9 @@ class ReplicaServer::Impl {
   // waits (queued) while an earlier overlapping one is outstanding; a Flush waits for every
   // earlier write of its session.
   struct DiskOp {
-    enum class Kind : uint8_t { kWrite, kZero, kFlush, kVerifyRead } kind = Kind::kWrite;
+    // kAdopt: after every earlier write of the session, a flush, then the primary's
+    // generations become the target's (the primary said it is in sync).
+    enum class Kind : uint8_t { kWrite, kZero, kFlush, kAdopt, kVerifyRead } kind = Kind::kWrite;
     Session* session = nullptr;
     transport::Transport* t = nullptr;
     transport::ConnId conn = transport::kNoConn;
@@ -157,6 +166,7 @@ class ReplicaServer::Impl {
     uint64_t offset = 0;
     uint64_t length = 0;
     bool unmap = false;  // kZero
+    Generations adopt;   // kAdopt
     VerifyJob* job = nullptr;
     uint32_t block = 0;
     uint64_t order = 0;   // arrival order, among every write, zero and flush
@@ -246,18 +256,33 @@ class ReplicaServer::Impl {
         if (s.phase == Phase::kAuth) return OnAuthProof(s, c.control);
         break;
       case proto::FrameType::kData:
+        if (s.phase == Phase::kWriter && NoDataYet(s)) {
+          if (c.data) s.t->Release(c.conn, std::move(c.data));
+          return ProtocolError(s, Status::Protocol("Data before the Generation exchange"));
+        }
         if (s.phase == Phase::kWriter) {
           return OnData(s, *frame, std::get<proto::Data>(frame->body), std::move(c.data));
         }
         break;
       case proto::FrameType::kZero:
+        if (s.phase == Phase::kWriter && NoDataYet(s)) {
+          return ProtocolError(s, Status::Protocol("Zero before the Generation exchange"));
+        }
         if (s.phase == Phase::kWriter && s.version >= proto::kExtentsVersion) {
           return OnZero(s, *frame, std::get<proto::Zero>(frame->body));
         }
         break;
       case proto::FrameType::kFlush:
+        if (s.phase == Phase::kWriter && NoDataYet(s)) {
+          return ProtocolError(s, Status::Protocol("Flush before the Generation exchange"));
+        }
         if (s.phase == Phase::kWriter && s.version >= proto::kExtentsVersion) {
           return OnFlush(s, std::get<proto::Flush>(frame->body));
+        }
+        break;
+      case proto::FrameType::kGeneration:
+        if (s.phase == Phase::kWriter && s.version >= proto::kGenerationsVersion) {
+          return OnGeneration(s, *frame, std::get<proto::Generation>(frame->body));
         }
         break;
       case proto::FrameType::kVerifyReq:
@@ -367,6 +392,25 @@ class ReplicaServer::Impl {
       auto id = options_.identity(h.volume_id, use);
       if (!id.ok()) return Refuse(s, id.status());
       replica_id = *id;
+    }
+    if (write) {
+      auto kept = LoadGenerations(h.volume_id);
+      if (!kept.ok()) return Refuse(s, kept.status());
+      if (kept->primary) {
+        return Refuse(s, Status::Error(
+                             ErrorCode::kDiverged,
+                             fmt::format("{} is the primary of this volume now (promoted at "
+                                         "generation {}); it takes no writes from another "
+                                         "primary: demote it first (blkmirror demote)",
+                                         options_.target_name,
+                                         GenerationHex(kept->generations.current))));
+      }
+      if (version < proto::kGenerationsVersion) {
+        // A write outside a volume's history (push, verify --repair): whatever it leaves is of
+        // no known generation.
+        Status saved = SaveGenerations(h.volume_id, Generations{});
+        if (!saved.ok()) return Refuse(s, saved);
+      }
     }
     s.uses_device = true;
     s.accepted = SeqTracker(SeqSpan(h.window));
@@ -556,6 +600,7 @@ class ReplicaServer::Impl {
       ProtocolError(s, bad);
       return;
     }
+    s.seen_end = std::max(s.seen_end, d.seq + 1);
     uint32_t crc = Crc32c(buffer.data(), d.length);
     if (crc != d.crc) {
       // Never written: NACK it, the primary sends it again.
@@ -575,6 +620,7 @@ class ReplicaServer::Impl {
       return;
     }
     s.accepted.Mark(d.seq);
+    MaybeAdopt(s);
     if (level == proto::AckLevel::kReceived) {
       s.acked.Mark(d.seq);
       s.ack_dirty = true;
@@ -593,7 +639,9 @@ class ReplicaServer::Impl {
     Status bad = CheckRange(s, "Zero", z.seq, z.offset, z.length, false);
     if (bad.ok()) bad = CheckSequenced(s, "Zero", z.seq, level, true);
     if (!bad.ok()) return ProtocolError(s, bad);
+    s.seen_end = std::max(s.seen_end, z.seq + 1);
     s.accepted.Mark(z.seq);
+    MaybeAdopt(s);
     if (level == proto::AckLevel::kReceived) {
       s.acked.Mark(z.seq);
       s.ack_dirty = true;
@@ -608,10 +656,113 @@ class ReplicaServer::Impl {
   void OnFlush(Session& s, const proto::Flush& fl) {
     Status bad = CheckSequenced(s, "Flush", fl.seq, s.level, false);
     if (!bad.ok()) return ProtocolError(s, bad);
+    s.seen_end = std::max(s.seen_end, fl.seq + 1);
     s.accepted.Mark(fl.seq);
+    MaybeAdopt(s);
     DiskOp* op = NewOp(s, DiskOp::Kind::kFlush, fl.seq, 0, 0);
     if (op == nullptr) return;
     Schedule(*op);
+  }
+
+  bool NoDataYet(const Session& s) const {
+    return s.version >= proto::kGenerationsVersion && !s.generations_agreed;
+  }
+
+  // The pending "in sync" becomes a disk operation once every frame before it is accepted: it
+  // then waits for their writes and flushes.
+  void MaybeAdopt(Session& s) {
+    if (!s.adopt || s.accepted.cumulative() < s.seen_end) return;
+    DiskOp* op = NewOp(s, DiskOp::Kind::kAdopt, 0, 0, 0);
+    if (op == nullptr) return;
+    op->adopt = *s.adopt;
+    op->adopt.consistent = true;
+    s.adopt.reset();
+    Schedule(*op);
+  }
+
+  Result<TargetGenerations> LoadGenerations(const proto::VolumeId& volume_id) {
+    if (options_.generations.load) return options_.generations.load(volume_id);
+    if (mem_volume_ != volume_id) return TargetGenerations{};
+    return mem_generations_;
+  }
+
+  Status SaveGenerations(const proto::VolumeId& volume_id, const Generations& g) {
+    if (options_.generations.save) return options_.generations.save(volume_id, g);
+    mem_volume_ = volume_id;
+    mem_generations_.generations = g;
+    return Status::Ok();
+  }
+
+  // The primary's generations: the first one opens the way for data once they allow a sync (the
+  // target is inconsistent from then on unless it already holds exactly the primary's current
+  // generation); later ones start a resync or say the target is in sync.
+  void OnGeneration(Session& s, const proto::Frame& f, const proto::Generation& g) {
+    const Generations primary = Generations::FromWire(g, f.flags & proto::kGenConsistent);
+    auto kept = LoadGenerations(s.hello.volume_id);
+    if (!kept.ok()) return Refuse(s, kept.status());
+    Generations mine = kept->generations;
+    if (s.generations_agreed) {
+      if (f.flags & proto::kGenInSync) {
+        s.adopt = primary;
+        MaybeAdopt(s);
+      } else if ((f.flags & proto::kGenSyncStart) && mine.consistent) {
+        mine.consistent = false;
+        Status saved = SaveGenerations(s.hello.volume_id, mine);
+        if (!saved.ok()) return Refuse(s, saved);
+      }
+      return;
+    }
+    if (f.flags & (proto::kGenSyncStart | proto::kGenInSync)) {
+      return ProtocolError(s, Status::Protocol("the first Generation frame says sync-start or "
+                                               "in-sync"));
+    }
+    const Lineage lineage = Compare(mine, primary);
+    if (lineage != Lineage::kSame && lineage != Lineage::kPeerAhead) {
+      return Refuse(s, Status::Error(ErrorCode::kDiverged,
+                                     DivergedMessage(lineage, mine, primary)));
+    }
+    if (mine.consistent && (mine.current != primary.current || mine.current == 0)) {
+      mine.consistent = false;
+      Status saved = SaveGenerations(s.hello.volume_id, mine);
+      if (!saved.ok()) return Refuse(s, saved);
+    }
+    proto::Frame reply;
+    reply.flags = mine.consistent ? proto::kGenConsistent : 0;
+    reply.body = mine.ToWire();
+    auto item = ControlItem(s.conn, reply);
+    Status posted = s.t->Post(std::span(&item, 1));
+    if (!posted.ok()) return Refuse(s, posted);
+    s.generations_agreed = true;
+    spdlog::info("{}: generations: this replica {}{}, the primary {} ({})", s.peer, Describe(mine),
+                 mine.consistent ? "" : " (inconsistent until in sync)", Describe(primary),
+                 LineageName(lineage));
+  }
+
+  // Why a primary's session is refused, naming both histories and the way out.
+  std::string DivergedMessage(Lineage lineage, const Generations& mine,
+                              const Generations& primary) const {
+    const std::string& target = options_.target_name;
+    switch (lineage) {
+      case Lineage::kPeerBehind:
+        return fmt::format("the primary is behind this replica: its generation {} is older than "
+                           "{}'s {}; this replica has writes the primary lacks. The primary's "
+                           "node must not be primary: demote it, promote this one; or, to keep "
+                           "the primary's data, discard this replica's: blkmirror demote "
+                           "--discard-my-data --disk {}",
+                           Describe(primary), target, Describe(mine), target);
+      case Lineage::kSplitBrain:
+        return fmt::format("split brain: {} (generation {}) and the primary (generation {}) both "
+                           "wrote since they last agreed; nothing is synced. Keep one side's "
+                           "data and discard the other's: on this replica's node, blkmirror "
+                           "demote --discard-my-data --disk {} (or on the primary's node, for "
+                           "its disk, after demoting it)",
+                           target, Describe(mine), Describe(primary), target);
+      default:
+        return fmt::format("unrelated data: {} (generation {}) and the primary (generation {}) "
+                           "share no history; to overwrite this replica, discard its data: "
+                           "blkmirror demote --discard-my-data --disk {}",
+                           target, Describe(mine), Describe(primary), target);
+    }
   }
 
   // A disk operation slot for a write of session `s`; nullptr (the session refused) when none
@@ -647,10 +798,12 @@ class ReplicaServer::Impl {
   bool MustWait(const DiskOp& op) const {
     for (const DiskOp& other : ops_) {
       if (other.session == nullptr || other.order >= op.order ||
-          other.kind == DiskOp::Kind::kVerifyRead || other.kind == DiskOp::Kind::kFlush) {
+          other.kind == DiskOp::Kind::kVerifyRead || other.kind == DiskOp::Kind::kFlush ||
+          other.kind == DiskOp::Kind::kAdopt) {
         continue;
       }
-      if (op.kind == DiskOp::Kind::kFlush ? other.session == op.session : op.Overlaps(other)) {
+      const bool barrier = op.kind == DiskOp::Kind::kFlush || op.kind == DiskOp::Kind::kAdopt;
+      if (barrier ? other.session == op.session : op.Overlaps(other)) {
         return true;
       }
     }
@@ -702,6 +855,7 @@ class ReplicaServer::Impl {
         req.unmap = op.unmap;
         break;
       case DiskOp::Kind::kFlush:
+      case DiskOp::Kind::kAdopt:
         req.op = io::IoOp::kFlush;
         req.dsync = false;
         break;
@@ -829,12 +983,27 @@ class ReplicaServer::Impl {
       const char* what = op.kind == DiskOp::Kind::kWrite  ? "writing"
                          : op.kind == DiskOp::Kind::kZero ? "zeroing"
                                                           : "flushing";
+      // A failed flush before kAdopt: the target stays inconsistent.
       Status status = Status::Errno(
           err, fmt::format("{}{} {} bytes at offset {} of {} failed",
                            err == ENOSPC ? "replica disk full: " : "replica disk error: ", what,
                            op.length, op.offset, options_.target_name));
       spdlog::error("{}: {}", s.peer, status.message());
       if (s.phase == Phase::kWriter) Refuse(s, status);
+      FreeOp(oi);
+      ReleaseQueued();
+      return;
+    }
+    if (op.kind == DiskOp::Kind::kAdopt) {
+      // Every earlier write is durable: the target holds the primary's current generation.
+      Status saved = SaveGenerations(s.hello.volume_id, op.adopt);
+      if (!saved.ok()) {
+        spdlog::error("{}: {}", s.peer, saved.message());
+        if (s.phase == Phase::kWriter) Refuse(s, saved);
+      } else {
+        spdlog::info("{}: in sync with the primary at generation {}", s.peer,
+                     Describe(op.adopt));
+      }
       FreeOp(oi);
       ReleaseQueued();
       return;
@@ -971,6 +1140,9 @@ class ReplicaServer::Impl {
   std::vector<uint32_t> free_ops_;
   std::vector<uint32_t> queued_;  // ops waiting for earlier ones, in arrival order
   uint64_t next_order_ = 0;
+  // Generations when options_.generations is empty (tests).
+  proto::VolumeId mem_volume_;
+  TargetGenerations mem_generations_;
   bool once_done_ = false;
   ReplicaStats stats_;
   LogLimiter crc_log_{kLogBurst, kLogPeriodNs};

@@ -11,6 +11,12 @@
 // Malformed or out-of-place frames end that session with an Error frame and a log line naming
 // the peer; the server keeps serving the others.
 //
+// Generations (protocol 3, engine/generations.h): a volume's write session sends its
+// Generation after HelloOk; the replica compares it with the target's, refuses what would
+// overwrite newer or diverged data (ErrorCode::kDiverged, naming both and the way out), answers
+// with its own, and is inconsistent from then until the primary says it is in sync (after every
+// earlier write is durable, it takes the primary's generations).
+//
 // One writer per target: a second primary that opens a write session while one is active is
 // refused. Verify sessions (per-block CRCs of a range) run alongside a writer.
 //
@@ -26,6 +32,7 @@
 
 #include "common/status.h"
 #include "engine/auth.h"
+#include "engine/generations.h"
 #include "io/block_device.h"
 #include "io/buffer_pool.h"
 #include "io/ring.h"
@@ -50,10 +57,28 @@ using TargetOpener =
 using IdentityKeeper =
     std::function<Result<proto::ReplicaId>(const proto::VolumeId& volume_id, TargetUse use)>;
 
+// The target's data generations for a volume, and whether this node is that volume's primary
+// now (promoted: it takes no writes from another primary), kept durably by the caller.
+struct TargetGenerations {
+  bool primary = false;
+  Generations generations;
+};
+struct GenerationStore {
+  // What is kept for `volume_id` (nothing kept, or kept for another volume: no generation).
+  std::function<Result<TargetGenerations>(const proto::VolumeId& volume_id)> load;
+  // Durable before it returns.
+  std::function<Status(const proto::VolumeId& volume_id, const Generations& generations)> save;
+};
+
 struct ReplicaOptions {
   std::string target_name;  // for messages
   TargetOpener open_target;
   IdentityKeeper identity;  // empty: every session gets the all-zero identity (tests)
+  // Empty: kept in memory (tests). A protocol-3 write session (a volume's) exchanges
+  // generations before any data and is refused when the primary is behind this target, when
+  // both wrote since they last agreed (split brain), or when this node is the primary; an older
+  // write session (push, verify --repair) leaves the target with no generation, inconsistent.
+  GenerationStore generations;
   bool once = false;        // finished() after the first write session ends
   // Primaries must prove they hold this key before anything else (mutual HMAC challenge).
   std::optional<Key> key;

@@ -55,10 +55,18 @@ class Replicator::Impl {
     proto::Hello& hello = hello_;
     // A volume's writes are extents (and zero ranges, flushes): protocol 2 at least, and an older
     // replica refuses the session with a version mismatch naming both ranges.
-    hello.min_version =
-        options_.extents ? std::max(options_.min_version, proto::kExtentsVersion)
-                         : options_.min_version;
-    hello.max_version = std::max(options_.max_version, hello.min_version);
+    // With generations (a volume's sessions), protocol 3 exactly; without (push), below it.
+    if (options_.generations != nullptr) {
+      hello.min_version = std::max(options_.min_version, proto::kGenerationsVersion);
+      hello.max_version = std::max(options_.max_version, hello.min_version);
+    } else {
+      hello.min_version =
+          options_.extents ? std::max(options_.min_version, proto::kExtentsVersion)
+                           : options_.min_version;
+      hello.max_version = std::max<uint16_t>(
+          std::min<uint16_t>(options_.max_version, proto::kGenerationsVersion - 1),
+          hello.min_version);
+    }
     hello.kind = proto::SessionKind::kWrite;
     hello.block_size = options_.block_size;
     hello.window = options_.window;
@@ -119,7 +127,7 @@ class Replicator::Impl {
     if (std::find(transports_.begin(), transports_.end(), p.t) == transports_.end()) {
       transports_.push_back(p.t);
     }
-    p.handshake = ClientHandshake(hello_, options_.key, p.name);
+    p.handshake = ClientHandshake(hello_, options_.key, p.name, options_.generations);
     return Status::Ok();
   }
 
@@ -182,6 +190,20 @@ class Replicator::Impl {
   }
 
   const HotBlocks& hot_blocks(size_t index) const { return peers_[index]->hot; }
+
+  Status SendGeneration(size_t index, uint16_t flags) {
+    Peer& p = *peers_[index];
+    if (options_.generations == nullptr || p.stats.state != PeerState::kInSession || p.closing) {
+      return Status::Error(ErrorCode::kClosed, fmt::format("{} is not in session", p.name));
+    }
+    proto::Frame f;
+    f.flags = flags | (options_.generations->consistent ? proto::kGenConsistent : 0);
+    f.body = options_.generations->ToWire();
+    auto item = ControlItem(p.conn, f);
+    Status posted = p.t->Post(std::span(&item, 1));
+    if (!posted.ok()) LosePeer(p, posted);
+    return posted;
+  }
 
   PeerMask live_peers() const {
     PeerMask m = 0;
@@ -1067,6 +1089,12 @@ bool Replicator::RangeInFlight(uint64_t offset, uint64_t length) const {
 Status Replicator::Submit(uint64_t offset, io::BufferRef buffer, uint32_t length, uint64_t token,
                           PeerMask peers, WriteOrigin origin) {
   return impl_->Submit(offset, std::move(buffer), length, token, peers, origin);
+}
+Status Replicator::SendGeneration(size_t index, uint16_t flags) {
+  return impl_->SendGeneration(index, flags);
+}
+const Generations& Replicator::peer_generations(size_t index) const {
+  return impl_->peer(index).handshake.peer_generations();
 }
 Status Replicator::Rejoin(size_t index, std::chrono::milliseconds connect_timeout) {
   return impl_->Rejoin(index, connect_timeout);

@@ -45,6 +45,7 @@
 #include "common/status.h"
 #include "engine/auth.h"
 #include "engine/dirty_bitmap.h"
+#include "engine/generations.h"
 #include "engine/hot_blocks.h"
 #include "io/buffer_pool.h"
 #include "io/ring.h"
@@ -82,6 +83,11 @@ struct ReplicatorOptions {
   // 0: bits clear at the durable ack (push: every block is written once, and a push killed
   // midway resumes from exactly what was not acked).
   uint64_t hot_bytes = 0;
+  // A volume's sessions (protocol 3): this primary's data generations, sent to every replica
+  // after its HelloOk and before any data (the replica answers with its own, refusing a primary
+  // that is behind it or diverged: ErrorCode::kDiverged). The caller owns it and may change it
+  // between calls (a new generation), then SendGeneration. Null: push (protocol 1..2).
+  const Generations* generations = nullptr;
   uint32_t window = 32;
   uint64_t volume_size = 0;
   proto::VolumeId volume_id;
@@ -174,6 +180,12 @@ class Replicator {
   // Of peer `index`'s set bits, those only hot: acked durable a moment ago and kept set so that
   // their next write needs no bitmap sync (engine/hot_blocks.h); the replica holds them.
   const HotBlocks& hot_blocks(size_t index) const;
+
+  // With `generations`: the replica's generations, as it answered at its session's handshake.
+  const Generations& peer_generations(size_t index) const;
+  // With `generations`: posts them to peer `index` (in order with its data) with `flags`
+  // (proto::kGenSyncStart, kGenInSync; kGenConsistent follows `generations`).
+  Status SendGeneration(size_t index, uint16_t flags);
 
   // Peers still in session (neither lost nor closed), as a mask.
   PeerMask live_peers() const;

@@ -47,8 +47,8 @@ Status CheckHelloOk(const proto::HelloOk& ok, const proto::Hello& hello,
 }
 
 ClientHandshake::ClientHandshake(const proto::Hello& hello, std::optional<Key> key,
-                                 std::string peer)
-    : hello_(hello), key_(std::move(key)), peer_(std::move(peer)) {
+                                 std::string peer, const Generations* generations)
+    : hello_(hello), key_(std::move(key)), peer_(std::move(peer)), generations_(generations) {
   proto::Frame f;
   f.body = hello_;
   hello_raw_ = proto::Encode(f);
@@ -104,6 +104,31 @@ Result<bool> ClientHandshake::OnFrame(transport::Transport& t, transport::ConnId
                                            challenged_ ? "wrong key" : "it runs without --key-file"));
         }
       }
+      if (ok_.version < proto::kGenerationsVersion || hello_.kind != proto::SessionKind::kWrite) {
+        return true;
+      }
+      if (generations_ == nullptr) {
+        return Status::Protocol("{} chose protocol {} but this primary has no generations", peer_,
+                                ok_.version);
+      }
+      proto::Frame f;
+      f.flags = generations_->consistent ? proto::kGenConsistent : 0;
+      f.body = generations_->ToWire();
+      auto item = ControlItem(conn, f);
+      RETURN_IF_ERROR(t.Post(std::span(&item, 1)));
+      waiting_generation_ = true;
+      return false;
+    }
+    case proto::FrameType::kGeneration: {
+      if (!waiting_generation_) {
+        return Status::Protocol("{} sent a Generation out of turn", peer_);
+      }
+      if (frame.flags & (proto::kGenSyncStart | proto::kGenInSync)) {
+        return Status::Protocol("{} sent a Generation with primary-only flags", peer_);
+      }
+      peer_generations_ = Generations::FromWire(std::get<proto::Generation>(frame.body),
+                                                frame.flags & proto::kGenConsistent);
+      waiting_generation_ = false;
       return true;
     }
     case proto::FrameType::kError: {

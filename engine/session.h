@@ -8,6 +8,7 @@
 
 #include "common/status.h"
 #include "engine/auth.h"
+#include "engine/generations.h"
 #include "proto/frame.h"
 #include "transport/transport.h"
 
@@ -31,11 +32,14 @@ bool PostError(transport::Transport& t, transport::ConnId conn, const Status& st
                uint64_t tag);
 
 // The primary's side of a session handshake: Hello, then (when the replica has a key) the
-// challenge-response, then HelloOk, whose proof is checked when we have a key.
+// challenge-response, then HelloOk, whose proof is checked when we have a key; then, for a
+// protocol-3 write session, our Generation and the replica's.
 class ClientHandshake {
  public:
   ClientHandshake() = default;
-  ClientHandshake(const proto::Hello& hello, std::optional<Key> key, std::string peer);
+  // `generations` (a volume's; null for push) must outlive the handshake.
+  ClientHandshake(const proto::Hello& hello, std::optional<Key> key, std::string peer,
+                  const Generations* generations = nullptr);
 
   // Posts the Hello.
   Status Start(transport::Transport& t, transport::ConnId conn);
@@ -44,6 +48,8 @@ class ClientHandshake {
   Result<bool> OnFrame(transport::Transport& t, transport::ConnId conn, const proto::Frame& frame,
                        const proto::RawHeader& raw, std::span<const std::byte> payload);
   const proto::HelloOk& hello_ok() const { return ok_; }
+  // The replica's generations (protocol 3).
+  const Generations& peer_generations() const { return peer_generations_; }
   const proto::Hello& hello() const { return hello_; }
 
  private:
@@ -55,6 +61,9 @@ class ClientHandshake {
   Nonce nonce_r_{};
   bool challenged_ = false;
   proto::HelloOk ok_;
+  const Generations* generations_ = nullptr;
+  bool waiting_generation_ = false;
+  Generations peer_generations_;
 };
 
 // The replica identity as text (32 hex digits), for file names and messages.

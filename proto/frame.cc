@@ -132,6 +132,11 @@ void EncodeBody(Writer& w, const Zero& z) {
   w.U64(kOffBody + 16, z.length);
 }
 void EncodeBody(Writer& w, const Flush& f) { w.U64(kOffBody + 0, f.seq); }
+void EncodeBody(Writer& w, const Generation& g) {
+  w.U64(kOffBody + 0, g.current);
+  for (size_t i = 0; i < kMaxHistory; ++i) w.U64(kOffBody + 8 + 8 * i, g.history[i]);
+  w.U8(kOffBody + 40, g.count);
+}
 void EncodeBody(Writer&, const AuthChallenge&) {}
 void EncodeBody(Writer&, const AuthProof&) {}
 
@@ -144,6 +149,8 @@ uint16_t KnownFlags(FrameType type) {
       return kDataAckMask | kZeroUnmap;
     case FrameType::kHeartbeat:
       return kHeartbeatReply;
+    case FrameType::kGeneration:
+      return kGenConsistent | kGenSyncStart | kGenInSync;
     default:
       return 0;
   }
@@ -359,6 +366,33 @@ Result<Body> DecodeBody(FrameType type, uint16_t flags, uint32_t payload_len, co
       }
       return Body(f);
     }
+    case FrameType::kGeneration: {
+      Generation g;
+      g.current = r.U64(kOffBody + 0);
+      for (size_t i = 0; i < kMaxHistory; ++i) g.history[i] = r.U64(kOffBody + 8 + 8 * i);
+      g.count = r.U8(kOffBody + 40);
+      if (!r.ZeroFrom(41)) return reserved("Generation");
+      if (g.count > kMaxHistory) {
+        return Status::Protocol("Generation: {} history entries (at most {})", g.count,
+                                kMaxHistory);
+      }
+      for (size_t i = 0; i < kMaxHistory; ++i) {
+        if ((i < g.count) != (g.history[i] != 0)) {
+          return Status::Protocol("Generation: history entry {} is {} with {} entries in use", i,
+                                  g.history[i] == 0 ? "zero" : "set", g.count);
+        }
+      }
+      if (g.current == 0 && g.count != 0) {
+        return Status::Protocol("Generation: a history without a current generation");
+      }
+      if ((flags & kGenSyncStart) && (flags & kGenInSync)) {
+        return Status::Protocol("Generation: both sync-start and in-sync");
+      }
+      if (payload_len != 0) {
+        return Status::Protocol("Generation: unexpected payload of {} bytes", payload_len);
+      }
+      return Body(g);
+    }
     case FrameType::kAuthProof:
       if (!r.ZeroFrom(0)) return reserved("AuthProof");
       if (payload_len != kAuthNonceSize + kAuthMacSize) {
@@ -373,7 +407,7 @@ Result<Body> DecodeBody(FrameType type, uint16_t flags, uint32_t payload_len, co
 
 bool KnownType(uint8_t t) {
   return t >= static_cast<uint8_t>(FrameType::kHello) &&
-         t <= static_cast<uint8_t>(FrameType::kFlush);
+         t <= static_cast<uint8_t>(FrameType::kGeneration);
 }
 
 }  // namespace
@@ -394,6 +428,7 @@ std::string_view FrameTypeName(FrameType type) {
     case FrameType::kAuthProof: return "AuthProof";
     case FrameType::kZero: return "Zero";
     case FrameType::kFlush: return "Flush";
+    case FrameType::kGeneration: return "Generation";
   }
   return "Unknown";
 }
@@ -411,7 +446,7 @@ FrameType Frame::type() const {
   // Variant order mirrors FrameType numbering (kHello == 1 at index 0).
   return static_cast<FrameType>(body.index() + 1);
 }
-static_assert(std::variant_size_v<Body> == static_cast<size_t>(FrameType::kFlush));
+static_assert(std::variant_size_v<Body> == static_cast<size_t>(FrameType::kGeneration));
 
 RawHeader Encode(const Frame& frame) {
   RawHeader raw{};

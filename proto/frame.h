@@ -36,9 +36,12 @@ inline constexpr uint8_t kFrameVersion = 1;
 //   1  Data frames are whole blocks of the volume (push, verify)
 //   2  Data frames are extents (any sector-aligned range within one block's length), and the
 //      Zero and Flush frames exist (a volume that clients write through)
+//   3  a write session exchanges data generations (Generation frames) before any Data: the
+//      roles and failover of a volume
 inline constexpr uint16_t kMinProtocolVersion = 1;
-inline constexpr uint16_t kMaxProtocolVersion = 2;
+inline constexpr uint16_t kMaxProtocolVersion = 3;
 inline constexpr uint16_t kExtentsVersion = 2;
+inline constexpr uint16_t kGenerationsVersion = 3;
 
 inline constexpr size_t kHeaderSize = 64;
 inline constexpr size_t kBodySize = 48;
@@ -72,6 +75,7 @@ enum class FrameType : uint8_t {
   kAuthProof = 12,      // primary -> replica: the proof (payload: nonce + HMAC)
   kZero = 13,           // primary -> replica (protocol 2): a range reads as zeros from now on
   kFlush = 14,          // primary -> replica (protocol 2): make every earlier write durable
+  kGeneration = 15,     // either way (protocol 3): the sender's data generations
 };
 std::string_view FrameTypeName(FrameType type);
 
@@ -186,8 +190,24 @@ struct Flush {
   uint64_t seq = 0;
 };
 
+// Data generations (engine/generations.h): `current` names the history the sender's data
+// belongs to, `history` the generations before it, newest first (at most kMaxHistory, the rest
+// zero). Flags: kGenConsistent, the sender's data is a whole image of `current`; from the primary
+// only, kGenSyncStart, a resync to the replica starts (it is inconsistent until kGenInSync), and
+// kGenInSync, the replica holds `current` now (it takes `current` and `history` as its own).
+inline constexpr size_t kMaxHistory = 4;
+inline constexpr uint16_t kGenConsistent = 0x1;
+inline constexpr uint16_t kGenSyncStart = 0x2;
+inline constexpr uint16_t kGenInSync = 0x4;
+struct Generation {
+  uint64_t current = 0;  // 0: no generation (data of unknown history)
+  std::array<uint64_t, kMaxHistory> history{};
+  uint8_t count = 0;  // entries of `history` in use
+  bool operator==(const Generation&) const = default;
+};
+
 using Body = std::variant<Hello, HelloOk, Error, Data, Ack, Nack, Heartbeat, VerifyReq, VerifyResp,
-                          Bye, AuthChallenge, AuthProof, Zero, Flush>;
+                          Bye, AuthChallenge, AuthProof, Zero, Flush, Generation>;
 
 struct Frame {
   uint16_t flags = 0;

@@ -135,6 +135,7 @@ std::vector<Frame> OneOfEach() {
   frames.push_back(Make(AuthProof{}, 0, kAuthNonceSize + kAuthMacSize));
   frames.push_back(Make(Zero{9, 1 << 20, 8 << 20}, static_cast<uint16_t>(AckLevel::kDurable)));
   frames.push_back(Make(Flush{10}));
+  frames.push_back(Make(Generation{0x1111, {0x2222, 0x3333, 0, 0}, 2}, kGenConsistent));
   return frames;
 }
 
@@ -269,6 +270,27 @@ TEST(Frame, ZeroRejectsBadRangesAndLevels) {
   ExpectRejected(Encode(Make(Zero{1, 0, 512}, static_cast<uint16_t>(AckLevel::kDurable) | 0x4)),
                  "flag bits");
   ExpectRejected(Encode(Make(Flush{1}, 0, 8)), "payload");
+}
+
+TEST(Frame, GenerationRoundTripAndBounds) {
+  Generation g{0x0102030405060708ull, {0x11, 0x22, 0x33, 0x44}, 4};
+  for (uint16_t flags : {uint16_t{0}, kGenConsistent, uint16_t(kGenConsistent | kGenSyncStart),
+                         kGenInSync}) {
+    Frame f = Make(g, flags);
+    auto r = Decode(Encode(f));
+    ASSERT_TRUE(r.ok()) << r.status().message();
+    EXPECT_EQ(r->flags, flags);
+    EXPECT_EQ(std::get<Generation>(r->body), g);
+  }
+  EXPECT_TRUE(Decode(Encode(Make(Generation{}))).ok()) << "no generation at all is valid";
+  ExpectRejected(Encode(Make(Generation{1, {2, 0, 3, 0}, 3})), "history entry 1");
+  ExpectRejected(Encode(Make(Generation{1, {2, 3, 0, 0}, 1})), "history entry 1");
+  ExpectRejected(Encode(Make(Generation{0, {2, 0, 0, 0}, 1})), "without a current");
+  ExpectRejected(Encode(Make(Generation{1, {}, 0}, kGenSyncStart | kGenInSync)), "both");
+  auto raw = Encode(Make(Generation{1, {2, 0, 0, 0}, 1}));
+  SetU8(raw, kOffBody + 40, 5);
+  ExpectRejected(raw, "5 history entries");
+  ExpectRejected(Encode(Make(Generation{1, {}, 0}, 0, 8)), "payload");
 }
 
 TEST(Frame, AckRoundTrip) {
@@ -466,7 +488,7 @@ TEST(Frame, AnySingleBitFlipIsRejected) {
 }
 
 TEST(Frame, RejectsUnknownTypes) {
-  for (uint8_t t : {0, 15, 16, 128, 255}) {
+  for (uint8_t t : {0, 16, 17, 128, 255}) {
     auto raw = Encode(Make(Bye{}));
     SetU8(raw, kOffType, t);
     ExpectRejected(raw, "type");
@@ -480,7 +502,9 @@ TEST(Frame, RejectsUnknownFlagBitsForEveryType) {
     uint16_t allowed = f.type() == FrameType::kData        ? (kDataAckMask | kDataResend)
                        : f.type() == FrameType::kZero      ? (kDataAckMask | kZeroUnmap)
                        : f.type() == FrameType::kHeartbeat ? kHeartbeatReply
-                                                           : 0;
+                       : f.type() == FrameType::kGeneration
+                           ? (kGenConsistent | kGenSyncStart | kGenInSync)
+                           : 0;
     for (int bit = 0; bit < 16; ++bit) {
       auto flag = static_cast<uint16_t>(1u << bit);
       if (allowed & flag) continue;
@@ -522,6 +546,7 @@ TEST(Frame, RejectsNonZeroReservedBytesForEveryType) {
       {FrameType::kAuthProof, range(0, 48)},
       {FrameType::kZero, range(24, 48)},
       {FrameType::kFlush, range(8, 48)},
+      {FrameType::kGeneration, range(41, 48)},
   };
   auto frames = OneOfEach();
   for (const Case& c : cases) {
