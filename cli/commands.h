@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,9 @@ inline constexpr int kExitOk = 0;
 inline constexpr int kExitDiffers = 1;  // verify: the copies differ
 inline constexpr int kExitUsage = 2;    // bad arguments
 inline constexpr int kExitFailed = 3;   // the operation failed (peer, disk, protocol)
+// Refused by the volume's roles and generations: a primary connected, data inconsistent, a
+// split brain, a node behind its peer, a replica's disk not promoted.
+inline constexpr int kExitRefused = 4;
 
 struct ServeArgs {
   std::string listen;
@@ -63,7 +67,8 @@ struct VolumeArgs {
   std::string block_size = "128K";
   uint32_t window = 32;
   std::string transport = "auto";
-  uint32_t quorum = 0;
+  // Replicas a write needs: unset, every peer; 0, none (writes go on with no replica reachable).
+  std::optional<uint32_t> quorum;
   std::string peer_timeout = "6s";
   std::string ack_timeout;
   std::string key_file;
@@ -94,11 +99,23 @@ int RunVolume(const VolumeArgs& args);
 struct StatusArgs {
   std::string source;  // what a push's metadata says
   std::string volume;  // or what a running volume daemon says
+  std::string disk;    // or a node's role and generations for its disk
   std::string meta_dir;
   std::string run_dir = "/run/blkmirror";
   bool json = false;
 };
 int RunVolumeStatus(const StatusArgs& args);
+int RunDiskStatus(const StatusArgs& args);
+
+// promote / demote: a node's role for a volume (cli/roles.h).
+struct RoleArgs {
+  std::string disk;
+  std::string meta_dir;
+  bool force = false;    // promote: while a primary is connected, or the data is inconsistent
+  bool discard = false;  // demote: drop this node's generations (a full copy from the primary)
+};
+int RunPromote(const RoleArgs& args);
+int RunDemote(const RoleArgs& args);
 
 int RunVerify(const VerifyArgs& args);
 int RunStatus(const StatusArgs& args);

@@ -116,7 +116,11 @@ int main(int argc, char** argv) {
   auto* st_source = st->add_option("--source", status.source, "the source pushed from");
   auto* st_volume =
       st->add_option("--volume", status.volume, "a running volume daemon, by its name");
+  auto* st_disk = st->add_option("--disk", status.disk,
+                                 "a disk's role and data generations (a volume's node)");
   st_source->excludes(st_volume);
+  st_disk->excludes(st_source);
+  st_disk->excludes(st_volume);
   st->add_option("--meta-dir", status.meta_dir, "metadata directory (default: beside the source)");
   st->add_option("--run-dir", status.run_dir,
                  "where volume daemons keep their status (default /run/blkmirror)");
@@ -140,7 +144,8 @@ int main(int argc, char** argv) {
   vol->add_option("--window", volume.window, "writes in flight per peer (default 32)");
   vol->add_option("--transport", volume.transport, "auto (rdma, else tcp), tcp or rdma")
       ->check(CLI::IsMember(transports));
-  vol->add_option("--quorum", volume.quorum, "replicas a write needs (default: all)");
+  vol->add_option("--quorum", volume.quorum,
+                  "replicas a write needs (default: all; 0: none, writes go on with no replica)");
   vol->add_option("--peer-timeout", volume.peer_timeout,
                   "a replica silent this long is lost (default 6s)");
   vol->add_option("--ack-timeout", volume.ack_timeout,
@@ -162,8 +167,21 @@ int main(int argc, char** argv) {
   auto* k = app.add_subcommand("keygen", "write a new random key for --key-file (mode 0600)");
   k->add_option("PATH", key_path, "the key file to create")->required();
 
+  RoleArgs promote;
+  auto* pr = app.add_subcommand("promote", "make this node's disk the volume's primary");
+  pr->add_option("--disk", promote.disk, "the replica's disk (serve's --target)")->required();
+  pr->add_option("--meta-dir", promote.meta_dir, "metadata directory (default: beside the disk)");
+  pr->add_flag("--force", promote.force,
+               "even while a primary is connected, or the data is inconsistent");
+  RoleArgs demote;
+  auto* de = app.add_subcommand("demote", "make this node's disk a replica of the volume");
+  de->add_option("--disk", demote.disk, "the primary's disk (volume's --disk)")->required();
+  de->add_option("--meta-dir", demote.meta_dir, "metadata directory (default: beside the disk)");
+  de->add_flag("--discard-my-data", demote.discard,
+               "give up this node's changes: the primary copies the disk in full");
+
   // --log-level may come before or after the command.
-  for (auto* sub : {s, p, v, st, k, vol}) sub->fallthrough();
+  for (auto* sub : {s, p, v, st, k, vol, pr, de}) sub->fallthrough();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -175,7 +193,12 @@ int main(int argc, char** argv) {
   if (*p) return RunPush(push);
   if (*v) return RunVerify(verify);
   if (*k) return RunKeygen(key_path);
-  if (*st) return status.volume.empty() ? RunStatus(status) : RunVolumeStatus(status);
+  if (*st) {
+    if (!status.disk.empty()) return RunDiskStatus(status);
+    return status.volume.empty() ? RunStatus(status) : RunVolumeStatus(status);
+  }
+  if (*pr) return RunPromote(promote);
+  if (*de) return RunDemote(demote);
   if (*vol) return RunVolume(volume);
   return kExitUsage;
 }

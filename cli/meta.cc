@@ -1,11 +1,15 @@
 #include "cli/meta.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sodium.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cinttypes>
+#include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
@@ -14,18 +18,29 @@
 #include "engine/session.h"
 
 namespace blkmirror::cli {
-namespace {
-
 std::string Basename(const std::string& path) {
   size_t slash = path.find_last_of('/');
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }
+
+namespace {
 
 std::string Dirname(const std::string& path) {
   size_t slash = path.find_last_of('/');
   if (slash == std::string::npos) return ".";
   return slash == 0 ? "/" : path.substr(0, slash);
 }
+
+int g_crash_point = 0;
+
+Status SimulatedCrash(const std::string& path, int step) {
+  return Status::Error(ErrorCode::kProtocol,
+                       fmt::format("{}: simulated crash after step {}", path, step));
+}
+
+}  // namespace
+
+void SetWriteCrashPointForTest(int step) { g_crash_point = step; }
 
 bool ParseHex(const std::string& hex, proto::VolumeId& out) {
   if (hex.size() != 32) return false;
@@ -34,8 +49,6 @@ bool ParseHex(const std::string& hex, proto::VolumeId& out) {
                         nullptr) == 0 &&
          len == 16;
 }
-
-}  // namespace
 
 std::string DefaultMetaDir(const std::string& path, bool is_block_device) {
   if (is_block_device) return "/var/lib/blkmirror/" + Basename(path);
@@ -80,17 +93,24 @@ Status WriteKeyValues(const std::string& path, const KeyValues& values) {
   if (fd < 0) return Status::Errno(errno, "cannot write " + tmp);
   std::string text;
   for (const auto& [k, v] : values) text += k + "=" + v + "\n";
-  bool ok = write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) &&
-            fsync(fd) == 0;
+  bool ok = write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+  if (ok && g_crash_point == 1) {
+    close(fd);
+    return SimulatedCrash(path, 1);
+  }
+  ok = ok && fsync(fd) == 0;
   int err = errno;
   close(fd);
   if (!ok) return Status::Errno(err, "cannot write " + tmp);
+  if (g_crash_point == 2) return SimulatedCrash(path, 2);
   if (rename(tmp.c_str(), path.c_str()) != 0) return Status::Errno(errno, "cannot rename " + tmp);
+  if (g_crash_point == 3) return SimulatedCrash(path, 3);
   int dfd = open(Dirname(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) {
     fsync(dfd);
     close(dfd);
   }
+  if (g_crash_point == 4) return SimulatedCrash(path, 4);
   return Status::Ok();
 }
 
@@ -126,6 +146,106 @@ Result<proto::ReplicaId> ReplicaIdentity(const std::string& meta_dir, const std:
                                         {"target", where}}));
   if (kv.ok()) spdlog::info("{}: not the target its identity was kept for: new identity", target);
   return id;
+}
+
+std::string_view RoleName(Role role) {
+  switch (role) {
+    case Role::kNone: return "none";
+    case Role::kPrimary: return "primary";
+    case Role::kReplica: return "replica";
+  }
+  return "unknown";
+}
+
+namespace {
+
+Result<uint64_t> ParseGeneration(const std::string& text, const std::string& path,
+                                 const char* field) {
+  uint64_t g = 0;
+  if (text.size() != 16 || sscanf(text.c_str(), "%16" SCNx64, &g) != 1 || g == 0) {
+    return Status::Invalid("{}: field {}: '{}' is not a generation (16 hex digits)", path, field,
+                           text);
+  }
+  return g;
+}
+
+}  // namespace
+
+Result<NodeState> ReadNodeState(const std::string& meta_dir) {
+  const std::string path = meta_dir + "/generations";
+  auto kv = ReadKeyValues(path);
+  if (!kv.ok()) {
+    if (kv.status().code() == ErrorCode::kNotFound) return NodeState{};
+    return kv.status();
+  }
+  NodeState st;
+  const std::string& role = (*kv)["role"];
+  if (role == "primary") {
+    st.role = Role::kPrimary;
+  } else if (role == "replica") {
+    st.role = Role::kReplica;
+  } else {
+    return Status::Invalid("{}: field role: '{}' is not primary or replica", path, role);
+  }
+  if (!ParseHex((*kv)["volume_id"], st.volume_id)) {
+    return Status::Invalid("{}: field volume_id: '{}' is not 32 hex digits", path,
+                           (*kv)["volume_id"]);
+  }
+  const std::string& current = (*kv)["current"];
+  if (current != "none") {
+    ASSIGN_OR_RETURN(st.generations.current, ParseGeneration(current, path, "current"));
+  }
+  std::stringstream history((*kv)["history"]);
+  std::string item;
+  while (std::getline(history, item, ',')) {
+    if (item.empty()) continue;
+    if (st.generations.history.size() == proto::kMaxHistory) {
+      return Status::Invalid("{}: field history: more than {} generations", path,
+                             proto::kMaxHistory);
+    }
+    ASSIGN_OR_RETURN(uint64_t g, ParseGeneration(item, path, "history"));
+    st.generations.history.push_back(g);
+  }
+  const std::string& consistent = (*kv)["consistent"];
+  if (consistent != "0" && consistent != "1") {
+    return Status::Invalid("{}: field consistent: '{}' is not 0 or 1", path, consistent);
+  }
+  st.generations.consistent = consistent == "1";
+  return st;
+}
+
+Status WriteNodeState(const std::string& meta_dir, const NodeState& st) {
+  RETURN_IF_ERROR(EnsureDir(meta_dir));
+  std::string history;
+  for (uint64_t g : st.generations.history) {
+    history += (history.empty() ? "" : ",") + engine::GenerationHex(g);
+  }
+  return WriteKeyValues(meta_dir + "/generations",
+                        {{"role", std::string(RoleName(st.role))},
+                         {"volume_id", engine::IdHex(st.volume_id)},
+                         {"current", engine::GenerationHex(st.generations.current)},
+                         {"history", history},
+                         {"consistent", st.generations.consistent ? "1" : "0"}});
+}
+
+Status WriteProcessInfo(const std::string& meta_dir, const ProcessInfo& info) {
+  RETURN_IF_ERROR(EnsureDir(meta_dir));
+  return WriteKeyValues(meta_dir + "/process", {{"pid", std::to_string(info.pid)},
+                                                {"command", info.command},
+                                                {"writer", info.writer}});
+}
+
+void RemoveProcessInfo(const std::string& meta_dir) { unlink((meta_dir + "/process").c_str()); }
+
+std::optional<ProcessInfo> RunningProcess(const std::string& meta_dir) {
+  auto kv = ReadKeyValues(meta_dir + "/process");
+  if (!kv.ok()) return std::nullopt;
+  ProcessInfo info;
+  info.pid = static_cast<pid_t>(std::atol((*kv)["pid"].c_str()));
+  info.command = (*kv)["command"];
+  info.writer = (*kv)["writer"];
+  if (info.pid <= 0 || kill(info.pid, 0) != 0) return std::nullopt;
+  return info;
 }
 
 }  // namespace blkmirror::cli

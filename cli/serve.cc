@@ -1,6 +1,7 @@
 // `blkmirror serve`: accept primaries and apply their blocks to the target.
 #include <signal.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <optional>
@@ -206,6 +207,22 @@ int RunServe(const ServeArgs& args) {
                                                      engine::TargetUse use) {
     return ReplicaIdentity(meta_dir, path, volume_id, use == engine::TargetUse::kWrite);
   };
+  options.generations.load =
+      [meta_dir](const proto::VolumeId& volume_id) -> Result<engine::TargetGenerations> {
+    ASSIGN_OR_RETURN(NodeState st, ReadNodeState(meta_dir));
+    if (st.role == Role::kNone || st.volume_id != volume_id) return engine::TargetGenerations{};
+    return engine::TargetGenerations{st.role == Role::kPrimary, st.generations};
+  };
+  options.generations.save = [meta_dir](const proto::VolumeId& volume_id,
+                                        const engine::Generations& g) {
+    return WriteNodeState(meta_dir, NodeState{Role::kReplica, volume_id, g});
+  };
+  if (auto other = RunningProcess(meta_dir)) {
+    return fail(Status::Error(ErrorCode::kBusy,
+                              fmt::format("{} is in use by blkmirror {} (pid {}): one process per "
+                                          "disk",
+                                          args.target, other->command, other->pid)));
+  }
   auto server = engine::ReplicaServer::Create(ring, *loop->pool, std::move(options));
   if (!server.ok()) return fail(server.status());
   for (auto* t : serving) (*server)->AddTransport(t);
@@ -222,11 +239,24 @@ int RunServe(const ServeArgs& args) {
   for (const auto& line : bound_lines) std::printf("%s\n", line.c_str());
   std::fflush(stdout);
 
+  // Who uses this disk, for promote (one process per disk; the primary writing to it now).
+  ProcessInfo process{getpid(), "serve", ""};
+  Status recorded = WriteProcessInfo(meta_dir, process);
+  if (!recorded.ok()) return fail(recorded);
   while (!g_stop.load() && !(*server)->finished()) {
     size_t events = (*server)->Step();
     Status s = events == 0 ? ring.Wait(std::chrono::milliseconds(200)) : ring.Submit();
-    if (!s.ok()) return fail(s);
+    if (!s.ok()) {
+      RemoveProcessInfo(meta_dir);
+      return fail(s);
+    }
+    if (std::string writer = (*server)->writer(); writer != process.writer) {
+      process.writer = std::move(writer);
+      Status w = WriteProcessInfo(meta_dir, process);
+      if (!w.ok()) spdlog::warn("{}", w.message());
+    }
   }
+  RemoveProcessInfo(meta_dir);
   spdlog::info("{}; shutting down", g_stop.load() ? "signal received" : "session done (--once)");
   (*server)->Shutdown();
   const auto& st = (*server)->stats();

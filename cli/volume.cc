@@ -36,19 +36,6 @@ void OnSignal(int) { g_stop.store(true); }
 
 constexpr uint64_t kStatusIntervalNs = 1'000'000'000;
 
-std::string Basename(const std::string& path) {
-  size_t slash = path.find_last_of('/');
-  return slash == std::string::npos ? path : path.substr(slash + 1);
-}
-
-bool ParseId(const std::string& hex, proto::ReplicaId& out) {
-  size_t len = 0;
-  return hex.size() == 32 &&
-         sodium_hex2bin(out.bytes.data(), out.bytes.size(), hex.data(), hex.size(), nullptr, &len,
-                        nullptr) == 0 &&
-         len == out.bytes.size();
-}
-
 nlohmann::json StatusJson(const engine::VolumeStatus& s, const std::string& name,
                           const std::string& disk, const std::vector<std::string>& exports) {
   nlohmann::json peers = nlohmann::json::array();
@@ -129,8 +116,8 @@ int RunVolume(const VolumeArgs& args) {
     return fail(Status::Invalid("{} peers: at most {}", args.peers.size(), engine::kMaxPeers),
                 kExitUsage);
   }
-  if (args.quorum > args.peers.size()) {
-    return fail(Status::Invalid("--quorum {} is more than the {} peer(s) given", args.quorum,
+  if (args.quorum && *args.quorum > args.peers.size()) {
+    return fail(Status::Invalid("--quorum {} is more than the {} peer(s) given", *args.quorum,
                                 args.peers.size()),
                 kExitUsage);
   }
@@ -171,15 +158,33 @@ int RunVolume(const VolumeArgs& args) {
                                 args.disk, info->size, proto::kSectorSize));
   }
   const std::string name = args.name.empty() ? Basename(args.disk) : args.name;
-  auto volume_id = VolumeIdFor(args.disk);
-  if (!volume_id.ok()) return fail(volume_id.status());
   const uint32_t bs = *block_size;
 
-  // Metadata.
+  // Metadata: this node's role and generations first. A replica's disk is exported only once
+  // promoted; a promoted one keeps the volume id it was a replica of.
   const std::string meta_dir =
       args.meta_dir.empty() ? DefaultMetaDir(args.disk, info->is_block_device) : args.meta_dir;
   Status made = EnsureDir(meta_dir);
   if (!made.ok()) return fail(made);
+  auto node = ReadNodeState(meta_dir);
+  if (!node.ok()) return fail(node.status());
+  if (node->role == Role::kReplica) {
+    return fail(Status::Error(ErrorCode::kDiverged,
+                              fmt::format("{} is a replica of volume {} (generation {}): promote "
+                                          "it first: blkmirror promote --disk {}",
+                                          args.disk, engine::IdHex(node->volume_id),
+                                          engine::Describe(node->generations), args.disk)),
+                kExitRefused);
+  }
+  if (auto other = RunningProcess(meta_dir)) {
+    return fail(Status::Error(ErrorCode::kBusy,
+                              fmt::format("{} is in use by blkmirror {} (pid {}): one process per "
+                                          "disk",
+                                          args.disk, other->command, other->pid)));
+  }
+  auto volume_id = node->role == Role::kPrimary ? Result<proto::VolumeId>(node->volume_id)
+                                                : VolumeIdFor(args.disk);
+  if (!volume_id.ok()) return fail(volume_id.status());
   Status recorded = WriteKeyValues(meta_dir + "/volume",
                                    {{"volume_id", engine::IdHex(*volume_id)},
                                     {"disk", args.disk},
@@ -239,14 +244,19 @@ int RunVolume(const VolumeArgs& args) {
   r.window = args.window;
   r.volume_size = info->size;
   r.volume_id = *volume_id;
-  r.quorum = args.quorum;
+  options.quorum = args.quorum.value_or(UINT32_MAX);
   r.peer_timeout = *timeout;
   r.ack_timeout = *ack_timeout;
   r.key = key;
   for (const auto& ep : endpoints) {
     options.peers.push_back({transports->preferred.get(), ep, transports->fallback.get()});
     proto::ReplicaId id;
-    options.last_replica_ids.push_back(ParseId(known[ep.ToString()], id) ? id : proto::ReplicaId{});
+    options.last_replica_ids.push_back(ParseHex(known[ep.ToString()], id) ? id
+                                                                          : proto::ReplicaId{});
+    uint64_t synced_at = 0;
+    const std::string& at = known[ep.ToString() + ".synced_at"];
+    if (at.size() == 16) synced_at = std::strtoull(at.c_str(), nullptr, 16);
+    options.peer_synced_at.push_back(synced_at);
   }
   options.bitmap_for = [meta_dir, bs, size = info->size, vid = *volume_id](
                            size_t, const proto::ReplicaId& id,
@@ -260,15 +270,28 @@ int RunVolume(const VolumeArgs& args) {
     Status s = WriteKeyValues(peers_path, known);
     if (!s.ok()) spdlog::warn("volume: {}", s.message());
   };
+  options.remember_synced_at = [&known, peers_path, endpoints](size_t peer, uint64_t g) {
+    known[endpoints[peer].ToString() + ".synced_at"] = engine::GenerationHex(g);
+    Status s = WriteKeyValues(peers_path, known);
+    if (!s.ok()) spdlog::warn("volume: {}", s.message());
+  };
+  options.generations = node->generations;
+  options.save_generations = [meta_dir, vid = *volume_id](const engine::Generations& g) {
+    return WriteNodeState(meta_dir, NodeState{Role::kPrimary, vid, g});
+  };
   options.resync_rate = resync_rate;
   auto volume = engine::Volume::Create(*loop->ring, *loop->pool, **disk, **nbd, options);
   if (!volume.ok()) return fail(volume.status());
-  Status started = (*volume)->Start();
+  Status started = WriteProcessInfo(meta_dir, ProcessInfo{getpid(), "volume", ""});
+  if (started.ok()) started = (*volume)->Start();
   while (started.ok() && !(*volume)->ready()) {
     if ((*volume)->Step() == 0) started = loop->ring->Wait(std::chrono::milliseconds(20));
     if (started.ok()) started = (*volume)->failure();
   }
-  if (!started.ok()) return fail(started);
+  if (!started.ok()) {
+    RemoveProcessInfo(meta_dir);
+    return fail(started, started.code() == ErrorCode::kDiverged ? kExitRefused : kExitFailed);
+  }
 
   const std::string status_path = VolumeStatusPath(args.run_dir, name);
   Status run_dir = EnsureDir(args.run_dir);
@@ -301,6 +324,7 @@ int RunVolume(const VolumeArgs& args) {
   spdlog::info("volume: signal received; finishing the requests in flight");
   (*volume)->Shutdown();
   unlink(status_path.c_str());
+  RemoveProcessInfo(meta_dir);
   return kExitOk;
 }
 

@@ -84,6 +84,7 @@ class ReplicaServer::Impl {
   }
 
   const ReplicaStats& stats() const { return stats_; }
+  std::string writer() const { return writer_ ? writer_->peer : std::string(); }
 
  private:
   // A session's life:
@@ -1169,5 +1170,6 @@ size_t ReplicaServer::Step() { return impl_->Step(); }
 bool ReplicaServer::finished() const { return impl_->finished(); }
 void ReplicaServer::Shutdown() { impl_->Shutdown(); }
 const ReplicaStats& ReplicaServer::stats() const { return impl_->stats(); }
+std::string ReplicaServer::writer() const { return impl_->writer(); }
 
 }  // namespace blkmirror::engine

@@ -126,6 +126,8 @@ class ReplicaServer {
   void Shutdown();
 
   const ReplicaStats& stats() const;
+  // The primary with a write session open now ("" when none).
+  std::string writer() const;
 
  private:
   class Impl;

@@ -85,7 +85,10 @@ class Replicator::Impl {
       peer->stats.peer = peer->name;
       Status connected = ConnectTransport(*peer, options_.connect_timeout);
       peers_.push_back(std::move(peer));
-      if (!connected.ok() && Unreachable() > configs.size() - quorum_) return connected;
+      if (!connected.ok() && !options_.survive_quorum_loss &&
+          Unreachable() > configs.size() - quorum_) {
+        return connected;
+      }
     }
     for (auto& peer : peers_) {
       if (!peer->conn_open) continue;
@@ -149,6 +152,7 @@ class Replicator::Impl {
     p.holding = 0;
     p.unacked = 0;
     p.stats.lost_reason.clear();
+    p.stats.lost_code = ErrorCode::kOk;
     RETURN_IF_ERROR(ConnectTransport(p, connect_timeout));
     p.last_rx_ns = NowNs();
     Status started = p.handshake.Start(*p.t, p.conn);
@@ -190,6 +194,8 @@ class Replicator::Impl {
   }
 
   const HotBlocks& hot_blocks(size_t index) const { return peers_[index]->hot; }
+
+  void Reject(size_t index, Status reason) { LosePeer(*peers_[index], std::move(reason)); }
 
   Status SendGeneration(size_t index, uint16_t flags) {
     Peer& p = *peers_[index];
@@ -296,6 +302,23 @@ class Replicator::Impl {
     ASSIGN_OR_RETURN(uint32_t wi, Start(WriteKind::kZero, offset, length, token, mask, origin));
     writes_[wi].unmap = unmap;
     return SendToTargets(wi);
+  }
+
+  // New data no peer gets: every peer's bitmap marks its blocks, durably, and none of them is
+  // hot any more.
+  Status MarkMissed(uint64_t offset, uint64_t length) {
+    if (length == 0) return Status::Ok();
+    const uint64_t first = offset / options_.block_size;
+    const uint64_t last = (offset + length - 1) / options_.block_size;
+    for (auto& p : peers_) {
+      if (p->bitmap == nullptr) continue;
+      for (uint64_t b = first; b <= last; ++b) {
+        p->hot.Touched(b);
+        p->bitmap->Set(b);
+      }
+      if (p->bitmap->has_unsynced_sets()) RETURN_IF_ERROR(p->bitmap->Sync());
+    }
+    return Status::Ok();
   }
 
   Status SubmitFlush(uint64_t token, PeerMask mask) {
@@ -915,6 +938,7 @@ class Replicator::Impl {
       why = why.substr(p.name.size() + 1);
     }
     p.stats.lost_reason = why;
+    p.stats.lost_code = reason.code();
     spdlog::error("lost replica {}: {}", p.name, why);
     if (p.conn_open) p.t->Close(p.conn);
     if (!failure_.ok()) return;
@@ -1089,6 +1113,12 @@ bool Replicator::RangeInFlight(uint64_t offset, uint64_t length) const {
 Status Replicator::Submit(uint64_t offset, io::BufferRef buffer, uint32_t length, uint64_t token,
                           PeerMask peers, WriteOrigin origin) {
   return impl_->Submit(offset, std::move(buffer), length, token, peers, origin);
+}
+Status Replicator::MarkMissed(uint64_t offset, uint64_t length) {
+  return impl_->MarkMissed(offset, length);
+}
+void Replicator::Reject(size_t index, Status reason) {
+  impl_->Reject(index, std::move(reason));
 }
 Status Replicator::SendGeneration(size_t index, uint16_t flags) {
   return impl_->SendGeneration(index, flags);

@@ -141,6 +141,7 @@ struct PeerStats {
   proto::ReplicaId replica_id;  // from HelloOk
   PeerState state = PeerState::kConnecting;
   std::string lost_reason;
+  ErrorCode lost_code = ErrorCode::kOk;  // what lost_reason's status was
   uint64_t blocks_sent = 0;  // Data frames sent, resends included
   uint64_t bytes_sent = 0;
   uint64_t blocks_acked = 0;
@@ -186,6 +187,11 @@ class Replicator {
   // With `generations`: posts them to peer `index` (in order with its data) with `flags`
   // (proto::kGenSyncStart, kGenInSync; kGenConsistent follows `generations`).
   Status SendGeneration(size_t index, uint16_t flags);
+  // New data written without any peer (none in session): marks its blocks in every peer's
+  // bitmap, durably, as a write they all miss.
+  Status MarkMissed(uint64_t offset, uint64_t length);
+  // Ends peer `index`'s session (it is lost with `reason`): the caller will not replicate to it.
+  void Reject(size_t index, Status reason);
 
   // Peers still in session (neither lost nor closed), as a mask.
   PeerMask live_peers() const;

@@ -20,6 +20,7 @@ std::string_view VolumePeerStateName(VolumePeerState state) {
     case VolumePeerState::kInSync: return "in_sync";
     case VolumePeerState::kResyncing: return "resyncing";
     case VolumePeerState::kLost: return "lost";
+    case VolumePeerState::kDiverged: return "diverged";
   }
   return "unknown";
 }
@@ -52,6 +53,13 @@ class Volume::Impl {
     r.return_buffers = true;
     r.survive_quorum_loss = true;
     r.hot_bytes = kHotBytes;
+    quorum_ = static_cast<uint32_t>(std::min<uint64_t>(options_.quorum, options_.peers.size()));
+    // The Replicator needs min(its quorum, live peers): every live one when ours is 0.
+    r.quorum = quorum_;
+    gens_ = options_.generations;
+    r.generations = &gens_;
+    synced_at_ = options_.peer_synced_at;
+    synced_at_.resize(options_.peers.size(), 0);
     block_size_ = r.block_size;
     blocks_ = (r.volume_size + block_size_ - 1) / block_size_;
     // Every buffer can be one op, plus the bufferless ones (flushes, zero ranges).
@@ -65,6 +73,12 @@ class Volume::Impl {
   ~Impl() { rep_.reset(); }
 
   Status Start() {
+    if (gens_.current == 0) {
+      gens_.StartNew(NewGenerationId());
+      gens_.consistent = true;
+      RETURN_IF_ERROR(SaveGenerations());
+      spdlog::info("volume: first generation {}", GenerationHex(gens_.current));
+    }
     ASSIGN_OR_RETURN(rep_, Replicator::Create(ring_, pool_, options_.replication));
     plan_ = std::make_unique<SendPlan>(blocks_, options_.peers.size());
     for (size_t i = 0; i < peers_.size(); ++i) {
@@ -86,12 +100,22 @@ class Volume::Impl {
       failure_ = rep_->failure();
       return;
     }
+    // A replica that refused this node's generations holds data this node lacks (it is ahead,
+    // or both wrote apart): serving from this disk could hand out stale data. Resolve first.
+    const auto stats = rep_->stats();
+    for (const auto& st : stats) {
+      if (st.lost_code == ErrorCode::kDiverged) {
+        failure_ = Status::Error(ErrorCode::kDiverged,
+                                 fmt::format("{}: {}", st.peer, st.lost_reason));
+        return;
+      }
+    }
     uint32_t live = static_cast<uint32_t>(std::popcount(rep_->live_peers()));
-    if (live < rep_->quorum()) {
+    if (live < quorum_) {
       failure_ = Status::Error(ErrorCode::kUnavailable,
                                fmt::format("only {} of {} replicas are in session; the quorum "
                                            "needs {}",
-                                           live, options_.peers.size(), rep_->quorum()));
+                                           live, options_.peers.size(), quorum_));
       return;
     }
     const uint64_t now = NowNs();
@@ -197,11 +221,13 @@ class Volume::Impl {
 
   VolumeStatus status() const {
     VolumeStatus s;
+    s.generation = GenerationHex(gens_.current);
+    for (uint64_t g : gens_.history) s.history.push_back(GenerationHex(g));
     const auto& r = options_.replication;
     s.size = r.volume_size;
     s.block_size = block_size_;
     s.ack = std::string(proto::AckLevelName(r.ack));
-    s.quorum = rep_ ? rep_->quorum() : 0;
+    s.quorum = quorum_;
     s.live_peers = rep_ ? static_cast<uint32_t>(std::popcount(rep_->live_peers())) : 0;
     s.clients = frontend_.clients();
     s.writes = counters_.writes;
@@ -223,6 +249,9 @@ class Volume::Impl {
       ps.state = p.state;
       ps.lost_reason = stats[i].lost_reason;
       ps.replica_id = IdHex(p.bitmap_id);
+      if (p.state == VolumePeerState::kInSync || p.state == VolumePeerState::kResyncing) {
+        ps.generation = GenerationHex(rep_->peer_generations(i).current);
+      }
       // Set bits, but the hot ones (the replica holds those).
       const uint64_t set = p.bitmap ? p.bitmap->CountSet() : 0;
       ps.dirty_bytes = (set - std::min(set, rep_->hot_blocks(i).count())) * block_size_;
@@ -369,12 +398,12 @@ class Volume::Impl {
     const PeerMask live = rep_->live_peers();
     const bool replicated = op.kind != Kind::kRead;
     if (replicated && op.kind != Kind::kResync &&
-        static_cast<uint32_t>(std::popcount(live)) < rep_->quorum()) {
+        static_cast<uint32_t>(std::popcount(live)) < quorum_) {
       // Below the quorum: writes fail at once (the client sees EIO), reads go on.
       if (auto left_out = no_quorum_log_.Allow(NowNs())) {
         spdlog::error("volume: {} replicas in session, the quorum needs {}: failing writes with "
                       "EIO until enough are back{}",
-                      std::popcount(live), rep_->quorum(), LeftOut(*left_out));
+                      std::popcount(live), quorum_, LeftOut(*left_out));
       }
       op.started = true;
       Reply(oi, -EIO);
@@ -392,7 +421,14 @@ class Volume::Impl {
       }
       case Kind::kWrite:
       case Kind::kZero:
+        if (live == 0) return WriteAlone(oi);
         if (!rep_->CanSubmit(kAllPeers) || rep_->RangeInFlight(op.offset, op.length)) return false;
+        if (!NewGenerationIfDegraded()) {
+          op.started = true;
+          Reply(oi, -EIO);
+          Retire(oi);
+          return true;
+        }
         op.started = true;
         SubmitLocal(oi, op.kind == Kind::kWrite ? io::IoOp::kWrite : io::IoOp::kZero);
         SubmitReplicated(oi);
@@ -409,6 +445,29 @@ class Volume::Impl {
         return StartResync(oi);
     }
     return false;
+  }
+
+  // A write with no replica in session (quorum 0): the local disk alone, once every replica's
+  // bitmap marks it (durably) and a new generation has started.
+  bool WriteAlone(uint32_t oi) {
+    Op& op = ops_[oi];
+    if (rep_->RangeInFlight(op.offset, op.length)) return false;
+    op.started = true;
+    Status marked = NewGenerationIfDegraded() ? rep_->MarkMissed(op.offset, op.length)
+                                              : Status::Error(ErrorCode::kUnavailable,
+                                                              "no new generation");
+    if (!marked.ok()) {
+      if (auto left_out = rep_fail_log_.Allow(NowNs())) {
+        spdlog::error("volume: a write with no replica in session could not be marked for them "
+                      "({}): failing it{}",
+                      marked.message(), LeftOut(*left_out));
+      }
+      Reply(oi, -EIO);
+      Retire(oi);
+      return true;
+    }
+    SubmitLocal(oi, op.kind == Kind::kWrite ? io::IoOp::kWrite : io::IoOp::kZero);
+    return true;
   }
 
   void SubmitLocal(uint32_t oi, io::IoOp what) {
@@ -690,6 +749,7 @@ class Volume::Impl {
         p.state = VolumePeerState::kInSync;
         spdlog::info("volume: {} is in sync ({} copied in the background)", p.name,
                      FormatResync(p));
+        MarkInSync(i);
       }
     }
     return started;
@@ -772,16 +832,101 @@ class Volume::Impl {
       RETURN_IF_ERROR((*bitmap)->Sync());
       p.bitmap = std::move(*bitmap);
       p.bitmap_id = id;
+      rep_->AttachBitmap(i, p.bitmap.get());
       if (options_.remember_replica_id) options_.remember_replica_id(i, id);
     }
-    rep_->AttachBitmap(i, p.bitmap.get());
+    // Its generations: one ahead of this node, or diverged, is refused; one behind gets what it
+    // lacks, from the bitmap only if that counted every write since its generation.
+    const Generations& theirs = rep_->peer_generations(i);
+    const Lineage lineage = Compare(gens_, theirs);
+    if (lineage != Lineage::kSame && lineage != Lineage::kPeerBehind) {
+      p.state = VolumePeerState::kDiverged;
+      Backoff(p, NowNs());
+      rep_->Reject(i, Status::Error(ErrorCode::kDiverged,
+                                    fmt::format("{}: {}: its generation {}, this volume's {}",
+                                                p.name, LineageName(lineage), Describe(theirs),
+                                                Describe(gens_))));
+      return Status::Ok();
+    }
+    const bool bitmap_counts_all = theirs.current != 0 && synced_at_[i] == theirs.current;
+    if (!bitmap_counts_all) {
+      spdlog::info("volume: {}: its generation {} is not one this volume has a bitmap from (last "
+                   "in sync at {}): a full resync",
+                   p.name, Describe(theirs), GenerationHex(synced_at_[i]));
+      p.bitmap->SetAll();
+      RETURN_IF_ERROR(p.bitmap->Sync());
+      rep_->AttachBitmap(i, p.bitmap.get());  // nothing of it is hot any more
+    }
     plan_->Forget(i);
-    plan_->AddDirty(i, *p.bitmap, &rep_->hot_blocks(i));
+    plan_->AddDirty(i, *p.bitmap, bitmap_counts_all ? &rep_->hot_blocks(i) : nullptr);
     p.resync_total = 0;
     p.backoff = std::chrono::milliseconds(0);
     p.state = VolumePeerState::kInSync;
-    if (plan_->Count(i) > 0) StartResync(i, "dirty in its bitmap");
+    if (plan_->Count(i) > 0) {
+      StartResync(i, bitmap_counts_all ? "dirty in its bitmap" : "a full copy");
+      if (Status s = rep_->SendGeneration(i, proto::kGenSyncStart); !s.ok()) return Status::Ok();
+    } else if (theirs.current != gens_.current || !theirs.consistent) {
+      MarkInSync(i);
+    } else if (synced_at_[i] != gens_.current) {
+      RememberSyncedAt(i);
+    }
     return Status::Ok();
+  }
+
+  // Peer `i` holds everything: it takes this node's generations (it records them once every
+  // earlier write is durable there), and its bitmap counts from here.
+  void MarkInSync(size_t i) {
+    if (!rep_->SendGeneration(i, proto::kGenInSync).ok()) return;
+    RememberSyncedAt(i);
+    if (AllInSync()) rotated_ = false;
+  }
+
+  void RememberSyncedAt(size_t i) {
+    synced_at_[i] = gens_.current;
+    if (options_.remember_synced_at) options_.remember_synced_at(i, gens_.current);
+  }
+
+  bool AllInSync() const {
+    for (size_t i = 0; i < peers_.size(); ++i) {
+      if (peers_[i].state != VolumePeerState::kInSync || !(rep_->live_peers() >> i & 1)) {
+        return false;
+      }
+    }
+    return true;
+  }
+
+  // Before a write while some peer is not in sync: a new generation (once per such stretch, and
+  // only when some peer has held the current one), so that the peer, when it is back, is known
+  // to be behind, and a peer promoted meanwhile is known to have diverged. False when it could not be made durable (the write fails).
+  bool NewGenerationIfDegraded() {
+    if (rotated_ || AllInSync()) return true;
+    // Only a peer that has held the current generation needs telling apart from what follows.
+    if (std::find(synced_at_.begin(), synced_at_.end(), gens_.current) == synced_at_.end()) {
+      return true;
+    }
+    Generations before = gens_;
+    gens_.StartNew(NewGenerationId());
+    if (Status s = SaveGenerations(); !s.ok()) {
+      gens_ = before;
+      if (auto left_out = rep_fail_log_.Allow(NowNs())) {
+        spdlog::error("volume: cannot record a new generation ({}): failing the write{}",
+                      s.message(), LeftOut(*left_out));
+      }
+      return false;
+    }
+    rotated_ = true;
+    spdlog::info("volume: new generation {}: writing while a replica is not in sync",
+                 Describe(gens_));
+    for (size_t i = 0; i < peers_.size(); ++i) {
+      if (peers_[i].state == VolumePeerState::kInSync && (rep_->live_peers() >> i & 1)) {
+        MarkInSync(i);
+      }
+    }
+    return true;
+  }
+
+  Status SaveGenerations() {
+    return options_.save_generations ? options_.save_generations(gens_) : Status::Ok();
   }
 
   // Peer `i` has blocks in the plan: it is resyncing from now on.
@@ -817,10 +962,13 @@ class Volume::Impl {
             Status s = OnSessionOpen(i);
             if (!s.ok()) spdlog::error("volume: {}: {}", p.name, s.message());
           } else if (rs == PeerState::kLost || rs == PeerState::kClosed) {
-            p.state = VolumePeerState::kLost;
+            p.state = rep_->stats()[i].lost_code == ErrorCode::kDiverged
+                          ? VolumePeerState::kDiverged
+                          : VolumePeerState::kLost;
             Backoff(p, now);
           }
           break;
+        case VolumePeerState::kDiverged:
         case VolumePeerState::kLost:
           if (now < p.next_attempt_ns) break;
           ++p.reconnects;
@@ -851,6 +999,10 @@ class Volume::Impl {
   VolumeOptions options_;
   std::unique_ptr<Replicator> rep_;
   std::unique_ptr<SendPlan> plan_;
+  Generations gens_;
+  std::vector<uint64_t> synced_at_;  // per peer: options_.peer_synced_at, kept up to date
+  bool rotated_ = false;             // a new generation started since every peer was in sync
+  uint32_t quorum_ = 0;              // replicas a write needs (options_.quorum, at most the peers)
   uint32_t block_size_ = 0;
   uint64_t blocks_ = 0;
   enum class Stop : uint8_t { kRunning, kDraining, kClosing, kClosed };

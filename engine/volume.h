@@ -14,6 +14,11 @@
 // overwrites a newer client write on a replica (it is read after the writes before it completed
 // and replicated before the writes after it). Reads are not held back.
 //
+// Generations: a peer back in session is compared with this node's history: one behind gets
+// what it lacks (from the bitmap when it was last in sync at the generation it reports, in full
+// otherwise), one ahead of this node or diverged is refused (kDiverged). A new generation starts
+// before the first write made while a peer is not in sync.
+//
 // Degraded mode: a lost peer does not stop writes while the quorum holds; every write it misses
 // sets its dirty bits first (write intent). Lost peers are reconnected with a backoff; a peer
 // back in session gets, in the background and rate-limited, every block its bitmap has dirty,
@@ -33,6 +38,7 @@
 
 #include "common/status.h"
 #include "engine/dirty_bitmap.h"
+#include "engine/generations.h"
 #include "engine/replicator.h"
 #include "frontend/frontend.h"
 #include "io/block_device.h"
@@ -47,6 +53,10 @@ struct VolumeOptions {
   // `extents`, `return_buffers` and `survive_quorum_loss` itself.
   ReplicatorOptions replication;
   std::vector<PeerConfig> peers;
+  // Replicas a write needs (at most the peers; more means all). 0: none: with no replica in
+  // session, writes go on on the local disk alone, marked for every replica (a primary left
+  // alone, as after a failover; DRBD's disconnected primary). replication.quorum is set from it.
+  uint32_t quorum = UINT32_MAX;
   // Opens (or creates, every bit set) peer `peer`'s dirty bitmap for replica identity `id`;
   // `existed` says whether it was kept before (so it knows what the replica lacks).
   std::function<Result<std::unique_ptr<DirtyBitmap>>(size_t peer, const proto::ReplicaId& id,
@@ -57,6 +67,16 @@ struct VolumeOptions {
   // record a new one.
   std::vector<proto::ReplicaId> last_replica_ids;
   std::function<void(size_t peer, const proto::ReplicaId& id)> remember_replica_id;
+  // This node's data generations (engine/generations.h): none yet (current 0) starts the first.
+  // A new one starts before the first write while a peer is not in sync; `save_generations`
+  // makes each change durable before anything depends on it.
+  Generations generations;
+  std::function<Status(const Generations&)> save_generations;
+  // The generation each peer was last in sync at (0: never): its bitmap counts every write since
+  // then, so a peer back at that generation is resynced from the bitmap; any other is copied in
+  // full. `remember_synced_at` records a new one.
+  std::vector<uint64_t> peer_synced_at;
+  std::function<void(size_t peer, uint64_t generation)> remember_synced_at;
   uint64_t resync_rate = 0;  // bytes per second of background resync; 0: no limit
   std::chrono::milliseconds reconnect_min{500};
   std::chrono::milliseconds reconnect_max{30000};
@@ -70,6 +90,8 @@ enum class VolumePeerState : uint8_t {
   kInSync,      // in session, nothing dirty
   kResyncing,   // in session, dirty blocks being sent in the background
   kLost,        // out of session; reconnected with a backoff
+  kDiverged,    // refused by its generations (split brain, ahead of this node, unrelated data):
+                // nothing is synced; retried with a backoff (resolved on either node)
 };
 std::string_view VolumePeerStateName(VolumePeerState state);
 
@@ -80,6 +102,7 @@ struct VolumePeerStatus {
   VolumePeerState state = VolumePeerState::kConnecting;
   std::string lost_reason;
   std::string replica_id;  // hex
+  std::string generation;  // its current generation, as it said at its handshake (hex)
   uint64_t dirty_bytes = 0;
   uint64_t resync_total_bytes = 0;  // of the current resync
   uint64_t resync_done_bytes = 0;
@@ -90,6 +113,8 @@ struct VolumePeerStatus {
 };
 
 struct VolumeStatus {
+  std::string generation;  // this node's current (hex)
+  std::vector<std::string> history;
   uint64_t size = 0;
   uint32_t block_size = 0;
   std::string ack;

@@ -50,6 +50,7 @@ auto Fields(proto::AuthChallenge&) { return std::tuple<>(); }
 auto Fields(proto::AuthProof&) { return std::tuple<>(); }
 auto Fields(proto::Zero& z) { return std::tie(z.seq, z.offset, z.length); }
 auto Fields(proto::Flush& f) { return std::tie(f.seq); }
+auto Fields(proto::Generation& g) { return std::tie(g.current, g.history, g.count); }
 
 bool SameFrame(const proto::Frame& a, const proto::Frame& b) {
   if (a.flags != b.flags || a.payload_len != b.payload_len || a.body.index() != b.body.index()) {

@@ -89,6 +89,7 @@ proto::Hello HelloFor(proto::SessionKind kind, uint32_t block, uint64_t volume,
   h.window = window;
   h.volume_size = volume;
   for (uint8_t i = 0; i < 16; ++i) h.volume_id.bytes[i] = i;
+  h.max_version = proto::kGenerationsVersion - 1;  // protocol 3 seeds say so themselves
   return h;
 }
 
@@ -113,6 +114,8 @@ void FrameSeeds(const fs::path& dir) {
       {"zero", Make(proto::Zero{4, 8192, 3 * 4096},
                     static_cast<uint16_t>(AckLevel::kDurable) | proto::kZeroUnmap)},
       {"flush", Make(proto::Flush{5})},
+      {"generation", Make(proto::Generation{0x77, {0x66, 0x55, 0, 0}, 2},
+                          proto::kGenConsistent | proto::kGenInSync)},
   };
   for (const auto& [name, f] : frames) Save(dir, name, Seed().Header(f));
   // A header followed by a frame description for the encode side (type 3 = Data).
@@ -189,6 +192,24 @@ void SessionSeeds(const fs::path& dir) {
     Control(s, 0, Make(proto::Flush{4}));
     Control(s, 0, Make(proto::Bye{}));
     Save(dir, "write_extents_zero_flush", s);
+  }
+  {
+    // Protocol 3 (a volume with generations): Hello, the primary's Generation, data, a resync
+    // start, more data, in-sync (the replica takes the generations after a flush), Bye.
+    Seed s;
+    s.U8(0);
+    auto h = HelloFor(write, 4096, vol);
+    h.max_version = proto::kGenerationsVersion;
+    Control(s, 0, Make(h));
+    Control(s, 0, Make(proto::Generation{0x500, {0x400, 0, 0, 0}, 1}, proto::kGenConsistent));
+    DataRecord(s, 0, 0, 8192, 4096, AckLevel::kDurable, 0x44);
+    Control(s, 0, Make(proto::Generation{0x500, {0x400, 0, 0, 0}, 1},
+                       proto::kGenConsistent | proto::kGenSyncStart));
+    DataRecord(s, 0, 1, 0, 2048, AckLevel::kDurable, 0x55);
+    Control(s, 0, Make(proto::Generation{0x500, {0x400, 0, 0, 0}, 1},
+                       proto::kGenConsistent | proto::kGenInSync));
+    Control(s, 0, Make(proto::Bye{}));
+    Save(dir, "volume_generations", s);
   }
   {
     // The volume's short last block, in a literal (not compact) payload.

@@ -570,7 +570,9 @@ void Run::OnPrimaryFrame(FakeReplica& r, transport::Completion& c) {
       FUZZ_CHECK(h.kind == proto::SessionKind::kWrite && h.block_size == o_.rep.block_size &&
                      h.window == o_.rep.window && h.volume_size == o_.rep.volume_size &&
                      h.volume_id == o_.rep.volume_id && h.min_version == o_.rep.min_version &&
-                     h.max_version == o_.rep.max_version &&
+                     // A push (no generations) offers less than protocol 3.
+                     h.max_version == std::min<uint16_t>(o_.rep.max_version,
+                                                         proto::kGenerationsVersion - 1) &&
                      h.peer_timeout_ms == o_.rep.peer_timeout.count(),
                  "the Hello does not say what the options do");
       r.hello = h;

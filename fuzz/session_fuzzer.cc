@@ -21,6 +21,7 @@
 //     docs/protocol.md says, and HelloOk names it.
 //   - Every frame the server sends decodes and is one a replica may send at that point: HelloOk
 //     only after Hello (with a key: after a correct proof, carrying a correct replica proof),
+//     its Generation (protocol 3) once, only after the client's, without primary-only flags,
 //     Acks only for seqs of acceptable frames (a Data with a matching CRC, a Zero, a Flush;
 //     durable ones only for writes made with dsync or flushed since, and for a Flush only after
 //     a device flush), Nacks only for blocks whose CRC did not match, VerifyResps only
@@ -160,6 +161,8 @@ struct ClientConn {
   std::optional<engine::Nonce> nonce_r;  // from the replica's AuthChallenge
   std::optional<engine::Nonce> nonce_p;  // from our correct AuthProof
   bool got_hello_ok = false;
+  bool sent_generation = false;  // protocol 3: the client's Generation went out (after HelloOk)
+  bool got_generation = false;   // ... and the replica's came back
   std::set<uint64_t> good_seqs;  // eligible Data frames sent
   std::vector<SentVerify> verifies;
 };
@@ -439,8 +442,11 @@ uint16_t Version(const proto::Hello& h) {
   return v >= std::max(h.min_version, proto::kMinProtocolVersion) ? v : 0;
 }
 
+// A write session data may flow in: protocol 3 only once the client's Generation went out
+// (the replica refuses data before it).
 bool WriteSession(const ClientConn& c) {
-  return c.hello && c.hello->kind == proto::SessionKind::kWrite && Version(*c.hello) != 0;
+  return c.hello && c.hello->kind == proto::SessionKind::kWrite && Version(*c.hello) != 0 &&
+         (Version(*c.hello) < proto::kGenerationsVersion || c.sent_generation);
 }
 
 // Where a Data frame may write: protocol 1, exactly one block of the volume; protocol 2, a
@@ -480,6 +486,14 @@ void Run::NoteSent(ClientConn& c, size_t ci, const proto::RawHeader& h,
     }
     case FrameType::kVerifyReq:
       c.verifies.push_back({std::get<proto::VerifyReq>(f->body), writes_.size()});
+      return;
+    case FrameType::kGeneration:
+      // The first plain one opens the session's data (the replica takes frames in order, and
+      // refuses one that comes too early: then nothing is written anyway).
+      if (c.hello && Version(*c.hello) >= proto::kGenerationsVersion &&
+          !(f->flags & (proto::kGenSyncStart | proto::kGenInSync))) {
+        c.sent_generation = true;
+      }
       return;
     case FrameType::kData: {
       const auto& d = std::get<proto::Data>(f->body);
@@ -669,6 +683,13 @@ void Run::OnReply(ClientConn& c, const transport::Completion& comp) {
       }
       return;
     }
+    case FrameType::kGeneration:
+      FUZZ_CHECK(c.got_hello_ok && c.sent_generation && !c.got_generation,
+                 "the replica sent a Generation out of turn");
+      FUZZ_CHECK(!(f->flags & (proto::kGenSyncStart | proto::kGenInSync)),
+                 "the replica sent a Generation with primary-only flags");
+      c.got_generation = true;
+      return;
     case FrameType::kHeartbeat:
       FUZZ_CHECK(c.got_hello_ok, "Heartbeat before HelloOk");
       return;

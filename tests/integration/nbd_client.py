@@ -1,12 +1,15 @@
 #!/usr/bin/python3
 """NBD clients for the volume tests, beside the real tools (nbdsh, nbdcopy, qemu-img, fio).
 
-    nbd_client.py SOCKET logwrites COUNT LOG   write COUNT distinct 4 KiB-aligned extents (4 to 64
-                                              KiB, random data) one at a time through libnbd; after
-                                              each write completes, append "offset length crc" to
-                                              LOG (flushed). Prints "writing" first.
+    nbd_client.py SOCKET logwrites COUNT LOG [DEPTH [START]]
+                                              write COUNT distinct 4 KiB-aligned extents (4 to 16
+                                              KiB, random data) at or after byte START through
+                                              libnbd, DEPTH at a time (default 1); as each write
+                                              completes, append "offset length crc" to LOG
+                                              (flushed). Prints "writing" first.
     nbd_client.py SOCKET checklog LOG IMAGE    every write LOG records is in IMAGE (a replica's
-                                              target): exit 0, else 1 naming the first missing one
+                                              target; "nbd": read through SOCKET): exit 0, else 1
+                                              naming the first missing one
     nbd_client.py SOCKET bad                   raw-socket misbehaviour (bad magic, out of range,
                                               unaligned, oversized, truncated, vanishing mid-write);
                                               exit 0 when the server answered each as expected
@@ -40,47 +43,67 @@ def crc(data):
 # ---- libnbd ------------------------------------------------------------------------------------
 
 def connect(sock_path):
+    global nbd
     import nbd
     h = nbd.NBD()
     h.connect_unix(sock_path)
     return h
 
 
-def logwrites(sock_path, count, log_path):
+def logwrites(sock_path, count, log_path, depth=1, start=0):
     h = connect(sock_path)
     size = h.get_size()
-    slot = 64 << 10
-    slots = list(range(size // slot))
+    slot = 16 << 10
+    slots = list(range(start // slot, size // slot))
     random.shuffle(slots)
+    todo = slots[:count]
     print("writing", flush=True)
     with open(log_path, "w") as log:
-        for s in slots[:count]:
-            length = random.choice([4096, 8192, 16384, 65536])
-            data = os.urandom(length)
-            offset = s * slot
-            h.pwrite(data, offset)
-            log.write(f"{offset} {length} {crc(data)}\n")
-            log.flush()
+        inflight = {}  # cookie -> (offset, length, crc, buffer)
+        while todo or inflight:
+            while todo and len(inflight) < depth:
+                length = random.choice([4096, 8192, 12288, 16384])
+                data = os.urandom(length)
+                offset = todo.pop() * slot
+                buf = nbd.Buffer.from_bytearray(bytearray(data))
+                cookie = h.aio_pwrite(buf, offset)
+                inflight[cookie] = (offset, length, crc(data), buf)
+            h.poll(-1)
+            for cookie in [c for c in inflight if h.aio_command_completed(c)]:
+                offset, length, c, _ = inflight.pop(cookie)
+                log.write(f"{offset} {length} {c}\n")
+                log.flush()
     h.shutdown()
     return True
 
 
-def checklog(log_path, image):
+def checklog(log_path, image, sock_path):
+    """IMAGE is a file (a replica's target), or "nbd": read through SOCKET (a volume's export)."""
+    if image == "nbd":
+        h = connect(sock_path)
+        read = h.pread
+        where = "read through " + sock_path
+    else:
+        img = open(image, "rb")
+
+        def read(length, offset):
+            img.seek(offset)
+            return img.read(length)
+        where = "in " + image
     checked = 0
-    with open(log_path) as log, open(image, "rb") as img:
+    with open(log_path) as log:
         for line in log:
             parts = line.split()
             if len(parts) != 3:
                 continue  # the last line may be torn by the kill
             offset, length, want = map(int, parts)
-            img.seek(offset)
-            got = crc(img.read(length))
+            got = crc(read(length, offset))
             if got != want:
-                print(f"MISSING: the acked write of {length} bytes at {offset} is not on the "
-                      f"replica (crc {got:08x}, want {want:08x}) after {checked} good ones")
+                print(f"MISSING: the acked write of {length} bytes at {offset} is not {where} "
+                      f"(crc {got:08x}, want {want:08x}) after {checked} good ones")
                 return False
             checked += 1
-    print(f"all {checked} acked writes are on the replica")
+    print(f"all {checked} acked writes are there ({where})")
     return True
 
 
@@ -215,9 +238,10 @@ if __name__ == "__main__":
     sock, mode = sys.argv[1], sys.argv[2]
     args = sys.argv[3:]
     if mode == "logwrites":
-        good = logwrites(sock, int(args[0]), args[1])
+        good = logwrites(sock, int(args[0]), args[1], int(args[2]) if len(args) > 2 else 1,
+                         int(args[3]) if len(args) > 3 else 0)
     elif mode == "checklog":
-        good = checklog(args[0], args[1])
+        good = checklog(args[0], args[1], sock)
     elif mode == "bad":
         good = bad(sock)
     elif mode == "hold":

@@ -36,6 +36,7 @@ rc=0; push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_s" --meta-dir "$TEST
 expect_in "$TEST_TMP/push.log" "cannot read the source $TEST_TMP/src at offset $((5 << 20)): Input/output error"
 
 step "the replica cannot read its copy for verify"
+kill "$PID_r"; wait_exit "$PID_r" || true  # one serve per disk
 serve v "$TEST_TMP/rep" --test-disk-fault eio-read:offset=$((3 << 20))
 rc=0; "$BLKMIRROR" verify --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_v" > /dev/null 2> "$TEST_TMP/v.log" || rc=$?
 [ "$rc" = 3 ] || fail "verify over a failing replica disk exited $rc"

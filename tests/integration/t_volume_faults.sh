@@ -55,7 +55,7 @@ step "a partition of a replica above the quorum in the middle of fio, then heale
 netns_peer c 1 800mbit
 serve_in "$NS_c" c "$TEST_TMP/rep-c" "$IP_c" --insecure
 volume p "$TEST_TMP/disk" --peer "127.0.0.1:$PORT_a" --peer "$IP_c:7000" --quorum 1 \
-  --peer-timeout 2s --meta-dir "$TEST_TMP/meta-p"
+  --peer-timeout 2s  # the same node as v (its metadata): a is in sync, c is new
 wait_in_sync p 120
 fio_bg partitioned "$URI_p" 12
 sleep 2

@@ -34,6 +34,10 @@ struct LoopbackReplica {
   std::unique_ptr<transport::Transport> transport;
   transport::FaultyTransport* faulty = nullptr;
   std::unique_ptr<ReplicaServer> server;
+  // The target's generations, kept across Stop/Start as a real target's metadata is.
+  proto::VolumeId kept_volume;
+  TargetGenerations kept;
+  uint64_t generation_saves = 0;
 
   // Listens (again) on its address, with a new transport and server over the same device.
   void Start(transport::LoopbackNetwork& net, io::Ring& ring) {
@@ -55,6 +59,15 @@ struct LoopbackReplica {
     o.key = options.key;
     o.max_version = options.max_version;
     o.open_target = KeptTarget(*device);
+    o.generations.load = [this](const proto::VolumeId& v) -> Result<TargetGenerations> {
+      return v == kept_volume ? kept : TargetGenerations{};
+    };
+    o.generations.save = [this](const proto::VolumeId& v, const Generations& g) {
+      kept_volume = v;
+      kept.generations = g;
+      ++generation_saves;
+      return Status::Ok();
+    };
     server = std::move(ReplicaServer::Create(ring, *pool, std::move(o)).value());
     server->AddTransport(transport.get());
   }

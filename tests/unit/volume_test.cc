@@ -26,6 +26,7 @@ namespace {
 using proto::AckLevel;
 
 constexpr uint32_t kBlock = 64 << 10;
+constexpr uint32_t kAlone = UINT32_MAX;  // VolumeSetup::quorum: writes go on with no replica
 constexpr uint64_t kSize = 16 * uint64_t{kBlock};
 
 // Client requests the test queues by hand; completions recorded by request id. A write's payload
@@ -166,7 +167,7 @@ bool Holds(std::span<const std::byte> device, uint64_t offset, std::span<const s
 
 struct VolumeSetup {
   AckLevel ack = AckLevel::kDurable;
-  uint32_t quorum = 0;
+  uint32_t quorum = 0;  // 0: all (kAlone: none)
   uint64_t resync_rate = 0;
 };
 
@@ -197,9 +198,16 @@ class VolumeTest : public ::testing::Test {
   // The volume over the local disk, to every replica added so far; waits until it is ready and
   // every replica in sync (a replica with no history gets the whole volume first).
   void StartVolume(VolumeSetup setup) {
+    Status started = TryStartVolume(setup);
+    ASSERT_TRUE(started.ok()) << started.message();
+    ASSERT_TRUE(RunUntil([&] { return AllInSync(); })) << "initial resync did not finish";
+  }
+
+  // The same, up to ready() (or the failure).
+  Status TryStartVolume(VolumeSetup setup) {
     pool_ = std::move(io::BufferPool::Create(kBlock, 64, io::HugePages::kNever).value());
     primary_ = net_.CreateTransport("primary");
-    ASSERT_TRUE(primary_->Register(*pool_).ok());
+    RETURN_IF_ERROR(primary_->Register(*pool_));
     frontend_ = std::make_unique<TestFrontend>(*pool_);
     VolumeOptions o;
     auto& r = o.replication;
@@ -207,7 +215,7 @@ class VolumeTest : public ::testing::Test {
     r.block_size = kBlock;
     r.window = 8;
     r.volume_size = kSize;
-    r.quorum = setup.quorum;
+    o.quorum = setup.quorum == 0 ? UINT32_MAX : setup.quorum == kAlone ? 0 : setup.quorum;
     r.peer_timeout = std::chrono::milliseconds(60000);  // losses here are closed connections
     for (auto& rep : replicas_) o.peers.push_back({primary_.get(), rep->endpoint});
     o.bitmap_for = [](size_t, const proto::ReplicaId& id,
@@ -218,11 +226,23 @@ class VolumeTest : public ::testing::Test {
     o.resync_rate = setup.resync_rate;
     o.reconnect_min = std::chrono::milliseconds(1);
     o.reconnect_max = std::chrono::milliseconds(5);
+    // The node's generations and each peer's last in-sync generation, kept as its metadata.
+    o.generations = gens_;
+    o.save_generations = [this](const Generations& g) {
+      gens_ = g;
+      return Status::Ok();
+    };
+    o.peer_synced_at = synced_at_;
+    o.remember_synced_at = [this](size_t peer, uint64_t g) {
+      synced_at_.resize(std::max(synced_at_.size(), peer + 1));
+      synced_at_[peer] = g;
+    };
     volume_ = std::move(Volume::Create(*ring_, *pool_, *disk_, *frontend_, o).value());
-    ASSERT_TRUE(volume_->Start().ok());
-    ASSERT_TRUE(RunUntil([&] { return volume_->ready() || !volume_->failure().ok(); }));
-    ASSERT_TRUE(volume_->failure().ok()) << volume_->failure().message();
-    ASSERT_TRUE(RunUntil([&] { return AllInSync(); })) << "initial resync did not finish";
+    RETURN_IF_ERROR(volume_->Start());
+    if (!RunUntil([&] { return volume_->ready() || !volume_->failure().ok(); })) {
+      return Status::Error(ErrorCode::kTimeout, "the volume did not start");
+    }
+    return volume_->failure();
   }
 
   void Step() {
@@ -285,6 +305,8 @@ class VolumeTest : public ::testing::Test {
   std::vector<std::byte> model_ = std::vector<std::byte>(kSize);
   size_t expected_replies_ = 0;
   uint64_t frozen_ = 0;  // replicas not stepped: alive to the transport, making no progress
+  Generations gens_;     // the volume node's, as its metadata keeps them
+  std::vector<uint64_t> synced_at_;
   std::mt19937 rng_{42};
 };
 
@@ -433,6 +455,104 @@ TEST_F(VolumeTest, AReplicaThatFellBehindIsSentWhatItMissed) {
   EXPECT_NE(volume_->status().peers[1].state, VolumePeerState::kInSync);
   frozen_ = 0;
   ASSERT_TRUE(RunUntil([&] { return AllInSync(); }));
+  ExpectEverywhere(model_);
+}
+
+// A replica in sync holds the volume's generations, consistent. One lost while writes go on is
+// behind a new generation when it is back: it is inconsistent while it gets only what it
+// missed (from the bitmap), then takes the volume's generations.
+TEST_F(VolumeTest, GenerationsFollowEachReplicaIntoSync) {
+  AddReplica();
+  AddReplica();
+  StartVolume({AckLevel::kDurable, /*quorum=*/1});
+  ASSERT_NE(gens_.current, 0u);
+  for (auto& r : replicas_) {
+    ASSERT_TRUE(RunUntil([&] { return r->kept.generations.current == gens_.current; }));
+    EXPECT_TRUE(r->kept.generations.consistent);
+  }
+  const uint64_t first = gens_.current;
+  Write(0, RandomBytes(8192, rng_));
+  ASSERT_TRUE(Drain());
+  EXPECT_EQ(gens_.current, first) << "every replica in sync: no new generation";
+  replicas_[1]->Stop();
+  ASSERT_TRUE(RunUntil([&] {
+    return volume_->status().peers[1].state != VolumePeerState::kInSync;
+  }));
+  Write(3 * kBlock, RandomBytes(4096, rng_));
+  Write(7 * kBlock + 512, RandomBytes(1024, rng_));
+  ASSERT_TRUE(Drain());
+  EXPECT_NE(gens_.current, first) << "a write without replica 1 starts a new generation";
+  ASSERT_EQ(gens_.history.size(), 1u);
+  EXPECT_EQ(gens_.history[0], first);
+  ASSERT_TRUE(RunUntil([&] { return replicas_[0]->kept.generations == gens_; }));
+  EXPECT_EQ(replicas_[1]->kept.generations.current, first);
+  const uint64_t second = gens_.current;
+  Write(9 * kBlock, RandomBytes(4096, rng_));
+  ASSERT_TRUE(Drain());
+  EXPECT_EQ(gens_.current, second) << "one new generation per stretch without the replica";
+
+  replicas_[1]->Start(net_, *ring_);
+  bool saw_inconsistent = false;
+  ASSERT_TRUE(RunUntil([&] {
+    saw_inconsistent |= !replicas_[1]->kept.generations.consistent;
+    return AllInSync() && replicas_[1]->kept.generations == gens_;
+  }));
+  EXPECT_TRUE(saw_inconsistent) << "a replica being resynced is inconsistent";
+  EXPECT_TRUE(replicas_[1]->kept.generations.consistent);
+  EXPECT_LE(volume_->status().peers[1].resync_total_bytes, 3u * kBlock)
+      << "behind at a generation the bitmap counts from: only the blocks it missed";
+  ExpectEverywhere(model_);
+}
+
+// A replica whose generations are ahead of the volume's (a node promoted and written while this
+// one was down) makes the volume refuse to start; one that diverged (both wrote since they last
+// agreed) the same, naming it split brain. Nothing is written to the replica.
+TEST_F(VolumeTest, AVolumeBehindOrDivergedFromAReplicaRefusesToStart) {
+  for (bool split : {false, true}) {
+    SCOPED_TRACE(split ? "split brain" : "volume behind");
+    replicas_.clear();
+    auto& r = AddReplica();
+    gens_ = Generations{};
+    gens_.StartNew(0x100);
+    gens_.consistent = true;
+    Generations other = gens_;
+    other.StartNew(split ? 0x300 : 0x200);  // ahead of 0x100
+    if (split) gens_.StartNew(0x400);         // ... and this node wrote apart from it too
+    r.kept_volume = {};
+    r.kept.generations = other;
+    const uint64_t saves = r.generation_saves;
+    Status s = TryStartVolume({AckLevel::kDurable});
+    ASSERT_FALSE(s.ok());
+    EXPECT_EQ(s.code(), ErrorCode::kDiverged) << s.message();
+    EXPECT_NE(s.message().find(split ? "split brain" : "the primary is behind"),
+              std::string::npos)
+        << s.message();
+    EXPECT_NE(s.message().find("demote --discard-my-data"), std::string::npos) << s.message();
+    EXPECT_EQ(r.device->writes(), 0u);
+    EXPECT_EQ(r.generation_saves, saves) << "the replica's generations are untouched";
+    volume_.reset();
+  }
+}
+
+// With quorum 0 a primary left alone writes on its local disk (a new generation, the blocks
+// marked for the replica: a hot one too); the replica, back, gets exactly those.
+TEST_F(VolumeTest, APrimaryAloneWritesLocallyAndTheReplicaGetsTheWritesBack) {
+  AddReplica();
+  StartVolume({AckLevel::kDurable, kAlone});
+  Write(0, RandomBytes(kBlock, rng_));  // block 0 is hot on the replica now
+  ASSERT_TRUE(Drain());
+  const uint64_t before = gens_.current;
+  replicas_[0]->Stop();
+  ASSERT_TRUE(RunUntil([&] { return volume_->status().live_peers == 0; }));
+  uint64_t alone = Write(4096, RandomBytes(8192, rng_));
+  Write(5 * kBlock, RandomBytes(kBlock, rng_));
+  ASSERT_TRUE(Drain());
+  EXPECT_EQ(frontend_->done[alone].res, 0) << "a write with no replica succeeds at quorum 0";
+  EXPECT_NE(gens_.current, before);
+  EXPECT_EQ(volume_->status().peers[0].dirty_bytes, 2u * kBlock);
+  replicas_[0]->Start(net_, *ring_);
+  ASSERT_TRUE(RunUntil([&] { return AllInSync(); }));
+  EXPECT_EQ(volume_->status().peers[0].resync_total_bytes, 2u * kBlock);
   ExpectEverywhere(model_);
 }
 
