@@ -25,6 +25,48 @@ roce_v2_ipv4_gid() {
     roce_v2_ipv4_gid_var idx "$@" && echo "$idx"
 }
 
+# lab_rxe_add RXE NETDEV: `rdma link add` an rxe device on NETDEV and wait (≤ 10 s) until its port is ACTIVE
+# and its RoCE v2 IPv4 GID is in the table (it fills in asynchronously after the link add).
+lab_rxe_add() {
+    rdma link add "$1" type rxe netdev "$2" || return 1
+    local i s g
+    for ((i = 0; i < 100; i++)); do
+        read -r s < "/sys/class/infiniband/$1/ports/1/state"
+        [[ "$s" == *ACTIVE* ]] && roce_v2_ipv4_gid_var g "$1" && return 0
+        sleep 0.1
+    done
+    echo "lab_rxe_add: $1 on $2: port ${s:-?}, no RoCE v2 IPv4 GID after 10 s" >&2
+    return 1
+}
+
+# lab_link_up veth0|veth1: brings a lab veth back up after a test took it down, once no process holds its rxe
+# device (rdma link delete waits for them). Two things a link down breaks are put back:
+#  - the wire route of tables 101/102 (net.sh): a link down flushes it, and without it 10.0.0.1 <-> 10.0.0.2
+#    traffic goes through lo, where rxe cannot follow (RDMA times out; TCP works);
+#  - the rxe device itself: the guest's 6.1 rdma_rxe, after a link flap under an established RC connection,
+#    answers no new connection on that device (rping and blkmirror both time out; `rdma link` says ACTIVE), until
+#    the device is deleted and added again. The scripts/lab suite shows it: 80/85 failed after 70 until this.
+lab_link_up() {
+    local rxe
+    case "$1" in
+        veth0) rxe=$LAB_RXE0 ;;
+        veth1) rxe=$LAB_RXE1 ;;
+        *) echo "lab_link_up: $1 is not a lab veth" >&2; return 1 ;;
+    esac
+    ip link set "$1" up
+    case "$1" in
+        veth0) ip route replace "$LAB_IP1" dev veth0 src "$LAB_IP0" table 101 ;;
+        veth1) ip route replace "$LAB_IP0" dev veth1 src "$LAB_IP1" table 102 ;;
+    esac
+    timeout 30 rdma link delete "$rxe" || { echo "lab_link_up: rdma link delete $rxe failed" >&2; return 1; }
+    lab_rxe_add "$rxe" "$1" || return 1
+    local r0 r1
+    r0=$(ip route get "$LAB_IP1" from "$LAB_IP0")
+    r1=$(ip route get "$LAB_IP0" from "$LAB_IP1")
+    [[ "$r0" == *"dev veth0"* && "$r1" == *"dev veth1"* ]] \
+        || { echo "lab_link_up: $LAB_IP0 <-> $LAB_IP1 not on the wire: $r0 / $r1" >&2; return 1; }
+}
+
 # lab_defaults: fill in the LAB_* values when they are not in the environment (e.g. a script started inside the
 # guest by something other than guest-run.sh). Same values as net.sh.
 lab_defaults() {

@@ -53,19 +53,9 @@ for c in veth0 veth1; do
     echo 1 > "/proc/sys/net/ipv4/conf/$c/accept_local"
 done
 
-rdma link add "$RXE0" type rxe netdev veth0
-rdma link add "$RXE1" type rxe netdev veth1
-
-# The GID table fills in asynchronously after link add: wait for the RoCE v2 IPv4 GIDs and ACTIVE ports.
-active() { local s; read -r s < "/sys/class/infiniband/$1/ports/1/state"; [[ "$s" == *ACTIVE* ]]; }
-gid0='' gid1=''
-for ((i = 0; i < 100; i++)); do
-    roce_v2_ipv4_gid_var gid0 "$RXE0" || true
-    roce_v2_ipv4_gid_var gid1 "$RXE1" || true
-    [ -n "$gid0" ] && [ -n "$gid1" ] && active "$RXE0" && active "$RXE1" && break
-    sleep 0.1
-done
-[ -n "$gid0" ] && [ -n "$gid1" ] || { echo "net.sh: no RoCE v2 IPv4 GID on $RXE0/$RXE1" >&2; rdma link >&2; exit 1; }
+lab_rxe_add "$RXE0" veth0 && lab_rxe_add "$RXE1" veth1 || { rdma link >&2; exit 1; }
+roce_v2_ipv4_gid_var gid0 "$RXE0"
+roce_v2_ipv4_gid_var gid1 "$RXE1"
 
 # The wire path really is the wire: the route for 10.0.0.2 from 10.0.0.1 must leave through veth0.
 route=$(ip route get "$IP1" from "$IP0")

@@ -13,7 +13,8 @@ set -euo pipefail
 require_lab_rdma
 lab_defaults
 cli_setup fail-rdma
-cleanup() { kill_pids; ip link set veth1 up 2>/dev/null || true; }
+link_down=0
+cleanup() { kill_pids; [ "$link_down" = 0 ] || lab_link_up veth1 || true; }
 trap cleanup EXIT
 "$bin" keygen "$tmp/key" > /dev/null
 "$bin" keygen "$tmp/other" > /dev/null
@@ -72,10 +73,13 @@ serve a "$LAB_IP1" 7300 --key-file "$tmp/key"
 serve b "$LAB_NORDMA_IP" 7301 --key-file "$tmp/key"
 push_held q 4M --source "$tmp/src" --peer "$LAB_IP1:7300" --peer "$LAB_NORDMA_IP:7301" \
   --key-file "$tmp/key" --meta-dir "$tmp/m-q" --quorum 1 --peer-timeout 3s
+link_down=1
 ip link set veth1 down
 release_push
 rc=0; wait "$PPID_PUSH" || rc=$?
-ip link set veth1 up
+kill_pids
+lab_link_up veth1
+link_down=0
 [ "$rc" = 0 ] || fail "quorum push exited $rc: $(tail -n 3 "$tmp/q-push.log")"
 [ "$(j q '.peers[0].state')" = lost ] || fail "rdma peer: $(j q '.peers[0]')"
 acked=$(j q '.peers[0].bytes_acked')
