@@ -400,6 +400,7 @@ class Replicator::Impl {
     w.done = false;
     w.reported = false;
     w.status = Status();
+    w.start_ns = NowNs();
     ++in_flight_;
     return wi;
   }

@@ -152,8 +152,16 @@ TEST_P(AckLevels, ReplicatesEveryBlockAndRespectsTheWindow) {
   auto data = RandomBytes(40 * (16 << 10) + 1234, 1);  // a short last block
   Replica& r = AddReplica(data.size());
   ASSERT_TRUE(StartPrimary(Options(data.size(), GetParam())).ok());
+  const auto t0 = std::chrono::steady_clock::now();
   Status s = Push(data);
   ASSERT_TRUE(s.ok()) << s.message();
+  const auto elapsed = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                           std::chrono::steady_clock::now() - t0)
+                           .count();
+  // Each write's latency is from its Submit to its completion: within the push.
+  for (const auto& c : done_) {
+    EXPECT_LE(c.latency_ns, static_cast<uint64_t>(elapsed)) << "write at " << c.offset;
+  }
   CloseAll();
   EXPECT_EQ(done_.size(), 41u);
   EXPECT_LE(max_in_flight_, 4u);
