@@ -52,6 +52,8 @@ assert h.pread(512, 1 << 20) == b"\0" * 512
 ' || fail "nbdsh"
 "$BLKMIRROR" status --volume v --run-dir "$TEST_TMP/run" > "$TEST_TMP/status.txt" || fail "status"
 expect_in "$TEST_TMP/status.txt" "127.0.0.1:$PORT_a (tcp)"
+# The status file is rewritten once a second: wait for one written after the clients.
+for _ in $(seq 50); do [ "$(volume_status v '.writes')" -gt 0 ] && break; sleep 0.1; done
 [ "$(volume_status v '.writes')" -gt 0 ] || fail "status counts no writes: $(volume_status v .)"
 wait_in_sync v
 stop_volume v
