@@ -249,21 +249,8 @@ int RunReplication(const ReplicationPlan& plan) {
   if (!ack.ok()) return fail(ack.status(), kExitUsage);
   auto block_size = ParseBlockSize(args.block_size, "--block-size");
   if (!block_size.ok()) return fail(block_size.status(), kExitUsage);
-  if (args.window == 0 || args.window > proto::kMaxWindow) {
-    return fail(Status::Invalid("--window {}: must be between 1 and {}", args.window,
-                                proto::kMaxWindow),
-                kExitUsage);
-  }
-  if (args.peers.empty()) return fail(Status::Invalid("at least one --peer is needed"), kExitUsage);
-  if (args.peers.size() > engine::kMaxPeers) {
-    return fail(Status::Invalid("{} peers: at most {}", args.peers.size(), engine::kMaxPeers),
-                kExitUsage);
-  }
-  if (args.quorum > args.peers.size()) {
-    return fail(Status::Invalid("--quorum {} is more than the {} peer(s) given", args.quorum,
-                                args.peers.size()),
-                kExitUsage);
-  }
+  Status replica_set = CheckReplicaSet(args.window, args.peers.size(), args.quorum);
+  if (!replica_set.ok()) return fail(replica_set, kExitUsage);
   if (args.full && args.checksum_skip) {
     return fail(Status::Invalid("--full and --checksum-skip contradict each other"), kExitUsage);
   }

@@ -9,6 +9,7 @@
 #include <spdlog/spdlog.h>
 
 #include "common/units.h"
+#include "engine/replicator.h"
 #include "transport/registry.h"
 #include "transport/testing/faulty_transport.h"
 
@@ -99,6 +100,20 @@ Result<uint32_t> ParseBlockSize(std::string_view text, std::string_view flag) {
     return Status::Invalid("{} {}: must be a multiple of 4K between 4K and 64M", flag, text);
   }
   return static_cast<uint32_t>(*bytes);
+}
+
+Status CheckReplicaSet(uint32_t window, size_t peers, uint32_t quorum) {
+  if (window == 0 || window > proto::kMaxWindow) {
+    return Status::Invalid("--window {}: must be between 1 and {}", window, proto::kMaxWindow);
+  }
+  if (peers == 0) return Status::Invalid("at least one --peer is needed");
+  if (peers > engine::kMaxPeers) {
+    return Status::Invalid("{} peers: at most {}", peers, engine::kMaxPeers);
+  }
+  if (quorum > peers) {
+    return Status::Invalid("--quorum {} is more than the {} peer(s) given", quorum, peers);
+  }
+  return Status::Ok();
 }
 
 void PrintError(std::string_view command, const Status& status) {

@@ -45,6 +45,10 @@ Result<proto::AckLevel> ParseAck(std::string_view text);
 // A block size as the user typed it for `flag`: a multiple of 4K between 4K and 64M.
 Result<uint32_t> ParseBlockSize(std::string_view text, std::string_view flag);
 
+// --window, the --peer list and --quorum (0 allowed: for a volume, no replica needed): what the
+// replication takes.
+Status CheckReplicaSet(uint32_t window, size_t peers, uint32_t quorum);
+
 // Prints "blkmirror <command>: error: <message>" on stderr.
 void PrintError(std::string_view command, const Status& status);
 

@@ -15,7 +15,6 @@
 #include <fstream>
 
 #include <nlohmann/json.hpp>
-#include <sodium.h>
 #include <spdlog/spdlog.h>
 
 #include "cli/commands.h"
@@ -106,21 +105,8 @@ int RunVolume(const VolumeArgs& args) {
   if (!ack.ok()) return fail(ack.status(), kExitUsage);
   auto block_size = ParseBlockSize(args.block_size, "--block-size");
   if (!block_size.ok()) return fail(block_size.status(), kExitUsage);
-  if (args.window == 0 || args.window > proto::kMaxWindow) {
-    return fail(Status::Invalid("--window {}: must be between 1 and {}", args.window,
-                                proto::kMaxWindow),
-                kExitUsage);
-  }
-  if (args.peers.empty()) return fail(Status::Invalid("at least one --peer is needed"), kExitUsage);
-  if (args.peers.size() > engine::kMaxPeers) {
-    return fail(Status::Invalid("{} peers: at most {}", args.peers.size(), engine::kMaxPeers),
-                kExitUsage);
-  }
-  if (args.quorum && *args.quorum > args.peers.size()) {
-    return fail(Status::Invalid("--quorum {} is more than the {} peer(s) given", *args.quorum,
-                                args.peers.size()),
-                kExitUsage);
-  }
+  Status replica_set = CheckReplicaSet(args.window, args.peers.size(), args.quorum.value_or(0));
+  if (!replica_set.ok()) return fail(replica_set, kExitUsage);
   if (args.exports.empty()) {
     return fail(Status::Invalid("at least one --export (unix:PATH or HOST:PORT) is needed"),
                 kExitUsage);
@@ -264,16 +250,18 @@ int RunVolume(const VolumeArgs& args) {
     engine::BitmapKey bkey{bs, size, vid, id};
     return engine::DirtyBitmap::Open(BitmapPath(meta_dir, id), bkey, existed);
   };
-  options.remember_replica_id = [&known, peers_path, endpoints](size_t peer,
-                                                               const proto::ReplicaId& id) {
-    known[endpoints[peer].ToString()] = engine::IdHex(id);
+  // What is known of each peer (<meta-dir>/peers): its replica identity, and the generation it
+  // was last in sync at.
+  auto remember = [&known, peers_path](const std::string& key, std::string value) {
+    known[key] = std::move(value);
     Status s = WriteKeyValues(peers_path, known);
     if (!s.ok()) spdlog::warn("volume: {}", s.message());
   };
-  options.remember_synced_at = [&known, peers_path, endpoints](size_t peer, uint64_t g) {
-    known[endpoints[peer].ToString() + ".synced_at"] = engine::GenerationHex(g);
-    Status s = WriteKeyValues(peers_path, known);
-    if (!s.ok()) spdlog::warn("volume: {}", s.message());
+  options.remember_replica_id = [remember, endpoints](size_t peer, const proto::ReplicaId& id) {
+    remember(endpoints[peer].ToString(), engine::IdHex(id));
+  };
+  options.remember_synced_at = [remember, endpoints](size_t peer, uint64_t g) {
+    remember(endpoints[peer].ToString() + ".synced_at", engine::GenerationHex(g));
   };
   options.generations = node->generations;
   options.save_generations = [meta_dir, vid = *volume_id](const engine::Generations& g) {

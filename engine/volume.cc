@@ -411,14 +411,8 @@ class Volume::Impl {
       return true;
     }
     switch (op.kind) {
-      case Kind::kRead: {
-        auto b = pool_.TryGet();
-        if (!b) return false;
-        op.buffer = std::move(*b);
-        op.started = true;
-        SubmitLocal(oi, io::IoOp::kRead);
-        return true;
-      }
+      case Kind::kRead:
+        return ReadLocal(oi);
       case Kind::kWrite:
       case Kind::kZero:
         if (live == 0) return WriteAlone(oi);
@@ -467,6 +461,17 @@ class Volume::Impl {
       return true;
     }
     SubmitLocal(oi, op.kind == Kind::kWrite ? io::IoOp::kWrite : io::IoOp::kZero);
+    return true;
+  }
+
+  // Reads `oi`'s range from the local disk into a pool buffer; false when none is free.
+  bool ReadLocal(uint32_t oi) {
+    auto b = pool_.TryGet();
+    if (!b) return false;
+    Op& op = ops_[oi];
+    op.buffer = std::move(*b);
+    op.started = true;
+    SubmitLocal(oi, io::IoOp::kRead);
     return true;
   }
 
@@ -772,12 +777,7 @@ class Volume::Impl {
     if (!rep_->CanSubmit(op.resync_peers) || rep_->RangeInFlight(op.offset, op.length)) {
       return false;
     }
-    auto b = pool_.TryGet();
-    if (!b) return false;
-    op.buffer = std::move(*b);
-    op.started = true;
-    SubmitLocal(oi, io::IoOp::kRead);
-    return true;
+    return ReadLocal(oi);
   }
 
   // The local copy of a resync block is read: send it to the peers that need it.
