@@ -14,7 +14,7 @@ echo "LAB: guest $(uname -r), $(nproc) vCPU, $(awk '/MemTotal/ { printf "%d MiB"
 "$here/net.sh" || fatal "network setup (scripts/lab.d/net.sh) failed"
 # shellcheck source=/dev/null
 . /run/lab/net.env          # LAB_RXE0 LAB_RXE1 LAB_IP0 LAB_IP1 LAB_NORDMA_IP LAB_GID0 LAB_GID1 (exported)
-export LAB_OUT LAB_REPO
+export LAB_OUT LAB_REPO LAB_PAIR
 export LAB_GUEST=1
 
 mapfile -d '' argv < "$run/argv"

@@ -67,6 +67,27 @@ lab_link_up() {
         || { echo "lab_link_up: $LAB_IP0 <-> $LAB_IP1 not on the wire: $r0 / $r1" >&2; return 1; }
 }
 
+# lab_pair_net: in a guest booted with LAB_PAIR (scripts/lab), bring up the NIC on the wire shared with the other
+# guest: 192.168.77.1 and host name lab-a on the listen side, 192.168.77.2 and lab-b on the connect side. Sets
+# LAB_PAIR_IP, LAB_PAIR_PEER_IP, LAB_PAIR_NAME.
+lab_pair_net() {
+    [ -n "${LAB_PAIR:-}" ] || { echo "lab_pair_net: this guest was booted without LAB_PAIR" >&2; return 1; }
+    local me=1 peer=2 name=lab-a dev mac i
+    [ "${LAB_PAIR%%:*}" = listen ] || { me=2 peer=1 name=lab-b; }
+    modprobe virtio_net || return 1
+    for ((i = 0; i < 50; i++)); do
+        for dev in /sys/class/net/*; do
+            read -r mac < "$dev/address" && [ "$mac" = "52:54:00:4c:41:0$me" ] && break 2
+        done
+        dev=''
+        sleep 0.1
+    done
+    [ -n "$dev" ] || { echo "lab_pair_net: no NIC with MAC 52:54:00:4c:41:0$me" >&2; return 1; }
+    ip addr add "192.168.77.$me/24" dev "${dev##*/}" && ip link set "${dev##*/}" up || return 1
+    hostname "$name"
+    LAB_PAIR_IP=192.168.77.$me LAB_PAIR_PEER_IP=192.168.77.$peer LAB_PAIR_NAME=$name
+}
+
 # lab_defaults: fill in the LAB_* values when they are not in the environment (e.g. a script started inside the
 # guest by something other than guest-run.sh). Same values as net.sh.
 lab_defaults() {
