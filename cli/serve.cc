@@ -158,6 +158,7 @@ int RunServe(const ServeArgs& args) {
   const std::string meta_dir =
       args.meta_dir.empty() ? DefaultMetaDir(args.target, target_is_device) : args.meta_dir;
 
+  if (Status io_path = EnterBlockIoPath(); !io_path.ok()) spdlog::info("{}", io_path.message());
   auto loop = MakeLoop(buffer_size, count, 1024);
   if (!loop.ok()) return fail(loop.status());
   auto transports = MakeTransports(*loop, args.transport, args.test_fault);

@@ -1,9 +1,11 @@
 #include "cli/setup.h"
 
 #include <sodium.h>
+#include <sys/prctl.h>
 
 #include <climits>
 #include <cstdlib>
+#include <cstring>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -114,6 +116,16 @@ Status CheckReplicaSet(uint32_t window, size_t peers, uint32_t quorum) {
     return Status::Invalid("--quorum {} is more than the {} peer(s) given", quorum, peers);
   }
   return Status::Ok();
+}
+
+Status EnterBlockIoPath() {
+  if (prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) == 0) return Status();
+  const int err = errno;
+  return Status::Error(static_cast<ErrorCode>(err),
+                       fmt::format("prctl(PR_SET_IO_FLUSHER): {} (it needs CAP_SYS_RESOURCE): a "
+                                   "kernel NBD client on this host whose writes go through this "
+                                   "process may deadlock with it under memory pressure",
+                                   std::strerror(err)));
 }
 
 void PrintError(std::string_view command, const Status& status) {

@@ -49,6 +49,14 @@ Result<uint32_t> ParseBlockSize(std::string_view text, std::string_view flag);
 // replication takes.
 Status CheckReplicaSet(uint32_t window, size_t peers, uint32_t quorum);
 
+// Puts this process in the block I/O path (prctl PR_SET_IO_FLUSHER): its allocations do not
+// recurse into I/O, and it is throttled only on its own dirty pages. A kernel client of this
+// host's export (nbd0 on the volume) flushes its dirty pages through the volume, and through a
+// replica on the same host; without this, under memory pressure, that writeback waits on them
+// while they wait in reclaim on that writeback. Needs CAP_SYS_RESOURCE; the error says what
+// is at risk without it, for the caller to log at the level its role deserves.
+Status EnterBlockIoPath();
+
 // Prints "blkmirror <command>: error: <message>" on stderr.
 void PrintError(std::string_view command, const Status& status);
 

@@ -189,6 +189,9 @@ int RunVolume(const VolumeArgs& args) {
                                 args.pool_size, count, bs),
                 kExitUsage);
   }
+  if (Status io_path = EnterBlockIoPath(); !io_path.ok()) {
+    spdlog::warn("volume: {}", io_path.message());
+  }
   auto loop = MakeLoop(bs, count, 1024);
   if (!loop.ok()) return fail(loop.status());
   io::UringOpenOptions open_options;
