@@ -11,15 +11,19 @@
 #   j NAME JQ                    a field of $tmp/NAME.json
 #   fail MESSAGE                 prints it and the tail of every log, exits 1
 #   kill_pids                    stops every process started by serve
+#   cli_cleanup                  kill_pids, then removes the test's files (the guest's /tmp is RAM: what one test
+#                                leaves there is memory the next ones do not have)
 # shellcheck shell=bash
 
 cli_setup() {
     bin=$LAB_REPO/build/release/blkmirror
     [ -x "$bin" ] || { echo "$bin is missing: build it on the host first (scripts/build)"; exit 1; }
     tmp=$(mktemp -d "/tmp/$1.XXXXXX")
+    [ -z "${TEST_LOGDIR:-}" ] || echo "$tmp" > "$TEST_LOGDIR/tmpdir"     # for lab_hang_report
     pids=()
 }
 kill_pids() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+cli_cleanup() { kill_pids; rm -rf "$tmp"; }
 fail() { echo "FAIL: $*"; for f in "$tmp"/*.log; do echo "--- $f"; tail -n 15 "$f"; done; exit 1; }
 serve() {
     "$bin" serve --listen "$2:$3" --target "$tmp/$1.img" --pool-size 64M "${@:4}" \

@@ -68,12 +68,12 @@ lab_link_up() {
 }
 
 # lab_pair_net: in a guest booted with LAB_PAIR (scripts/lab), bring up the NIC on the wire shared with the other
-# guest: 192.168.77.1 and host name lab-a on the listen side, 192.168.77.2 and lab-b on the connect side. Sets
+# guest: 192.168.77.1 and host name lab-a on end a, 192.168.77.2 and lab-b on end b. Sets
 # LAB_PAIR_IP, LAB_PAIR_PEER_IP, LAB_PAIR_NAME.
 lab_pair_net() {
     [ -n "${LAB_PAIR:-}" ] || { echo "lab_pair_net: this guest was booted without LAB_PAIR" >&2; return 1; }
     local me=1 peer=2 name=lab-a dev mac i
-    [ "${LAB_PAIR%%:*}" = listen ] || { me=2 peer=1 name=lab-b; }
+    [ "${LAB_PAIR%%:*}" = a ] || { me=2 peer=1 name=lab-b; }
     modprobe virtio_net || return 1
     for ((i = 0; i < 50; i++)); do
         for dev in /sys/class/net/*; do
@@ -86,6 +86,36 @@ lab_pair_net() {
     ip addr add "192.168.77.$me/24" dev "${dev##*/}" && ip link set "${dev##*/}" up || return 1
     hostname "$name"
     LAB_PAIR_IP=192.168.77.$me LAB_PAIR_PEER_IP=192.168.77.$peer LAB_PAIR_NAME=$name
+}
+
+# lab_hang_report: what a test that is about to time out is stuck on: every process with its state and kernel wait
+# channel, the kernel stacks of those in D state, the user stacks of blkmirror's threads (gdb, when installed), the
+# tails of the test's logs (the directory cli_setup named in TEST_LOGDIR/tmpdir) and of the kernel log.
+lab_hang_report() {
+    local pid tmp
+    echo "--- processes"
+    ps -eo pid,ppid,stat,wchan:32,etime,args --sort=pid | grep -v ' \[' 
+    for pid in $(ps -eo pid=,stat= | awk '$2 ~ /^D/ { print $1 }'); do
+        echo "--- kernel stack of $pid ($(cat "/proc/$pid/comm" 2>/dev/null)), in D state"
+        cat "/proc/$pid/stack" 2>/dev/null
+    done
+    if command -v gdb > /dev/null; then
+        for pid in $(pgrep -x blkmirror); do
+            echo "--- threads of blkmirror $pid: $(tr '\0' ' ' < "/proc/$pid/cmdline" | cut -c1-200)"
+            timeout 60 gdb -q -batch -p "$pid" -ex 'thread apply all bt 12' 2>/dev/null | grep -E '^(Thread|#)'
+        done
+    fi
+    read -r tmp 2>/dev/null < "$TEST_LOGDIR/tmpdir" || tmp=''
+    if [ -n "$tmp" ]; then
+        for f in "$tmp"/*.log "$tmp"/*.out; do
+            [ -f "$f" ] && { echo "--- $f"; tail -n 20 "$f"; }
+        done
+    fi
+    echo "--- memory and /tmp"
+    free -m
+    df -h /tmp
+    echo "--- dmesg"
+    dmesg | tail -n 30
 }
 
 # lab_defaults: fill in the LAB_* values when they are not in the environment (e.g. a script started inside the

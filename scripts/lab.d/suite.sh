@@ -6,9 +6,13 @@
 #
 # Adding a test: drop an executable NN-name.sh into suite.d/ (exit 0 = PASS). It runs from the repo root with the
 # LAB_* environment (see net.sh) and its own TEST_LOGDIR (on the writable share). Per-test timeout:
-# SUITE_TEST_TIMEOUT seconds (default 600). Exit status: number of failed tests (capped at 100), 0 if all passed.
+# SUITE_TEST_TIMEOUT seconds (default 600); 15 s before it, the state of the test's processes and the tails of its
+# logs go to TEST_LOGDIR/hang.txt and the console (lab_hang_report). Exit status: number of failed tests (capped at
+# 100), 0 if all passed.
 set -uo pipefail
 here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
+# shellcheck source=scripts/lab.d/lib.sh
+. "$here/lib.sh"
 tmo=${SUITE_TEST_TIMEOUT:-600}
 logroot=${LAB_OUT:-/tmp}/suite
 rm -rf "$logroot" && mkdir -p "$logroot"
@@ -29,8 +33,12 @@ for t in "$here"/suite.d/*.sh; do
     export TEST_LOGDIR=$logroot/$name
     mkdir -p "$TEST_LOGDIR"
     t0=$EPOCHREALTIME
+    (sleep $((tmo > 30 ? tmo - 15 : tmo / 2)) && lab_hang_report > "$TEST_LOGDIR/hang.txt" 2>&1) &
+    watcher=$!
     timeout -k 10 "$tmo" "$t" 2>&1 | tee "$logroot/$name.log" | sed -u 's/^/    /'
     rc=${PIPESTATUS[0]}
+    kill "$watcher" 2>/dev/null; wait "$watcher" 2>/dev/null
+    [ -s "$TEST_LOGDIR/hang.txt" ] && sed 's/^/    hang: /' "$TEST_LOGDIR/hang.txt"
     dt=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
     if [ "$rc" -eq 0 ]; then
         verdict=PASS

@@ -10,7 +10,7 @@ set -euo pipefail
 require_lab_rdma
 lab_defaults
 cli_setup cli-rdma
-trap kill_pids EXIT
+trap cli_cleanup EXIT
 
 head -c $((32 << 20)) /dev/urandom > "$tmp/src"
 serve r "$LAB_IP1" 7000 --insecure

@@ -14,7 +14,7 @@ require_lab_rdma
 lab_defaults
 cli_setup fail-rdma
 link_down=0
-cleanup() { kill_pids; [ "$link_down" = 0 ] || lab_link_up veth1 || true; }
+cleanup() { cli_cleanup; [ "$link_down" = 0 ] || lab_link_up veth1 || true; }
 trap cleanup EXIT
 "$bin" keygen "$tmp/key" > /dev/null
 "$bin" keygen "$tmp/other" > /dev/null

@@ -14,7 +14,7 @@ VPID=""
 cleanup() {
     umount "$tmp/mnt" 2>/dev/null || true
     nbd-client -d /dev/nbd0 > /dev/null 2>&1 || true
-    kill_pids
+    cli_cleanup
 }
 trap cleanup EXIT
 

@@ -13,7 +13,7 @@ cli_setup failover-nbd
 cleanup() {
     for m in "$tmp/mnt" "$tmp/mnt2"; do umount -l "$m" 2>/dev/null || true; done
     for d in /dev/nbd0 /dev/nbd1; do nbd-client -d "$d" > /dev/null 2>&1 || true; done
-    kill_pids
+    cli_cleanup
 }
 trap cleanup EXIT
 
