@@ -2,11 +2,11 @@
 // sends N bytes, the server echoes a 64-byte reply (the size of a blkmirror Ack frame), one at a
 // time; prints p50/p99 of the round trip in microseconds, as key=value lines.
 //
-//   tcp_pingpong server PORT SIZE COUNT
+//   tcp_pingpong server PORT SIZE COUNT [BIND_IPV4]     (default 127.0.0.1)
 //   tcp_pingpong client HOST PORT SIZE COUNT
 //
 // Plain blocking sockets with TCP_NODELAY: nothing in the way, so what it measures is the
-// kernel's loopback TCP round trip for this message size.
+// kernel's TCP round trip for this message size (loopback, or the lab's wire between two guests).
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -49,14 +49,17 @@ void NoDelay(int fd) {
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
-int Server(int port, size_t size, long count) {
+int Server(int port, size_t size, long count, const char* bind_ip) {
   int l = socket(AF_INET, SOCK_STREAM, 0);
   int one = 1;
   setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   sockaddr_in sa{};
   sa.sin_family = AF_INET;
   sa.sin_port = htons(static_cast<uint16_t>(port));
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (inet_pton(AF_INET, bind_ip, &sa.sin_addr) != 1) {
+    std::fprintf(stderr, "tcp_pingpong: not an IPv4 address: %s\n", bind_ip);
+    return 2;
+  }
   if (bind(l, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) != 0 || listen(l, 1) != 0) {
     std::perror("tcp_pingpong: bind/listen");
     return 1;
@@ -104,13 +107,14 @@ int Client(const char* host, int port, size_t size, long count) {
 
 int main(int argc, char** argv) {
   std::string mode = argc > 1 ? argv[1] : "";
-  if (mode == "server" && argc == 5) {
-    return Server(std::atoi(argv[2]), std::strtoul(argv[3], nullptr, 10), std::atol(argv[4]));
+  if (mode == "server" && (argc == 5 || argc == 6)) {
+    return Server(std::atoi(argv[2]), std::strtoul(argv[3], nullptr, 10), std::atol(argv[4]),
+                  argc == 6 ? argv[5] : "127.0.0.1");
   }
   if (mode == "client" && argc == 6) {
     return Client(argv[2], std::atoi(argv[3]), std::strtoul(argv[4], nullptr, 10),
                   std::atol(argv[5]));
   }
-  std::fprintf(stderr, "usage: tcp_pingpong server PORT SIZE COUNT | client HOST PORT SIZE COUNT\n");
+  std::fprintf(stderr, "usage: tcp_pingpong server PORT SIZE COUNT [BIND_IPV4] | client HOST PORT SIZE COUNT\n");
   return 2;
 }
