@@ -8,6 +8,9 @@
 #                                sets PPID_PUSH
 #                                and returns once the push holds (fails if it ends first)
 #   release_push                 lets the held push go on (SIGUSR1)
+#   volume NAME DISK TRANSPORT PEER ARGS...
+#                                `blkmirror volume` on DISK exporting $tmp/NAME.sock (run dir $tmp/run); returns
+#                                once it listens; sets VPID
 #   j NAME JQ                    a field of $tmp/NAME.json
 #   fail MESSAGE                 prints it and the tail of every log, exits 1
 #   kill_pids                    stops every process started by serve
@@ -56,3 +59,17 @@ release_push() {
     fail "the held push ended before its release (exit $rc)"
 }
 j() { jq -r "$2" "$tmp/$1.json"; }
+volume() {
+    local name=$1 disk=$2 transport=$3 peer=$4; shift 4
+    "$bin" volume --disk "$disk" --name "$name" --peer "$peer" --transport "$transport" \
+        --bind "$LAB_IP0" --export "unix:$tmp/$name.sock" --run-dir "$tmp/run" \
+        --pool-size 32M "$@" > "$tmp/$name-volume.out" 2> "$tmp/$name-volume.log" &
+    VPID=$!
+    pids+=("$VPID")
+    for _ in $(seq 300); do
+        grep -q '^listening nbd' "$tmp/$name-volume.out" 2>/dev/null && return 0
+        kill -0 "$VPID" 2>/dev/null || fail "volume $name exited early"
+        sleep 0.1
+    done
+    fail "volume $name did not start"
+}

@@ -10,7 +10,6 @@ set -euo pipefail
 require_lab_rdma
 lab_defaults
 cli_setup volume-nbd
-VPID=""
 cleanup() {
     umount "$tmp/mnt" 2>/dev/null || true
     nbd-client -d /dev/nbd0 > /dev/null 2>&1 || true
@@ -27,29 +26,14 @@ modprobe ext4 || fail "modprobe ext4"
 SIZE=$((64 << 20))
 mkdir -p "$tmp/mnt"
 
-# volume NAME TRANSPORT PEER: starts `blkmirror volume` on $tmp/NAME.disk, exported on
-# $tmp/NAME.sock; waits until it listens; sets VPID.
-volume() {
-    truncate -s "$SIZE" "$tmp/$1.disk"
-    "$bin" volume --disk "$tmp/$1.disk" --name "$1" --peer "$3" --transport "$2" --bind "$LAB_IP0" \
-        --export "unix:$tmp/$1.sock" --run-dir "$tmp/run" --meta-dir "$tmp/$1.meta" \
-        --pool-size 32M > "$tmp/$1-volume.out" 2> "$tmp/$1-volume.log" &
-    VPID=$!
-    pids+=("$VPID")
-    for _ in $(seq 300); do
-        grep -q '^listening nbd' "$tmp/$1-volume.out" 2>/dev/null && return 0
-        kill -0 "$VPID" 2>/dev/null || fail "volume $1 exited early"
-        sleep 0.1
-    done
-    fail "volume $1 did not start"
-}
 state() { "$bin" status --volume "$1" --run-dir "$tmp/run" --json | jq -r "$2"; }
 
 for transport in tcp rdma; do
     echo "--- kernel nbd client over a volume replicated with --transport $transport"
     port=$([ "$transport" = tcp ] && echo 7100 || echo 7101)
     serve "rep-$transport" "$LAB_IP1" "$port" --insecure
-    volume "v-$transport" "$transport" "$LAB_IP1:$port"
+    truncate -s "$SIZE" "$tmp/v-$transport.disk"
+    volume "v-$transport" "$tmp/v-$transport.disk" "$transport" "$LAB_IP1:$port" --meta-dir "$tmp/v-$transport.meta"
     [ "$(state "v-$transport" '.peers[0].transport')" = "$transport" ] \
         || fail "the volume replicates over $(state "v-$transport" '.peers[0].transport')"
     nbd-client -N "v-$transport" -unix "$tmp/v-$transport.sock" /dev/nbd0 -b 4096 > "$tmp/nbd-client.log" 2>&1 \

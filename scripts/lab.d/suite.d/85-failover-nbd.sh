@@ -26,22 +26,6 @@ SIZE=$((64 << 20))
 mkdir -p "$tmp/mnt" "$tmp/mnt2"
 state() { "$bin" status --disk "$1" --json | jq -r "$2"; }
 
-# volume NAME DISK TRANSPORT PEER ARGS...: `blkmirror volume` exporting $tmp/NAME.sock; sets VPID.
-volume() {
-    local name=$1 disk=$2 transport=$3 peer=$4; shift 4
-    "$bin" volume --disk "$disk" --name "$name" --peer "$peer" --transport "$transport" \
-        --bind "$LAB_IP0" --export "unix:$tmp/$name.sock" --run-dir "$tmp/run" \
-        --pool-size 32M "$@" > "$tmp/$name-volume.out" 2> "$tmp/$name-volume.log" &
-    VPID=$!
-    pids+=("$VPID")
-    for _ in $(seq 300); do
-        grep -q '^listening nbd' "$tmp/$name-volume.out" 2>/dev/null && return 0
-        kill -0 "$VPID" 2>/dev/null || fail "volume $name exited early"
-        sleep 0.1
-    done
-    fail "volume $name did not start"
-}
-
 for transport in tcp rdma; do
     echo "--- kill -9 of the primary with ext4 mounted on its export (replication over $transport)"
     port=$([ "$transport" = tcp ] && echo 7200 || echo 7201)
