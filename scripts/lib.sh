@@ -31,6 +31,13 @@ ensure_packages() {
   rm -f "$log"
 }
 
+# release_dir: the Release build the scripts use, BLKMIRROR_BUILD (absolute, or relative to the repo) when
+# set, else build/release. Lets one engineer bench a tree of their own while another rebuilds build/release.
+release_dir() {
+  local d=${BLKMIRROR_BUILD:-build/release}
+  case $d in /*) printf '%s\n' "$d" ;; *) printf '%s\n' "$REPO/$d" ;; esac
+}
+
 # build DIR CMAKE_ARGS...: configures (once) and builds quietly; prints only on errors.
 # BUILD_TARGETS (default: all) limits what ninja builds.
 build() {

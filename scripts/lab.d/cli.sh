@@ -19,8 +19,8 @@
 # shellcheck shell=bash
 
 cli_setup() {
-    bin=$LAB_REPO/build/release/blkmirror
-    [ -x "$bin" ] || { echo "$bin is missing: build it on the host first (scripts/build)"; exit 1; }
+    bin=$(lab_build_dir)/blkmirror
+    [ -x "$bin" ] || { echo "$bin is missing: build it on the host first (scripts/build, BLKMIRROR_BUILD)"; exit 1; }
     tmp=$(mktemp -d "/tmp/$1.XXXXXX")
     [ -z "${TEST_LOGDIR:-}" ] || echo "$tmp" > "$TEST_LOGDIR/tmpdir"     # for lab_hang_report
     pids=()

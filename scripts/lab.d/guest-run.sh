@@ -15,6 +15,7 @@ echo "LAB: guest $(uname -r), $(nproc) vCPU, $(awk '/MemTotal/ { printf "%d MiB"
 # shellcheck source=/dev/null
 . /run/lab/net.env          # LAB_RXE0 LAB_RXE1 LAB_IP0 LAB_IP1 LAB_NORDMA_IP LAB_GID0 LAB_GID1 (exported)
 export LAB_OUT LAB_REPO LAB_PAIR
+[ -z "${BLKMIRROR_BUILD:-}" ] || export BLKMIRROR_BUILD   # the host's choice of build tree (lab_build_dir)
 export LAB_GUEST=1
 
 mapfile -d '' argv < "$run/argv"

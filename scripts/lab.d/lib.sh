@@ -118,6 +118,13 @@ lab_hang_report() {
     dmesg | tail -n 30
 }
 
+# lab_build_dir: the build tree whose binaries the job runs: BLKMIRROR_BUILD (absolute, or relative to the repo;
+# scripts/lab passes the host's value in) when set, else build/release.
+lab_build_dir() {
+    local d=${BLKMIRROR_BUILD:-build/release}
+    case $d in /*) printf '%s\n' "$d" ;; *) printf '%s\n' "${LAB_REPO:-$(pwd)}/$d" ;; esac
+}
+
 # lab_defaults: fill in the LAB_* values when they are not in the environment (e.g. a script started inside the
 # guest by something other than guest-run.sh). Same values as net.sh.
 lab_defaults() {

@@ -4,10 +4,12 @@
 # A skipped test fails the suite: inside the lab nothing has a reason to skip. Extra arguments go to the test binary
 # (e.g. --gtest_filter=...); RDMA_TEST_TIMEOUT (300 s) bounds the run.
 set -uo pipefail
-bin=${RDMA_TEST_BIN:-$LAB_REPO/build/release/tests/rdma/rdma_transport_test}
+# shellcheck source=scripts/lab.d/lib.sh
+. "$LAB_REPO/scripts/lab.d/lib.sh"
+bin=${RDMA_TEST_BIN:-$(lab_build_dir)/tests/rdma/rdma_transport_test}
 log=${TEST_LOGDIR:-${LAB_OUT:-/tmp}}/rdma_transport_test.log
 if [ ! -x "$bin" ]; then
-    echo "$bin is missing: build it on the host first (ninja -C build/release rdma_transport_test)"
+    echo "$bin is missing: build it on the host first (ninja -C build/release rdma_transport_test, or BLKMIRROR_BUILD's tree)"
     exit 1
 fi
 timeout -k 5 "${RDMA_TEST_TIMEOUT:-300}" "$bin" --gtest_color=no "$@" > "$log" 2>&1
