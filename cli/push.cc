@@ -136,7 +136,9 @@ class PushLoop {
 
   // Lets reads still in the kernel land before the buffers go away.
   void Drain() {
-    for (int i = 0; i < 100 && source_.in_flight() > 0; ++i) {
+    // Bounded by time, not by turns: Wait returns at once while a transport busy-polls.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    while (source_.in_flight() > 0 && std::chrono::steady_clock::now() < deadline) {
       (void)ring_.Wait(std::chrono::milliseconds(20));
       (void)ReapReads();
     }

@@ -77,7 +77,9 @@ class ReplicaServer::Impl {
     for (auto& s : sessions_) {
       if (s->phase != Phase::kClosed) s->t->Close(s->conn);
     }
-    for (int i = 0; i < 100 && (!sessions_.empty() || device_ops_ > 0); ++i) {
+    // Bounded by time, not by turns: Wait returns at once while a transport busy-polls.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    while ((!sessions_.empty() || device_ops_ > 0) && std::chrono::steady_clock::now() < deadline) {
       (void)ring_.Wait(std::chrono::milliseconds(20));
       Step();
     }

@@ -531,7 +531,9 @@ class Replicator::Impl {
       if (p->conn_open) p->t->Close(p->conn);
     }
     // Give the transports the chance to hand back every buffer they still reference.
-    for (int i = 0; i < 50 && !closed(); ++i) {
+    // Bounded by time, not by turns: Wait returns at once while a transport busy-polls.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+    while (!closed() && std::chrono::steady_clock::now() < deadline) {
       (void)ring_.Wait(std::chrono::milliseconds(20));
       PollTransports();
     }

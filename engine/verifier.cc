@@ -280,8 +280,11 @@ class VerifyRun {
   }
 
   void Finish() {
-    // Reads still in the kernel point at our buffers: let them land.
-    for (int i = 0; i < 100 && free_reads_.size() < reads_.size(); ++i) {
+    // Reads still in the kernel point at our buffers: let them land. Bounded by time, not by
+    // turns: Wait returns at once while a transport busy-polls.
+    using Clock = std::chrono::steady_clock;
+    auto deadline = Clock::now() + std::chrono::seconds(2);
+    while (free_reads_.size() < reads_.size() && Clock::now() < deadline) {
       (void)ring_.Wait(std::chrono::milliseconds(20));
       PollAll();
     }
@@ -292,7 +295,8 @@ class VerifyRun {
     item.signal = true;
     bye_sent_ = true;
     if (!t_->Post(std::span(&item, 1)).ok()) t_->Close(conn_);
-    for (int i = 0; i < 100 && !closed_; ++i) {
+    deadline = Clock::now() + std::chrono::seconds(2);
+    while (!closed_ && Clock::now() < deadline) {
       (void)ring_.Wait(std::chrono::milliseconds(20));
       PollAll();
     }
