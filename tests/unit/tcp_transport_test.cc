@@ -215,6 +215,76 @@ TEST_P(TcpTransportTest, PostRefusesWhenTheQueueIsFullOrTheConnectionGone) {
   EXPECT_EQ(client_events_.back().kind, CompletionKind::kClosed);
 }
 
+// A batch that does not fit, counted per connection and cumulatively (frames, control-ring
+// bytes), is refused whole: nothing of it reaches any peer, and every SendSpace stays as it was.
+TEST_P(TcpTransportTest, ABatchThatDoesNotFitQueuesNothing) {
+  auto conn = client_->Connect(endpoint_, std::chrono::milliseconds(1000));
+  ASSERT_TRUE(conn.ok());
+  Admitted();
+  auto other = client_->Connect(endpoint_, std::chrono::milliseconds(1000));
+  ASSERT_TRUE(other.ok());
+  ASSERT_TRUE(RunUntil([&] { return Count(server_events_, CompletionKind::kAccepted) == 2; }));
+  const size_t space = client_->SendSpace(*conn);
+  const size_t other_space = client_->SendSpace(*other);
+  ASSERT_EQ(space, 64u);
+
+  auto control = [](ConnId c, const std::string& text, uint64_t tag) {
+    proto::Frame f;
+    f.body = proto::Error{1};
+    f.payload_len = static_cast<uint32_t>(text.size());
+    WorkItem item;
+    item.conn = c;
+    item.tag = tag;
+    item.signal = true;
+    item.header = proto::Encode(f);
+    item.control = std::as_bytes(std::span(text.data(), text.size()));
+    return item;
+  };
+  std::string small = "fits";
+  std::vector<std::byte> block(64 << 10);
+
+  // One frame more than the queue holds, all to one connection (each alone would fit), after a
+  // frame to another connection that fits.
+  std::vector<WorkItem> frames{control(*other, small, 1000)};
+  for (uint64_t i = 0; i <= space; ++i) frames.push_back(DataItem(*conn, i, block.data(), 4096));
+  Status s = client_->Post(frames);
+  EXPECT_EQ(s.code(), ErrorCode::kBusy) << s.message();
+  EXPECT_NE(s.message().find("send queue is full"), std::string::npos) << s.message();
+
+  // Control payloads that add up to more than the connection's control ring (128 KiB), in
+  // fewer frames than its queue holds.
+  std::string big(proto::kMaxControlPayload, 'x');
+  std::vector<WorkItem> bytes{control(*other, small, 1001)};
+  for (uint64_t i = 0; i < (128 << 10) / big.size() + 1; ++i) {
+    bytes.push_back(control(*conn, big, 2000 + i));
+  }
+  ASSERT_LT(bytes.size(), space);
+  s = client_->Post(bytes);
+  EXPECT_EQ(s.code(), ErrorCode::kBusy) << s.message();
+  EXPECT_NE(s.message().find("control queue is full"), std::string::npos) << s.message();
+
+  EXPECT_EQ(client_->SendSpace(*conn), space);
+  EXPECT_EQ(client_->SendSpace(*other), other_space);
+  // Nothing went: one frame posted now on each connection is the first (and only) to arrive.
+  WorkItem last[] = {control(*conn, "last", 1), control(*other, "last", 2)};
+  ASSERT_TRUE(client_->Post(last).ok());
+  ASSERT_TRUE(RunUntil([&] { return Count(client_events_, CompletionKind::kSent) == 2; }));
+  ASSERT_TRUE(RunUntil([&] { return Count(server_events_, CompletionKind::kRecv) >= 2; }));
+  for (int i = 0; i < 20; ++i) RunUntil([] { return false; }, 1);
+  EXPECT_EQ(Count(server_events_, CompletionKind::kRecv), 2u);
+  for (auto& e : server_events_) {
+    if (e.kind != CompletionKind::kRecv) continue;
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>(e.payload.data()), e.payload.size()),
+              "last");
+  }
+  uint64_t tags = 0;
+  for (auto& e : client_events_) {
+    if (e.kind == CompletionKind::kSent) tags += e.tag;
+  }
+  EXPECT_EQ(tags, 3u);  // only the last two
+  EXPECT_EQ(client_->SendSpace(*conn), space);
+}
+
 TEST_P(TcpTransportTest, GarbageClosesTheConnectionWithAReason) {
   int fd = RawSocket();
   const char junk[64] = "GET / HTTP/1.1\r\nHost: example\r\n\r\n";

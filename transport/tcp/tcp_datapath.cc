@@ -2,6 +2,7 @@
 // Nothing here allocates: every queue was sized when its connection was made.
 #include <sys/socket.h>
 
+#include <cassert>
 #include <cstring>
 
 #include <spdlog/spdlog.h>
@@ -28,33 +29,13 @@ void TcpTransport::Fail(Conn& conn, Status reason) {
 size_t TcpTransport::SendSpace(ConnId id) const {
   Conn* conn = Find(id);
   if (conn == nullptr || conn->closing) return 0;
-  return conn->sendq.size() - (conn->sq_tail - conn->sq_head);
-}
-
-bool TcpTransport::CtrlAlloc(Conn& conn, uint32_t len, std::byte** out, uint32_t* held) {
-  const size_t cap = conn.ctrl_ring.size();
-  if (conn.ctrl_used == 0) conn.ctrl_tail = 0;
-  size_t head = (conn.ctrl_tail + cap - conn.ctrl_used) % cap;
-  size_t pad = 0;
-  if (conn.ctrl_used > 0 && head >= conn.ctrl_tail) {
-    // Free space is the gap [tail, head).
-    if (head - conn.ctrl_tail < len) return false;
-  } else if (cap - conn.ctrl_tail < len) {
-    // Not enough room before the end: skip to the start, if the start is free far enough.
-    pad = cap - conn.ctrl_tail;
-    if (conn.ctrl_used > 0 && head < len) return false;
-    if (conn.ctrl_used == 0) pad = 0, conn.ctrl_tail = 0;
-  }
-  if (pad > 0) conn.ctrl_tail = 0;
-  *out = conn.ctrl_ring.data() + conn.ctrl_tail;
-  *held = static_cast<uint32_t>(pad + len);
-  conn.ctrl_tail = (conn.ctrl_tail + len) % cap;
-  conn.ctrl_used += pad + len;
-  return true;
+  return conn->sq.space();
 }
 
 Status TcpTransport::Post(std::span<const WorkItem> items) {
-  // Validate the whole batch first: all or nothing.
+  // Check the whole batch first, room included (frames to one connection add up): all or
+  // nothing.
+  const uint64_t batch = ++posts_;
   for (const WorkItem& item : items) {
     Conn* conn = Find(item.conn);
     if (conn == nullptr || conn->closing) {
@@ -63,53 +44,29 @@ Status TcpTransport::Post(std::span<const WorkItem> items) {
     }
     auto checked = CheckWorkItem(item);
     if (!checked.ok()) return checked.status().Context("tcp");
-  }
-  for (const WorkItem& item : items) {
-    if (SendSpace(item.conn) == 0) {
-      return Status::Error(ErrorCode::kBusy,
-                           fmt::format("tcp: send queue to {} is full", PeerName(item.conn)));
-    }
+    Status room = conn->sq.Reserve(batch, item);
+    if (!room.ok()) return room.Context(fmt::format("tcp: to {}", conn->peer));
   }
   for (const WorkItem& item : items) {
     Conn& conn = *Find(item.conn);
-    SendEntry& e = conn.entry(conn.sq_tail);
-    e.header = item.header;
-    e.tag = item.tag;
-    e.signal = item.signal;
-    e.ctrl_bytes = 0;
-    if (item.data != nullptr) {
-      e.payload = item.data;
-      e.payload_len = proto::DecodePrefix(item.header)->payload_len;
-    } else if (!item.control.empty()) {
-      std::byte* dst = nullptr;
-      uint32_t held = 0;
-      if (!CtrlAlloc(conn, static_cast<uint32_t>(item.control.size()), &dst, &held)) {
-        return Status::Error(ErrorCode::kBusy,
-                             fmt::format("tcp: control queue to {} is full", conn.peer));
-      }
-      std::memcpy(dst, item.control.data(), item.control.size());
-      e.payload = dst;
-      e.payload_len = static_cast<uint32_t>(item.control.size());
-      e.ctrl_bytes = held;
-    } else {
-      e.payload = nullptr;
-      e.payload_len = 0;
-    }
-    ++conn.sq_tail;
+    SendEntry* queued = conn.sq.Push(item);
+    assert(queued != nullptr);  // reserved above
+    (void)queued;
     if (!conn.send_inflight) StartSend(conn);
   }
   return Status::Ok();
 }
 
 void TcpTransport::StartSend(Conn& conn) {
-  if (conn.closing || conn.send_broken || conn.send_inflight || conn.sq_batch_end == conn.sq_tail) {
+  if (conn.closing || conn.send_broken || conn.send_inflight ||
+      conn.sq_batch_end == conn.sq.tail()) {
     return;
   }
   if (conn.zc_count == conn.zc_marks.size()) return;  // resumed by a zero-copy notification
   size_t n = 0;
   uint64_t c = conn.sq_batch_end;
-  for (; c < conn.sq_tail && c - conn.sq_batch_end < kMaxBatchFrames; ++c) {
-    SendEntry& e = conn.entry(c);
+  for (; c < conn.sq.tail() && c - conn.sq_batch_end < kMaxBatchFrames; ++c) {
+    SendEntry& e = conn.sq.at(c);
     conn.iov[n] = iovec{e.header.data(), e.header.size()};
     conn.iov_ends_entry[n] = e.payload_len == 0;
     ++n;
@@ -142,7 +99,7 @@ void TcpTransport::OnSend(Conn& conn, int32_t res, uint32_t flags) {
   if (flags & IORING_CQE_F_NOTIF) {
     // Zero-copy: the kernel let go of the pages of the oldest send with a notification.
     if (conn.zc_count > 0) {
-      conn.sq_done = std::max(conn.sq_done, conn.zc_marks[conn.zc_head]);
+      conn.sq.MarkDone(conn.zc_marks[conn.zc_head]);
       conn.zc_head = (conn.zc_head + 1) % conn.zc_marks.size();
       --conn.zc_count;
     }
@@ -155,7 +112,7 @@ void TcpTransport::OnSend(Conn& conn, int32_t res, uint32_t flags) {
       conn.zc_marks[(conn.zc_head + conn.zc_count) % conn.zc_marks.size()] = conn.sq_sent;
       ++conn.zc_count;
     } else if (conn.zc_count == 0) {
-      conn.sq_done = conn.sq_sent;
+      conn.sq.MarkDone(conn.sq_sent);
     }
   };
   if (conn.closing) {
@@ -324,17 +281,16 @@ void TcpTransport::OnCqe(io::RingOp* ring_op, int32_t res, uint32_t flags) {
 size_t TcpTransport::Drain(Conn& conn, std::span<Completion> out) {
   size_t n = 0;
   // Sends the kernel has taken, in order.
-  while (n < out.size() && conn.sq_head < conn.sq_done) {
-    SendEntry& e = conn.entry(conn.sq_head);
-    if (e.signal) {
+  while (n < out.size()) {
+    auto sent = conn.sq.PopDone();
+    if (!sent) break;
+    if (sent->signal) {
       Completion& c = out[n++].Reset();
       c.kind = CompletionKind::kSent;
       c.conn = conn.id;
-      c.tag = e.tag;
-      c.res = static_cast<int32_t>(proto::kHeaderSize + e.payload_len);
+      c.tag = sent->tag;
+      c.res = sent->res;
     }
-    conn.ctrl_used -= e.ctrl_bytes;
-    ++conn.sq_head;
   }
   // Frames received (dropped after a local Close: the caller is done with the connection).
   while (n < out.size() && conn.ready_count > 0) {
@@ -358,23 +314,23 @@ size_t TcpTransport::Drain(Conn& conn, std::span<Completion> out) {
     }
     ++conn.ready_lent;
   }
-  if (!conn.closing || conn.busy() || conn.ready_count > 0 || conn.sq_head < conn.sq_done) {
+  if (!conn.closing || conn.busy() || conn.ready_count > 0 || conn.sq.has_done()) {
     return n;
   }
   // Closing and idle: cancel what never left, then report the close.
-  while (n < out.size() && conn.sq_head < conn.sq_tail) {
-    SendEntry& e = conn.entry(conn.sq_head);
-    if (e.signal) {
+  conn.sq.CancelQueued();
+  while (n < out.size()) {
+    auto cancelled = conn.sq.PopDone();
+    if (!cancelled) break;
+    if (cancelled->signal) {
       Completion& c = out[n++].Reset();
       c.kind = CompletionKind::kSent;
       c.conn = conn.id;
-      c.tag = e.tag;
-      c.res = -ECANCELED;
+      c.tag = cancelled->tag;
+      c.res = cancelled->res;  // -ECANCELED
     }
-    conn.ctrl_used -= e.ctrl_bytes;
-    ++conn.sq_head;
   }
-  if (n < out.size() && conn.sq_head == conn.sq_tail) {
+  if (n < out.size() && conn.sq.empty()) {
     Completion& c = out[n++].Reset();
     c.kind = CompletionKind::kClosed;
     c.conn = conn.id;

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "io/ring.h"
+#include "transport/send_queue.h"
 #include "transport/transport.h"
 
 namespace blkmirror::transport::tcp {
@@ -28,15 +29,6 @@ struct Op : io::RingOp {
   Kind kind = Kind::kSend;
   Conn* conn = nullptr;
   Listener* listener = nullptr;
-};
-
-struct SendEntry {
-  proto::RawHeader header{};
-  const std::byte* payload = nullptr;
-  uint32_t payload_len = 0;
-  uint32_t ctrl_bytes = 0;  // control-ring bytes held (payload + wrap padding)
-  uint64_t tag = 0;
-  bool signal = false;
 };
 
 struct ReadyFrame {
@@ -63,13 +55,13 @@ struct Conn {
   bool send_broken = false;
   Status send_error;
 
-  // Send queue: a ring of entries addressed by monotonic counters.
-  //   [sq_head, sq_done)      sent and their buffers free, not yet reported by Poll
-  //   [sq_done, sq_sent)      sent, buffers still referenced by the kernel (zero-copy only)
+  // Send queue (transport/send_queue.h), with this backend's cursors between its done and tail:
+  //   [head, done)            sent and their buffers free, not yet reported by Poll
+  //   [done, sq_sent)         sent, buffers still referenced by the kernel (zero-copy only)
   //   [sq_sent, sq_batch_end) in the SENDMSG in flight
-  //   [sq_batch_end, sq_tail) queued
-  std::vector<SendEntry> sendq;
-  uint64_t sq_head = 0, sq_done = 0, sq_sent = 0, sq_batch_end = 0, sq_tail = 0;
+  //   [sq_batch_end, tail)    queued
+  SendQueue sq;
+  uint64_t sq_sent = 0, sq_batch_end = 0;
   Op send_op;
   bool send_inflight = false;
   // Zero-copy sends: each SENDMSG_ZC result that announces a notification (CQE_F_MORE) leaves
@@ -81,8 +73,6 @@ struct Conn {
   std::array<bool, 2 * kMaxBatchFrames> iov_ends_entry{};
   size_t iov_count = 0;
   size_t iov_pos = 0;  // first iovec not fully sent
-  std::vector<std::byte> ctrl_ring;
-  size_t ctrl_tail = 0, ctrl_used = 0;
 
   // Receive: one RECV in flight, into ready[(ready_head + ready_count) % kReadyCap].
   Op recv_op;
@@ -95,7 +85,6 @@ struct Conn {
   size_t ready_head = 0, ready_count = 0;
   size_t ready_lent = 0;  // delivered at the last Poll; their control spans live until the next
 
-  SendEntry& entry(uint64_t counter) { return sendq[counter % sendq.size()]; }
   bool busy() const { return send_inflight || recv_inflight || zc_count > 0; }
 };
 
@@ -153,7 +142,6 @@ class TcpTransport final : public Transport, public io::RingHandler {
   void StartRecv(Conn& conn);
   void OnRecv(Conn& conn, int32_t res);
   void FrameReceived(Conn& conn);
-  bool CtrlAlloc(Conn& conn, uint32_t len, std::byte** out, uint32_t* held);
   size_t Drain(Conn& conn, std::span<Completion> out);
 
   void PrepSend(Conn& conn);
@@ -162,6 +150,7 @@ class TcpTransport final : public Transport, public io::RingHandler {
   TransportOptions options_;
   io::BufferPool* pool_ = nullptr;
   ConnId next_id_ = 1;
+  uint64_t posts_ = 0;  // Posts so far: the batch number of SendQueue::Reserve
   std::vector<std::unique_ptr<Conn>> conns_;
   // Connections whose kClosed went out at the last Poll: freed at the next one, because the
   // control payloads handed out with that kClosed point into them.

@@ -247,8 +247,7 @@ Conn* TcpTransport::AddConn(int fd, std::string peer) {
   conn->id = next_id_++;
   conn->fd = fd;
   conn->peer = std::move(peer);
-  conn->sendq.resize(options_.send_queue_depth);
-  conn->ctrl_ring.resize(kCtrlRingBytes);
+  conn->sq.Init(options_.send_queue_depth, kCtrlRingBytes);
   conn->send_op.handler = this;
   conn->send_op.kind = Op::Kind::kSend;
   conn->send_op.conn = conn.get();
