@@ -137,6 +137,16 @@ void EncodeBody(Writer& w, const Generation& g) {
   for (size_t i = 0; i < kMaxHistory; ++i) w.U64(kOffBody + 8 + 8 * i, g.history[i]);
   w.U8(kOffBody + 40, g.count);
 }
+void EncodeBody(Writer& w, const TransportHello& t) {
+  w.U8(kOffBody + 0, t.kind);
+  w.U8(kOffBody + 1, t.version);
+  for (size_t i = 0; i < t.mac.size(); ++i) w.U8(kOffBody + 2 + i, t.mac[i]);
+  w.U32(kOffBody + 8, t.ipv4);
+  w.U16(kOffBody + 12, t.udp_port);
+  w.U16(kOffBody + 14, t.mtu);
+  w.U64(kOffBody + 16, t.session);
+  w.U32(kOffBody + 24, t.window);
+}
 void EncodeBody(Writer&, const AuthChallenge&) {}
 void EncodeBody(Writer&, const AuthProof&) {}
 
@@ -151,6 +161,8 @@ uint16_t KnownFlags(FrameType type) {
       return kHeartbeatReply;
     case FrameType::kGeneration:
       return kGenConsistent | kGenSyncStart | kGenInSync;
+    case FrameType::kTransportHello:
+      return kTransportAnswer;
     default:
       return 0;
   }
@@ -393,6 +405,29 @@ Result<Body> DecodeBody(FrameType type, uint16_t flags, uint32_t payload_len, co
       }
       return Body(g);
     }
+    case FrameType::kTransportHello: {
+      TransportHello t;
+      t.kind = r.U8(kOffBody + 0);
+      t.version = r.U8(kOffBody + 1);
+      for (size_t i = 0; i < t.mac.size(); ++i) t.mac[i] = r.U8(kOffBody + 2 + i);
+      t.ipv4 = r.U32(kOffBody + 8);
+      t.udp_port = r.U16(kOffBody + 12);
+      t.mtu = r.U16(kOffBody + 14);
+      t.session = r.U64(kOffBody + 16);
+      t.window = r.U32(kOffBody + 24);
+      if (!r.ZeroFrom(28)) return reserved("TransportHello");
+      if (t.kind != kTransportDpdk) {
+        return Status::Protocol("TransportHello: unknown data path {}", t.kind);
+      }
+      if (t.session == 0 || t.udp_port == 0 || t.window == 0) {
+        return Status::Protocol("TransportHello: session {}, UDP port {}, window {} (none may be 0)",
+                                t.session, t.udp_port, t.window);
+      }
+      if (payload_len != 0) {
+        return Status::Protocol("TransportHello: unexpected payload of {} bytes", payload_len);
+      }
+      return Body(t);
+    }
     case FrameType::kAuthProof:
       if (!r.ZeroFrom(0)) return reserved("AuthProof");
       if (payload_len != kAuthNonceSize + kAuthMacSize) {
@@ -407,7 +442,7 @@ Result<Body> DecodeBody(FrameType type, uint16_t flags, uint32_t payload_len, co
 
 bool KnownType(uint8_t t) {
   return t >= static_cast<uint8_t>(FrameType::kHello) &&
-         t <= static_cast<uint8_t>(FrameType::kGeneration);
+         t <= static_cast<uint8_t>(FrameType::kTransportHello);
 }
 
 }  // namespace
@@ -429,6 +464,7 @@ std::string_view FrameTypeName(FrameType type) {
     case FrameType::kZero: return "Zero";
     case FrameType::kFlush: return "Flush";
     case FrameType::kGeneration: return "Generation";
+    case FrameType::kTransportHello: return "TransportHello";
   }
   return "Unknown";
 }
@@ -446,7 +482,7 @@ FrameType Frame::type() const {
   // Variant order mirrors FrameType numbering (kHello == 1 at index 0).
   return static_cast<FrameType>(body.index() + 1);
 }
-static_assert(std::variant_size_v<Body> == static_cast<size_t>(FrameType::kGeneration));
+static_assert(std::variant_size_v<Body> == static_cast<size_t>(FrameType::kTransportHello));
 
 RawHeader Encode(const Frame& frame) {
   RawHeader raw{};

@@ -76,6 +76,7 @@ enum class FrameType : uint8_t {
   kZero = 13,           // primary -> replica (protocol 2): a range reads as zeros from now on
   kFlush = 14,          // primary -> replica (protocol 2): make every earlier write durable
   kGeneration = 15,     // either way (protocol 3): the sender's data generations
+  kTransportHello = 16,  // transport-internal, first on a connection: a data path's address
 };
 std::string_view FrameTypeName(FrameType type);
 
@@ -206,8 +207,26 @@ struct Generation {
   bool operator==(const Generation&) const = default;
 };
 
+// A transport that moves frames over another data path than the connection it sets up on (the
+// DPDK backend: a TCP control connection, then Ethernet/UDP packets) sends this first on the
+// control connection; the accepting side answers with its own (kTransportAnswer set) or with an
+// Error. It never reaches the engine on such a transport; an engine that gets one (a peer that
+// serves TCP alone) refuses it as an unexpected frame, and the connecting side reports that.
+inline constexpr uint16_t kTransportAnswer = 0x1;
+inline constexpr uint8_t kTransportDpdk = 1;
+struct TransportHello {
+  uint8_t kind = kTransportDpdk;   // which data path
+  uint8_t version = 1;             // of that data path's packet format
+  std::array<uint8_t, 6> mac{};    // the sender's port
+  uint32_t ipv4 = 0;               // host byte order
+  uint16_t udp_port = 0;
+  uint16_t mtu = 0;                // the sender's IP MTU; both use the smaller
+  uint64_t session = 0;            // put this in every packet sent to the sender (non-zero)
+  uint32_t window = 0;             // packets the sender keeps in flight at most
+};
+
 using Body = std::variant<Hello, HelloOk, Error, Data, Ack, Nack, Heartbeat, VerifyReq, VerifyResp,
-                          Bye, AuthChallenge, AuthProof, Zero, Flush, Generation>;
+                          Bye, AuthChallenge, AuthProof, Zero, Flush, Generation, TransportHello>;
 
 struct Frame {
   uint16_t flags = 0;

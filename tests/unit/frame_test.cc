@@ -136,10 +136,34 @@ std::vector<Frame> OneOfEach() {
   frames.push_back(Make(Zero{9, 1 << 20, 8 << 20}, static_cast<uint16_t>(AckLevel::kDurable)));
   frames.push_back(Make(Flush{10}));
   frames.push_back(Make(Generation{0x1111, {0x2222, 0x3333, 0, 0}, 2}, kGenConsistent));
+  frames.push_back(Make(TransportHello{kTransportDpdk, 1, {2, 0, 0, 0, 0, 7}, 0x0A000001, 4791,
+                                       9000, 0x1234567890ABCDEFull, 512},
+                        kTransportAnswer));
   return frames;
 }
 
 // ---- Round trips --------------------------------------------------------------------------------
+
+TEST(Frame, TransportHelloRoundTripAndBounds) {
+  TransportHello t{kTransportDpdk, 1, {2, 0, 0, 0, 0, 7}, 0x0A000001, 4791, 9000, 42, 512};
+  auto r = DecodeRaw(Encode(Make(t, kTransportAnswer)));
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  const auto& got = std::get<TransportHello>(r->body);
+  EXPECT_EQ(r->flags, kTransportAnswer);
+  EXPECT_EQ(got.mac, t.mac);
+  EXPECT_EQ(got.ipv4, t.ipv4);
+  EXPECT_EQ(got.udp_port, t.udp_port);
+  EXPECT_EQ(got.mtu, t.mtu);
+  EXPECT_EQ(got.session, t.session);
+  EXPECT_EQ(got.window, t.window);
+  auto bad = t;
+  bad.session = 0;
+  ExpectRejected(Encode(Make(bad)), "session");
+  bad = t;
+  bad.kind = 2;
+  ExpectRejected(Encode(Make(bad)), "data path");
+  ExpectRejected(Encode(Make(t, 0, 8)), "payload");
+}
 
 TEST(Frame, HelloRoundTrip) {
   Hello h = ValidHello();
@@ -488,7 +512,7 @@ TEST(Frame, AnySingleBitFlipIsRejected) {
 }
 
 TEST(Frame, RejectsUnknownTypes) {
-  for (uint8_t t : {0, 16, 17, 128, 255}) {
+  for (uint8_t t : {0, 17, 18, 128, 255}) {
     auto raw = Encode(Make(Bye{}));
     SetU8(raw, kOffType, t);
     ExpectRejected(raw, "type");
@@ -504,7 +528,8 @@ TEST(Frame, RejectsUnknownFlagBitsForEveryType) {
                        : f.type() == FrameType::kHeartbeat ? kHeartbeatReply
                        : f.type() == FrameType::kGeneration
                            ? (kGenConsistent | kGenSyncStart | kGenInSync)
-                           : 0;
+                       : f.type() == FrameType::kTransportHello ? kTransportAnswer
+                                                                : 0;
     for (int bit = 0; bit < 16; ++bit) {
       auto flag = static_cast<uint16_t>(1u << bit);
       if (allowed & flag) continue;
@@ -547,6 +572,7 @@ TEST(Frame, RejectsNonZeroReservedBytesForEveryType) {
       {FrameType::kZero, range(24, 48)},
       {FrameType::kFlush, range(8, 48)},
       {FrameType::kGeneration, range(41, 48)},
+      {FrameType::kTransportHello, range(28, 48)},
   };
   auto frames = OneOfEach();
   for (const Case& c : cases) {
