@@ -17,10 +17,19 @@ inline constexpr int kExitFailed = 3;   // the operation failed (peer, disk, pro
 // split brain, a node behind its peer, a replica's disk not promoted.
 inline constexpr int kExitRefused = 4;
 
+// The DPDK port of a command that talks to peers (--dpdk-*; transport/dpdk/port.h).
+struct DpdkArgs {
+  std::string port;         // --dpdk-port
+  std::string ip;           // --dpdk-ip
+  uint32_t mtu = 0;         // --dpdk-mtu
+  std::string test_faults;  // --test-packet-faults (hidden)
+};
+
 struct ServeArgs {
   std::string listen;
   std::string target;
   std::string transport = "auto";
+  DpdkArgs dpdk;
   bool once = false;
   std::string max_block_size = "4M";
   std::string pool_size = "256M";
@@ -41,6 +50,7 @@ struct PushArgs {
   std::string block_size = "1M";
   uint32_t window = 32;
   std::string transport = "auto";
+  DpdkArgs dpdk;
   bool json = false;
   int progress = -1;  // -1: on a terminal; 0: never; 1: always
   std::string meta_dir;
@@ -67,6 +77,7 @@ struct VolumeArgs {
   std::string block_size = "128K";
   uint32_t window = 32;
   std::string transport = "auto";
+  DpdkArgs dpdk;
   // Replicas a write needs: unset, every peer; 0, none (writes go on with no replica reachable).
   std::optional<uint32_t> quorum;
   std::string peer_timeout = "6s";
@@ -85,6 +96,7 @@ struct VerifyArgs {
   std::string peer;
   std::string block_size = "1M";
   std::string transport = "auto";
+  DpdkArgs dpdk;
   bool json = false;
   int progress = -1;
   std::string key_file;

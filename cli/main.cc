@@ -19,6 +19,22 @@ void AddProgressFlags(CLI::App* sub, int& progress) {
   on->excludes(off);
 }
 
+// --transport and the DPDK port flags, as every command that talks to peers takes them.
+void AddTransportFlags(CLI::App* sub, std::string& transport, blkmirror::cli::DpdkArgs& dpdk) {
+  sub->add_option("--transport", transport,
+                  "auto (rdma, else dpdk where --dpdk-port is given, else tcp), tcp, rdma or dpdk")
+      ->check(CLI::IsMember({"auto", "tcp", "rdma", "dpdk"}));
+  sub->add_option("--dpdk-port", dpdk.port,
+                  "DPDK port: memif:SOCKET[,role=server|client], af_packet:IFACE, af_xdp:IFACE, "
+                  "pci:ADDRESS or a DPDK vdev");
+  sub->add_option("--dpdk-ip", dpdk.ip,
+                  "this node's IPv4 address on the DPDK port (default: the interface's)");
+  sub->add_option("--dpdk-mtu", dpdk.mtu, "IP MTU on the DPDK port (default: the port's)")
+      ->check(CLI::Range(576u, 9000u));
+  sub->add_option("--test-packet-faults", dpdk.test_faults, "TEST ONLY: DPDK packet faults")
+      ->group("");
+}
+
 void SetupLogging(const std::string& level) {
   auto logger = spdlog::stderr_logger_st("blkmirror");
   logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
@@ -36,13 +52,12 @@ int main(int argc, char** argv) {
   std::string log_level = "info";
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
-  const std::vector<std::string> transports = {"auto", "tcp", "rdma"};
 
   ServeArgs serve;
   auto* s = app.add_subcommand("serve", "receive blocks from primaries into a target");
   s->add_option("--listen", serve.listen, "HOST:PORT to accept primaries on")->required();
   s->add_option("--target", serve.target, "regular file or block device to write")->required();
-  s->add_option("--transport", serve.transport, "auto (rdma, else tcp), tcp or rdma")->check(CLI::IsMember(transports));
+  AddTransportFlags(s, serve.transport, serve.dpdk);
   s->add_flag("--once", serve.once, "exit after the first write session ends");
   s->add_option("--max-block-size", serve.max_block_size, "largest block accepted (default 4M)")
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
@@ -73,7 +88,7 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"sent", "received", "durable"}));
   p->add_option("--block-size", push.block_size, "block size (default 1M)");
   p->add_option("--window", push.window, "blocks in flight per peer (default 32)");
-  p->add_option("--transport", push.transport, "auto (rdma, else tcp), tcp or rdma")->check(CLI::IsMember(transports));
+  AddTransportFlags(p, push.transport, push.dpdk);
   p->add_flag("--json", push.json, "print one JSON object on stdout");
   AddProgressFlags(p, push.progress);
   p->add_option("--meta-dir", push.meta_dir,
@@ -103,7 +118,7 @@ int main(int argc, char** argv) {
   v->add_option("--source", verify.source, "regular file or block device")->required();
   v->add_option("--peer", verify.peer, "replica HOST:PORT")->required();
   v->add_option("--block-size", verify.block_size, "block size (default 1M)");
-  v->add_option("--transport", verify.transport, "auto (rdma, else tcp), tcp or rdma")->check(CLI::IsMember(transports));
+  AddTransportFlags(v, verify.transport, verify.dpdk);
   v->add_flag("--json", verify.json, "print one JSON object on stdout");
   AddProgressFlags(v, verify.progress);
   v->add_option("--key-file", verify.key_file, "authenticate to the replica with this key");
@@ -142,8 +157,7 @@ int main(int argc, char** argv) {
                   "replication block: bitmap and ordering granularity, largest frame (default "
                   "128K)");
   vol->add_option("--window", volume.window, "writes in flight per peer (default 32)");
-  vol->add_option("--transport", volume.transport, "auto (rdma, else tcp), tcp or rdma")
-      ->check(CLI::IsMember(transports));
+  AddTransportFlags(vol, volume.transport, volume.dpdk);
   vol->add_option("--quorum", volume.quorum,
                   "replicas a write needs (default: all; 0: none, writes go on with no replica)");
   vol->add_option("--peer-timeout", volume.peer_timeout,

@@ -161,7 +161,9 @@ int RunServe(const ServeArgs& args) {
   if (Status io_path = EnterBlockIoPath(); !io_path.ok()) spdlog::info("{}", io_path.message());
   auto loop = MakeLoop(buffer_size, count, 1024);
   if (!loop.ok()) return fail(loop.status());
-  auto transports = MakeTransports(*loop, args.transport, args.test_fault);
+  transport::TransportOptions transport_options;
+  ApplyDpdkArgs(args.dpdk, transport_options);
+  auto transports = MakeTransports(*loop, args.transport, args.test_fault, transport_options);
   if (!transports.ok()) {
     return fail(transports.status(), transports.status().code() == ErrorCode::kInvalidArgument
                                          ? kExitUsage
@@ -173,8 +175,12 @@ int RunServe(const ServeArgs& args) {
   std::vector<transport::Transport*> serving;
   std::vector<std::string> bound_lines;
   transport::Endpoint local = *listen;
+  // A dpdk transport serves plain TCP peers on its port as well: no tcp listener beside it.
+  const bool dpdk_serves_tcp =
+      (transports->preferred && transports->preferred->name() == "dpdk") ||
+      (transports->fallback && transports->fallback->name() == "dpdk");
   for (auto* t : {transports->fallback.get(), transports->preferred.get()}) {
-    if (t == nullptr) continue;
+    if (t == nullptr || (dpdk_serves_tcp && t->name() == "tcp")) continue;
     auto bound = t->Listen(local);
     if (!bound.ok()) {
       if (args.transport == "auto" && t == transports->preferred.get() && !serving.empty()) {

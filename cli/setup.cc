@@ -64,17 +64,29 @@ Result<Transports> MakeTransports(const Loop& loop, std::string_view name,
     return out;
   }
   auto rdma = MakeOne(loop, "rdma", test_fault, options);
-  ASSIGN_OR_RETURN(auto tcp, MakeOne(loop, "tcp", test_fault, options));
+  // After rdma: dpdk where a port is given (it serves plain TCP peers too), else tcp.
+  const std::string_view next = options.dpdk_port.empty() ? "tcp" : "dpdk";
+  ASSIGN_OR_RETURN(auto second, MakeOne(loop, next, test_fault, options));
   if (rdma.ok()) {
     out.preferred = std::move(rdma).value();
-    out.fallback = std::move(tcp);
-  } else {
-    out.preferred = std::move(tcp);
-    out.unavailable = "rdma: " + rdma.status().message();
-    spdlog::info("--transport auto: RDMA cannot be used here ({}); using tcp",
-                 rdma.status().message());
+    out.fallback = std::move(second);
+    return out;
+  }
+  out.preferred = std::move(second);
+  out.unavailable = "rdma: " + rdma.status().message();
+  spdlog::info("--transport auto: RDMA cannot be used here ({}); using {}",
+               rdma.status().message(), next);
+  if (next == "dpdk") {
+    ASSIGN_OR_RETURN(out.fallback, MakeOne(loop, "tcp", test_fault, options));
   }
   return out;
+}
+
+void ApplyDpdkArgs(const DpdkArgs& args, transport::TransportOptions& options) {
+  options.dpdk_port = args.port;
+  options.dpdk_ip = args.ip;
+  options.dpdk_mtu = args.mtu;
+  options.dpdk_test_faults = args.test_faults;
 }
 
 Result<proto::VolumeId> VolumeIdFor(const std::string& path) {

@@ -6,6 +6,7 @@
 #include <string>
 #include <string_view>
 
+#include "cli/commands.h"
 #include "common/status.h"
 #include "io/buffer_pool.h"
 #include "io/ring.h"
@@ -24,9 +25,11 @@ Result<Loop> MakeLoop(size_t buffer_size, size_t count, unsigned entries);
 
 // The transports for `--transport NAME`, registered with the loop's pool and wrapped in a
 // FaultyTransport when `test_fault` is not empty:
-//   tcp, rdma  that backend alone (`preferred`)
-//   auto       rdma as `preferred` and tcp as `fallback`; when rdma cannot be used on this host
-//              at all, tcp as `preferred` and the reason in `unavailable`
+//   tcp, rdma, dpdk  that backend alone (`preferred`)
+//   auto             rdma as `preferred`; then dpdk when options.dpdk_port is set (which also
+//                    serves plain TCP peers), else tcp, as `fallback`; when rdma cannot be used
+//                    on this host at all, the next one as `preferred` (and tcp as `fallback`
+//                    after dpdk), with the reason in `unavailable`
 struct Transports {
   std::unique_ptr<transport::Transport> preferred;
   std::unique_ptr<transport::Transport> fallback;
@@ -35,6 +38,9 @@ struct Transports {
 Result<Transports> MakeTransports(const Loop& loop, std::string_view name,
                                   const std::string& test_fault,
                                   const transport::TransportOptions& options = {});
+
+// The transport options the --dpdk-* flags give.
+void ApplyDpdkArgs(const DpdkArgs& args, transport::TransportOptions& options);
 
 // A stable id for the volume at `path` (BLAKE2b-128 of its canonical path).
 Result<proto::VolumeId> VolumeIdFor(const std::string& path);

@@ -48,6 +48,7 @@ int RunVerify(const VerifyArgs& args) {
   if (!source.ok()) return fail(source.status());
   transport::TransportOptions transport_options;
   transport_options.source_address = args.bind;
+  ApplyDpdkArgs(args.dpdk, transport_options);
   auto transports = MakeTransports(*loop, args.transport, "", transport_options);
   if (!transports.ok()) return fail(transports.status());
 

@@ -6,6 +6,9 @@
 #ifdef BLKMIRROR_HAVE_RDMA
 #include "transport/rdma/rdma_transport.h"
 #endif
+#ifdef BLKMIRROR_HAVE_DPDK
+#include "transport/dpdk/dpdk_transport.h"
+#endif
 
 namespace blkmirror::transport {
 namespace {
@@ -19,6 +22,9 @@ struct Backend {
 constexpr Backend kBackends[] = {
 #ifdef BLKMIRROR_HAVE_RDMA
     {"rdma", &CreateRdmaTransport},
+#endif
+#ifdef BLKMIRROR_HAVE_DPDK
+    {"dpdk", &CreateDpdkTransport},
 #endif
     {"tcp", &CreateTcpTransport},
 };

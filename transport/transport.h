@@ -127,6 +127,14 @@ struct TransportOptions {
   // Local address Connect binds to ("" = the route decides). With both ends on one host (the
   // soft-RoCE lab), it is what makes RDMA traffic cross the wire instead of looping back.
   std::string source_address;
+  // dpdk: the port (`--dpdk-port`, transport/dpdk/port.h), this node's IPv4 address on it
+  // ("" = the kernel interface's own), its IP MTU (0 = the port's).
+  std::string dpdk_port;
+  std::string dpdk_ip;
+  uint32_t dpdk_mtu = 0;
+  // dpdk, tests only: received packets dropped, duplicated, reordered, corrupted at these
+  // rates ("drop=0.01,dup=0.001,reorder=0.01,corrupt=0.001").
+  std::string dpdk_test_faults;
 };
 
 class Transport {

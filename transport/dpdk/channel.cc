@@ -1,0 +1,387 @@
+#include "transport/dpdk/channel.h"
+
+#include <algorithm>
+#include <bit>
+#include <cstring>
+
+namespace blkmirror::transport::dpdk {
+namespace {
+
+constexpr double kMinCwnd = 4;
+
+}  // namespace
+
+Channel::Channel(ChannelConfig config, io::BufferPool* pool, bool accepted, std::string peer)
+    : config_(config), pool_(pool), accepted_(accepted), peer_(std::move(peer)) {
+  // Frame numbers and sequence numbers wrap at 2^32: ring sizes are powers of two so that
+  // `number % size` stays continuous across the wrap.
+  tx_.resize(std::bit_ceil(std::max<uint32_t>(config_.send_queue_depth, 2)));
+  inflight_.resize(std::bit_ceil(std::max<uint32_t>(config_.max_window, kSackBits + 1)));
+  config_.max_window = static_cast<uint32_t>(inflight_.size());
+  cwnd_ = std::min<double>(config_.initial_cwnd, config_.max_window);
+  ssthresh_ = config_.max_window;
+  resend_.reserve(inflight_.size());
+  peer_credit_ = static_cast<uint32_t>(kRxReady);  // what every fresh receiver can take
+  credit_sent_ = Credit();
+}
+
+void Channel::Fail(Status reason) {
+  if (failure_.ok()) failure_ = std::move(reason);
+}
+
+uint32_t Channel::Credit() const { return rx_head_ + static_cast<uint32_t>(kRxReady); }
+
+bool Channel::Queue(const WorkItem& item, uint32_t payload_len) {
+  if (SendSpace() == 0) return false;
+  TxFrame& f = FrameAt(tx_tail_);
+  f.header = item.header;
+  f.tag = item.tag;
+  f.signal = item.signal;
+  f.payload_len = payload_len;
+  f.packets = 0;
+  if (item.data != nullptr) {
+    f.payload = item.data;
+  } else {
+    std::memcpy(f.ctrl.data(), item.control.data(), item.control.size());
+    f.payload = f.ctrl.data();
+  }
+  ++tx_tail_;
+  return true;
+}
+
+void Channel::FillAck(RelHeader& h) const {
+  h.ack = rcv_nxt_;
+  h.sack = rcv_sack_;
+  h.credit = Credit();
+}
+
+TxPacket Channel::MakePacket(uint32_t seq, const Inflight& slot) {
+  const TxFrame& f = FrameAt(slot.frame_no);
+  TxPacket p;
+  p.header.kind = PacketKind::kData;
+  p.header.seq = seq;
+  p.header.frame_no = slot.frame_no;
+  p.header.frame_off = slot.frame_off;
+  p.header.frame_len = static_cast<uint32_t>(proto::kHeaderSize) + f.payload_len;
+  p.header.payload_len = static_cast<uint16_t>(slot.len);
+  FillAck(p.header);
+  uint32_t off = slot.frame_off;
+  uint32_t end = off + slot.len;
+  if (off < proto::kHeaderSize) {
+    uint32_t h_end = std::min<uint32_t>(end, proto::kHeaderSize);
+    p.a = {f.header.data() + off, h_end - off};
+    off = h_end;
+  }
+  if (off < end) {
+    std::span<const std::byte> body{f.payload + (off - proto::kHeaderSize), end - off};
+    (p.a.empty() ? p.a : p.b) = body;
+  }
+  return p;
+}
+
+size_t Channel::Transmit(uint64_t now_ns, std::span<TxPacket> out) {
+  if (failed()) return 0;
+  size_t n = 0;
+  // Retransmissions first: they hold the receiver's frame back.
+  while (n < out.size() && resend_pos_ < resend_.size()) {
+    uint32_t seq = resend_[resend_pos_++];
+    Inflight& slot = SlotAt(seq);
+    slot.due = false;
+    if (Before(seq, snd_una_) || !Before(seq, snd_nxt_) || slot.sacked) continue;
+    out[n++] = MakePacket(seq, slot);
+    slot.sent_ns = now_ns;
+    slot.resent = true;
+    ++stats_.retransmits;
+  }
+  if (resend_pos_ == resend_.size()) {
+    resend_.clear();
+    resend_pos_ = 0;
+  }
+  // New packets, within the congestion window and the receiver's frame credit.
+  const uint32_t window = std::min<uint32_t>(static_cast<uint32_t>(cwnd_), config_.max_window);
+  bool credit_blocked = false;
+  while (n < out.size() && tx_started_ != tx_tail_ && snd_nxt_ - snd_una_ < window) {
+    TxFrame& f = FrameAt(tx_started_);
+    const uint32_t frame_len = static_cast<uint32_t>(proto::kHeaderSize) + f.payload_len;
+    if (tx_off_ == 0) {
+      if (!Before(tx_started_, peer_credit_)) {
+        credit_blocked = true;
+        break;
+      }
+      f.first_seq = snd_nxt_;
+      f.packets = (frame_len + config_.chunk - 1) / config_.chunk;
+    }
+    Inflight& slot = SlotAt(snd_nxt_);
+    slot = Inflight{tx_started_, tx_off_, std::min(config_.chunk, frame_len - tx_off_), now_ns};
+    out[n++] = MakePacket(snd_nxt_, slot);
+    ++snd_nxt_;
+    tx_off_ += slot.len;
+    if (tx_off_ == frame_len) {
+      ++tx_started_;
+      tx_off_ = 0;
+    }
+  }
+  if (credit_blocked && snd_una_ == snd_nxt_ && n < out.size() &&
+      now_ns - probe_ns_ >= rto_ns_) {
+    // Blocked on frame credit with nothing in flight: ask for the receiver's credit again.
+    TxPacket& p = out[n++];
+    p = TxPacket{};
+    p.header.kind = PacketKind::kProbe;
+    FillAck(p.header);
+    probe_ns_ = now_ns;
+  } else if (n == 0 && (ack_due_ || (credit_dirty_ && Credit() != credit_sent_)) &&
+             !out.empty()) {
+    TxPacket& p = out[n++];
+    p = TxPacket{};
+    p.header.kind = PacketKind::kAck;
+    FillAck(p.header);
+  }
+  if (n > 0) {
+    ack_due_ = false;
+    credit_dirty_ = false;
+    credit_sent_ = Credit();
+  }
+  stats_.packets_sent += n;
+  return n;
+}
+
+void Channel::Loss(uint64_t now_ns) {
+  (void)now_ns;
+  if (in_recovery_) return;
+  cwnd_ = std::max(kMinCwnd, cwnd_ / 2);
+  ssthresh_ = cwnd_;
+  in_recovery_ = true;
+  recover_ = snd_nxt_;
+}
+
+void Channel::OnAck(uint64_t now_ns, const RelHeader& h) {
+  if (Before(peer_credit_, h.credit) && h.credit - tx_head_ <= tx_.size() + kRxReady) {
+    peer_credit_ = h.credit;
+    last_progress_ns_ = now_ns;
+  }
+  // An ack of packets never sent is a broken or hostile peer's: ignored.
+  if (Before(h.ack, snd_una_) || Before(snd_nxt_, h.ack)) return;
+  if (Before(snd_una_, h.ack)) {
+    const uint32_t acked = h.ack - snd_una_;
+    const Inflight& last = SlotAt(h.ack - 1);
+    if (!last.resent && !last.sacked) {
+      const uint64_t sample = now_ns - last.sent_ns;
+      srtt_ns_ = srtt_ns_ == 0 ? sample : (7 * srtt_ns_ + sample) / 8;
+    }
+    rto_ns_ = std::clamp<uint64_t>(4 * srtt_ns_, kRtoMin, kRtoMax);
+    cwnd_ = std::min<double>(cwnd_ < ssthresh_ ? cwnd_ + acked : cwnd_ + acked / cwnd_,
+                             config_.max_window);
+    snd_una_ = h.ack;
+    last_progress_ns_ = now_ns;
+    if (in_recovery_ && !Before(snd_una_, recover_)) in_recovery_ = false;
+    while (tx_acked_ != tx_started_) {
+      const TxFrame& f = FrameAt(tx_acked_);
+      if (Before(snd_una_, f.first_seq + f.packets)) break;
+      ++tx_acked_;
+    }
+  }
+  if (h.sack == 0) return;
+  // Packets past a gap arrived: fill the gap now, once per RTT.
+  const int top = 63 - std::countl_zero(h.sack);
+  for (int i = 0; i <= top; ++i) {
+    uint32_t seq = h.ack + 1 + static_cast<uint32_t>(i);
+    if (!Before(seq, snd_nxt_)) break;
+    if ((h.sack >> i) & 1) SlotAt(seq).sacked = true;
+  }
+  for (uint32_t seq = h.ack; Before(seq, h.ack + 1 + static_cast<uint32_t>(top)); ++seq) {
+    if (!Before(seq, snd_nxt_)) break;
+    Inflight& slot = SlotAt(seq);
+    if (slot.sacked || slot.due || now_ns - slot.sent_ns < std::max(srtt_ns_, uint64_t{1})) {
+      continue;
+    }
+    slot.due = true;
+    resend_.push_back(seq);
+    Loss(now_ns);
+  }
+}
+
+void Channel::Tick(uint64_t now_ns) {
+  if (failed()) return;
+  const bool waiting = snd_una_ != snd_nxt_ ||
+                       (tx_started_ != tx_tail_ && !Before(tx_started_, peer_credit_));
+  if (!waiting) {
+    waiting_ = false;
+    return;
+  }
+  if (!waiting_) {
+    waiting_ = true;  // the liveness clock starts now
+    last_progress_ns_ = now_ns;
+  }
+  if (now_ns - last_progress_ns_ > config_.dead_after_ns) {
+    Fail(Status::Error(
+        ErrorCode::kTimeout,
+        fmt::format("{} acknowledged nothing for {} s ({} packets unacknowledged, {} frames "
+                    "waiting): the peer is gone or stuck",
+                    peer_, config_.dead_after_ns / 1'000'000'000, snd_nxt_ - snd_una_,
+                    tx_tail_ - tx_acked_)));
+    return;
+  }
+  if (snd_una_ == snd_nxt_) return;
+  if (now_ns - SlotAt(snd_una_).sent_ns < rto_ns_) return;
+  // Retransmission timeout: go back to the oldest unacknowledged packet.
+  ++stats_.timeouts;
+  resend_.clear();
+  resend_pos_ = 0;
+  for (uint32_t seq = snd_una_; seq != snd_nxt_; ++seq) {
+    Inflight& slot = SlotAt(seq);
+    slot.due = !slot.sacked;
+    if (slot.due) resend_.push_back(seq);
+  }
+  rto_ns_ = std::min(rto_ns_ * 2, kRtoMax);
+  in_recovery_ = false;
+  Loss(now_ns);
+}
+
+std::string Channel::Describe() const {
+  return fmt::format(
+      "snd una {} nxt {} (window {:.0f}, rto {} us, {} due) frames acked {} started {} tail {} "
+      "(peer credit {}), rcv nxt {} sack {:#x} frame {} started {} ({}/{} bytes) ready {}",
+      snd_una_, snd_nxt_, cwnd_, rto_ns_ / 1000, resend_.size() - resend_pos_, tx_acked_,
+      tx_started_, tx_tail_, peer_credit_, rcv_nxt_, rcv_sack_, rx_frame_, rx_started_, rx_got_,
+      rx_len_, rx_ready_);
+}
+
+bool Channel::Busy() const {
+  return snd_una_ != snd_nxt_ || tx_started_ != tx_tail_ || ack_due_ ||
+         (credit_dirty_ && Credit() != credit_sent_) || !resend_.empty();
+}
+
+void Channel::Receive(uint64_t now_ns, const PacketView& packet) {
+  if (failed()) return;
+  ++stats_.packets_received;
+  OnAck(now_ns, packet.header);
+  if (packet.header.kind == PacketKind::kProbe) ack_due_ = true;
+  if (packet.header.kind == PacketKind::kData) OnData(now_ns, packet);
+}
+
+void Channel::OnData(uint64_t now_ns, const PacketView& p) {
+  (void)now_ns;
+  const RelHeader& h = p.header;
+  ack_due_ = true;  // every data packet is answered (a duplicate may mean our ack was lost)
+  auto drop = [&](DropReason r) { ++stats_.drops[static_cast<size_t>(r)]; };
+  if (Before(h.seq, rcv_nxt_)) return drop(DropReason::kStale);
+  const uint32_t d = h.seq - rcv_nxt_;
+  if (d > kSackBits) return drop(DropReason::kStale);
+  if (d > 0 && ((rcv_sack_ >> (d - 1)) & 1)) return drop(DropReason::kStale);
+  if (h.frame_no != rx_frame_ || (!rx_started_ && h.frame_off != 0)) {
+    // In order, the packet must be the next one of the frame being assembled: seqs are given
+    // to frames in order, so anything else is a broken sender.
+    if (d == 0) {
+      return Fail(Status::Protocol(
+          "bad packet from {}: seq {} carries frame {} at offset {}, expected frame {} at {}",
+          peer_, h.seq, h.frame_no, h.frame_off, rx_frame_, rx_started_ ? rx_got_ : 0));
+    }
+    return drop(DropReason::kOutOfOrder);
+  }
+  if (h.frame_off % config_.chunk != 0 ||
+      h.payload_len != std::min(config_.chunk, h.frame_len - h.frame_off)) {
+    // Both sides cut frames at the chunk size agreed in the TransportHello: a packet cut
+    // otherwise could overlap bytes already placed.
+    if (d == 0) {
+      return Fail(Status::Protocol("bad packet from {}: {} bytes at offset {} of frame {}, not "
+                                   "cut at the agreed {}-byte chunks",
+                                   peer_, h.payload_len, h.frame_off, h.frame_no, config_.chunk));
+    }
+    return drop(DropReason::kMalformed);
+  }
+  if (rx_ready_ == kRxReady) return drop(DropReason::kNoRoom);
+  RxFrame& f = rx_[rx_frame_ % kRxReady];
+  if (!rx_started_) {
+    if (!StartFrame(p, f)) return;
+  } else if (h.frame_len != rx_len_) {
+    return Fail(Status::Protocol("bad packet from {}: frame {} announced {} bytes, then {}",
+                                 peer_, rx_frame_, rx_len_, h.frame_len));
+  } else if (h.seq - rx_first_seq_ != h.frame_off / config_.chunk) {
+    // A frame's packets have consecutive seqs from its first one's: a packet whose offset is
+    // not its seq's would place bytes twice (and could replace the header checked at the start).
+    if (d == 0) {
+      return Fail(Status::Protocol("bad packet from {}: seq {} carries offset {} of frame {}, "
+                                   "whose first packet was seq {}",
+                                   peer_, h.seq, h.frame_off, rx_frame_, rx_first_seq_));
+    }
+    return drop(DropReason::kMalformed);
+  }
+  Place(f, p);
+  if (d == 0) {
+    ++rcv_nxt_;
+    while (rcv_sack_ & 1) {
+      rcv_sack_ >>= 1;
+      ++rcv_nxt_;
+    }
+    rcv_sack_ >>= 1;
+  } else {
+    rcv_sack_ |= uint64_t{1} << (d - 1);
+  }
+  if (rx_got_ == rx_len_) {
+    ++rx_ready_;
+    ++rx_frame_;
+    rx_started_ = false;
+  }
+}
+
+bool Channel::StartFrame(const PacketView& p, RxFrame& f) {
+  const RelHeader& h = p.header;
+  if (h.payload_len < proto::kHeaderSize) {
+    Fail(Status::Protocol("bad packet from {}: the first packet of frame {} has {} bytes, less "
+                          "than a frame header",
+                          peer_, h.frame_no, h.payload_len));
+    return false;
+  }
+  std::memcpy(f.header.data(), p.payload.data(), proto::kHeaderSize);
+  auto prefix = proto::DecodePrefix(f.header);
+  if (!prefix.ok()) {
+    Fail(prefix.status().Context(fmt::format("bad frame from {}", peer_)));
+    return false;
+  }
+  if (proto::kHeaderSize + prefix->payload_len != h.frame_len) {
+    Fail(Status::Protocol("bad packet from {}: frame of {} bytes in packets announcing {}", peer_,
+                          proto::kHeaderSize + prefix->payload_len, h.frame_len));
+    return false;
+  }
+  if (proto::CarriesBlockData(prefix->type)) {
+    if (!(accepted_ && trusted_)) {
+      Fail(UnexpectedData(peer_, accepted_));
+      return false;
+    }
+    if (prefix->payload_len > pool_->buffer_size()) {
+      Fail(Status::Protocol("bad frame from {}: Data payload of {} bytes exceeds the buffer "
+                            "size {}",
+                            peer_, prefix->payload_len, pool_->buffer_size()));
+      return false;
+    }
+    auto buffer = pool_->TryGet();
+    if (!buffer) {
+      ++stats_.drops[static_cast<size_t>(DropReason::kNoRoom)];
+      return false;  // the sender retransmits it after the RTO
+    }
+    f.data = std::move(*buffer);
+  }
+  rx_started_ = true;
+  rx_len_ = h.frame_len;
+  rx_got_ = 0;
+  rx_first_seq_ = h.seq;
+  return true;
+}
+
+void Channel::Place(RxFrame& f, const PacketView& p) {
+  uint32_t off = p.header.frame_off;
+  std::span<const std::byte> bytes = p.payload;
+  if (off < proto::kHeaderSize) {
+    size_t n = std::min<size_t>(bytes.size(), proto::kHeaderSize - off);
+    std::memcpy(f.header.data() + off, bytes.data(), n);
+    bytes = bytes.subspan(n);
+    off += static_cast<uint32_t>(n);
+  }
+  if (!bytes.empty()) {
+    std::byte* dst = f.data ? f.data.data() : f.ctrl.data();
+    std::memcpy(dst + (off - proto::kHeaderSize), bytes.data(), bytes.size());
+  }
+  rx_got_ += p.header.payload_len;
+}
+
+}  // namespace blkmirror::transport::dpdk

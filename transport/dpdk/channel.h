@@ -1,0 +1,224 @@
+// Channel: the reliability layer of one DPDK connection, both directions, with no DPDK in it
+// (packets in and out are descriptors; the transport moves them through its port). It turns an
+// unreliable, reordering, duplicating, corrupting packet path into what the transport contract
+// promises: frames delivered in order, exactly once, or the connection closed with the reason.
+//
+// Sending (eRPC's design as the anchor): frames are cut into packets of `chunk` bytes, each with
+// a sequence number. The receiver's acks are cumulative (`ack`) with a 64-bit selective map
+// (`sack`). A gap that the sack map shows is retransmitted at once (at most once per smoothed
+// RTT); when the oldest unacked packet is older than the RTO, every unacked, unsacked packet is
+// sent again (go-back-N) and the RTO doubles, up to kRtoMax. The congestion window, in packets,
+// starts in slow start (doubling per window acked) up to a threshold that a loss sets to half
+// the window, then grows by one per window acked (AIMD); a loss episode halves it once. Frame credits are flow control:
+// the receiver names the first frame number it cannot take yet, and the sender starts no frame
+// at or past it. A sender blocked on credit probes the receiver every RTO.
+//
+// Receiving: packets are placed straight into the frame's destination (a pool buffer for block
+// data, a control slot otherwise) at their frame offset; the frame's first packet (its 64-byte
+// header) must arrive before the others of that frame can be placed, and later frames wait for
+// the current one. A block buffer is taken only for a Data frame on a trusted, accepted channel
+// (transport contract). Duplicates and packets outside the window are dropped and counted, never
+// placed twice.
+//
+// Liveness: with packets unacked (or a frame blocked on credit) and no progress for `dead_after`,
+// the channel fails: the peer is alive-but-stuck or gone.
+//
+// Thread safety: none; a channel belongs to its transport's loop.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "io/buffer_pool.h"
+#include "proto/frame.h"
+#include "transport/dpdk/packet.h"
+#include "transport/transport.h"
+
+namespace blkmirror::transport::dpdk {
+
+inline constexpr uint32_t kSackBits = 64;
+inline constexpr size_t kRxReady = 16;  // frames received and not yet handed out, per channel
+inline constexpr uint64_t kRtoMin = 2'000'000;    // ns
+inline constexpr uint64_t kRtoMax = 200'000'000;  // ns
+
+struct ChannelConfig {
+  uint32_t chunk = ChunkSize(1500);  // frame bytes per packet
+  uint32_t max_window = 1024;        // packets in flight at most
+  uint32_t initial_cwnd = 128;
+  uint32_t send_queue_depth = 1024;  // frames queued before Post refuses
+  uint64_t dead_after_ns = 10'000'000'000;
+};
+
+// What one outgoing packet carries: its header and the frame bytes, in up to two pieces.
+struct TxPacket {
+  RelHeader header;
+  std::span<const std::byte> a, b;
+};
+
+// A frame queued to send.
+struct TxFrame {
+  proto::RawHeader header{};
+  const std::byte* payload = nullptr;
+  uint32_t payload_len = 0;
+  uint64_t tag = 0;
+  bool signal = false;
+  std::array<std::byte, proto::kMaxControlPayload> ctrl{};  // copied control payload
+  uint32_t first_seq = 0;  // set when its first packet goes out
+  uint32_t packets = 0;
+};
+
+struct RxFrame {
+  proto::RawHeader header{};
+  io::BufferRef data;
+  alignas(8) std::array<std::byte, proto::kMaxControlPayload> ctrl{};
+};
+
+struct ChannelStats {
+  uint64_t packets_sent = 0, packets_received = 0, retransmits = 0, timeouts = 0;
+  std::array<uint64_t, static_cast<size_t>(DropReason::kCount)> drops{};
+};
+
+class Channel {
+ public:
+  Channel(ChannelConfig config, io::BufferPool* pool, bool accepted, std::string peer);
+
+  const std::string& peer() const { return peer_; }
+  bool accepted() const { return accepted_; }
+  void Trust() { trusted_ = accepted_; }
+  bool failed() const { return !failure_.ok(); }
+  const Status& failure() const { return failure_; }
+  const ChannelStats& stats() const { return stats_; }
+
+  // Sending side. Frames queued and not yet acknowledged: SendSpace is what is left.
+  size_t SendSpace() const { return tx_.size() - (tx_tail_ - tx_head_); }
+  // Queues a frame (checked by the caller with CheckWorkItem); false when full.
+  bool Queue(const WorkItem& item, uint32_t payload_len);
+  // Up to out.size() packets to send now (retransmits first, then new data, then an ack if one
+  // is due); returns how many. Each points into frames that stay queued until acknowledged.
+  size_t Transmit(uint64_t now_ns, std::span<TxPacket> out);
+  // Acknowledged frames, oldest first: calls done(frame) for each and forgets it.
+  template <typename F>
+  void TakeAcked(F&& done, size_t max = SIZE_MAX) {
+    for (; tx_head_ != tx_acked_ && max > 0; --max) {
+      done(tx_[tx_head_ % tx_.size()]);
+      ++tx_head_;
+    }
+  }
+  // Frames never acknowledged (the channel is closing): calls cancelled(frame) for each.
+  // At most `max` at a time; true once none is left.
+  template <typename F>
+  bool TakeUnacked(F&& cancelled, size_t max = SIZE_MAX) {
+    for (; tx_head_ != tx_tail_ && max > 0; --max) {
+      cancelled(tx_[tx_head_ % tx_.size()]);
+      ++tx_head_;
+    }
+    if (tx_head_ != tx_tail_) return false;
+    tx_acked_ = tx_started_ = tx_tail_ = tx_head_;
+    return true;
+  }
+  // Nothing queued or unacknowledged.
+  bool Idle() const { return tx_head_ == tx_tail_; }
+
+  // Receiving side: one decoded packet of this channel's session.
+  void Receive(uint64_t now_ns, const PacketView& packet);
+  // Received frames, in order: calls take(frame) for each; the frame's data BufferRef may be
+  // moved out (else it goes back to the pool), its header and control bytes stay valid until
+  // the next TakeReceived.
+  template <typename F>
+  void TakeReceived(F&& take, size_t max = SIZE_MAX) {
+    for (; rx_ready_ > 0 && max > 0; --max) {
+      RxFrame& f = rx_[rx_head_ % kRxReady];
+      take(f);
+      f.data.Reset();  // not moved out: a later control frame in this slot must not land in it
+      ++rx_head_;
+      --rx_ready_;
+      credit_dirty_ = true;  // room for one more frame: tell the sender
+    }
+  }
+  size_t ready() const { return rx_ready_; }
+
+  // Checks the timers: RTO and liveness. Call on every loop turn while Busy().
+  void Tick(uint64_t now_ns);
+
+  // The sequence and credit state, for logs: "snd 10..12/12 frames 3..5/7 credit 19 cwnd 64
+  // rcv 40+0x0 frame 9 ready 0".
+  std::string Describe() const;
+
+  // True while packets are in flight, frames wait, or an ack is due (the loop should poll).
+  bool Busy() const;
+
+ private:
+  struct Inflight {
+    uint32_t frame_no = 0;
+    uint32_t frame_off = 0;
+    uint32_t len = 0;
+    uint64_t sent_ns = 0;
+    bool sacked = false;
+    bool resent = false;  // sent more than once (no RTT sample from it: Karn)
+    bool due = false;     // queued for retransmission
+  };
+  static bool Before(uint32_t a, uint32_t b) { return static_cast<int32_t>(a - b) < 0; }
+  TxFrame& FrameAt(uint32_t frame_no) { return tx_[frame_no % tx_.size()]; }
+  Inflight& SlotAt(uint32_t seq) { return inflight_[seq % inflight_.size()]; }
+  void Fail(Status reason);
+  void OnAck(uint64_t now_ns, const RelHeader& h);
+  void OnData(uint64_t now_ns, const PacketView& p);
+  bool StartFrame(const PacketView& p, RxFrame& f);
+  void Place(RxFrame& f, const PacketView& p);
+  void AdvanceRx();
+  TxPacket MakePacket(uint32_t seq, const Inflight& slot);
+  void FillAck(RelHeader& h) const;
+  uint32_t Credit() const;
+  void Loss(uint64_t now_ns);
+
+  ChannelConfig config_;
+  io::BufferPool* pool_;
+  bool accepted_;
+  bool trusted_ = false;
+  std::string peer_;
+  Status failure_;
+  ChannelStats stats_;
+
+  // Sending. Frame numbers: [tx_head_, tx_acked_) acknowledged, not yet taken;
+  // [tx_acked_, tx_started_) with packets out; tx_started_ is being cut (at tx_off_);
+  // (tx_started_, tx_tail_) queued.
+  std::vector<TxFrame> tx_;
+  uint32_t tx_head_ = 0, tx_acked_ = 0, tx_started_ = 0, tx_tail_ = 0;
+  uint32_t tx_off_ = 0;
+  std::vector<Inflight> inflight_;
+  uint32_t snd_una_ = 0, snd_nxt_ = 0;
+  uint32_t peer_credit_ = 0;  // frames numbered below it may be started
+  double cwnd_;
+  double ssthresh_;
+  uint32_t recover_ = 0;      // a loss episode lasts until snd_una_ passes this
+  bool in_recovery_ = false;
+  uint64_t srtt_ns_ = 0;
+  uint64_t rto_ns_ = kRtoMin;
+  uint64_t last_progress_ns_ = 0;
+  bool waiting_ = false;  // for an ack or for credit, since last_progress_ns_
+  uint64_t probe_ns_ = 0;
+  std::vector<uint32_t> resend_;  // seqs due again, oldest first
+  size_t resend_pos_ = 0;
+
+  // Receiving.
+  std::array<RxFrame, kRxReady> rx_;
+  uint32_t rx_head_ = 0;   // frame number of rx_[rx_head_ % kRxReady]
+  size_t rx_ready_ = 0;
+  uint32_t rx_frame_ = 0;  // frame being assembled (rx_head_ + rx_ready_)
+  bool rx_started_ = false;
+  uint32_t rx_len_ = 0, rx_got_ = 0;
+  uint32_t rx_first_seq_ = 0;  // the seq of its first packet
+  uint32_t rcv_nxt_ = 0;
+  uint64_t rcv_sack_ = 0;
+  bool ack_due_ = false;
+  bool credit_dirty_ = false;
+  uint32_t credit_sent_ = 0;
+};
+
+}  // namespace blkmirror::transport::dpdk

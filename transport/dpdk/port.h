@@ -1,0 +1,79 @@
+// Port: one DPDK ethernet port with one rx and one tx queue, and the process's EAL behind it.
+//
+// The EAL is initialised once per process, on first use, in-process and leaving no files: on
+// 2 MiB hugepages with --in-memory when some are free, else with --no-huge --no-shconf (said once
+// in the log); its main lcore may run on any CPU the process may (no pinning). Devices are
+// hot-plugged after that (rte_dev_probe), so one process can open several ports (the unit tests
+// open both ends of a memif pair).
+//
+// Port descriptions (`--dpdk-port`):
+//   memif:SOCKET[,role=server|client]   shared memory with another process on this host
+//   af_packet:IFACE                      a kernel interface, through a packet socket
+//   af_xdp:IFACE                         a kernel interface, through an AF_XDP socket
+//   pci:DOMAIN:BUS:DEV.FN                a NIC bound to vfio-pci (a real node; not testable here)
+//   net_...,ARGS                         any DPDK vdev, as DPDK's --vdev takes it
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "common/status.h"
+#include "transport/dpdk/packet.h"
+
+struct rte_mbuf;
+struct rte_mempool;
+
+namespace blkmirror::transport::dpdk {
+
+struct PortSpec {
+  std::string device;       // as above
+  std::string default_role; // memif role when the description names none ("server"/"client")
+  uint32_t mtu = 0;         // IP MTU; 0: the port's (memif: 9000)
+};
+
+class Port {
+ public:
+  static Result<std::unique_ptr<Port>> Open(const PortSpec& spec);
+  ~Port();
+  Port(const Port&) = delete;
+  Port& operator=(const Port&) = delete;
+
+  const std::string& name() const { return name_; }
+  const MacAddr& mac() const { return mac_; }
+  uint32_t mtu() const { return mtu_; }
+  // The interface's IPv4 address (af_packet/af_xdp), 0 when the port has none of its own.
+  uint32_t kernel_ipv4() const { return kernel_ipv4_; }
+  bool link_up() const;
+
+  uint16_t RxBurst(rte_mbuf** pkts, uint16_t n);
+  // Sends what the queue takes; frees the rest (the reliability layer resends them).
+  uint16_t TxBurst(rte_mbuf** pkts, uint16_t n);
+  // An mbuf with room for `len` bytes of packet, or null when the pool is empty.
+  rte_mbuf* Alloc(uint32_t len);
+
+  // An fd that becomes readable when packets arrive while rx interrupts are armed (-1 when the
+  // driver has none: the transport then wakes on a timer).
+  int rx_event_fd() const { return rx_fd_; }
+  // Arms (true) or disarms rx interrupts; a no-op without them.
+  void ArmRxInterrupt(bool on);
+
+  uint64_t tx_dropped() const { return tx_dropped_; }
+
+ private:
+  Port() = default;
+  std::string name_;
+  std::string device_name_;  // for rte_dev_remove
+  uint16_t port_id_ = 0;
+  rte_mempool* pool_ = nullptr;
+  MacAddr mac_{};
+  uint32_t mtu_ = 1500;
+  uint32_t kernel_ipv4_ = 0;
+  int rx_fd_ = -1;
+  bool armed_ = false;
+  bool started_ = false;
+  uint64_t tx_dropped_ = 0;
+};
+
+}  // namespace blkmirror::transport::dpdk
