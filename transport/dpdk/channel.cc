@@ -53,6 +53,7 @@ void Channel::FillAck(RelHeader& h) const {
   h.ack = rcv_nxt_;
   h.sack = rcv_sack_;
   h.credit = Credit();
+  h.high = rcv_high_;
 }
 
 TxPacket Channel::MakePacket(uint32_t seq, const Inflight& slot) {
@@ -180,23 +181,22 @@ void Channel::OnAck(uint64_t now_ns, const RelHeader& h) {
       ++tx_acked_;
     }
   }
-  if (h.sack == 0) return;
-  // Packets past a gap arrived: fill the gap now, once per RTT.
-  const int top = 63 - std::countl_zero(h.sack);
-  for (int i = 0; i <= top; ++i) {
-    uint32_t seq = h.ack + 1 + static_cast<uint32_t>(i);
+  // Sacked packets are not sent again; those below `high` sent before the one that reached it
+  // were lost.
+  for (int i = 0; i < static_cast<int>(kSackBits); ++i) {
+    if (!((h.sack >> i) & 1)) continue;
+    const uint32_t seq = h.ack + 1 + static_cast<uint32_t>(i);
     if (!Before(seq, snd_nxt_)) break;
-    if ((h.sack >> i) & 1) SlotAt(seq).sacked = true;
+    SlotAt(seq).sacked = true;
   }
-  for (uint32_t seq = h.ack; Before(seq, h.ack + 1 + static_cast<uint32_t>(top)); ++seq) {
-    if (!Before(seq, snd_nxt_)) break;
+  if (!Before(h.ack, h.high) || Before(snd_nxt_, h.high)) return;
+  const uint64_t overtaken = SlotAt(h.high - 1).sent_ns;
+  for (uint32_t seq = std::max(h.ack, snd_una_, [](uint32_t a, uint32_t b) { return Before(a, b); });
+       Before(seq, h.high - 1); ++seq) {
     Inflight& slot = SlotAt(seq);
-    if (slot.sacked || slot.due || now_ns - slot.sent_ns < std::max(srtt_ns_, uint64_t{1})) {
-      continue;
-    }
+    if (slot.sacked || slot.due || slot.sent_ns >= overtaken) continue;
     slot.due = true;
     resend_.push_back(seq);
-    Loss(now_ns);
   }
 }
 
@@ -238,12 +238,13 @@ void Channel::Tick(uint64_t now_ns) {
 }
 
 std::string Channel::Describe() const {
+  const RxFrame& f = rx_[rx_frame_ % kRxReady];
   return fmt::format(
       "snd una {} nxt {} (window {:.0f}, rto {} us, {} due) frames acked {} started {} tail {} "
-      "(peer credit {}), rcv nxt {} sack {:#x} frame {} started {} ({}/{} bytes) ready {}",
+      "(peer credit {}), rcv nxt {} sack {:#x} high {} frame {} ({}/{} bytes) ready {}",
       snd_una_, snd_nxt_, cwnd_, rto_ns_ / 1000, resend_.size() - resend_pos_, tx_acked_,
-      tx_started_, tx_tail_, peer_credit_, rcv_nxt_, rcv_sack_, rx_frame_, rx_started_, rx_got_,
-      rx_len_, rx_ready_);
+      tx_started_, tx_tail_, peer_credit_, rcv_nxt_, rcv_sack_, rcv_high_, rx_frame_,
+      f.started ? f.got : 0, f.started ? f.len : 0, rx_ready_);
 }
 
 bool Channel::Busy() const {
@@ -268,43 +269,60 @@ void Channel::OnData(uint64_t now_ns, const PacketView& p) {
   const uint32_t d = h.seq - rcv_nxt_;
   if (d > kSackBits) return drop(DropReason::kStale);
   if (d > 0 && ((rcv_sack_ >> (d - 1)) & 1)) return drop(DropReason::kStale);
-  if (h.frame_no != rx_frame_ || (!rx_started_ && h.frame_off != 0)) {
-    // In order, the packet must be the next one of the frame being assembled: seqs are given
-    // to frames in order, so anything else is a broken sender.
-    if (d == 0) {
-      return Fail(Status::Protocol(
-          "bad packet from {}: seq {} carries frame {} at offset {}, expected frame {} at {}",
-          peer_, h.seq, h.frame_no, h.frame_off, rx_frame_, rx_started_ ? rx_got_ : 0));
-    }
-    return drop(DropReason::kOutOfOrder);
+  if (Before(rcv_high_, h.seq + 1)) rcv_high_ = h.seq + 1;
+  // In order (d == 0), the packet is the first missing one of the first incomplete frame: seqs
+  // are given to frames in order, so anything else is a broken sender. Out of order, it may be
+  // a packet that cannot be placed yet: dropped, the sender sends it again.
+  auto bad = [&](Status reason, DropReason r) {
+    if (d == 0) return Fail(std::move(reason));
+    drop(r);
+  };
+  const uint32_t ahead = h.frame_no - rx_frame_;  // frames past the first incomplete one
+  if (Before(h.frame_no, rx_frame_) || (d == 0 && ahead != 0) ||
+      h.frame_no - rx_head_ >= kRxReady) {
+    if (d > 0 && !Before(h.frame_no, rx_frame_)) return drop(DropReason::kNoRoom);
+    return bad(Status::Protocol("bad packet from {}: seq {} carries frame {}, expected frame {}",
+                                peer_, h.seq, h.frame_no, rx_frame_),
+               DropReason::kOutOfOrder);
   }
   if (h.frame_off % config_.chunk != 0 ||
       h.payload_len != std::min(config_.chunk, h.frame_len - h.frame_off)) {
     // Both sides cut frames at the chunk size agreed in the TransportHello: a packet cut
     // otherwise could overlap bytes already placed.
-    if (d == 0) {
-      return Fail(Status::Protocol("bad packet from {}: {} bytes at offset {} of frame {}, not "
-                                   "cut at the agreed {}-byte chunks",
-                                   peer_, h.payload_len, h.frame_off, h.frame_no, config_.chunk));
-    }
-    return drop(DropReason::kMalformed);
+    return bad(Status::Protocol("bad packet from {}: {} bytes at offset {} of frame {}, not cut "
+                                "at the agreed {}-byte chunks",
+                                peer_, h.payload_len, h.frame_off, h.frame_no, config_.chunk),
+               DropReason::kMalformed);
   }
-  if (rx_ready_ == kRxReady) return drop(DropReason::kNoRoom);
-  RxFrame& f = rx_[rx_frame_ % kRxReady];
-  if (!rx_started_) {
+  RxFrame& f = rx_[h.frame_no % kRxReady];
+  if (f.complete) {
+    return bad(Status::Protocol("bad packet from {}: seq {} for frame {}, already complete",
+                                peer_, h.seq, h.frame_no),
+               DropReason::kMalformed);
+  }
+  if (!f.started) {
+    // Frames take their buffers in order: one that started ahead of an earlier one could hold
+    // the last buffer the earlier one needs, and neither would ever complete.
+    for (uint32_t g = rx_frame_; g != h.frame_no; ++g) {
+      if (!rx_[g % kRxReady].started) return drop(DropReason::kOutOfOrder);
+    }
+    if (h.frame_off != 0) {
+      return bad(Status::Protocol("bad packet from {}: seq {} at offset {} is the first of "
+                                  "frame {}",
+                                  peer_, h.seq, h.frame_off, h.frame_no),
+                 DropReason::kOutOfOrder);
+    }
     if (!StartFrame(p, f)) return;
-  } else if (h.frame_len != rx_len_) {
+  } else if (h.frame_len != f.len) {
     return Fail(Status::Protocol("bad packet from {}: frame {} announced {} bytes, then {}",
-                                 peer_, rx_frame_, rx_len_, h.frame_len));
-  } else if (h.seq - rx_first_seq_ != h.frame_off / config_.chunk) {
+                                 peer_, h.frame_no, f.len, h.frame_len));
+  } else if (h.seq - f.first_seq != h.frame_off / config_.chunk) {
     // A frame's packets have consecutive seqs from its first one's: a packet whose offset is
     // not its seq's would place bytes twice (and could replace the header checked at the start).
-    if (d == 0) {
-      return Fail(Status::Protocol("bad packet from {}: seq {} carries offset {} of frame {}, "
-                                   "whose first packet was seq {}",
-                                   peer_, h.seq, h.frame_off, rx_frame_, rx_first_seq_));
-    }
-    return drop(DropReason::kMalformed);
+    return bad(Status::Protocol("bad packet from {}: seq {} carries offset {} of frame {}, "
+                                "whose first packet was seq {}",
+                                peer_, h.seq, h.frame_off, h.frame_no, f.first_seq),
+               DropReason::kMalformed);
   }
   Place(f, p);
   if (d == 0) {
@@ -317,10 +335,10 @@ void Channel::OnData(uint64_t now_ns, const PacketView& p) {
   } else {
     rcv_sack_ |= uint64_t{1} << (d - 1);
   }
-  if (rx_got_ == rx_len_) {
-    ++rx_ready_;
+  if (f.got == f.len) f.complete = true;
+  while (rx_frame_ - rx_head_ < kRxReady && rx_[rx_frame_ % kRxReady].complete) {
     ++rx_frame_;
-    rx_started_ = false;
+    ++rx_ready_;
   }
 }
 
@@ -361,10 +379,10 @@ bool Channel::StartFrame(const PacketView& p, RxFrame& f) {
     }
     f.data = std::move(*buffer);
   }
-  rx_started_ = true;
-  rx_len_ = h.frame_len;
-  rx_got_ = 0;
-  rx_first_seq_ = h.seq;
+  f.started = true;
+  f.len = h.frame_len;
+  f.got = 0;
+  f.first_seq = h.seq;
   return true;
 }
 
@@ -381,7 +399,7 @@ void Channel::Place(RxFrame& f, const PacketView& p) {
     std::byte* dst = f.data ? f.data.data() : f.ctrl.data();
     std::memcpy(dst + (off - proto::kHeaderSize), bytes.data(), bytes.size());
   }
-  rx_got_ += p.header.payload_len;
+  f.got += p.header.payload_len;
 }
 
 }  // namespace blkmirror::transport::dpdk

@@ -5,18 +5,22 @@
 //
 // Sending (eRPC's design as the anchor): frames are cut into packets of `chunk` bytes, each with
 // a sequence number. The receiver's acks are cumulative (`ack`) with a 64-bit selective map
-// (`sack`). A gap that the sack map shows is retransmitted at once (at most once per smoothed
-// RTT); when the oldest unacked packet is older than the RTO, every unacked, unsacked packet is
-// sent again (go-back-N) and the RTO doubles, up to kRtoMax. The congestion window, in packets,
+// (`sack`) and the highest seq it saw (`high`): every packet below `high` neither acked nor
+// sacked and sent before the packet that reached `high` was lost, and is sent again at once
+// (RACK's rule: again only once a packet sent after the retransmission arrives without it);
+// when the oldest unacked packet is older than the RTO, every unacked, unsacked packet is sent
+// again (go-back-N) and the RTO doubles, up to kRtoMax. Loss that acks reveal is repaired, not
+// read as congestion: only timeouts shrink the congestion window. The congestion window, in packets,
 // starts in slow start (doubling per window acked) up to a threshold that a loss sets to half
 // the window, then grows by one per window acked (AIMD); a loss episode halves it once. Frame credits are flow control:
 // the receiver names the first frame number it cannot take yet, and the sender starts no frame
 // at or past it. A sender blocked on credit probes the receiver every RTO.
 //
 // Receiving: packets are placed straight into the frame's destination (a pool buffer for block
-// data, a control slot otherwise) at their frame offset; the frame's first packet (its 64-byte
-// header) must arrive before the others of that frame can be placed, and later frames wait for
-// the current one. A block buffer is taken only for a Data frame on a trusted, accepted channel
+// data, a control slot otherwise) at their frame offset, in any of the frames within the credit;
+// a frame's first packet (its 64-byte header) must arrive before the others of that frame can
+// be placed. Frames are handed out in order. Acks say which packets arrived (cumulative + sack)
+// and the highest seq seen, so the sender retransmits what a later packet overtook at once. A block buffer is taken only for a Data frame on a trusted, accepted channel
 // (transport contract). Duplicates and packets outside the window are dropped and counted, never
 // placed twice.
 //
@@ -77,6 +81,11 @@ struct RxFrame {
   proto::RawHeader header{};
   io::BufferRef data;
   alignas(8) std::array<std::byte, proto::kMaxControlPayload> ctrl{};
+  // Assembly: the first packet (the header) starts it; complete when every byte is placed.
+  bool started = false;
+  bool complete = false;
+  uint32_t len = 0, got = 0;
+  uint32_t first_seq = 0;  // the seq of its first packet
 };
 
 struct ChannelStats {
@@ -136,12 +145,15 @@ class Channel {
       RxFrame& f = rx_[rx_head_ % kRxReady];
       take(f);
       f.data.Reset();  // not moved out: a later control frame in this slot must not land in it
+      f.started = f.complete = false;
       ++rx_head_;
       --rx_ready_;
       credit_dirty_ = true;  // room for one more frame: tell the sender
     }
   }
   size_t ready() const { return rx_ready_; }
+  // Data arrived since the last packet this channel sent: an ack is owed.
+  bool ack_due() const { return ack_due_; }
 
   // Checks the timers: RTO and liveness. Call on every loop turn while Busy().
   void Tick(uint64_t now_ns);
@@ -210,12 +222,10 @@ class Channel {
   std::array<RxFrame, kRxReady> rx_;
   uint32_t rx_head_ = 0;   // frame number of rx_[rx_head_ % kRxReady]
   size_t rx_ready_ = 0;
-  uint32_t rx_frame_ = 0;  // frame being assembled (rx_head_ + rx_ready_)
-  bool rx_started_ = false;
-  uint32_t rx_len_ = 0, rx_got_ = 0;
-  uint32_t rx_first_seq_ = 0;  // the seq of its first packet
+  uint32_t rx_frame_ = 0;  // the first frame not complete (rx_head_ + rx_ready_)
   uint32_t rcv_nxt_ = 0;
   uint64_t rcv_sack_ = 0;
+  uint32_t rcv_high_ = 0;  // one past the highest seq seen
   bool ack_due_ = false;
   bool credit_dirty_ = false;
   uint32_t credit_sent_ = 0;

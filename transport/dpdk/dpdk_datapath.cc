@@ -157,6 +157,10 @@ void DpdkTransport::Receive(uint64_t now) {
       }
       Deliver(m, now);
     }
+    // Ack every burst, not once a poll: the sender's clock (RTT, loss detection) runs on acks.
+    for (const auto& c : conns_) {
+      if (c->mode == Conn::Mode::kDpdk && !c->closing && c->channel->ack_due()) Transmit(*c, now);
+    }
     if (got < burst.size()) break;
   }
   for (size_t i = 0; i < held_n; ++i) Deliver(held[i], now);

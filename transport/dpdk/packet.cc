@@ -63,6 +63,7 @@ void EncodeRel(std::byte* p, const RelHeader& h) {
   PutLe<uint32_t>(p + 36, h.frame_no);
   PutLe<uint32_t>(p + 40, h.frame_off);
   PutLe<uint32_t>(p + 44, h.frame_len);
+  PutLe<uint32_t>(p + 48, h.high);
 }
 
 DecodeResult Fail(DropReason reason, Status status) {
@@ -197,9 +198,7 @@ DecodeResult DecodePacket(std::span<const std::byte> packet, uint32_t local_ip,
   h.frame_no = GetLe<uint32_t>(rel + 36);
   h.frame_off = GetLe<uint32_t>(rel + 40);
   h.frame_len = GetLe<uint32_t>(rel + 44);
-  if (GetLe<uint32_t>(rel + 48) != 0) {
-    return Fail(DropReason::kMalformed, Status::Protocol("reserved packet bytes are not zero"));
-  }
+  h.high = GetLe<uint32_t>(rel + 48);
   if (h.kind != PacketKind::kData) {
     if (payload_len != 0 || h.frame_len != 0 || h.frame_off != 0 || h.frame_no != 0) {
       return Fail(DropReason::kMalformed, Status::Protocol("ack packet with frame fields"));

@@ -16,7 +16,7 @@
 //   36   4     frame_no    kData: the frame these bytes belong to (per direction, from 0)
 //   40   4     frame_off   kData: where they start in the frame (its 64-byte header included)
 //   44   4     frame_len   kData: the whole frame's size (64-byte header + payload)
-//   48   4     reserved    zero
+//   48   4     high        one past the highest seq the sender of this packet received
 //   52   4     crc         CRC32C of this header (crc zeroed) and the payload
 //
 // Everything here is pure: no DPDK, no state, so the decoder is unit-tested and fuzzed alone.
@@ -74,6 +74,7 @@ struct RelHeader {
   uint32_t frame_no = 0;
   uint32_t frame_off = 0;
   uint32_t frame_len = 0;
+  uint32_t high = 0;
 };
 
 // Bytes of frame data one packet carries at IP MTU `mtu`.
