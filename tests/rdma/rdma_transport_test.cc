@@ -812,6 +812,50 @@ TEST_F(RdmaTransportTest, ControlFloodRunsOnMessageCredits) {
   EXPECT_EQ(Count(events_, CompletionKind::kSent), 30u);
 }
 
+// Adaptive polling: a Post leaves the transport busy-polling (the next Wait comes straight back
+// to Poll); once the traffic stops it arms its CQs and sleeps on the completion channel, and a
+// frame arriving then still wakes the loop's Ring::Wait (it does not wait for its timeout).
+TEST_F(RdmaTransportTest, BusyPollsWithTrafficThenSleepsOnTheChannel) {
+  StartServer({}, [](LoopThread& s, Completion& c) {
+    if (c.kind != CompletionKind::kRecv || c.data) return;
+    std::string echo =
+        "echo " + std::string(reinterpret_cast<const char*>(c.control.data()), c.control.size());
+    auto item = TextItem(c.conn, echo);
+    ASSERT_TRUE(s.t().Post(std::span(&item, 1)).ok());
+  });
+  ConnId conn = ConnectClient();
+  ASSERT_NE(conn, kNoConn);
+  auto& rdma = static_cast<rdma::RdmaTransport&>(*client_);
+  const std::string ping = "ping";
+  auto item = TextItem(conn, ping);
+  ASSERT_TRUE(client_->Post(std::span(&item, 1)).ok());
+  std::array<Completion, 16> cs;
+  (void)client_->Poll(cs);
+  EXPECT_TRUE(rdma.TEST_Polling()) << "a Post is traffic: the transport polls for the answer";
+  ASSERT_TRUE(RunUntil([&] { return Count(events_, CompletionKind::kRecv) == 1; }));
+  // Nothing more comes (no engine, no heartbeats): the budget runs out and the transport sleeps.
+  ASSERT_TRUE(RunUntil([&] { return !rdma.TEST_Polling(); }));
+
+  // Asleep: the server's next frame must wake the client's ring through the completion channel.
+  const ConnId server_conn = ServerConn();
+  const std::string hello = "hello";
+  server_->Call([&] {
+    auto h = TextItem(server_conn, hello);
+    EXPECT_TRUE(server_->t().Post(std::span(&h, 1)).ok());
+    return 0;
+  });
+  const auto start = Clock::now();
+  constexpr auto kLimit = 20s;
+  while (Count(events_, CompletionKind::kRecv) < 2 && Clock::now() - start < kLimit) {
+    ASSERT_TRUE(ring_->Wait(kLimit).ok());
+    size_t n = client_->Poll(cs);
+    for (size_t i = 0; i < n; ++i) events_.push_back(Record(cs[i]));
+  }
+  ASSERT_EQ(Count(events_, CompletionKind::kRecv), 2u);
+  EXPECT_EQ(Text(events_.back()), "hello");
+  EXPECT_LT(Clock::now() - start, kLimit) << "the frame did not wake Ring::Wait: a CQ unarmed?";
+}
+
 // Two connections from one client transport: one device, PD, pool MR and completion channel
 // for both; the second connection gets fewer slots (the pool is half taken), both work.
 TEST_F(RdmaTransportTest, TwoConnectionsShareTheDevice) {

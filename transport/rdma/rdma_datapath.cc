@@ -7,6 +7,7 @@
 #include <cstring>
 #include <optional>
 
+#include "common/clock.h"
 #include "transport/rdma/rdma_internal.h"
 
 namespace blkmirror::transport::rdma {
@@ -183,6 +184,7 @@ Status RdmaTransport::Post(std::span<const WorkItem> items) {
     }
     ++c.sq_tail;
   }
+  posted_ = posted_ || !items.empty();  // an answer may follow soon: keep polling
   // One ibv_post_send per connection for what can go now.
   for (size_t i = 0; i < items.size(); ++i) {
     bool last = true;
@@ -354,9 +356,10 @@ void RdmaTransport::PostReceives(Conn& c) {
   c.rx_owed += static_cast<uint32_t>(n);
 }
 
-void RdmaTransport::DrainCq(Conn& c) {
-  if (!c.cq) return;
+size_t RdmaTransport::DrainCq(Conn& c) {
+  if (!c.cq) return 0;
   std::array<ibv_wc, kCqBatch> wc;
+  size_t handled = 0;
   for (;;) {
     int n = ibv_poll_cq(c.cq.get(), kCqBatch, wc.data());
     if (n < 0) {
@@ -365,9 +368,11 @@ void RdmaTransport::DrainCq(Conn& c) {
       break;
     }
     for (int i = 0; i < n; ++i) OnWc(c, wc[static_cast<size_t>(i)]);
+    handled += static_cast<size_t>(n);
     if (n < kCqBatch) break;
   }
   PostReceives(c);
+  return handled;
 }
 
 void RdmaTransport::OnWc(Conn& c, const ibv_wc& wc) {
@@ -635,17 +640,22 @@ size_t RdmaTransport::Drain(Conn& c, std::span<Completion> out) {
 }
 
 size_t RdmaTransport::Poll(std::span<Completion> out) {
+  const uint64_t now = NowNs();
+  // Busy-polling (the last Poll left a NOP in the ring): drain without arming. Otherwise the loop
+  // may sleep after this Poll: arm first, then drain, so that a completion after the drain
+  // raises an event (and wakes the ring).
+  const bool spinning = now < spin_until_ns_;
   CollectRemains();  // the caller is done with what the last Poll handed out
   HandleCmEvents();
+  size_t handled = 0;
   for (auto& cp : conns_) {
     Conn& c = *cp;
     if (c.torn_down) continue;
     // Control payloads handed out at the last Poll are dead now: their receives go back.
     c.repost.insert(c.repost.end(), c.lent.begin(), c.lent.end());
     c.lent.clear();
-    // Arm first, then drain: a completion after the drain raises an event (and wakes the ring).
-    if (!c.cq_armed && ibv_req_notify_cq(c.cq.get(), 0) == 0) c.cq_armed = true;
-    DrainCq(c);
+    if (!spinning && !c.cq_armed && ibv_req_notify_cq(c.cq.get(), 0) == 0) c.cq_armed = true;
+    handled += DrainCq(c);
   }
   for (auto& cp : conns_) {
     Conn& c = *cp;
@@ -679,8 +689,43 @@ size_t RdmaTransport::Poll(std::span<Completion> out) {
   if (wake) RequestWake();
   ArmCmPoll();
   for (auto& d : devices_) ArmDevicePoll(*d);
+  UpdatePolling(now, spinning, handled > 0 || n > 0);
   return n;
 }
+
+// Traffic (work completions, frames delivered or posted) keeps the transport busy-polling for
+// the budget, and sends outstanding on the NIC keep it polling until their completion comes, up
+// to kMaxOutstandingSpinNs after the last traffic. While it polls, the loop must not sleep: a NOP
+// in the ring makes its next Ring::Wait return at once (the loop then calls Poll again). A Poll
+// that drained without arming (`spinning`) cannot let the loop sleep either: one more Poll arms
+// the CQs and drains them before it may.
+void RdmaTransport::UpdatePolling(uint64_t now, bool spinning, bool traffic) {
+  if (traffic || posted_) traffic_ns_ = now;
+  posted_ = false;
+  polling_ = false;
+  spin_until_ns_ = 0;
+  // Only a live connection is worth polling for: the last frames and flushes of connections
+  // that close (a process shutting down) let the loop sleep.
+  bool live = false, outstanding = false;
+  for (const auto& cp : conns_) {
+    const Conn& c = *cp;
+    if (!c.established || c.closing) continue;
+    live = true;
+    outstanding = outstanding || c.wr_posted > c.wr_done;
+  }
+  if (poll_budget_ns_ > 0 && !shutting_down_ && live) {
+    spin_until_ns_ = traffic_ns_ + poll_budget_ns_;
+    if (outstanding && now < traffic_ns_ + kMaxOutstandingSpinNs) {
+      spin_until_ns_ = std::max(spin_until_ns_,
+                                std::min(now + poll_budget_ns_, traffic_ns_ + kMaxOutstandingSpinNs));
+    }
+    polling_ = now < spin_until_ns_;
+  }
+  polling_ = polling_ || spinning;
+  if (polling_) RequestWake();
+}
+
+bool RdmaTransport::TEST_Polling() const { return polling_; }
 
 void RdmaTransport::Release(ConnId id, io::BufferRef buffer) {
   if (!buffer) return;

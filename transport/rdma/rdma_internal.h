@@ -58,6 +58,9 @@ inline constexpr int kCqBatch = 32;             // WCs per ibv_poll_cq
 inline constexpr size_t kCtrlRingBytes = 128 << 10;  // queued control payloads per connection
 inline constexpr uint32_t kImmSlotBits = 12;
 inline constexpr uint32_t kMaxSlots = 1024;
+// Busy-polling goes on while sends are outstanding on the NIC, but not longer than this after the
+// last traffic: a peer that stopped answering is left to the QP's retry timeout, asleep.
+inline constexpr uint64_t kMaxOutstandingSpinNs = 10'000'000;
 static_assert(kMaxSlots <= (1u << kImmSlotBits));
 static_assert(kSendDepth >= 2 * kSignalEvery, "a full queue must hold signaled WRs");
 static_assert(kRecvBufSize % 64 == 0 && kSendSlotSize % 64 == 0);
@@ -412,6 +415,11 @@ class RdmaTransport final : public Transport, public io::RingHandler {
 
   void OnCqe(io::RingOp* op, int32_t res, uint32_t flags) override;
 
+  // TEST ONLY: whether the last Poll left the transport busy-polling (a NOP in the ring to come
+  // back to Poll); false means it armed its CQs and the loop may sleep. Never call it outside
+  // tests.
+  bool TEST_Polling() const;
+
   // TEST ONLY: the next Data frame posted on `conn` goes out with a corrupted header (its magic
   // flipped after Post's checks), so a test can watch the receiver's header check close the
   // connection. Never call it outside tests.
@@ -447,7 +455,10 @@ class RdmaTransport final : public Transport, public io::RingHandler {
   ibv_send_wr& NextWr(Conn& conn, size_t n, uint64_t entries_after, uint32_t* index);
   void BuildCredit(Conn& conn, size_t n);
   void BuildFrame(Conn& conn, SendEntry& e, size_t n);
-  void DrainCq(Conn& conn);
+  // Returns how many work completions it handled.
+  size_t DrainCq(Conn& conn);
+  // Busy-poll or sleep after this Poll (see Polling in rdma_transport.h).
+  void UpdatePolling(uint64_t now_ns, bool spinning, bool traffic);
   void OnWc(Conn& conn, const ibv_wc& wc);
   void OnDataWritten(Conn& conn, uint32_t recv_index, uint32_t imm, uint32_t byte_len);
   void OnControl(Conn& conn, uint32_t recv_index, uint32_t byte_len);
@@ -468,6 +479,13 @@ class RdmaTransport final : public Transport, public io::RingHandler {
   Op wake_op_;
   bool wake_pending_ = false;
   bool shutting_down_ = false;
+  // Adaptive polling (rdma_transport.h): busy-poll until spin_until_ns_ (NowNs); traffic_ns_ is
+  // the last sign of traffic, posted_ says Post queued frames since the last Poll.
+  uint64_t poll_budget_ns_ = 0;
+  uint64_t spin_until_ns_ = 0;
+  uint64_t traffic_ns_ = 0;
+  bool posted_ = false;
+  bool polling_ = false;  // the last Poll left a NOP in the ring to come back (TEST_Polling)
   ConnId next_id_ = 1;
   std::vector<std::unique_ptr<Device>> devices_;
   std::vector<std::unique_ptr<Listener>> listeners_;

@@ -11,8 +11,11 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <chrono>
+#include <cstdlib>
 #include <optional>
+#include <string_view>
 
 #include "common/clock.h"
 #include "transport/rdma/rdma_internal.h"
@@ -22,6 +25,18 @@ namespace blkmirror::transport {
 Result<std::unique_ptr<Transport>> CreateRdmaTransport(const TransportContext& context) {
   RdmaOptions options;
   options.source_address = context.options.source_address;
+  if (const char* env = std::getenv("BLKMIRROR_RDMA_POLL_US"); env != nullptr && *env != '\0') {
+    std::string_view text(env);
+    uint32_t us = 0;
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), us);
+    if (ec != std::errc() || end != text.data() + text.size() || us > 1'000'000) {
+      return Status::Invalid(
+          "rdma transport: BLKMIRROR_RDMA_POLL_US={} is not a number of microseconds in "
+          "0..1000000 (the busy-poll budget; unset it for the default, {} us)",
+          text, kDefaultRdmaPollBudget.count());
+    }
+    options.poll_budget = std::chrono::microseconds(us);
+  }
   return CreateRdmaTransport(context, options);
 }
 
@@ -31,6 +46,10 @@ Result<std::unique_ptr<Transport>> CreateRdmaTransport(const TransportContext& c
   if (options.slots_per_connection < 1 || options.slots_per_connection > rdma::kMaxSlots) {
     return Status::Invalid("rdma transport: {} slots per connection is outside 1..{}",
                            options.slots_per_connection, rdma::kMaxSlots);
+  }
+  if (options.poll_budget.count() < 0) {
+    return Status::Invalid("rdma transport: a negative busy-poll budget ({} us)",
+                           options.poll_budget.count());
   }
   rdma_event_channel* channel = rdma_create_event_channel();
   if (channel == nullptr) {
@@ -434,6 +453,8 @@ RdmaTransport::RdmaTransport(const TransportContext& context, const RdmaOptions&
   wake_op_.handler = this;
   wake_op_.kind = Op::Kind::kWake;
   if (options_.send_queue_depth == 0) options_.send_queue_depth = 1;
+  poll_budget_ns_ = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(rdma_options_.poll_budget).count());
 }
 
 RdmaTransport::~RdmaTransport() {

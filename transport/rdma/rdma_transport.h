@@ -21,12 +21,23 @@
 // rdma_internal.h: ConnectInfo), never the region's rkey or address. Setup errors name the peer, the device, port, GID and MTU where
 // known, and what to check.
 //
+// Polling (adaptive): while a connection has traffic, Poll busy-polls the completion queues: the
+// completion channels stay unarmed and each Poll leaves a NOP in the loop's ring, so the loop's
+// next Ring::Wait returns at once and Poll comes straight back, as ib_write_lat polls. The spin
+// lasts `poll_budget` after the last sign of traffic (a work completion, a frame delivered or
+// posted), longer while sends are outstanding on the NIC (up to 10 ms after the last traffic);
+// then the next Poll arms the CQs, drains them once more and the loop sleeps in Wait on the
+// channel's fd, so an idle transport costs no CPU. Only live connections are polled for. It relies
+// on the loop calling Poll after every Wait, which is the contract's loop (transport.h).
+// docs/design.md says why and what it costs.
+//
 // Ownership: the transport owns every verbs object it creates (event channels, PDs, CQs, QPs,
 // MRs, cm_ids) and frees them in its destructor; the registered BufferPool must outlive it.
 // Thread safety: none; a transport belongs to the thread that runs its io::Ring. Two transports
 // in two threads (each with its own ring) may talk to each other.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -34,6 +45,8 @@
 #include "transport/transport.h"
 
 namespace blkmirror::transport {
+
+inline constexpr std::chrono::microseconds kDefaultRdmaPollBudget{500};
 
 struct RdmaOptions {
   // Receive slots (pool buffers) an accepted connection grants its sender (1..1024). Fewer when
@@ -43,6 +56,12 @@ struct RdmaOptions {
   // when both ends live on one host (the soft-RoCE lab): without it the route to a local
   // address goes over `lo`, which has no RDMA device.
   std::string source_address;
+  // How long Poll keeps busy-polling after the last traffic (see Polling above); 0 never spins
+  // (every wait sleeps on the completion channel). The default covers a round trip in the
+  // soft-RoCE lab (TCG), where one takes ~0.35 ms; on a real NIC tens of microseconds do. The
+  // environment variable BLKMIRROR_RDMA_POLL_US (microseconds) overrides it for the transports
+  // the CLI creates.
+  std::chrono::microseconds poll_budget = kDefaultRdmaPollBudget;
 };
 
 Result<std::unique_ptr<Transport>> CreateRdmaTransport(const TransportContext& context);
