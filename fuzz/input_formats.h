@@ -1,6 +1,6 @@
-// The input formats of session_fuzzer, replicator_fuzzer and nbd_fuzzer: how their bytes become
-// frames and actions. make_seeds writes seeds in these formats; change both together (and
-// regenerate the corpora: see fuzz/README.md).
+// The input formats of session_fuzzer, replicator_fuzzer, nbd_fuzzer and dpdk_packet_fuzzer:
+// how their bytes become frames and actions. make_seeds writes seeds in these formats; change
+// both together (and regenerate the corpora: see fuzz/README.md).
 //
 // Every input is a valid program: reads past the end yield zeros, and a record cut short is
 // completed with zeros.
@@ -101,5 +101,51 @@ inline constexpr uint64_t kSizes[8] = {0,
 inline constexpr const char* kNames[4] = {"", "disk", "vol/with:odd chars", "x"};
 inline constexpr uint8_t kSetupDescription = 0x04;
 }  // namespace nbd_input
+
+// ---- dpdk_packet_fuzzer: DecodePacket, then a DPDK Channel -------------------------------------
+//
+//   input  := setup:u8 record*
+//   record := ctl:u8 args
+//
+// setup: bits 0-1 the chunk (kChunkMtus: the IP MTU whose ChunkSize the channel cuts at),
+//        bit 2 the channel is the connecting side (else accepting), bit 3 Trust() it at once
+//
+// ctl: bits 0-2 action, bits 3-7 flags of that action.
+namespace dpdk_packet_input {
+inline constexpr uint32_t kChunkMtus[4] = {1500, 576, 9000, 1500};
+inline constexpr uint8_t kSetupChunkMask = 0x03;
+inline constexpr uint8_t kSetupConnecting = 0x04;
+inline constexpr uint8_t kSetupTrust = 0x08;
+// The channel's address: packets are decoded for it.
+inline constexpr uint32_t kLocalIp = 0x0A000002;  // 10.0.0.2
+inline constexpr uint16_t kLocalPort = 7100;
+inline constexpr uint8_t kActionMask = 0x07;
+enum Action : uint8_t {
+  kPacket = 0,    // len:u16 bytes:len, an Ethernet frame given to DecodePacket (and, when it
+                  // decodes, to Channel::Receive); flags below fix it up first
+  kTick = 1,      // dt:u16: the clock advances dt x 100 us, then Tick
+  kTake = 2,      // TakeReceived; kTakeMove: Data buffers are moved out and held;
+                  // kTakeRelease: every held buffer is given back
+  kTransmit = 3,  // n:u8: Transmit into (n % 64) + 1 packets, each encoded and decoded again
+  kQueue = 4,     // type:u8 len:u16: queues a frame to send (type & 1: Data of len % 64 KiB
+                  // bytes, else an Error with len % 1025 bytes of text)
+  kTrust = 5,     // Trust()
+  kAck = 6,       // kind:u8 ack:u32 sack:u64 credit:u32: an ack or probe packet from the peer,
+                  // encoded correctly (kind & 1: kProbe)
+  kData = 7,      // seq:u32 frame_no:u32 frame_off:u32 frame_len:u32 len:u16 bytes:len: a data
+                  // packet encoded correctly; with frame_off 0 and len >= 64, kFixFrame fixes
+                  // the frame header's magic, version and CRC
+};
+// kPacket flags
+inline constexpr uint8_t kFixIp = 0x08;   // Ethernet type, IPv4 version/protocol/addresses,
+                                          // lengths (from the packet's size) and checksum,
+                                          // UDP port and length
+inline constexpr uint8_t kFixCrc = 0x10;  // magic, version, payload_len and the CRC
+// kTake flags
+inline constexpr uint8_t kTakeMove = 0x08;
+inline constexpr uint8_t kTakeRelease = 0x10;
+// kData flags
+inline constexpr uint8_t kFixFrame = 0x08;
+}  // namespace dpdk_packet_input
 
 }  // namespace blkmirror::fuzz

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <initializer_list>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -19,6 +20,8 @@
 #include "fuzz/input_formats.h"
 #include "proto/frame.h"
 #include "proto/nbd.h"
+#include "transport/dpdk/channel.h"
+#include "transport/dpdk/packet.h"
 
 namespace blkmirror::fuzz {
 namespace {
@@ -628,6 +631,184 @@ void NbdSeeds(const fs::path& dir) {
   }
 }
 
+// ---- dpdk_packet_fuzzer ----------------------------------------------------------------------
+
+namespace di = dpdk_packet_input;
+namespace dp = transport::dpdk;
+
+dp::Route PeerRoute() {
+  dp::Route r;
+  r.src_mac = {0x02, 0, 0, 0, 0, 0x01};
+  r.dst_mac = {0x02, 0, 0, 0, 0, 0x02};
+  r.src_ip = 0x0A000001;
+  r.dst_ip = di::kLocalIp;
+  r.src_port = 41000;
+  r.dst_port = di::kLocalPort;
+  return r;
+}
+
+// A kPacket record: the Ethernet frame of `h` and `payload`, encoded correctly.
+void DpdkPacket(Seed& s, const dp::RelHeader& h, std::span<const std::byte> payload = {}) {
+  std::vector<std::byte> pkt(dp::kPacketOverhead + payload.size());
+  dp::EncodePacket(pkt, PeerRoute(), h, payload);
+  std::copy(payload.begin(), payload.end(), pkt.begin() + dp::kPacketOverhead);
+  s.U8(di::kPacket);
+  s.U8(static_cast<uint8_t>(pkt.size())).U8(static_cast<uint8_t>(pkt.size() >> 8));
+  s.Bytes(pkt.data(), pkt.size());
+}
+
+// The bytes of a frame: its header and `len` bytes of payload.
+std::vector<std::byte> FrameBytes(const proto::Frame& f, uint32_t len, uint8_t fill) {
+  auto raw = proto::Encode(f);
+  std::vector<std::byte> bytes(raw.begin(), raw.end());
+  bytes.resize(raw.size() + len, std::byte{fill});
+  return bytes;
+}
+
+// The packets of `frame` (frame number `frame_no`) cut at `chunk`, from seq `*seq` on.
+std::vector<dp::RelHeader> Cut(const std::vector<std::byte>& frame, uint32_t chunk,
+                               uint32_t frame_no, uint32_t* seq) {
+  std::vector<dp::RelHeader> out;
+  for (uint32_t off = 0; off < frame.size(); off += chunk) {
+    dp::RelHeader h;
+    h.kind = dp::PacketKind::kData;
+    h.seq = (*seq)++;
+    h.credit = static_cast<uint32_t>(dp::kRxReady);
+    h.frame_no = frame_no;
+    h.frame_off = off;
+    h.frame_len = static_cast<uint32_t>(frame.size());
+    out.push_back(h);
+  }
+  return out;
+}
+
+void DpdkFrame(Seed& s, const std::vector<std::byte>& frame, uint32_t chunk, uint32_t frame_no,
+               uint32_t* seq, std::initializer_list<int> order = {}) {
+  auto hs = Cut(frame, chunk, frame_no, seq);
+  std::vector<int> idx(order);
+  if (idx.empty()) {
+    for (size_t i = 0; i < hs.size(); ++i) idx.push_back(static_cast<int>(i));
+  }
+  for (int i : idx) {
+    const dp::RelHeader& h = hs[static_cast<size_t>(i)];
+    const size_t n = std::min<size_t>(chunk, frame.size() - h.frame_off);
+    DpdkPacket(s, h, std::span(frame).subspan(h.frame_off, n));
+  }
+}
+
+proto::Frame DataFrame(uint64_t seq, uint32_t len) {
+  return Make(proto::Data{seq, seq * 4096, len, 0}, uint16_t(AckLevel::kReceived), len);
+}
+
+void DpdkSeeds(const fs::path& dir) {
+  const uint32_t chunk1500 = dp::ChunkSize(1500);
+  const uint32_t chunk576 = dp::ChunkSize(576);
+  auto u16 = [](Seed& s, uint16_t v) { s.U8(uint8_t(v)).U8(uint8_t(v >> 8)); };
+  {
+    // A trusted replica receives a Data frame and a Heartbeat, consumes, acks.
+    Seed s;
+    s.U8(di::kSetupTrust);
+    uint32_t seq = 0;
+    DpdkFrame(s, FrameBytes(DataFrame(0, 4096), 4096, 0xAB), chunk1500, 0, &seq);
+    DpdkFrame(s, FrameBytes(Make(proto::Heartbeat{1, 0}), 0, 0), chunk1500, 1, &seq);
+    s.U8(di::kTake | di::kTakeMove).U8(di::kTransmit).U8(8);
+    u16(s.U8(di::kTick), 30);
+    s.U8(di::kTake | di::kTakeRelease);
+    Save(dir, "data_frames", s);
+  }
+  {
+    // Control frames only (an Error with text), packets reordered and duplicated.
+    Seed s;
+    s.U8(di::kSetupTrust);
+    uint32_t seq = 0;
+    DpdkFrame(s, FrameBytes(Make(proto::Error{3}, 0, 100), 100, 'x'), chunk1500, 0, &seq);
+    DpdkFrame(s, FrameBytes(DataFrame(1, 8192), 8192, 0x11), chunk1500, 1, &seq,
+              {0, 3, 2, 2, 1, 0, 4, 5});
+    s.U8(di::kTransmit).U8(3).U8(di::kTake);
+    Save(dir, "reorder_duplicate", s);
+  }
+  {
+    // The sending side: frames queued and transmitted, then acked (with a sack gap), a probe,
+    // timeouts.
+    Seed s;
+    s.U8(di::kSetupTrust);
+    s.U8(di::kQueue).U8(0);
+    u16(s, 10);
+    s.U8(di::kQueue).U8(1);
+    u16(s, 4096);
+    s.U8(di::kQueue).U8(0);
+    u16(s, 20);
+    s.U8(di::kTransmit).U8(63);
+    dp::RelHeader ack;
+    ack.kind = dp::PacketKind::kAck;
+    ack.ack = 1;
+    ack.sack = 0x6;  // 3 and 4 arrived, 2 did not
+    ack.credit = 16;
+    DpdkPacket(s, ack);
+    u16(s.U8(di::kTick), 30);
+    s.U8(di::kTransmit).U8(63);
+    ack.ack = 5;
+    ack.sack = 0;
+    ack.credit = 17;
+    DpdkPacket(s, ack);
+    dp::RelHeader probe;
+    probe.kind = dp::PacketKind::kProbe;
+    probe.ack = 5;
+    probe.credit = 17;
+    DpdkPacket(s, probe);
+    s.U8(di::kTransmit).U8(1);
+    s.U8(di::kQueue).U8(1);
+    u16(s, 60000);
+    s.U8(di::kTransmit).U8(63);
+    u16(s.U8(di::kTick), 40);
+    u16(s.U8(di::kTick), 65535);
+    s.U8(di::kAck).U8(0).U32(5).U32(0).U32(0).U32(18);
+    Save(dir, "sender_acks_probe_timeout", s);
+  }
+  {
+    // Data before Trust on the accepting side, and at the connecting side.
+    Seed s;
+    s.U8(0);
+    uint32_t seq = 0;
+    DpdkFrame(s, FrameBytes(DataFrame(0, 512), 512, 1), chunk1500, 0, &seq);
+    Save(dir, "untrusted_data", s);
+    Seed c;
+    c.U8(di::kSetupConnecting | di::kSetupTrust);
+    seq = 0;
+    DpdkFrame(c, FrameBytes(Make(proto::Heartbeat{1, 0}), 0, 0), chunk1500, 0, &seq);
+    DpdkFrame(c, FrameBytes(DataFrame(0, 512), 512, 1), chunk1500, 1, &seq);
+    Save(dir, "connecting_side_data", c);
+  }
+  {
+    // The smallest MTU, a block spread over many packets, received in order through the
+    // kData action (the fuzzer encodes it).
+    Seed s;
+    s.U8(1 | di::kSetupTrust);
+    auto frame = FrameBytes(DataFrame(0, 2048), 2048, 0x77);
+    uint32_t seq = 0;
+    for (const dp::RelHeader& h : Cut(frame, chunk576, 0, &seq)) {
+      const uint32_t n = std::min<uint32_t>(chunk576, uint32_t(frame.size()) - h.frame_off);
+      s.U8(di::kData | di::kFixFrame).U32(h.seq).U32(0).U32(h.frame_off).U32(h.frame_len);
+      u16(s, uint16_t(n));
+      s.Bytes(frame.data() + h.frame_off, n);
+    }
+    s.U8(di::kTake | di::kTakeMove).U8(di::kTransmit).U8(0).U8(di::kTake | di::kTakeRelease);
+    Save(dir, "min_mtu_data", s);
+  }
+  {
+    // Raw garbage that the decoder rejects: an ARP frame, a truncated packet.
+    Seed s;
+    s.U8(di::kSetupTrust);
+    s.U8(di::kPacket | di::kFixIp | di::kFixCrc);
+    u16(s, 200);
+    for (int i = 0; i < 200; ++i) s.U8(uint8_t(i));
+    s.U8(di::kPacket);
+    u16(s, 60);
+    for (int i = 0; i < 60; ++i) s.U8(i == 12 ? 0x08 : i == 13 ? 0x06 : 0);
+    Save(dir, "garbage", s);
+  }
+}
+
 }  // namespace
 }  // namespace blkmirror::fuzz
 
@@ -642,5 +823,6 @@ int main(int argc, char** argv) {
   SessionSeeds(out / "session_fuzzer");
   ReplicatorSeeds(out / "replicator_fuzzer");
   NbdSeeds(out / "nbd_fuzzer");
+  DpdkSeeds(out / "dpdk_packet_fuzzer");
   return failed ? 1 : 0;
 }
