@@ -651,7 +651,8 @@ TEST(DpdkChannelTest, ReceiverFullPastDeadAfterFailsTheSender) {
   ChannelConfig config = SmallConfig(1500);
   config.dead_after_ns = 2'000'000'000;
   Sim sim(config, FaultRates{}, 14, kRxReady + 2, 64 * 1024);
-  for (uint64_t t = 1; t <= 30; ++t) sim.a.plan.push_back(PlanHeartbeat(t, true));
+  // More frames than the receiver's credit: the sender blocks, probes, and is never let go.
+  for (uint64_t t = 1; t <= kRxReady + 14; ++t) sim.a.plan.push_back(PlanHeartbeat(t, true));
   while (!sim.a.channel.failed()) {
     sim.a.QueueMore();
     sim.Step(1'000'000);

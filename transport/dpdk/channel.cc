@@ -166,10 +166,19 @@ void Channel::OnAck(uint64_t now_ns, const RelHeader& h) {
     const uint32_t acked = h.ack - snd_una_;
     const Inflight& last = SlotAt(h.ack - 1);
     if (!last.resent && !last.sacked) {
+      // Jacobson/Karels: the RTO is the smoothed RTT plus four deviations, so a steady RTT
+      // (even a long one, behind a queue) gives a timeout just above it.
       const uint64_t sample = now_ns - last.sent_ns;
-      srtt_ns_ = srtt_ns_ == 0 ? sample : (7 * srtt_ns_ + sample) / 8;
+      if (srtt_ns_ == 0) {
+        srtt_ns_ = sample;
+        rttvar_ns_ = sample / 2;
+      } else {
+        const uint64_t err = sample > srtt_ns_ ? sample - srtt_ns_ : srtt_ns_ - sample;
+        rttvar_ns_ = (3 * rttvar_ns_ + err) / 4;
+        srtt_ns_ = (7 * srtt_ns_ + sample) / 8;
+      }
     }
-    rto_ns_ = std::clamp<uint64_t>(4 * srtt_ns_, kRtoMin, kRtoMax);
+    rto_ns_ = std::clamp<uint64_t>(srtt_ns_ + 4 * rttvar_ns_, kRtoMin, kRtoMax);
     cwnd_ = std::min<double>(cwnd_ < ssthresh_ ? cwnd_ + acked : cwnd_ + acked / cwnd_,
                              config_.max_window);
     snd_una_ = h.ack;

@@ -7,22 +7,21 @@
 // a sequence number. The receiver's acks are cumulative (`ack`) with a 64-bit selective map
 // (`sack`) and the highest seq it saw (`high`): every packet below `high` neither acked nor
 // sacked and sent before the packet that reached `high` was lost, and is sent again at once
-// (RACK's rule: again only once a packet sent after the retransmission arrives without it);
-// when the oldest unacked packet is older than the RTO, every unacked, unsacked packet is sent
-// again (go-back-N) and the RTO doubles, up to kRtoMax. Loss that acks reveal is repaired, not
-// read as congestion: only timeouts shrink the congestion window. The congestion window, in packets,
-// starts in slow start (doubling per window acked) up to a threshold that a loss sets to half
-// the window, then grows by one per window acked (AIMD); a loss episode halves it once. Frame credits are flow control:
-// the receiver names the first frame number it cannot take yet, and the sender starts no frame
-// at or past it. A sender blocked on credit probes the receiver every RTO.
+// (RACK's rule: again only once a packet sent after the retransmission arrives without it).
+// When the oldest unacked packet is older than the RTO (smoothed RTT + 4 deviations, at least
+// kRtoMin), every unacked, unsacked packet is sent again (go-back-N) and the RTO doubles, up to
+// kRtoMax. The congestion window, in packets, starts in slow start (doubling per window acked)
+// up to a threshold, then grows by one per window acked (AIMD); a timeout halves it and sets the
+// threshold there. Loss that acks reveal is repaired, not read as congestion. Frame credits are
+// flow control: the receiver names the first frame number it cannot take yet, and the sender
+// starts no frame at or past it; a sender blocked on credit probes the receiver every RTO.
 //
 // Receiving: packets are placed straight into the frame's destination (a pool buffer for block
 // data, a control slot otherwise) at their frame offset, in any of the frames within the credit;
 // a frame's first packet (its 64-byte header) must arrive before the others of that frame can
-// be placed. Frames are handed out in order. Acks say which packets arrived (cumulative + sack)
-// and the highest seq seen, so the sender retransmits what a later packet overtook at once. A block buffer is taken only for a Data frame on a trusted, accepted channel
-// (transport contract). Duplicates and packets outside the window are dropped and counted, never
-// placed twice.
+// be placed, and frames take their buffers in order. Frames are handed out in order. A block
+// buffer is taken only for a Data frame on a trusted, accepted channel (transport contract).
+// Duplicates and packets outside the window are dropped and counted, never placed twice.
 //
 // Liveness: with packets unacked (or a frame blocked on credit) and no progress for `dead_after`,
 // the channel fails: the peer is alive-but-stuck or gone.
@@ -47,7 +46,7 @@
 namespace blkmirror::transport::dpdk {
 
 inline constexpr uint32_t kSackBits = 64;
-inline constexpr size_t kRxReady = 16;  // frames received and not yet handed out, per channel
+inline constexpr size_t kRxReady = 32;  // frames received and not yet handed out, per channel
 inline constexpr uint64_t kRtoMin = 2'000'000;    // ns
 inline constexpr uint64_t kRtoMax = 200'000'000;  // ns
 
@@ -211,6 +210,7 @@ class Channel {
   uint32_t recover_ = 0;      // a loss episode lasts until snd_una_ passes this
   bool in_recovery_ = false;
   uint64_t srtt_ns_ = 0;
+  uint64_t rttvar_ns_ = 0;
   uint64_t rto_ns_ = kRtoMin;
   uint64_t last_progress_ns_ = 0;
   bool waiting_ = false;  // for an ack or for credit, since last_progress_ns_

@@ -127,23 +127,27 @@ void EncodePacket(std::span<std::byte> out, const Route& route, const RelHeader&
 
 DecodeResult DecodePacket(std::span<const std::byte> packet, uint32_t local_ip,
                           uint16_t local_port) {
-  if (packet.size() < kPacketOverhead) {
-    if (packet.size() >= kEthHeader && GetBe16(packet.data() + 12) != kEtherTypeIpv4) {
-      return Fail(DropReason::kNotForUs, Status());
-    }
+  // Addressing first: other traffic on a shared port (the kernel's TCP, ARP, ...) is not ours,
+  // whatever its size; only a packet to our address and port can be malformed.
+  const std::byte* p = packet.data();
+  auto truncated = [&] {
     return Fail(DropReason::kMalformed,
                 Status::Protocol("packet of {} bytes: shorter than the {} bytes of headers",
                                  packet.size(), kPacketOverhead));
-  }
-  const std::byte* p = packet.data();
+  };
+  if (packet.size() < kEthHeader) return truncated();
   if (GetBe16(p + 12) != kEtherTypeIpv4) return Fail(DropReason::kNotForUs, Status());
+  if (packet.size() < kUdpOff) return truncated();
   const std::byte* ip = p + kIpOff;
+  // IPv4 without options (the backend sends none), UDP, to our address.
   if (ip[0] != std::byte{0x45} || ip[9] != std::byte{kIpProtoUdp} ||
       GetBe32(ip + 16) != local_ip) {
     return Fail(DropReason::kNotForUs, Status());
   }
+  if (packet.size() < kRelOff) return truncated();
   const std::byte* udp = p + kUdpOff;
   if (GetBe16(udp + 2) != local_port) return Fail(DropReason::kNotForUs, Status());
+  if (packet.size() < kPacketOverhead) return truncated();
   if (Ipv4Checksum(ip) != 0) {
     return Fail(DropReason::kMalformed, Status::Protocol("bad IPv4 header checksum"));
   }

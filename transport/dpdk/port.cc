@@ -4,12 +4,17 @@
 #include <net/if.h>
 #include <netinet/in.h>
 #include <sched.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cstring>
 #include <fstream>
 #include <mutex>
+#include <numeric>
+#include <utility>
 #include <vector>
 
 #include <rte_bus.h>
@@ -54,11 +59,26 @@ std::string AllowedCpus() {
 
 // The EAL's and drivers' messages go to our log (debug level: what matters reaches the user as
 // the error of the call that failed).
+// The last line DPDK logged: the driver's own reason, added to our error when a call fails.
+std::string& LastDpdkLine() {
+  static std::string line;
+  return line;
+}
+
 ssize_t WriteDpdkLog(void*, const char* buf, size_t size) {
   std::string_view text(buf, size);
   while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.remove_suffix(1);
-  if (!text.empty()) spdlog::debug("dpdk: {}", text);
+  if (!text.empty()) {
+    spdlog::debug("dpdk: {}", text);
+    LastDpdkLine() = std::string(text);
+  }
   return static_cast<ssize_t>(size);
+}
+
+// " (the driver said: ...)" for an error message, from what DPDK logged since `mark`.
+std::string DriverSaid() {
+  std::string line = std::exchange(LastDpdkLine(), std::string());
+  return line.empty() ? std::string() : fmt::format(" (the driver said: {})", line);
 }
 
 Status InitEal(bool pci) {
@@ -122,10 +142,44 @@ uint32_t InterfaceIpv4(const std::string& iface) {
   return ip;
 }
 
+// The kernel interface's MTU, 0 when it cannot be read.
+uint32_t InterfaceMtu(const std::string& iface) {
+  std::ifstream f("/sys/class/net/" + iface + "/mtu");
+  uint32_t mtu = 0;
+  f >> mtu;
+  return f ? mtu : 0;
+}
+
+// A memif server's socket left behind by a process that died: nobody accepts on it any more,
+// so the new server may take its place (a live one is left alone: its owner is reported).
+Status RemoveStaleSocket(const std::string& path) {
+  struct stat st {};
+  if (stat(path.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode)) return Status::Ok();
+  int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  if (fd < 0) return Status::Errno(errno, "socket");
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", path.c_str());
+  const int rc = connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  const int err = errno;
+  close(fd);
+  if (rc == 0) {
+    return Status::Error(ErrorCode::kBusy,
+                         fmt::format("memif socket {} is served by another process already",
+                                     path));
+  }
+  if (err == ECONNREFUSED) {
+    spdlog::info("dpdk: removing the stale memif socket {} (nobody serves it)", path);
+    unlink(path.c_str());
+  }
+  return Status::Ok();
+}
+
 struct Device {
   std::string devargs;  // for rte_dev_probe
-  std::string iface;    // kernel interface, for its address
+  std::string iface;    // kernel interface, for its address and MTU
   bool memif = false;
+  uint32_t mtu = 0;     // the IP MTU the port will use
 };
 
 Result<Device> ParseDevice(const PortSpec& spec) {
@@ -133,6 +187,18 @@ Result<Device> ParseDevice(const PortSpec& spec) {
   auto after = [&](std::string_view prefix) { return d.substr(prefix.size()); };
   const int n = next_device++;
   Device dev;
+  if (d.starts_with("af_packet:") || d.starts_with("af_xdp:")) {
+    dev.iface = d.substr(d.find(':') + 1);
+    if (if_nametoindex(dev.iface.c_str()) == 0) {
+      return Status::Error(ErrorCode::kNotFound,
+                           fmt::format("--dpdk-port {}: no interface '{}' here", d, dev.iface));
+    }
+    // The drivers report 1500 whatever the interface has: the kernel's MTU is the truth.
+    const uint32_t kernel_mtu = InterfaceMtu(dev.iface);
+    dev.mtu = spec.mtu != 0 ? spec.mtu : std::min(kernel_mtu != 0 ? kernel_mtu : 1500, kMaxMtu);
+  } else {
+    dev.mtu = spec.mtu;
+  }
   if (d.starts_with("memif:")) {
     std::string rest = after("memif:");
     std::string socket = rest.substr(0, rest.find(','));
@@ -141,17 +207,24 @@ Result<Device> ParseDevice(const PortSpec& spec) {
     if (socket.empty() || (role != "server" && role != "client")) {
       return Status::Invalid("--dpdk-port {}: expected memif:SOCKET[,role=server|client]", d);
     }
-    // Buffers large enough for a jumbo packet, so none arrives in a chain of mbufs.
-    // 4096-slot rings: a full congestion window fits without tx drops.
+    if (role == "server") RETURN_IF_ERROR(RemoveStaleSocket(socket));
+    // Buffers large enough for a jumbo packet, so none arrives in a chain of mbufs; 4096-slot
+    // rings, so a full congestion window fits without tx drops.
     dev.devargs = fmt::format(
         "net_memif{},socket={},role={},bsize=10240,rsize=12,socket-abstract=no", n, socket, role);
     dev.memif = true;
+    if (dev.mtu == 0) dev.mtu = kMaxMtu;  // memif carries jumbo frames
   } else if (d.starts_with("af_packet:")) {
-    dev.iface = after("af_packet:");
-    dev.devargs = fmt::format("net_af_packet{},iface={},framesz=10240,blocksz=10240,framecnt=2048",
-                              n, dev.iface);
+    // Ring frames hold one packet and its tpacket header, 16-byte aligned; a block holds whole
+    // frames back to back and is a multiple of the page; the ring a multiple of the block.
+    const uint32_t framesz = (dev.mtu + kEthHeader + 74 + 15) / 16 * 16;
+    const uint32_t per_block = 4096 / std::gcd(framesz, 4096u);
+    const uint32_t framecnt = (2048 + per_block - 1) / per_block * per_block;
+    // qdisc_bypass=0: traffic control (tbf, ...) on the interface applies to the packets.
+    dev.devargs = fmt::format(
+        "net_af_packet{},iface={},framesz={},blocksz={},framecnt={},qdisc_bypass=0", n, dev.iface,
+        framesz, framesz * per_block, framecnt);
   } else if (d.starts_with("af_xdp:")) {
-    dev.iface = after("af_xdp:");
     dev.devargs = fmt::format("net_af_xdp{},iface={}", n, dev.iface);
   } else if (d.starts_with("pci:")) {
     dev.devargs = after("pci:");
@@ -163,10 +236,6 @@ Result<Device> ParseDevice(const PortSpec& spec) {
                            "af_xdp:IFACE, pci:ADDRESS or a DPDK vdev (net_...)",
                            d);
   }
-  if (!dev.iface.empty() && if_nametoindex(dev.iface.c_str()) == 0) {
-    return Status::Error(ErrorCode::kNotFound,
-                         fmt::format("--dpdk-port {}: no interface '{}' here", d, dev.iface));
-  }
   return dev;
 }
 
@@ -177,11 +246,11 @@ Result<std::unique_ptr<Port>> Port::Open(const PortSpec& spec) {
   ASSIGN_OR_RETURN(Device dev, ParseDevice(spec));
   auto port = std::unique_ptr<Port>(new Port());
   port->name_ = spec.device;
-  if (rte_dev_probe(dev.devargs.c_str()) != 0) {
+  LastDpdkLine().clear();
+  if (int rc = rte_dev_probe(dev.devargs.c_str()); rc != 0) {
     return Status::Error(ErrorCode::kUnavailable,
-                         fmt::format("dpdk: cannot open port {} ({}): {}; check the device and "
-                                     "that the driver is installed",
-                                     spec.device, dev.devargs, rte_strerror(rte_errno)));
+                         fmt::format("dpdk: cannot open port {} ({}): {}{}", spec.device,
+                                     dev.devargs, rte_strerror(-rc), DriverSaid()));
   }
   std::string name = dev.devargs.substr(0, dev.devargs.find(','));
   port->device_name_ = name;
@@ -196,17 +265,18 @@ Result<std::unique_ptr<Port>> Port::Open(const PortSpec& spec) {
   if (int rc = rte_eth_dev_info_get(id, &info); rc != 0) {
     return Status::Errno(-rc, fmt::format("dpdk: info of port {}", spec.device));
   }
-  // The IP MTU: as asked, else the port's, capped to jumbo; memif carries jumbo frames.
+  // The IP MTU: as asked, else the interface's (af_packet, af_xdp), jumbo for memif, else the
+  // port's; capped to jumbo.
   uint16_t port_mtu = 1500;
   rte_eth_dev_get_mtu(id, &port_mtu);
-  port->mtu_ = spec.mtu != 0 ? spec.mtu : dev.memif ? kMaxMtu : port_mtu;
-  port->mtu_ = std::min(port->mtu_, kMaxMtu);
+  port->mtu_ = std::min(dev.mtu != 0 ? dev.mtu : port_mtu, kMaxMtu);
   if (port->mtu_ < kMinMtu) {
     return Status::Invalid("dpdk: port {} has an MTU of {} (at least {} needed)", spec.device,
                            port->mtu_, kMinMtu);
   }
   const std::string pool_name = fmt::format("bm_mbufs_{}", id);
-  const uint32_t room = RTE_PKTMBUF_HEADROOM + port->mtu_ + kEthHeader + 64;
+  // Room for a whole packet and what drivers put beside it (af_packet's ring header).
+  const uint32_t room = RTE_PKTMBUF_HEADROOM + (port->mtu_ + kEthHeader + 256 + 63) / 64 * 64;
   port->pool_ = rte_pktmbuf_pool_create(pool_name.c_str(), kMbufs, kMbufCache, 0,
                                         static_cast<uint16_t>(room), SOCKET_ID_ANY);
   if (port->pool_ == nullptr) {
@@ -220,24 +290,25 @@ Result<std::unique_ptr<Port>> Port::Open(const PortSpec& spec) {
   if (!intr) {
     conf.intr_conf.rxq = 0;
     if (int rc = rte_eth_dev_configure(id, 1, 1, &conf); rc != 0) {
-      return Status::Errno(-rc, fmt::format("dpdk: configure port {}", spec.device));
+      return Status::Errno(-rc, fmt::format("dpdk: configure port {}{}", spec.device, DriverSaid()));
     }
   }
   if (int rc = rte_eth_rx_queue_setup(id, 0, kRingSize, rte_eth_dev_socket_id(id), nullptr,
                                       port->pool_);
       rc != 0) {
-    return Status::Errno(-rc, fmt::format("dpdk: rx queue of port {}", spec.device));
+    return Status::Errno(-rc, fmt::format("dpdk: rx queue of port {}{}", spec.device, DriverSaid()));
   }
   if (int rc = rte_eth_tx_queue_setup(id, 0, kRingSize, rte_eth_dev_socket_id(id), nullptr);
       rc != 0) {
-    return Status::Errno(-rc, fmt::format("dpdk: tx queue of port {}", spec.device));
+    return Status::Errno(-rc, fmt::format("dpdk: tx queue of port {}{}", spec.device, DriverSaid()));
   }
   if (spec.mtu != 0 || !dev.memif) rte_eth_dev_set_mtu(id, static_cast<uint16_t>(port->mtu_));
   if (int rc = rte_eth_dev_start(id); rc != 0) {
     std::string hint = dev.memif ? " (a memif client needs its server: is the peer running, with "
                                    "the same socket?)"
                                  : "";
-    return Status::Errno(-rc, fmt::format("dpdk: cannot start port {}{}", spec.device, hint));
+    return Status::Errno(-rc, fmt::format("dpdk: cannot start port {}{}{}", spec.device, hint,
+                                          DriverSaid()));
   }
   port->started_ = true;
   rte_eth_promiscuous_enable(id);
