@@ -13,9 +13,10 @@ constexpr double kMinCwnd = 4;
 
 Channel::Channel(ChannelConfig config, io::BufferPool* pool, bool accepted, std::string peer)
     : config_(config), pool_(pool), accepted_(accepted), peer_(std::move(peer)) {
-  // Frame numbers and sequence numbers wrap at 2^32: ring sizes are powers of two so that
-  // `number % size` stays continuous across the wrap.
-  tx_.resize(std::bit_ceil(std::max<uint32_t>(config_.send_queue_depth, 2)));
+  sq_.Init(std::max<uint32_t>(config_.send_queue_depth, 1), kCtrlRingBytes);
+  meta_.resize(sq_.capacity());
+  // Sequence numbers wrap at 2^32: the ring of packets in flight is a power of two so that
+  // `seq % size` stays continuous across the wrap.
   inflight_.resize(std::bit_ceil(std::max<uint32_t>(config_.max_window, kSackBits + 1)));
   config_.max_window = static_cast<uint32_t>(inflight_.size());
   cwnd_ = std::min<double>(config_.initial_cwnd, config_.max_window);
@@ -31,21 +32,9 @@ void Channel::Fail(Status reason) {
 
 uint32_t Channel::Credit() const { return rx_head_ + static_cast<uint32_t>(kRxReady); }
 
-bool Channel::Queue(const WorkItem& item, uint32_t payload_len) {
-  if (SendSpace() == 0) return false;
-  TxFrame& f = FrameAt(tx_tail_);
-  f.header = item.header;
-  f.tag = item.tag;
-  f.signal = item.signal;
-  f.payload_len = payload_len;
-  f.packets = 0;
-  if (item.data != nullptr) {
-    f.payload = item.data;
-  } else {
-    std::memcpy(f.ctrl.data(), item.control.data(), item.control.size());
-    f.payload = f.ctrl.data();
-  }
-  ++tx_tail_;
+bool Channel::Queue(const WorkItem& item) {
+  if (sq_.Push(item) == nullptr) return false;
+  MetaAt(sq_.tail() - 1) = FrameTx{};
   return true;
 }
 
@@ -57,11 +46,11 @@ void Channel::FillAck(RelHeader& h) const {
 }
 
 TxPacket Channel::MakePacket(uint32_t seq, const Inflight& slot) {
-  const TxFrame& f = FrameAt(slot.frame_no);
+  const SendEntry& f = sq_.at(slot.frame);
   TxPacket p;
   p.header.kind = PacketKind::kData;
   p.header.seq = seq;
-  p.header.frame_no = slot.frame_no;
+  p.header.frame_no = Wire(slot.frame);
   p.header.frame_off = slot.frame_off;
   p.header.frame_len = static_cast<uint32_t>(proto::kHeaderSize) + f.payload_len;
   p.header.payload_len = static_cast<uint16_t>(slot.len);
@@ -101,16 +90,15 @@ size_t Channel::Transmit(uint64_t now_ns, std::span<TxPacket> out) {
   // New packets, within the congestion window and the receiver's frame credit.
   const uint32_t window = std::min<uint32_t>(static_cast<uint32_t>(cwnd_), config_.max_window);
   bool credit_blocked = false;
-  while (n < out.size() && tx_started_ != tx_tail_ && snd_nxt_ - snd_una_ < window) {
-    TxFrame& f = FrameAt(tx_started_);
-    const uint32_t frame_len = static_cast<uint32_t>(proto::kHeaderSize) + f.payload_len;
+  while (n < out.size() && tx_started_ != sq_.tail() && snd_nxt_ - snd_una_ < window) {
+    const uint32_t frame_len =
+        static_cast<uint32_t>(proto::kHeaderSize) + sq_.at(tx_started_).payload_len;
     if (tx_off_ == 0) {
-      if (!Before(tx_started_, peer_credit_)) {
+      if (!Before(Wire(tx_started_), peer_credit_)) {
         credit_blocked = true;
         break;
       }
-      f.first_seq = snd_nxt_;
-      f.packets = (frame_len + config_.chunk - 1) / config_.chunk;
+      MetaAt(tx_started_) = FrameTx{snd_nxt_, (frame_len + config_.chunk - 1) / config_.chunk};
     }
     Inflight& slot = SlotAt(snd_nxt_);
     slot = Inflight{tx_started_, tx_off_, std::min(config_.chunk, frame_len - tx_off_), now_ns};
@@ -156,7 +144,7 @@ void Channel::Loss(uint64_t now_ns) {
 }
 
 void Channel::OnAck(uint64_t now_ns, const RelHeader& h) {
-  if (Before(peer_credit_, h.credit) && h.credit - tx_head_ <= tx_.size() + kRxReady) {
+  if (Before(peer_credit_, h.credit) && h.credit - Wire(sq_.head()) <= sq_.capacity() + kRxReady) {
     peer_credit_ = h.credit;
     last_progress_ns_ = now_ns;
   }
@@ -185,10 +173,11 @@ void Channel::OnAck(uint64_t now_ns, const RelHeader& h) {
     last_progress_ns_ = now_ns;
     if (in_recovery_ && !Before(snd_una_, recover_)) in_recovery_ = false;
     while (tx_acked_ != tx_started_) {
-      const TxFrame& f = FrameAt(tx_acked_);
+      const FrameTx& f = MetaAt(tx_acked_);
       if (Before(snd_una_, f.first_seq + f.packets)) break;
       ++tx_acked_;
     }
+    sq_.MarkDone(tx_acked_);
   }
   // Sacked packets are not sent again; those below `high` sent before the one that reached it
   // were lost.
@@ -212,7 +201,7 @@ void Channel::OnAck(uint64_t now_ns, const RelHeader& h) {
 void Channel::Tick(uint64_t now_ns) {
   if (failed()) return;
   const bool waiting = snd_una_ != snd_nxt_ ||
-                       (tx_started_ != tx_tail_ && !Before(tx_started_, peer_credit_));
+                       (tx_started_ != sq_.tail() && !Before(Wire(tx_started_), peer_credit_));
   if (!waiting) {
     waiting_ = false;
     return;
@@ -227,7 +216,7 @@ void Channel::Tick(uint64_t now_ns) {
         fmt::format("{} acknowledged nothing for {} s ({} packets unacknowledged, {} frames "
                     "waiting): the peer is gone or stuck",
                     peer_, config_.dead_after_ns / 1'000'000'000, snd_nxt_ - snd_una_,
-                    tx_tail_ - tx_acked_)));
+                    sq_.tail() - tx_acked_)));
     return;
   }
   if (snd_una_ == snd_nxt_) return;
@@ -252,12 +241,12 @@ std::string Channel::Describe() const {
       "snd una {} nxt {} (window {:.0f}, rto {} us, {} due) frames acked {} started {} tail {} "
       "(peer credit {}), rcv nxt {} sack {:#x} high {} frame {} ({}/{} bytes) ready {}",
       snd_una_, snd_nxt_, cwnd_, rto_ns_ / 1000, resend_.size() - resend_pos_, tx_acked_,
-      tx_started_, tx_tail_, peer_credit_, rcv_nxt_, rcv_sack_, rcv_high_, rx_frame_,
+      tx_started_, sq_.tail(), peer_credit_, rcv_nxt_, rcv_sack_, rcv_high_, rx_frame_,
       f.started ? f.got : 0, f.started ? f.len : 0, rx_ready_);
 }
 
 bool Channel::Busy() const {
-  return snd_una_ != snd_nxt_ || tx_started_ != tx_tail_ || ack_due_ ||
+  return snd_una_ != snd_nxt_ || tx_started_ != sq_.tail() || ack_due_ ||
          (credit_dirty_ && Credit() != credit_sent_) || !resend_.empty();
 }
 

@@ -41,6 +41,7 @@
 #include "io/buffer_pool.h"
 #include "proto/frame.h"
 #include "transport/dpdk/packet.h"
+#include "transport/send_queue.h"
 #include "transport/transport.h"
 
 namespace blkmirror::transport::dpdk {
@@ -49,6 +50,7 @@ inline constexpr uint32_t kSackBits = 64;
 inline constexpr size_t kRxReady = 32;  // frames received and not yet handed out, per channel
 inline constexpr uint64_t kRtoMin = 2'000'000;    // ns
 inline constexpr uint64_t kRtoMax = 200'000'000;  // ns
+inline constexpr size_t kCtrlRingBytes = 128 << 10;  // queued control payloads per channel
 
 struct ChannelConfig {
   uint32_t chunk = ChunkSize(1500);  // frame bytes per packet
@@ -62,18 +64,6 @@ struct ChannelConfig {
 struct TxPacket {
   RelHeader header;
   std::span<const std::byte> a, b;
-};
-
-// A frame queued to send.
-struct TxFrame {
-  proto::RawHeader header{};
-  const std::byte* payload = nullptr;
-  uint32_t payload_len = 0;
-  uint64_t tag = 0;
-  bool signal = false;
-  std::array<std::byte, proto::kMaxControlPayload> ctrl{};  // copied control payload
-  uint32_t first_seq = 0;  // set when its first packet goes out
-  uint32_t packets = 0;
 };
 
 struct RxFrame {
@@ -103,35 +93,41 @@ class Channel {
   const Status& failure() const { return failure_; }
   const ChannelStats& stats() const { return stats_; }
 
-  // Sending side. Frames queued and not yet acknowledged: SendSpace is what is left.
-  size_t SendSpace() const { return tx_.size() - (tx_tail_ - tx_head_); }
-  // Queues a frame (checked by the caller with CheckWorkItem); false when full.
-  bool Queue(const WorkItem& item, uint32_t payload_len);
+  // Sending side: frames live in a transport::SendQueue (the one every backend uses) from
+  // Queue until acknowledged. SendSpace is the room left; Reserve claims room for one item of a
+  // batch (all or nothing across a Post); Queue queues it (false when it does not fit).
+  size_t SendSpace() const { return sq_.space(); }
+  [[nodiscard]] Status Reserve(uint64_t batch, const WorkItem& item) {
+    return sq_.Reserve(batch, item);
+  }
+  bool Queue(const WorkItem& item);
   // Up to out.size() packets to send now (retransmits first, then new data, then an ack if one
   // is due); returns how many. Each points into frames that stay queued until acknowledged.
   size_t Transmit(uint64_t now_ns, std::span<TxPacket> out);
-  // Acknowledged frames, oldest first: calls done(frame) for each and forgets it.
+  // Acknowledged frames, oldest first, at most `max`: calls done(SendResult) for each.
   template <typename F>
   void TakeAcked(F&& done, size_t max = SIZE_MAX) {
-    for (; tx_head_ != tx_acked_ && max > 0; --max) {
-      done(tx_[tx_head_ % tx_.size()]);
-      ++tx_head_;
+    for (; max > 0; --max) {
+      auto r = sq_.PopDone();
+      if (!r) break;
+      done(*r);
     }
   }
-  // Frames never acknowledged (the channel is closing): calls cancelled(frame) for each.
-  // At most `max` at a time; true once none is left.
+  // For a closing channel: every frame, acknowledged or not (those with res -ECANCELED), at
+  // most `max` at a time; true once none is left.
   template <typename F>
   bool TakeUnacked(F&& cancelled, size_t max = SIZE_MAX) {
-    for (; tx_head_ != tx_tail_ && max > 0; --max) {
-      cancelled(tx_[tx_head_ % tx_.size()]);
-      ++tx_head_;
+    if (!cancelled_) {
+      sq_.CancelQueued();
+      cancelled_ = true;
+      tx_acked_ = tx_started_ = sq_.tail();
+      tx_off_ = 0;
     }
-    if (tx_head_ != tx_tail_) return false;
-    tx_acked_ = tx_started_ = tx_tail_ = tx_head_;
-    return true;
+    TakeAcked(cancelled, max);
+    return sq_.empty();
   }
   // Nothing queued or unacknowledged.
-  bool Idle() const { return tx_head_ == tx_tail_; }
+  bool Idle() const { return sq_.empty(); }
 
   // Receiving side: one decoded packet of this channel's session.
   void Receive(uint64_t now_ns, const PacketView& packet);
@@ -166,7 +162,7 @@ class Channel {
 
  private:
   struct Inflight {
-    uint32_t frame_no = 0;
+    uint64_t frame = 0;  // its SendQueue counter (the wire's frame_no is its low 32 bits)
     uint32_t frame_off = 0;
     uint32_t len = 0;
     uint64_t sent_ns = 0;
@@ -175,7 +171,13 @@ class Channel {
     bool due = false;     // queued for retransmission
   };
   static bool Before(uint32_t a, uint32_t b) { return static_cast<int32_t>(a - b) < 0; }
-  TxFrame& FrameAt(uint32_t frame_no) { return tx_[frame_no % tx_.size()]; }
+  // Per queued frame, beside its SendQueue entry: where its packets start, how many.
+  struct FrameTx {
+    uint32_t first_seq = 0;
+    uint32_t packets = 0;
+  };
+  FrameTx& MetaAt(uint64_t frame) { return meta_[sq_.index(frame)]; }
+  static uint32_t Wire(uint64_t frame) { return static_cast<uint32_t>(frame); }
   Inflight& SlotAt(uint32_t seq) { return inflight_[seq % inflight_.size()]; }
   void Fail(Status reason);
   void OnAck(uint64_t now_ns, const RelHeader& h);
@@ -196,12 +198,14 @@ class Channel {
   Status failure_;
   ChannelStats stats_;
 
-  // Sending. Frame numbers: [tx_head_, tx_acked_) acknowledged, not yet taken;
+  // Sending. SendQueue counters: [head, tx_acked_) acknowledged, not yet taken;
   // [tx_acked_, tx_started_) with packets out; tx_started_ is being cut (at tx_off_);
-  // (tx_started_, tx_tail_) queued.
-  std::vector<TxFrame> tx_;
-  uint32_t tx_head_ = 0, tx_acked_ = 0, tx_started_ = 0, tx_tail_ = 0;
+  // (tx_started_, tail) queued.
+  SendQueue sq_;
+  std::vector<FrameTx> meta_;
+  uint64_t tx_acked_ = 0, tx_started_ = 0;
   uint32_t tx_off_ = 0;
+  bool cancelled_ = false;
   std::vector<Inflight> inflight_;
   uint32_t snd_una_ = 0, snd_nxt_ = 0;
   uint32_t peer_credit_ = 0;  // frames numbered below it may be started

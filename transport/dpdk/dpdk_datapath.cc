@@ -23,8 +23,10 @@ size_t DpdkTransport::SendSpace(ConnId id) const {
 }
 
 Status DpdkTransport::Post(std::span<const WorkItem> items) {
-  // All or nothing: every item is checked, with the room each connection has for its share of
-  // the batch, before any is queued.
+  // All or nothing: every item is checked, and room claimed for the whole batch on each
+  // connection's queue, before any is queued.
+  const uint64_t batch = ++posts_;
+  bool any_plain = false;
   for (size_t i = 0; i < items.size(); ++i) {
     const WorkItem& item = items[i];
     Conn* conn = Find(item.conn);
@@ -35,30 +37,34 @@ Status DpdkTransport::Post(std::span<const WorkItem> items) {
     }
     auto checked = CheckWorkItem(item);
     if (!checked.ok()) return checked.status().Context("dpdk");
+    if (conn->mode == Conn::Mode::kDpdk) {
+      RETURN_IF_ERROR(
+          conn->channel->Reserve(batch, item).Context(fmt::format("dpdk: to {}", conn->peer)));
+      continue;
+    }
+    any_plain = true;
     size_t share = 0;
     for (size_t j = 0; j <= i; ++j) share += items[j].conn == item.conn;
-    if (share > SendSpace(item.conn)) {
+    if (share > tcp_->SendSpace(item.conn)) {
       return Status::Error(ErrorCode::kBusy,
                            fmt::format("dpdk: send queue to {} is full", conn->peer));
     }
   }
-  // Plain TCP connections' items go to the TCP transport as one batch (itself all or nothing).
-  bool any_dpdk = false;
+  // Plain TCP connections' items go to the TCP transport (itself all or nothing).
   for (const WorkItem& item : items) {
-    if (Find(item.conn)->mode == Conn::Mode::kDpdk) {
-      any_dpdk = true;
-      continue;
+    if (any_plain && Find(item.conn)->mode == Conn::Mode::kPlain) {
+      RETURN_IF_ERROR(tcp_->Post({&item, 1}));
     }
-    RETURN_IF_ERROR(tcp_->Post({&item, 1}));
   }
-  if (!any_dpdk) return Status::Ok();
   const uint64_t now = NowNs();
+  bool any_dpdk = false;
   for (const WorkItem& item : items) {
     Conn* conn = Find(item.conn);
     if (conn->mode != Conn::Mode::kDpdk) continue;
-    const uint32_t len = proto::DecodePrefix(item.header)->payload_len;
-    (void)conn->channel->Queue(item, len);  // room checked above
+    (void)conn->channel->Queue(item);  // room reserved above
+    any_dpdk = true;
   }
+  if (!any_dpdk) return Status::Ok();
   for (const WorkItem& item : items) {
     Conn* conn = Find(item.conn);
     if (conn->mode == Conn::Mode::kDpdk && conn->channel->Busy()) Transmit(*conn, now);
@@ -177,16 +183,15 @@ size_t DpdkTransport::Drain(Conn& conn, std::span<Completion> out) {
   size_t n = 0;
   Channel& ch = *conn.channel;
   const bool local_close = conn.closing && conn.close_reason.ok();
-  ch.TakeAcked(
-      [&](TxFrame& f) {
-        if (!f.signal) return;
-        Completion& c = out[n++].Reset();
-        c.kind = CompletionKind::kSent;
-        c.conn = conn.id;
-        c.tag = f.tag;
-        c.res = static_cast<int32_t>(proto::kHeaderSize + f.payload_len);
-      },
-      out.size());
+  auto sent = [&](const SendResult& r) {
+    if (!r.signal) return;
+    Completion& c = out[n++].Reset();
+    c.kind = CompletionKind::kSent;
+    c.conn = conn.id;
+    c.tag = r.tag;
+    c.res = r.res;
+  };
+  ch.TakeAcked(sent, out.size());
   // Frames received (dropped after a local Close: the caller is done with the connection).
   ch.TakeReceived(
       [&](RxFrame& f) {
@@ -207,16 +212,7 @@ size_t DpdkTransport::Drain(Conn& conn, std::span<Completion> out) {
       out.size() - n);
   if (!conn.closing || ch.ready() > 0 || n == out.size()) return n;
   // Closing: cancel what was never acknowledged, then report the close.
-  const bool all = ch.TakeUnacked(
-      [&](TxFrame& f) {
-        if (!f.signal) return;
-        Completion& c = out[n++].Reset();
-        c.kind = CompletionKind::kSent;
-        c.conn = conn.id;
-        c.tag = f.tag;
-        c.res = -ECANCELED;
-      },
-      out.size() - n - 1);
+  const bool all = ch.TakeUnacked(sent, out.size() - n - 1);
   if (!all) return n;
   const ChannelStats& st = ch.stats();
   spdlog::info("dpdk: {} closed: {} packets sent ({} retransmitted, {} timeouts), {} received, "

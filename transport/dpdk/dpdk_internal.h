@@ -123,6 +123,7 @@ class DpdkTransport final : public Transport, public io::RingHandler {
   std::array<rte_mbuf*, kBurst> mbufs_{};
   std::array<uint64_t, static_cast<size_t>(DropReason::kCount)> drops_{};
   uint64_t last_activity_ns_ = 0;
+  uint64_t posts_ = 0;  // Post calls: the batch number of SendQueue::Reserve
   Op nop_op_, timer_op_, rx_op_;
   bool nop_inflight_ = false, timer_inflight_ = false, rx_inflight_ = false;
   __kernel_timespec timer_ts_{};

@@ -88,7 +88,7 @@ DpdkTransport::~DpdkTransport() {
     if (!ring_.Wait(std::chrono::milliseconds(10)).ok()) break;
   }
   for (auto& c : conns_) {
-    if (c->channel) c->channel->TakeUnacked([](TxFrame&) {});
+    if (c->channel) c->channel->TakeUnacked([](const SendResult&) {});
   }
   for (size_t i = 0; i < delayed_n_; ++i) rte_pktmbuf_free(delayed_[i]);
   conns_.clear();
