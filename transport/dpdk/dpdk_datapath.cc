@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include <rte_mbuf.h>
@@ -73,8 +74,9 @@ Status DpdkTransport::Post(std::span<const WorkItem> items) {
   return Status::Ok();
 }
 
-void DpdkTransport::Transmit(Conn& conn, uint64_t now) {
-  if (conn.closing || !port_) return;
+size_t DpdkTransport::Transmit(Conn& conn, uint64_t now) {
+  if (conn.closing || !port_) return 0;
+  size_t sent = 0;
   for (;;) {
     const size_t k = conn.channel->Transmit(now, txp_);
     size_t built = 0;
@@ -91,9 +93,10 @@ void DpdkTransport::Transmit(Conn& conn, uint64_t now) {
                    {data + kPacketOverhead, payload});
       mbufs_[built++] = m;
     }
-    if (built > 0) port_->TxBurst(mbufs_.data(), static_cast<uint16_t>(built));
+    if (built > 0) sent += port_->TxBurst(mbufs_.data(), static_cast<uint16_t>(built));
     if (k < txp_.size()) break;
   }
+  return sent;
 }
 
 void DpdkTransport::Deliver(rte_mbuf* m, uint64_t now) {
@@ -262,8 +265,9 @@ size_t DpdkTransport::Poll(std::span<Completion> out) {
         continue;
       }
     }
-    Transmit(conn, now);
-    hot = hot || ch.Busy();
+    // Packets in or out keep the loop polling; waiting for an ack alone does not (the timer
+    // wakes the loop for the RTO, and on two cores a spinning sender starves its receiver).
+    hot = Transmit(conn, now) > 0 || hot;
   }
   ScheduleWake(hot, now);
   return n;
@@ -281,7 +285,12 @@ void DpdkTransport::ScheduleWake(bool hot, uint64_t now) {
     }
     return;
   }
-  // Idle: sleep until a packet (rx interrupt) or the next tick.
+  // Idle: sleep until a packet (rx interrupt) or the next tick. Without a DPDK connection
+  // nothing on the port is ours: no tick at all (a new connection starts over TCP).
+  const bool connected = std::any_of(conns_.begin(), conns_.end(), [](const auto& c) {
+    return c->mode == Conn::Mode::kDpdk;
+  });
+  if (!connected) return;
   if (port_->rx_event_fd() >= 0) {
     port_->ArmRxInterrupt(true);
     if (!rx_inflight_) {

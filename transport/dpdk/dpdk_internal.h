@@ -96,7 +96,7 @@ class DpdkTransport final : public Transport, public io::RingHandler {
   // Data path (dpdk_datapath.cc).
   void Receive(uint64_t now);
   void Deliver(rte_mbuf* m, uint64_t now);
-  void Transmit(Conn& conn, uint64_t now);
+  size_t Transmit(Conn& conn, uint64_t now);  // packets handed to the port
   size_t Drain(Conn& conn, std::span<Completion> out);
   void Fail(Conn& conn, Status reason);
   void ScheduleWake(bool hot, uint64_t now);
