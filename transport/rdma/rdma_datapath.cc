@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <spdlog/spdlog.h>
 
+#include <cassert>
 #include <cstring>
 #include <optional>
 
@@ -50,26 +51,21 @@ Status WcError(const Conn& c, const ibv_wc& wc, bool send) {
                                    static_cast<int>(wc.status), wc.vendor_err, hint, c.path));
 }
 
-// Where a control payload of `len` bytes goes in the ring (tail, used), or nothing if it does
-// not fit. `held` counts the payload plus the padding skipped at the end of the ring.
-struct CtrlPlace {
-  size_t pos = 0;
-  uint32_t held = 0;
-};
-std::optional<CtrlPlace> PlanCtrl(size_t tail, size_t used, uint32_t len) {
-  constexpr size_t cap = kCtrlRingBytes;
-  if (len > cap) return std::nullopt;
-  if (used == 0) return CtrlPlace{0, len};
-  if (used >= cap) return std::nullopt;
-  size_t head = (tail + cap - used) % cap;  // oldest byte still held
-  if (head > tail) {
-    if (head - tail < len) return std::nullopt;
-    return CtrlPlace{tail, len};
+// Reports the sends of `c` that are finished (the NIC's, or cancelled at close), in order: a
+// kSent completion for each signaled one. Returns how many completions it wrote.
+size_t DrainSent(Conn& c, std::span<Completion> out) {
+  size_t n = 0;
+  while (n < out.size()) {
+    std::optional<SendResult> s = c.sq.PopDone();
+    if (!s) break;
+    if (!s->signal) continue;
+    Completion& x = out[n++].Reset();
+    x.kind = CompletionKind::kSent;
+    x.conn = c.id;
+    x.tag = s->tag;
+    x.res = s->res;
   }
-  // Free: [tail, cap) and [0, head).
-  if (cap - tail >= len) return CtrlPlace{tail, len};
-  if (head >= len) return CtrlPlace{0, static_cast<uint32_t>(cap - tail + len)};
-  return std::nullopt;
+  return n;
 }
 
 }  // namespace
@@ -98,11 +94,13 @@ void RdmaTransport::Abort(Conn& c, Status reason) {
 size_t RdmaTransport::SendSpace(ConnId id) const {
   Conn* c = Find(id);
   if (c == nullptr || c->closing) return 0;
-  return c->sendq.size() - (c->sq_tail - c->sq_head);
+  return c->sq.space();
 }
 
 Status RdmaTransport::Post(std::span<const WorkItem> items) {
-  // Validate the whole batch first: all or nothing.
+  // Check the whole batch first, room included (frames to one connection add up): all or
+  // nothing.
+  const uint64_t batch = ++posts_;
   for (const WorkItem& item : items) {
     Conn* c = Find(item.conn);
     if (c == nullptr || c->closing || !c->announced) {
@@ -131,58 +129,13 @@ Status RdmaTransport::Post(std::span<const WorkItem> items) {
         return Status::Invalid("rdma: a Data payload must lie in the registered buffer pool");
       }
     }
-  }
-  // Room for the whole batch, per connection: send-queue entries and control-ring bytes.
-  for (size_t i = 0; i < items.size(); ++i) {
-    bool first = true;
-    for (size_t j = 0; j < i && first; ++j) first = items[j].conn != items[i].conn;
-    if (!first) continue;
-    Conn& c = *Find(items[i].conn);
-    size_t frames = 0;
-    size_t tail = c.ctrl_tail, used = c.ctrl_used;
-    for (size_t j = i; j < items.size(); ++j) {
-      if (items[j].conn != items[i].conn) continue;
-      ++frames;
-      if (items[j].data != nullptr || items[j].control.empty()) continue;
-      auto len = static_cast<uint32_t>(items[j].control.size());
-      auto place = PlanCtrl(tail, used, len);
-      if (!place) {
-        return Status::Error(ErrorCode::kBusy,
-                             fmt::format("rdma: control queue to {} is full", c.peer));
-      }
-      tail = (place->pos + len) % kCtrlRingBytes;
-      used += place->held;
-    }
-    if (SendSpace(c.id) < frames) {
-      return Status::Error(ErrorCode::kBusy, fmt::format("rdma: send queue to {} is full", c.peer));
-    }
+    Status room = c->sq.Reserve(batch, item);
+    if (!room.ok()) return room.Context(fmt::format("rdma: to {}", c->peer));
   }
   for (const WorkItem& item : items) {
-    Conn& c = *Find(item.conn);
-    SendEntry& e = c.entry(c.sq_tail);
-    e.header = item.header;
-    e.tag = item.tag;
-    e.signal = item.signal;
-    e.ctrl_bytes = 0;
-    e.data = proto::CarriesBlockData(proto::DecodePrefix(item.header)->type);
-    if (e.data) {
-      e.payload = item.data;
-      e.payload_len = proto::DecodePrefix(item.header)->payload_len;
-    } else if (!item.control.empty()) {
-      auto len = static_cast<uint32_t>(item.control.size());
-      CtrlPlace place = *PlanCtrl(c.ctrl_tail, c.ctrl_used, len);
-      std::byte* dst = c.ctrl_ring() + place.pos;
-      std::memcpy(dst, item.control.data(), len);
-      c.ctrl_tail = (place.pos + len) % kCtrlRingBytes;
-      c.ctrl_used += place.held;
-      e.payload = dst;
-      e.payload_len = len;
-      e.ctrl_bytes = place.held;
-    } else {
-      e.payload = nullptr;
-      e.payload_len = 0;
-    }
-    ++c.sq_tail;
+    SendEntry* queued = Find(item.conn)->sq.Push(item);
+    assert(queued != nullptr);  // reserved above
+    (void)queued;
   }
   posted_ = posted_ || !items.empty();  // an answer may follow soon: keep polling
   // One ibv_post_send per connection for what can go now.
@@ -305,9 +258,9 @@ void RdmaTransport::Pump(Conn& c) {
     while (n < kMaxPostBatch && c.wr_space() > n && CreditDue(c) && CanSendCredit(c)) {
       BuildCredit(c, n++);
     }
-    while (n < kMaxPostBatch && c.sq_posted < c.sq_tail && c.wr_space() > n + 1 &&
+    while (n < kMaxPostBatch && c.sq_posted < c.sq.tail() && c.wr_space() > n + 1 &&
            c.tx_credits >= 2) {
-      SendEntry& e = c.entry(c.sq_posted);
+      SendEntry& e = c.sq.at(c.sq_posted);
       if (e.data && c.remote_count == 0) break;  // waits for a slot; what follows waits too
       BuildFrame(c, e, n++);
       ++c.sq_posted;
@@ -396,7 +349,7 @@ void RdmaTransport::OnWc(Conn& c, const ibv_wc& wc) {
     // A signaled completion: this WR and every WR before it on the QP are done.
     const WrInfo& w = c.wrs[idx];
     c.wr_done = std::max(c.wr_done, w.seq + 1);
-    c.sq_done = std::max(c.sq_done, w.entries_after);
+    c.sq.MarkDone(w.entries_after);
     return;
   }
   if (kind != WrKind::kRecv || idx >= c.rq_depth || c.local_close || c.rx_stopped) return;
@@ -581,18 +534,7 @@ size_t RdmaTransport::Drain(Conn& c, std::span<Completion> out) {
   }
   size_t n = 0;
   // Sends the NIC has finished, in order.
-  while (n < out.size() && c.sq_head < c.sq_done) {
-    SendEntry& e = c.entry(c.sq_head);
-    if (e.signal) {
-      Completion& x = out[n++].Reset();
-      x.kind = CompletionKind::kSent;
-      x.conn = c.id;
-      x.tag = e.tag;
-      x.res = static_cast<int32_t>(proto::kHeaderSize + e.payload_len);
-    }
-    c.ctrl_used -= e.ctrl_bytes;
-    ++c.sq_head;
-  }
+  n += DrainSent(c, out.subspan(n));
   // Frames received (dropped after a local Close: the caller is done with the connection).
   while (n < out.size() && c.ready_count > 0) {
     Ready& r = c.ready[c.ready_head];
@@ -615,21 +557,11 @@ size_t RdmaTransport::Drain(Conn& c, std::span<Completion> out) {
       c.lent.push_back(r.recv_index);  // valid until the next Poll
     }
   }
-  if (!c.closing || !c.torn_down || c.ready_count > 0 || c.sq_head < c.sq_done) return n;
-  // Closed and torn down: cancel what never completed, then report the close.
-  while (n < out.size() && c.sq_head < c.sq_tail) {
-    SendEntry& e = c.entry(c.sq_head);
-    if (e.signal) {
-      Completion& x = out[n++].Reset();
-      x.kind = CompletionKind::kSent;
-      x.conn = c.id;
-      x.tag = e.tag;
-      x.res = -ECANCELED;
-    }
-    c.ctrl_used -= e.ctrl_bytes;
-    ++c.sq_head;
-  }
-  if (n < out.size() && c.sq_head == c.sq_tail) {
+  if (!c.closing || !c.torn_down || c.ready_count > 0 || c.sq.has_done()) return n;
+  // Closed and torn down: cancel what never completed (-ECANCELED), then report the close.
+  c.sq.CancelQueued();
+  n += DrainSent(c, out.subspan(n));
+  if (n < out.size() && c.sq.empty()) {
     Completion& x = out[n++].Reset();
     x.kind = CompletionKind::kClosed;
     x.conn = c.id;

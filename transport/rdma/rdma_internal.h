@@ -42,6 +42,7 @@
 
 #include "io/ring.h"
 #include "transport/rdma/rdma_transport.h"
+#include "transport/send_queue.h"
 
 namespace blkmirror::transport::rdma {
 
@@ -266,16 +267,6 @@ struct Listener {
   Endpoint local;
 };
 
-struct SendEntry {
-  proto::RawHeader header{};
-  const std::byte* payload = nullptr;  // Data: the caller's pool buffer; else the control ring
-  uint32_t payload_len = 0;
-  uint32_t ctrl_bytes = 0;  // control-ring bytes held (payload + wrap padding)
-  uint64_t tag = 0;
-  bool signal = false;
-  bool data = false;
-};
-
 // One posted send WR, by send-queue index (wr_id).
 struct WrInfo {
   uint64_t seq = 0;            // WR sequence number on this QP
@@ -346,18 +337,18 @@ struct Conn {
   uint64_t tx_data_seq = 0;
   bool corrupt_next_header = false;  // TEST_CorruptNextDataHeader
 
-  // Send queue: entries by monotonic counters.
-  //   [sq_head, sq_done)    completed, not yet reported by Poll
-  //   [sq_done, sq_posted)  posted to the QP
-  //   [sq_posted, sq_tail)  queued (waiting for send-queue room, credits or a slot)
-  std::vector<SendEntry> sendq;
-  uint64_t sq_head = 0, sq_done = 0, sq_posted = 0, sq_tail = 0;
+  // Send queue (transport/send_queue.h), its control ring inside `area` (registered: area_mr's
+  // lkey covers the control payloads' SGEs). Entries by monotonic counters:
+  //   [head, done)          completed, not yet reported by Poll
+  //   [done, sq_posted)     posted to the QP
+  //   [sq_posted, tail)     queued (waiting for send-queue room, credits or a slot)
+  SendQueue sq;
+  uint64_t sq_posted = 0;
   std::array<WrInfo, kSendDepth> wrs{};
   uint64_t wr_posted = 0, wr_done = 0;
   uint32_t unsignaled = 0;
   std::array<ibv_send_wr, kMaxPostBatch> swr{};
   std::array<ibv_sge, 2 * kMaxPostBatch> ssge{};
-  size_t ctrl_tail = 0, ctrl_used = 0;
 
   // Receive side.
   uint32_t rq_depth = 0;
@@ -378,7 +369,6 @@ struct Conn {
   std::vector<uint32_t> idle_slots;      // ids without a buffer (their buffer is the engine's)
   std::vector<uint32_t> grants_pending;  // granted, not yet announced
 
-  SendEntry& entry(uint64_t counter) { return sendq[counter % sendq.size()]; }
   std::byte* recv_buf(uint32_t i) const { return area.data() + size_t{i} * kRecvBufSize; }
   std::byte* send_slot(uint32_t i) const {
     return area.data() + size_t{rq_depth} * kRecvBufSize + size_t{i} * kSendSlotSize;
@@ -465,7 +455,6 @@ class RdmaTransport final : public Transport, public io::RingHandler {
   void OnCredit(Conn& conn, uint32_t recv_index, uint32_t imm, uint32_t byte_len);
   void PushReady(Conn& conn, Ready&& r);
   void PostReceives(Conn& conn);
-  bool CtrlAlloc(Conn& conn, uint32_t len, std::byte** out, uint32_t* held);
   size_t Drain(Conn& conn, std::span<Completion> out);
   void OnCqEvents(Device& device);
 
@@ -486,6 +475,7 @@ class RdmaTransport final : public Transport, public io::RingHandler {
   uint64_t traffic_ns_ = 0;
   bool posted_ = false;
   bool polling_ = false;  // the last Poll left a NOP in the ring to come back (TEST_Polling)
+  uint64_t posts_ = 0;    // Posts so far: the batch number of SendQueue::Reserve
   ConnId next_id_ = 1;
   std::vector<std::unique_ptr<Device>> devices_;
   std::vector<std::unique_ptr<Listener>> listeners_;

@@ -564,7 +564,7 @@ Status RdmaTransport::SetUpQp(Conn& c) {
   attr.cap.max_recv_sge = 1;
   RETURN_IF_ERROR(c.qp.Create(c.cm_id.get(), d.pd.get(), attr).Context(d.name));
 
-  c.sendq.resize(options_.send_queue_depth);
+  c.sq.Init(options_.send_queue_depth, std::span(c.ctrl_ring(), kCtrlRingBytes));
   c.rwr.resize(c.rq_depth);
   c.rsge.resize(c.rq_depth);
   c.repost.reserve(c.rq_depth);
