@@ -1,6 +1,6 @@
 // SendQueue: one connection's queue of frames on their way out, the same for every backend
-// (tcp today; rdma and dpdk to adopt it). It holds what Transport::Post queued until the backend
-// has sent it, and makes Post all or nothing.
+// (tcp, rdma, dpdk). It holds what Transport::Post queued until the backend has sent it (dpdk:
+// until the peer acknowledged it), and makes Post all or nothing.
 //
 //   - Entries live in a ring addressed by monotonic counters: [head, done) are finished and wait
 //     for Poll to report them, [done, tail) are queued or with the kernel/NIC. A backend keeps
