@@ -266,7 +266,8 @@ TEST_P(TcpTransportTest, ABatchThatDoesNotFitQueuesNothing) {
   EXPECT_EQ(client_->SendSpace(*conn), space);
   EXPECT_EQ(client_->SendSpace(*other), other_space);
   // Nothing went: one frame posted now on each connection is the first (and only) to arrive.
-  WorkItem last[] = {control(*conn, "last", 1), control(*other, "last", 2)};
+  const std::string last_text = "last";  // outlives the items that point into it
+  WorkItem last[] = {control(*conn, last_text, 1), control(*other, last_text, 2)};
   ASSERT_TRUE(client_->Post(last).ok());
   ASSERT_TRUE(RunUntil([&] { return Count(client_events_, CompletionKind::kSent) == 2; }));
   ASSERT_TRUE(RunUntil([&] { return Count(server_events_, CompletionKind::kRecv) >= 2; }));
