@@ -51,6 +51,9 @@ auto Fields(proto::AuthProof&) { return std::tuple<>(); }
 auto Fields(proto::Zero& z) { return std::tie(z.seq, z.offset, z.length); }
 auto Fields(proto::Flush& f) { return std::tie(f.seq); }
 auto Fields(proto::Generation& g) { return std::tie(g.current, g.history, g.count); }
+auto Fields(proto::TransportHello& t) {
+  return std::tie(t.kind, t.version, t.mac, t.ipv4, t.udp_port, t.mtu, t.session, t.window);
+}
 
 bool SameFrame(const proto::Frame& a, const proto::Frame& b) {
   if (a.flags != b.flags || a.payload_len != b.payload_len || a.body.index() != b.body.index()) {
