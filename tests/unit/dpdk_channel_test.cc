@@ -827,16 +827,21 @@ TEST(DpdkChannelTest, SeqBeyondTheReceiveWindowIsStale) {
   Channel b(SmallConfig(kMinMtu), pool.get(), true, "peer");
   b.Trust();
   ChannelConfig wide = SmallConfig(kMinMtu);
-  wide.initial_cwnd = 512;  // every packet at once
+  wide.max_window = 4096;
+  wide.initial_cwnd = 4096;  // every packet at once
   PacketSource src(wide);
-  src.Queue(PlanData(1, 64 * 1024, false));  // 134 packets of 492 bytes
+  src.Queue(PlanData(1, kMiB, false));  // 2132 packets of 492 bytes
   auto pkts = src.Packets();
-  ASSERT_GT(pkts.size(), kSackBits + 3);
-  b.Receive(1000, View(pkts[0]));              // rcv_nxt = 1
-  b.Receive(1000, View(pkts[kSackBits + 2]));  // d = 65: outside the 64-bit sack window
+  ASSERT_GT(pkts.size(), kRecvWindow + 3);
+  b.Receive(1000, View(pkts[0]));                // rcv_nxt = 1
+  b.Receive(1000, View(pkts[kRecvWindow + 2]));  // d = 1025: past what the receiver keeps
   EXPECT_EQ(Drops(b, DropReason::kStale), 1u);
-  b.Receive(1000, View(pkts[kSackBits + 1]));  // d = 64: the last one inside
+  b.Receive(1000, View(pkts[kRecvWindow + 1]));  // d = 1024: the last one it keeps
   EXPECT_EQ(Drops(b, DropReason::kStale), 1u);
+  b.Receive(1000, View(pkts[kSackBits + 5]));    // past the sack, inside the window: kept
+  EXPECT_EQ(Drops(b, DropReason::kStale), 1u);
+  b.Receive(1000, View(pkts[kSackBits + 5]));    // and a duplicate of it is not
+  EXPECT_EQ(Drops(b, DropReason::kStale), 2u);
   EXPECT_FALSE(b.failed());
 }
 

@@ -40,7 +40,7 @@ bool Channel::Queue(const WorkItem& item) {
 
 void Channel::FillAck(RelHeader& h) const {
   h.ack = rcv_nxt_;
-  h.sack = rcv_sack_;
+  h.sack = rcv_seen_.words[0];
   h.credit = Credit();
   h.high = rcv_high_;
 }
@@ -189,8 +189,12 @@ void Channel::OnAck(uint64_t now_ns, const RelHeader& h) {
   }
   if (!Before(h.ack, h.high) || Before(snd_nxt_, h.high)) return;
   const uint64_t overtaken = SlotAt(h.high - 1).sent_ns;
+  // Only within the sack's reach: a packet past it may have arrived (the receiver keeps up to
+  // kRecvWindow); it shows once the cumulative ack moves.
+  const uint32_t reach = Before(h.high - 1, h.ack + 1 + kSackBits) ? h.high - 1
+                                                                   : h.ack + 1 + kSackBits;
   for (uint32_t seq = std::max(h.ack, snd_una_, [](uint32_t a, uint32_t b) { return Before(a, b); });
-       Before(seq, h.high - 1); ++seq) {
+       Before(seq, reach); ++seq) {
     Inflight& slot = SlotAt(seq);
     if (slot.sacked || slot.due || slot.sent_ns >= overtaken) continue;
     slot.due = true;
@@ -241,7 +245,7 @@ std::string Channel::Describe() const {
       "snd una {} nxt {} (window {:.0f}, rto {} us, {} due) frames acked {} started {} tail {} "
       "(peer credit {}), rcv nxt {} sack {:#x} high {} frame {} ({}/{} bytes) ready {}",
       snd_una_, snd_nxt_, cwnd_, rto_ns_ / 1000, resend_.size() - resend_pos_, tx_acked_,
-      tx_started_, sq_.tail(), peer_credit_, rcv_nxt_, rcv_sack_, rcv_high_, rx_frame_,
+      tx_started_, sq_.tail(), peer_credit_, rcv_nxt_, rcv_seen_.words[0], rcv_high_, rx_frame_,
       f.started ? f.got : 0, f.started ? f.len : 0, rx_ready_);
 }
 
@@ -265,8 +269,8 @@ void Channel::OnData(uint64_t now_ns, const PacketView& p) {
   auto drop = [&](DropReason r) { ++stats_.drops[static_cast<size_t>(r)]; };
   if (Before(h.seq, rcv_nxt_)) return drop(DropReason::kStale);
   const uint32_t d = h.seq - rcv_nxt_;
-  if (d > kSackBits) return drop(DropReason::kStale);
-  if (d > 0 && ((rcv_sack_ >> (d - 1)) & 1)) return drop(DropReason::kStale);
+  if (d > kRecvWindow) return drop(DropReason::kStale);
+  if (d > 0 && rcv_seen_.test(d - 1)) return drop(DropReason::kStale);
   if (Before(rcv_high_, h.seq + 1)) rcv_high_ = h.seq + 1;
   // In order (d == 0), the packet is the first missing one of the first incomplete frame: seqs
   // are given to frames in order, so anything else is a broken sender. Out of order, it may be
@@ -325,13 +329,13 @@ void Channel::OnData(uint64_t now_ns, const PacketView& p) {
   Place(f, p);
   if (d == 0) {
     ++rcv_nxt_;
-    while (rcv_sack_ & 1) {
-      rcv_sack_ >>= 1;
+    while (rcv_seen_.test(0)) {
+      rcv_seen_.ShiftOne();
       ++rcv_nxt_;
     }
-    rcv_sack_ >>= 1;
+    rcv_seen_.ShiftOne();
   } else {
-    rcv_sack_ |= uint64_t{1} << (d - 1);
+    rcv_seen_.set(d - 1);
   }
   if (f.got == f.len) f.complete = true;
   while (rx_frame_ - rx_head_ < kRxReady && rx_[rx_frame_ % kRxReady].complete) {

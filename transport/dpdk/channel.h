@@ -46,9 +46,10 @@
 
 namespace blkmirror::transport::dpdk {
 
-inline constexpr uint32_t kSackBits = 64;
+inline constexpr uint32_t kSackBits = 64;     // selective acks a packet carries
+inline constexpr uint32_t kRecvWindow = 1024;  // packets past `ack` a receiver keeps
 inline constexpr size_t kRxReady = 32;  // frames received and not yet handed out, per channel
-inline constexpr uint64_t kRtoMin = 2'000'000;    // ns
+inline constexpr uint64_t kRtoMin = 5'000'000;    // ns (a peer may sleep 1 ms between polls)
 inline constexpr uint64_t kRtoMax = 200'000'000;  // ns
 inline constexpr size_t kCtrlRingBytes = 128 << 10;  // queued control payloads per channel
 
@@ -147,6 +148,8 @@ class Channel {
     }
   }
   size_t ready() const { return rx_ready_; }
+  // Packets sent and not acknowledged yet.
+  uint32_t in_flight() const { return snd_nxt_ - snd_una_; }
   // Data arrived since the last packet this channel sent: an ack is owed.
   bool ack_due() const { return ack_due_; }
 
@@ -228,7 +231,19 @@ class Channel {
   size_t rx_ready_ = 0;
   uint32_t rx_frame_ = 0;  // the first frame not complete (rx_head_ + rx_ready_)
   uint32_t rcv_nxt_ = 0;
-  uint64_t rcv_sack_ = 0;
+  // Bit i: packet rcv_nxt_ + 1 + i arrived. Wider than the sack an ack carries (its first 64
+  // bits), so packets behind a hole are kept, not dropped, while the hole is repaired.
+  struct SeenMap {
+    std::array<uint64_t, kRecvWindow / 64> words{};
+    bool test(uint32_t i) const { return (words[i / 64] >> (i % 64)) & 1; }
+    void set(uint32_t i) { words[i / 64] |= uint64_t{1} << (i % 64); }
+    void ShiftOne() {
+      for (size_t w = 0; w < words.size(); ++w) {
+        words[w] = (words[w] >> 1) | (w + 1 < words.size() ? words[w + 1] << 63 : 0);
+      }
+    }
+  };
+  SeenMap rcv_seen_;
   uint32_t rcv_high_ = 0;  // one past the highest seq seen
   bool ack_due_ = false;
   bool credit_dirty_ = false;

@@ -265,9 +265,11 @@ size_t DpdkTransport::Poll(std::span<Completion> out) {
         continue;
       }
     }
-    // Packets in or out keep the loop polling; waiting for an ack alone does not (the timer
-    // wakes the loop for the RTO, and on two cores a spinning sender starves its receiver).
-    hot = Transmit(conn, now) > 0 || hot;
+    // Packets in or out keep the loop polling. Waiting for acks does only while few packets
+    // are out (a small write waiting for its ack: latency); a bulk sender sleeps on the timer
+    // instead, since on two cores a spinning sender starves the receiver that owes the acks.
+    hot = Transmit(conn, now) > 0 || hot ||
+          (ch.in_flight() > 0 && ch.in_flight() <= kSpinInFlight);
   }
   ScheduleWake(hot, now);
   return n;

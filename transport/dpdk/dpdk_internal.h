@@ -23,6 +23,8 @@ inline constexpr size_t kBurst = 32;
 // After the last packet in or out, the loop keeps polling the port this long before it sleeps
 // (on the rx interrupt, or a timer where the driver has none).
 inline constexpr uint64_t kSpinNs = 200'000;
+// A sender with at most this many packets unacknowledged keeps polling for the ack.
+inline constexpr uint32_t kSpinInFlight = 16;
 // How often an idle transport looks at its port when the driver has no rx interrupt, and as a
 // safety net when it has one.
 inline constexpr std::chrono::milliseconds kIdleTickNoIntr{1};
