@@ -81,10 +81,12 @@ std::string DriverSaid() {
   return line.empty() ? std::string() : fmt::format(" (the driver said: {})", line);
 }
 
-Status InitEal(bool pci) {
+bool eal_huge = false;
+
+Status InitEal(bool pci, EalMemory memory) {
   static std::once_flag once;
   static Status result;
-  std::call_once(once, [pci] {
+  std::call_once(once, [pci, memory] {
     // No device at start (ports are hot-plugged), and no scan of the PCI bus unless a port is a
     // PCI device: a vdev-only process leaves the host's NICs alone.
     std::vector<std::string> args = {"blkmirror", "--lcores", "0@(" + AllowedCpus() + ")",
@@ -92,7 +94,9 @@ Status InitEal(bool pci) {
     if (!pci) args.push_back("--no-pci");
     // 2 MiB pages for the mbufs when the machine has spare ones; without them the EAL works on
     // ordinary memory (slower to map for a NIC, the same for memif and af_packet).
-    const bool huge = FreeHugepages() >= 64;
+    const bool huge = memory == EalMemory::kHugepages ||
+                      (memory == EalMemory::kAuto && FreeHugepages() >= 64);
+    eal_huge = huge;
     if (huge) {
       args.insert(args.end(), {"--in-memory"});
     } else {
@@ -242,7 +246,7 @@ Result<Device> ParseDevice(const PortSpec& spec) {
 }  // namespace
 
 Result<std::unique_ptr<Port>> Port::Open(const PortSpec& spec) {
-  RETURN_IF_ERROR(InitEal(spec.device.starts_with("pci:")));
+  RETURN_IF_ERROR(InitEal(spec.device.starts_with("pci:"), spec.eal_memory));
   ASSIGN_OR_RETURN(Device dev, ParseDevice(spec));
   auto port = std::unique_ptr<Port>(new Port());
   port->name_ = spec.device;
@@ -325,6 +329,8 @@ Result<std::unique_ptr<Port>> Port::Open(const PortSpec& spec) {
                port->rx_fd_ >= 0 ? "rx interrupts" : "no rx interrupts (timer wakeups when idle)");
   return port;
 }
+
+bool Port::eal_on_hugepages() { return eal_huge; }
 
 Port::~Port() {
   if (started_) {

@@ -27,10 +27,14 @@ struct rte_mempool;
 
 namespace blkmirror::transport::dpdk {
 
+// The EAL's memory: 2 MiB hugepages when 64 are free (kAuto), or as forced.
+enum class EalMemory : uint8_t { kAuto, kHugepages, kNoHuge };
+
 struct PortSpec {
   std::string device;       // as above
   std::string default_role; // memif role when the description names none ("server"/"client")
   uint32_t mtu = 0;         // IP MTU; 0: the port's (memif: 9000)
+  EalMemory eal_memory = EalMemory::kAuto;  // used by the first port a process opens
 };
 
 class Port {
@@ -39,6 +43,9 @@ class Port {
   ~Port();
   Port(const Port&) = delete;
   Port& operator=(const Port&) = delete;
+
+  // True when the process's EAL runs on hugepages (after the first Open).
+  static bool eal_on_hugepages();
 
   const std::string& name() const { return name_; }
   const MacAddr& mac() const { return mac_; }
