@@ -538,6 +538,39 @@ TEST(DpdkChannelTest, PerfectLinkNeedsNoRetransmission) {
   }
 }
 
+// ---- Timeouts ---------------------------------------------------------------------------------
+
+// A sends a frame's packets, which B takes (its ack late on the wire) or which are lost; then
+// A's timer fires.
+void TimeOut(Sim& sim, bool b_got_them) {
+  sim.a.plan = {PlanData(1, 64 * 1024, true)};
+  sim.b.plan = {};
+  sim.a.QueueMore();
+  sim.now = 1'000'000;
+  sim.Pump(sim.a, sim.ab);
+  ++sim.step;
+  if (b_got_them) {
+    sim.Deliver(sim.ab, sim.b, kIpB, kPortB);
+    sim.Pump(sim.b, sim.ba);  // B's ack, late on the wire
+  } else {
+    (void)sim.ab.Due(sim.step);  // lost
+  }
+  sim.now += 50'000'000;
+  sim.a.channel.Tick(sim.now);
+}
+
+TEST(DpdkChannelTest, TimeoutSendsEveryUnackedPacketAgainAndTheRunCompletes) {
+  Sim sim(SmallConfig(1500), FaultRates{}, 32, 8);
+  TimeOut(sim, /*b_got_them=*/false);
+  ASSERT_EQ(sim.a.channel.stats().packets_sent, 32u);  // one Pump's worth, of 47
+  EXPECT_EQ(sim.a.channel.stats().timeouts, 1u);
+  sim.Pump(sim.a, sim.ab);
+  EXPECT_EQ(sim.a.channel.stats().retransmits, 32u);
+  RunToCompletion(sim, 10'000, 1);
+  EXPECT_TRUE(sim.a.Done() && sim.b.Done());
+  EXPECT_EQ(sim.a.channel.stats().timeouts, 1u);
+}
+
 // ---- Liveness ---------------------------------------------------------------------------------
 
 TEST(DpdkChannelTest, PeerThatDisappearsIsLostAfterDeadAfter) {
@@ -861,6 +894,74 @@ TEST(DpdkChannelTest, LaterFrameBeforeTheCurrentOneCompletesIsOutOfOrder) {
   for (auto& p : pkts) b.Receive(1000, View(p));
   EXPECT_EQ(b.ready(), 2u);
   EXPECT_FALSE(b.failed());
+}
+
+TEST(DpdkChannelTest, DataFrameWhoseFirstPacketIsLateIsPlacedFromItsLaterPackets) {
+  auto pool = MakePool(kMiB, 4);
+  Channel b(SmallConfig(1500), pool.get(), true, "peer");
+  b.Trust();
+  PacketSource src;
+  const Planned data = PlanData(1, 64 * 1024, false);
+  src.Queue(data);
+  src.Queue(PlanData(2, 32 * 1024, false));
+  auto pkts = src.Packets();
+  ASSERT_GT(pkts.size(), 4u);
+  // The first packet of each frame comes last: every other one is kept, none dropped.
+  for (size_t i = 0; i < pkts.size(); ++i) {
+    if (View(pkts[i]).header.frame_off != 0) b.Receive(1000, View(pkts[i]));
+  }
+  ASSERT_FALSE(b.failed()) << b.failure().message();
+  EXPECT_EQ(pool->available(), pool->count() - 2);  // both took their buffers, in order
+  EXPECT_EQ(b.ready(), 0u);
+  for (size_t i = 0; i < pkts.size(); ++i) {
+    if (View(pkts[i]).header.frame_off == 0) b.Receive(1000, View(pkts[i]));
+  }
+  ASSERT_FALSE(b.failed()) << b.failure().message();
+  for (size_t r = 0; r < static_cast<size_t>(DropReason::kCount); ++r) {
+    EXPECT_EQ(Drops(b, DropReason(r)), 0u) << DropReasonName(DropReason(r));
+  }
+  ASSERT_EQ(b.ready(), 2u);
+  std::vector<std::byte> want(data.len);
+  FillBytes(want.data(), data.len, data.seed);
+  size_t n = 0;
+  b.TakeReceived([&](RxFrame& f) {
+    if (n++ > 0) return;
+    EXPECT_EQ(f.header, data.header);
+    ASSERT_TRUE(f.data);
+    EXPECT_TRUE(std::equal(want.begin(), want.end(), f.data.data()));
+  });
+}
+
+TEST(DpdkChannelTest, LaterPacketStartsNothingForAnUntrustedPeerOrAControlSizedFrame) {
+  auto pool = MakePool(kMiB, 4);
+  Channel b(SmallConfig(1500), pool.get(), true, "peer");
+  PacketSource src;
+  src.Queue(PlanData(1, 64 * 1024, false));
+  auto pkts = src.Packets();
+  b.Receive(1000, View(pkts[2]));  // not trusted yet: no buffer before the header says Data
+  EXPECT_EQ(Drops(b, DropReason::kOutOfOrder), 1u);
+  EXPECT_EQ(pool->available(), pool->count());
+  EXPECT_FALSE(b.failed());
+}
+
+TEST(DpdkChannelTest, LateFirstPacketWithAForgedHeaderFailsAndDeliversNothing) {
+  auto pool = MakePool(kMiB, 4);
+  Channel b(SmallConfig(1500), pool.get(), true, "peer");
+  b.Trust();
+  PacketSource src;
+  src.Queue(PlanData(1, 64 * 1024, false));
+  auto pkts = src.Packets();
+  for (size_t i = 1; i < pkts.size(); ++i) b.Receive(1000, View(pkts[i]));
+  ASSERT_FALSE(b.failed());
+  // The first packet comes with its frame header's magic broken (and the packet CRC redone).
+  PacketView v = View(pkts[0]);
+  std::vector<std::byte> payload(v.payload.begin(), v.payload.end());
+  payload[0] ^= std::byte{0xff};
+  v.payload = payload;
+  b.Receive(1000, v);
+  ASSERT_TRUE(b.failed());
+  EXPECT_NE(b.failure().message().find("magic"), std::string::npos) << b.failure().message();
+  EXPECT_EQ(b.ready(), 0u);
 }
 
 TEST(DpdkChannelTest, InOrderPacketOfTheWrongFrameFails) {

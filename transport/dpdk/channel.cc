@@ -63,8 +63,7 @@ TxPacket Channel::MakePacket(uint32_t seq, const Inflight& slot) {
     off = h_end;
   }
   if (off < end) {
-    std::span<const std::byte> body{f.payload + (off - proto::kHeaderSize), end - off};
-    (p.a.empty() ? p.a : p.b) = body;
+    p.b = {f.payload + (off - proto::kHeaderSize), end - off};
   }
   return p;
 }
@@ -134,15 +133,6 @@ size_t Channel::Transmit(uint64_t now_ns, std::span<TxPacket> out) {
   return n;
 }
 
-void Channel::Loss(uint64_t now_ns) {
-  (void)now_ns;
-  if (in_recovery_) return;
-  cwnd_ = std::max(kMinCwnd, cwnd_ / 2);
-  ssthresh_ = cwnd_;
-  in_recovery_ = true;
-  recover_ = snd_nxt_;
-}
-
 void Channel::OnAck(uint64_t now_ns, const RelHeader& h) {
   if (Before(peer_credit_, h.credit) && h.credit - Wire(sq_.head()) <= sq_.capacity() + kRxReady) {
     peer_credit_ = h.credit;
@@ -171,7 +161,6 @@ void Channel::OnAck(uint64_t now_ns, const RelHeader& h) {
                              config_.max_window);
     snd_una_ = h.ack;
     last_progress_ns_ = now_ns;
-    if (in_recovery_ && !Before(snd_una_, recover_)) in_recovery_ = false;
     while (tx_acked_ != tx_started_) {
       const FrameTx& f = MetaAt(tx_acked_);
       if (Before(snd_una_, f.first_seq + f.packets)) break;
@@ -227,6 +216,7 @@ void Channel::Tick(uint64_t now_ns) {
   if (now_ns - SlotAt(snd_una_).sent_ns < rto_ns_) return;
   // Retransmission timeout: go back to the oldest unacknowledged packet.
   ++stats_.timeouts;
+  rto_ns_ = std::min(rto_ns_ * 2, kRtoMax);
   resend_.clear();
   resend_pos_ = 0;
   for (uint32_t seq = snd_una_; seq != snd_nxt_; ++seq) {
@@ -234,9 +224,8 @@ void Channel::Tick(uint64_t now_ns) {
     slot.due = !slot.sacked;
     if (slot.due) resend_.push_back(seq);
   }
-  rto_ns_ = std::min(rto_ns_ * 2, kRtoMax);
-  in_recovery_ = false;
-  Loss(now_ns);
+  cwnd_ = std::max(kMinCwnd, cwnd_ / 2);
+  ssthresh_ = cwnd_;
 }
 
 std::string Channel::Describe() const {
@@ -308,13 +297,16 @@ void Channel::OnData(uint64_t now_ns, const PacketView& p) {
     for (uint32_t g = rx_frame_; g != h.frame_no; ++g) {
       if (!rx_[g % kRxReady].started) return drop(DropReason::kOutOfOrder);
     }
-    if (h.frame_off != 0) {
-      return bad(Status::Protocol("bad packet from {}: seq {} at offset {} is the first of "
-                                  "frame {}",
-                                  peer_, h.seq, h.frame_off, h.frame_no),
-                 DropReason::kOutOfOrder);
+    if (h.frame_off == 0) {
+      if (!StartFrame(p, f)) return;
+    } else if (d == 0) {
+      // Every earlier seq arrived, so this frame's first packet did: a broken sender.
+      return Fail(Status::Protocol("bad packet from {}: seq {} at offset {} is the first of "
+                                   "frame {}",
+                                   peer_, h.seq, h.frame_off, h.frame_no));
+    } else if (!StartFrameLate(p, f)) {
+      return;
     }
-    if (!StartFrame(p, f)) return;
   } else if (h.frame_len != f.len) {
     return Fail(Status::Protocol("bad packet from {}: frame {} announced {} bytes, then {}",
                                  peer_, h.frame_no, f.len, h.frame_len));
@@ -325,6 +317,11 @@ void Channel::OnData(uint64_t now_ns, const PacketView& p) {
                                 "whose first packet was seq {}",
                                 peer_, h.seq, h.frame_off, h.frame_no, f.first_seq),
                DropReason::kMalformed);
+  } else if (h.frame_off == 0 && !f.header_read) {
+    // The first packet of a frame started by a later one: its header is checked now. Its
+    // length is more than a control frame's, so a header that passes is a Data frame's.
+    if (!ReadHeader(p, f)) return;
+    f.header_read = true;
   }
   Place(f, p);
   if (d == 0) {
@@ -344,47 +341,83 @@ void Channel::OnData(uint64_t now_ns, const PacketView& p) {
   }
 }
 
-bool Channel::StartFrame(const PacketView& p, RxFrame& f) {
+std::optional<proto::Prefix> Channel::ReadHeader(const PacketView& p, RxFrame& f) {
   const RelHeader& h = p.header;
   if (h.payload_len < proto::kHeaderSize) {
     Fail(Status::Protocol("bad packet from {}: the first packet of frame {} has {} bytes, less "
                           "than a frame header",
                           peer_, h.frame_no, h.payload_len));
-    return false;
+    return std::nullopt;
   }
   std::memcpy(f.header.data(), p.payload.data(), proto::kHeaderSize);
   auto prefix = proto::DecodePrefix(f.header);
   if (!prefix.ok()) {
     Fail(prefix.status().Context(fmt::format("bad frame from {}", peer_)));
-    return false;
+    return std::nullopt;
   }
   if (proto::kHeaderSize + prefix->payload_len != h.frame_len) {
     Fail(Status::Protocol("bad packet from {}: frame of {} bytes in packets announcing {}", peer_,
                           proto::kHeaderSize + prefix->payload_len, h.frame_len));
-    return false;
+    return std::nullopt;
   }
   if (proto::CarriesBlockData(prefix->type)) {
     if (!(accepted_ && trusted_)) {
       Fail(UnexpectedData(peer_, accepted_));
-      return false;
+      return std::nullopt;
     }
     if (prefix->payload_len > pool_->buffer_size()) {
       Fail(Status::Protocol("bad frame from {}: Data payload of {} bytes exceeds the buffer "
                             "size {}",
                             peer_, prefix->payload_len, pool_->buffer_size()));
-      return false;
+      return std::nullopt;
     }
-    auto buffer = pool_->TryGet();
-    if (!buffer) {
-      ++stats_.drops[static_cast<size_t>(DropReason::kNoRoom)];
-      return false;  // the sender retransmits it after the RTO
-    }
-    f.data = std::move(*buffer);
   }
+  return *prefix;
+}
+
+bool Channel::TakeBuffer(RxFrame& f) {
+  auto buffer = pool_->TryGet();
+  if (!buffer) {
+    ++stats_.drops[static_cast<size_t>(DropReason::kNoRoom)];
+    return false;  // the sender retransmits it after the RTO
+  }
+  f.data = std::move(*buffer);
+  return true;
+}
+
+bool Channel::StartFrame(const PacketView& p, RxFrame& f) {
+  const RelHeader& h = p.header;
+  auto prefix = ReadHeader(p, f);
+  if (!prefix) return false;
+  if (proto::CarriesBlockData(prefix->type) && !TakeBuffer(f)) return false;
   f.started = true;
+  f.header_read = true;
   f.len = h.frame_len;
   f.got = 0;
   f.first_seq = h.seq;
+  return true;
+}
+
+bool Channel::StartFrameLate(const PacketView& p, RxFrame& f) {
+  const RelHeader& h = p.header;
+  auto drop = [&](DropReason r) {
+    ++stats_.drops[static_cast<size_t>(r)];
+    return false;
+  };
+  // Only a Data frame is longer than any control frame; only a trusted peer's gets a buffer
+  // before its header is read. Anything else waits for its first packet (dropped, resent).
+  const uint32_t payload = h.frame_len - static_cast<uint32_t>(proto::kHeaderSize);
+  if (h.frame_len < proto::kHeaderSize || payload <= proto::kMaxControlPayload ||
+      !(accepted_ && trusted_)) {
+    return drop(DropReason::kOutOfOrder);
+  }
+  if (payload > pool_->buffer_size()) return drop(DropReason::kMalformed);
+  if (!TakeBuffer(f)) return false;
+  f.started = true;
+  f.header_read = false;
+  f.len = h.frame_len;
+  f.got = 0;
+  f.first_seq = h.seq - h.frame_off / config_.chunk;
   return true;
 }
 

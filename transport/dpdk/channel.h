@@ -18,9 +18,11 @@
 //
 // Receiving: packets are placed straight into the frame's destination (a pool buffer for block
 // data, a control slot otherwise) at their frame offset, in any of the frames within the credit;
-// a frame's first packet (its 64-byte header) must arrive before the others of that frame can
-// be placed, and frames take their buffers in order. Frames are handed out in order. A block
-// buffer is taken only for a Data frame on a trusted, accepted channel (transport contract).
+// a frame's first packet (its 64-byte header) starts it, or, for a frame longer than any
+// control frame (a Data frame) on a trusted channel, any of its packets does, the header being
+// checked when its packet comes. Frames take their buffers in order and are handed out in order.
+// A block buffer is taken only for a Data frame on a trusted, accepted channel (transport
+// contract).
 // Duplicates and packets outside the window are dropped and counted, never placed twice.
 //
 // Liveness: with packets unacked (or a frame blocked on credit) and no progress for `dead_after`,
@@ -32,7 +34,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
-#include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -61,7 +63,8 @@ struct ChannelConfig {
   uint64_t dead_after_ns = 10'000'000'000;
 };
 
-// What one outgoing packet carries: its header and the frame bytes, in up to two pieces.
+// A packet to send: its payload is `a` (bytes of the frame header, possibly none) then `b` (bytes
+// of the frame's payload, possibly none; a Data frame's block, in the pool).
 struct TxPacket {
   RelHeader header;
   std::span<const std::byte> a, b;
@@ -71,8 +74,10 @@ struct RxFrame {
   proto::RawHeader header{};
   io::BufferRef data;
   alignas(8) std::array<std::byte, proto::kMaxControlPayload> ctrl{};
-  // Assembly: the first packet (the header) starts it; complete when every byte is placed.
+  // Assembly: the first packet that arrives starts it (a later one only for a Data frame, which
+  // then takes its buffer before its header is read); complete when every byte is placed.
   bool started = false;
+  bool header_read = false;  // the first packet came and its header was checked
   bool complete = false;
   uint32_t len = 0, got = 0;
   uint32_t first_seq = 0;  // the seq of its first packet
@@ -185,13 +190,17 @@ class Channel {
   void Fail(Status reason);
   void OnAck(uint64_t now_ns, const RelHeader& h);
   void OnData(uint64_t now_ns, const PacketView& p);
+  // The frame header in a frame's first packet, checked (nullopt: the channel failed).
+  std::optional<proto::Prefix> ReadHeader(const PacketView& p, RxFrame& f);
+  bool TakeBuffer(RxFrame& f);  // false (and counted) when the pool has none free
+  // Start f from its first packet, or from a later one (the first was lost); false when the
+  // packet was dropped or the channel failed.
   bool StartFrame(const PacketView& p, RxFrame& f);
+  bool StartFrameLate(const PacketView& p, RxFrame& f);
   void Place(RxFrame& f, const PacketView& p);
-  void AdvanceRx();
   TxPacket MakePacket(uint32_t seq, const Inflight& slot);
   void FillAck(RelHeader& h) const;
   uint32_t Credit() const;
-  void Loss(uint64_t now_ns);
 
   ChannelConfig config_;
   io::BufferPool* pool_;
@@ -214,8 +223,6 @@ class Channel {
   uint32_t peer_credit_ = 0;  // frames numbered below it may be started
   double cwnd_;
   double ssthresh_;
-  uint32_t recover_ = 0;      // a loss episode lasts until snd_una_ passes this
-  bool in_recovery_ = false;
   uint64_t srtt_ns_ = 0;
   uint64_t rttvar_ns_ = 0;
   uint64_t rto_ns_ = kRtoMin;

@@ -82,15 +82,29 @@ size_t DpdkTransport::Transmit(Conn& conn, uint64_t now) {
     size_t built = 0;
     for (size_t i = 0; i < k; ++i) {
       TxPacket& p = txp_[i];
-      const uint32_t payload = static_cast<uint32_t>(p.a.size() + p.b.size());
-      rte_mbuf* m = port_->Alloc(static_cast<uint32_t>(kPacketOverhead) + payload);
-      if (m == nullptr) continue;  // out of mbufs: lost, resent after the RTO
+      // Payload bytes past the frame header go by reference where the port allows; a packet
+      // that runs out of mbufs is lost, and resent after the RTO.
+      const bool attach = port_->attaches_tx() && p.b.size() >= kAttachMin;
+      const size_t copied = p.a.size() + (attach ? 0 : p.b.size());
+      rte_mbuf* m = port_->Alloc(static_cast<uint32_t>(kPacketOverhead + copied));
+      if (m == nullptr) continue;
       auto* data = rte_pktmbuf_mtod(m, std::byte*);
-      std::memcpy(data + kPacketOverhead, p.a.data(), p.a.size());
-      if (!p.b.empty()) std::memcpy(data + kPacketOverhead + p.a.size(), p.b.data(), p.b.size());
+      std::span<std::byte> a{data + kPacketOverhead, p.a.size()};
+      std::memcpy(a.data(), p.a.data(), p.a.size());
+      std::span<const std::byte> b = p.b;
+      if (attach) {
+        rte_mbuf* seg = port_->Attach(p.b.data(), static_cast<uint16_t>(p.b.size()));
+        if (seg == nullptr || rte_pktmbuf_chain(m, seg) != 0) {
+          if (seg != nullptr) rte_pktmbuf_free(seg);
+          rte_pktmbuf_free(m);
+          continue;
+        }
+      } else if (!p.b.empty()) {
+        std::memcpy(a.data() + a.size(), p.b.data(), p.b.size());
+        b = {a.data() + a.size(), p.b.size()};
+      }
       p.header.session = conn.peer_session;
-      EncodePacket({data, kPacketOverhead}, conn.route, p.header,
-                   {data + kPacketOverhead, payload});
+      EncodePacket({data, kPacketOverhead}, conn.route, p.header, a, b);
       mbufs_[built++] = m;
     }
     if (built > 0) sent += port_->TxBurst(mbufs_.data(), static_cast<uint16_t>(built));

@@ -20,6 +20,9 @@ struct rte_mbuf;
 namespace blkmirror::transport::dpdk {
 
 inline constexpr size_t kBurst = 32;
+// Payloads at least this long are sent by reference where the port allows (Port::attaches_tx);
+// shorter ones cost less to copy than a second segment.
+inline constexpr size_t kAttachMin = 512;
 // After the last packet in or out, the loop keeps polling the port this long before it sleeps
 // (on the rx interrupt, or a timer where the driver has none).
 inline constexpr uint64_t kSpinNs = 200'000;

@@ -289,6 +289,12 @@ Result<std::unique_ptr<Port>> Port::Open(const PortSpec& spec) {
                                      rte_strerror(rte_errno)));
   }
   rte_eth_conf conf{};
+  if (int rc = port->SetUpAttach(info, dev.devargs); rc != 0) {
+    return Status::Error(ErrorCode::kUnavailable,
+                         fmt::format("dpdk: no memory for the mbufs of port {}: {}", spec.device,
+                                     rte_strerror(rc)));
+  }
+  if (port->attach_tx_) conf.txmode.offloads |= RTE_ETH_TX_OFFLOAD_MULTI_SEGS;
   conf.intr_conf.rxq = 1;
   bool intr = rte_eth_dev_configure(id, 1, 1, &conf) == 0;
   if (!intr) {
@@ -324,13 +330,38 @@ Result<std::unique_ptr<Port>> Port::Open(const PortSpec& spec) {
     int fd = rte_eth_dev_rx_intr_ctl_q_get_fd(id, 0);
     port->rx_fd_ = fd >= 0 ? fd : -1;
   }
-  spdlog::info("dpdk: port {} up: {} ({}), MAC {}, MTU {}, {}", spec.device, name,
+  spdlog::info("dpdk: port {} up: {} ({}), MAC {}, MTU {}, {}, {}", spec.device, name,
                info.driver_name, MacToString(port->mac_), port->mtu_,
-               port->rx_fd_ >= 0 ? "rx interrupts" : "no rx interrupts (timer wakeups when idle)");
+               port->rx_fd_ >= 0 ? "rx interrupts" : "no rx interrupts (timer wakeups when idle)",
+               port->attach_tx_ ? "block data sent by reference"
+                                : "block data copied into mbufs");
   return port;
 }
 
 bool Port::eal_on_hugepages() { return eal_huge; }
+
+struct Port::Attached {
+  // One shared info for every attached segment. Its count is 1 plus the segments alive, so it
+  // never reaches 0 and the callback never runs: the memory is the buffer pool's, not DPDK's.
+  rte_mbuf_ext_shared_info info{};
+  static void NeverFreed(void*, void*) {}
+};
+
+int Port::SetUpAttach(const rte_eth_dev_info& info, const std::string& devargs) {
+  const std::string_view driver = info.driver_name;
+  const bool copies_out =
+      (driver == "net_memif" && devargs.find("zero-copy=yes") == std::string::npos) ||
+      driver == "net_af_packet" || driver == "net_af_xdp";
+  if (!copies_out || (info.tx_offload_capa & RTE_ETH_TX_OFFLOAD_MULTI_SEGS) == 0) return 0;
+  const std::string name = fmt::format("bm_attach_{}", port_id_);
+  attach_pool_ = rte_pktmbuf_pool_create(name.c_str(), kMbufs, kMbufCache, 0, 0, SOCKET_ID_ANY);
+  if (attach_pool_ == nullptr) return rte_errno;
+  attached_ = std::make_unique<Attached>();
+  attached_->info.free_cb = &Attached::NeverFreed;
+  rte_mbuf_ext_refcnt_set(&attached_->info, 1);
+  attach_tx_ = true;
+  return 0;
+}
 
 Port::~Port() {
   if (started_) {
@@ -339,6 +370,7 @@ Port::~Port() {
   }
   if (!device_name_.empty()) rte_eal_hotplug_remove("vdev", device_name_.c_str());
   if (pool_ != nullptr) rte_mempool_free(pool_);
+  if (attach_pool_ != nullptr) rte_mempool_free(attach_pool_);
 }
 
 bool Port::link_up() const {
@@ -357,7 +389,25 @@ uint16_t Port::TxBurst(rte_mbuf** pkts, uint16_t n) {
   }
   for (uint16_t i = sent; i < n; ++i) rte_pktmbuf_free(pkts[i]);
   tx_dropped_ += n - sent;
+  if (attach_tx_ && rte_mbuf_ext_refcnt_read(&attached_->info) != 1) {
+    // The driver kept sent packets (attaches_tx() assumed it would not): later bytes by copy.
+    // What it still holds goes out with its packet CRC, which a changed buffer no longer matches.
+    spdlog::warn("dpdk: port {}'s driver keeps sent packets: block data is copied from now on",
+                 name_);
+    attach_tx_ = false;
+  }
   return sent;
+}
+
+rte_mbuf* Port::Attach(const std::byte* data, uint16_t len) {
+  rte_mbuf* m = rte_pktmbuf_alloc(attach_pool_);
+  if (m == nullptr) return nullptr;
+  rte_mbuf_ext_refcnt_update(&attached_->info, 1);
+  // No IOVA: the drivers that attach copy with the CPU.
+  rte_pktmbuf_attach_extbuf(m, const_cast<std::byte*>(data), RTE_BAD_IOVA, len, &attached_->info);
+  m->data_len = len;
+  m->pkt_len = len;
+  return m;
 }
 
 rte_mbuf* Port::Alloc(uint32_t len) {

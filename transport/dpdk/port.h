@@ -22,6 +22,7 @@
 #include "common/status.h"
 #include "transport/dpdk/packet.h"
 
+struct rte_eth_dev_info;
 struct rte_mbuf;
 struct rte_mempool;
 
@@ -60,6 +61,16 @@ class Port {
   // An mbuf with room for `len` bytes of packet, or null when the pool is empty.
   rte_mbuf* Alloc(uint32_t len);
 
+  // True when a packet may carry bytes by reference, in a segment attached to memory outside
+  // DPDK (rte_pktmbuf_attach_extbuf) instead of a copy: the driver takes chained mbufs and is
+  // one that copies them out and frees them within its tx burst (memif in copy mode, af_packet,
+  // af_xdp), so the memory is free to change once TxBurst returns. A NIC's driver (PCI) keeps
+  // sent mbufs until its DMA is done and would need the memory registered for DMA: it gets copies.
+  bool attaches_tx() const { return attach_tx_; }
+  // A segment of `len` bytes at `data`, not copied; null when none is free. Only when
+  // attaches_tx().
+  rte_mbuf* Attach(const std::byte* data, uint16_t len);
+
   // An fd that becomes readable when packets arrive while rx interrupts are armed (-1 when the
   // driver has none: the transport then wakes on a timer).
   int rx_event_fd() const { return rx_fd_; }
@@ -70,10 +81,16 @@ class Port {
 
  private:
   Port() = default;
+  // Sets attach_tx_ (and its mbufs) where the driver allows; 0 or an rte_errno.
+  int SetUpAttach(const rte_eth_dev_info& info, const std::string& devargs);
   std::string name_;
   std::string device_name_;  // for rte_dev_remove
   uint16_t port_id_ = 0;
   rte_mempool* pool_ = nullptr;
+  rte_mempool* attach_pool_ = nullptr;  // mbufs without data room, for Attach
+  struct Attached;                      // the shared info of attached segments
+  std::unique_ptr<Attached> attached_;
+  bool attach_tx_ = false;
   MacAddr mac_{};
   uint32_t mtu_ = 1500;
   uint32_t kernel_ipv4_ = 0;
