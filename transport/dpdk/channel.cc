@@ -79,6 +79,7 @@ size_t Channel::Transmit(uint64_t now_ns, std::span<TxPacket> out) {
     if (Before(seq, snd_una_) || !Before(seq, snd_nxt_) || slot.sacked) continue;
     out[n++] = MakePacket(seq, slot);
     slot.sent_ns = now_ns;
+    slot.order = ++sends_;
     slot.resent = true;
     ++stats_.retransmits;
   }
@@ -100,7 +101,8 @@ size_t Channel::Transmit(uint64_t now_ns, std::span<TxPacket> out) {
       MetaAt(tx_started_) = FrameTx{snd_nxt_, (frame_len + config_.chunk - 1) / config_.chunk};
     }
     Inflight& slot = SlotAt(snd_nxt_);
-    slot = Inflight{tx_started_, tx_off_, std::min(config_.chunk, frame_len - tx_off_), now_ns};
+    slot = Inflight{tx_started_, tx_off_, std::min(config_.chunk, frame_len - tx_off_), now_ns,
+                    ++sends_};
     out[n++] = MakePacket(snd_nxt_, slot);
     ++snd_nxt_;
     tx_off_ += slot.len;
@@ -177,7 +179,7 @@ void Channel::OnAck(uint64_t now_ns, const RelHeader& h) {
     SlotAt(seq).sacked = true;
   }
   if (!Before(h.ack, h.high) || Before(snd_nxt_, h.high)) return;
-  const uint64_t overtaken = SlotAt(h.high - 1).sent_ns;
+  const uint64_t overtaken = SlotAt(h.high - 1).order;
   // Only within the sack's reach: a packet past it may have arrived (the receiver keeps up to
   // kRecvWindow); it shows once the cumulative ack moves.
   const uint32_t reach = Before(h.high - 1, h.ack + 1 + kSackBits) ? h.high - 1
@@ -185,7 +187,7 @@ void Channel::OnAck(uint64_t now_ns, const RelHeader& h) {
   for (uint32_t seq = std::max(h.ack, snd_una_, [](uint32_t a, uint32_t b) { return Before(a, b); });
        Before(seq, reach); ++seq) {
     Inflight& slot = SlotAt(seq);
-    if (slot.sacked || slot.due || slot.sent_ns >= overtaken) continue;
+    if (slot.sacked || slot.due || slot.order >= overtaken) continue;
     slot.due = true;
     resend_.push_back(seq);
   }

@@ -174,6 +174,9 @@ class Channel {
     uint32_t frame_off = 0;
     uint32_t len = 0;
     uint64_t sent_ns = 0;
+    // Its place in the order of every send: RACK's "sent before" (packets sent in one burst
+    // share their sent_ns).
+    uint64_t order = 0;
     bool sacked = false;
     bool resent = false;  // sent more than once (no RTT sample from it: Karn)
     bool due = false;     // queued for retransmission
@@ -219,6 +222,7 @@ class Channel {
   uint32_t tx_off_ = 0;
   bool cancelled_ = false;
   std::vector<Inflight> inflight_;
+  uint64_t sends_ = 0;  // packets sent, retransmissions included: the last one's order
   uint32_t snd_una_ = 0, snd_nxt_ = 0;
   uint32_t peer_credit_ = 0;  // frames numbered below it may be started
   double cwnd_;

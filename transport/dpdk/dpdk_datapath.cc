@@ -268,7 +268,11 @@ size_t DpdkTransport::Poll(std::span<Completion> out) {
     Conn& conn = *conns_[i];
     if (conn.mode != Conn::Mode::kDpdk) continue;
     Channel& ch = *conn.channel;
+    const uint64_t timeouts = ch.stats().timeouts;
     ch.Tick(now);
+    if (ch.stats().timeouts != timeouts) {
+      spdlog::debug("dpdk: {}: retransmission timeout: {}", conn.peer, ch.Describe());
+    }
     if (ch.failed()) Fail(conn, ch.failure());
     if (n < out.size()) {
       const size_t before_n = n;
