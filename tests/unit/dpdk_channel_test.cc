@@ -559,6 +559,35 @@ void TimeOut(Sim& sim, bool b_got_them) {
   sim.a.channel.Tick(sim.now);
 }
 
+TEST(DpdkChannelTest, PacketLostInABurstIsResentOnTheAckThatSacksTheRestOfTheBurst) {
+  Sim sim(SmallConfig(1500), FaultRates{}, 34, 8);
+  sim.a.plan = {PlanData(1, 64 * 1024, true)};
+  sim.b.plan = {};
+  sim.a.QueueMore();
+  sim.now = 1'000'000;
+  sim.Pump(sim.a, sim.ab);  // 32 packets, one timestamp
+  ++sim.step;
+  auto pkts = sim.ab.Due(sim.step);
+  ASSERT_EQ(pkts.size(), 32u);
+  for (size_t i = 0; i < pkts.size(); ++i) {
+    if (i == 3) continue;  // lost
+    auto r = DecodePacket(pkts[i], kIpB, kPortB);
+    ASSERT_TRUE(r.ok);
+    sim.b.channel.Receive(sim.now, r.view);
+  }
+  sim.Pump(sim.b, sim.ba);
+  ++sim.step;
+  sim.Deliver(sim.ba, sim.a, kIpA, kPortA);
+  // Packets sent after it in its burst arrived: it was lost, and goes again now, not after the
+  // RTO.
+  sim.Pump(sim.a, sim.ab);
+  EXPECT_EQ(sim.a.channel.stats().retransmits, 1u);
+  EXPECT_EQ(sim.a.channel.stats().timeouts, 0u);
+  RunToCompletion(sim, 10'000, 1);
+  EXPECT_TRUE(sim.a.Done() && sim.b.Done());
+  EXPECT_EQ(sim.a.channel.stats().timeouts, 0u);
+}
+
 TEST(DpdkChannelTest, TimeoutSendsEveryUnackedPacketAgainAndTheRunCompletes) {
   Sim sim(SmallConfig(1500), FaultRates{}, 32, 8);
   TimeOut(sim, /*b_got_them=*/false);
