@@ -90,7 +90,7 @@ class DpdkTransport final : public Transport, public io::RingHandler {
  private:
   // Setup (dpdk_transport.cc).
   Status OpenPort(const char* role);
-  proto::TransportHello LocalHello(const Conn& conn, bool answer) const;
+  proto::TransportHello LocalHello(const Conn& conn) const;
   Status StartChannel(Conn& conn, const proto::TransportHello& peer_hello);
   void OnControl(Completion& c, std::span<Completion> out, size_t& n, bool stash);
   void OnFirstFrame(Conn& conn, Completion& c, std::span<Completion> out, size_t& n, bool stash);

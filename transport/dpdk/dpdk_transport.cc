@@ -84,7 +84,10 @@ DpdkTransport::~DpdkTransport() {
   shutting_down_ = true;
   if (timer_inflight_) io_uring_prep_timeout_remove(ring_.GetSqe(nullptr), uint64_t(&timer_op_), 0);
   if (rx_inflight_) io_uring_prep_poll_remove(ring_.GetSqe(nullptr), uint64_t(&rx_op_));
-  for (int i = 0; i < 100 && (nop_inflight_ || timer_inflight_ || rx_inflight_); ++i) {
+  // The ring's completions for our ops come within a turn or two; a second at most.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
+  while ((nop_inflight_ || timer_inflight_ || rx_inflight_) &&
+         std::chrono::steady_clock::now() < deadline) {
     if (!ring_.Wait(std::chrono::milliseconds(10)).ok()) break;
   }
   for (auto& c : conns_) {
@@ -132,8 +135,7 @@ Result<Endpoint> DpdkTransport::Listen(const Endpoint& local) {
   return bound;
 }
 
-proto::TransportHello DpdkTransport::LocalHello(const Conn& conn, bool answer) const {
-  (void)answer;
+proto::TransportHello DpdkTransport::LocalHello(const Conn& conn) const {
   proto::TransportHello h;
   h.mac = port_->mac();
   h.ipv4 = local_ip_;
@@ -202,7 +204,7 @@ Result<ConnId> DpdkTransport::Connect(const Endpoint& peer, std::chrono::millise
   conn.local_session = RandomSession();
   conns_.push_back(std::move(owned));
   proto::Frame offer;
-  offer.body = LocalHello(conn, false);
+  offer.body = LocalHello(conn);
   WorkItem item;
   item.conn = id;
   item.header = proto::Encode(offer);
@@ -330,7 +332,7 @@ void DpdkTransport::OnFirstFrame(Conn& conn, Completion& c, std::span<Completion
   }
   proto::Frame answer;
   answer.flags = proto::kTransportAnswer;
-  answer.body = LocalHello(conn, true);
+  answer.body = LocalHello(conn);
   WorkItem item;
   item.conn = conn.id;
   item.header = proto::Encode(answer);

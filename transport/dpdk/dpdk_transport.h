@@ -12,16 +12,15 @@
 // those stay on TCP, so `serve --transport dpdk` also serves `push --transport tcp`.
 //
 // One port per transport; packets are demultiplexed by the session id each side chose. Block
-// data is copied once into mbufs on send and once out of them into the pool buffer on receive
-// (memif and af_packet copy between the processes or into the kernel anyway); see
-// docs/performance.md for what that costs.
+// data is sent by reference (Port::attaches_tx) where the driver allows, else copied into mbufs,
+// and copied once out of them into the pool buffer on receive (memif and af_packet copy between
+// the processes or into the kernel anyway); see docs/performance.md for what that costs.
 //
 // Polling: Poll() reads the port; while packets move in or out (and kSpinNs after) the
 // transport keeps the loop's ring awake with a NOP, so the loop busy-polls; then it sleeps on
 // the port's rx interrupt where the driver has one, else a 1 ms timer, and with no DPDK
 // connection at all it does not wake for the port. Waiting for an ack alone is not traffic: on
-// two cores a sender spinning for its acks starved the receiver that had to send them (a
-// memif push went from 42 to ~360 MB/s when that stopped).
+// two cores a sender spinning for its acks starved the receiver that had to send them.
 #pragma once
 
 #include <memory>
