@@ -9,6 +9,7 @@
 #  4. cross-transport: push --transport tcp to a dpdk serve works; push --transport dpdk to a
 #     tcp-only serve fails (exit 3, "does not serve dpdk").
 #  5. push --transport auto --dpdk-port: dpdk to a dpdk serve; tcp (saying why) to a tcp-only one.
+#     Then the volume daemon over dpdk (memif): nbdcopy through it, in sync, replica identical.
 #  6. garbage and forged packets injected into the veth during a push (tests/integration/
 #     dpdk_inject.py): dropped and logged at debug level, never written; the push completes.
 # A transport defect found on the way is recorded with bug (the test goes on where it can, with a
@@ -229,7 +230,26 @@ reason=$(pj auto2 '.peers[0].fallback_reason')
 echo "    fallback_reason: $reason"
 grep -qi dpdk <<< "$reason" || fail "fallback_reason does not mention dpdk: '$reason'"
 same "$DATA/src4" "$DATA/rep-t"
+
+step "5c. volume --transport dpdk over memif: NBD writes reach the replica over dpdk"
+command -v nbdcopy > /dev/null || fail "nbdcopy is missing (scripts/lib.sh installs it)"
 kill "$PID_x" "$PID_t"; wait "$PID_x" "$PID_t" 2>/dev/null || true
+MY=$DATA/y.sock
+must_serve y - 127.0.0.1:0 "$DATA/rep-y" --transport dpdk --dpdk-port "memif:$MY,role=server" --dpdk-ip 10.9.0.2
+truncate -s $((32 << 20)) "$DATA/vdisk"
+volume vd "$DATA/vdisk" --peer "127.0.0.1:$PORT_y" --transport dpdk --dpdk-port "memif:$MY" --dpdk-ip 10.9.0.1
+wait_in_sync vd
+[ "$(volume_status vd '.peers[0].transport')" = dpdk ] \
+  || dfail "volume peer transport $(volume_status vd '.peers[0].transport'), not dpdk" \
+    "$TEST_TMP/volume-vd.log" "$TEST_TMP/serve-y.log"
+random_file "$DATA/vsrc" $(((16 << 20) + 3584))
+nbdcopy "$DATA/vsrc" "$URI_vd" || dfail "nbdcopy into the volume" "$TEST_TMP/volume-vd.log" "$TEST_TMP/serve-y.log"
+wait_in_sync vd
+kill -TERM "$PID_vd"
+wait_exit "$PID_vd" || dfail "volume vd did not exit cleanly" "$TEST_TMP/volume-vd.log"
+same "$DATA/vdisk" "$DATA/rep-y"
+cmp -n $(((16 << 20) + 3584)) "$DATA/vsrc" "$DATA/rep-y" || fail "the replica does not hold what nbdcopy wrote"
+kill "$PID_y"; wait "$PID_y" 2>/dev/null || true
 lap
 
 # ---- 3. two namespaces, a veth pair, af_packet, tbf, packet faults --------------------------
