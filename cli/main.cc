@@ -1,9 +1,13 @@
 // blkmirror: the command line (README.md lists every command and flag).
 #include <CLI/CLI.hpp>
+#include <fmt/format.h>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include "cli/commands.h"
+#include "cli/config.h"
+#include "cli/resource.h"
+#include "cli/values.h"
 #include "cli/version.h"
 
 namespace {
@@ -23,7 +27,8 @@ void AddProgressFlags(CLI::App* sub, int& progress) {
 void AddTransportFlags(CLI::App* sub, std::string& transport, blkmirror::cli::DpdkArgs& dpdk) {
   sub->add_option("--transport", transport,
                   "auto (rdma, else dpdk where --dpdk-port is given, else tcp), tcp, rdma or dpdk")
-      ->check(CLI::IsMember({"auto", "tcp", "rdma", "dpdk"}));
+      ->check(CLI::IsMember(std::vector<std::string>(blkmirror::cli::kTransportChoices.begin(),
+                                                     blkmirror::cli::kTransportChoices.end())));
   sub->add_option("--dpdk-port", dpdk.port,
                   "DPDK port: memif:SOCKET[,role=server|client], af_packet:IFACE, af_xdp:IFACE, "
                   "pci:ADDRESS or a DPDK vdev");
@@ -33,6 +38,32 @@ void AddTransportFlags(CLI::App* sub, std::string& transport, blkmirror::cli::Dp
       ->check(CLI::Range(576u, 9000u));
   sub->add_option("--test-packet-faults", dpdk.test_faults, "TEST ONLY: DPDK packet faults")
       ->group("");
+}
+
+// --resource and --node, on every command that a resource file can configure.
+void AddResourceFlags(CLI::App* sub, blkmirror::cli::ResourceArgs& r) {
+  sub->add_option("--resource", r.name,
+                  "take what the flags leave unset from the resource file CONFIG_DIR/NAME.toml");
+  sub->add_option("--node", r.node,
+                  "this node's table in the resource file (default: this host's name)");
+}
+
+// Whether `flag` was given to `sub` on the command line.
+blkmirror::cli::FlagGiven GivenIn(CLI::App* sub) {
+  return [sub](std::string_view flag) { return sub->get_option(std::string(flag))->count() > 0; };
+}
+
+// Flags a command needs, from the command line or its resource: false (after saying which is
+// missing) when one has no value.
+bool Need(std::string_view command, std::initializer_list<std::pair<std::string_view, bool>> flags) {
+  for (const auto& [flag, has] : flags) {
+    if (!has) {
+      fmt::print(stderr, "blkmirror {}: error: {} is required (or --resource NAME, whose file "
+                 "gives it)\n", command, flag);
+      return false;
+    }
+  }
+  return true;
 }
 
 void SetupLogging(const std::string& level) {
@@ -52,11 +83,16 @@ int main(int argc, char** argv) {
   std::string log_level = "info";
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
+  std::string config_dir(kDefaultConfigDir);
+  app.add_option("--config-dir", config_dir,
+                 "where the resource files (NAME.toml) are (default /etc/blkmirror)");
 
   ServeArgs serve;
   auto* s = app.add_subcommand("serve", "receive blocks from primaries into a target");
-  s->add_option("--listen", serve.listen, "HOST:PORT to accept primaries on")->required();
-  s->add_option("--target", serve.target, "regular file or block device to write")->required();
+  s->add_option("--listen", serve.listen, "HOST:PORT to accept primaries on");
+  s->add_option("--target", serve.target, "regular file or block device to write");
+  ResourceArgs serve_res;
+  AddResourceFlags(s, serve_res);
   AddTransportFlags(s, serve.transport, serve.dpdk);
   s->add_flag("--once", serve.once, "exit after the first write session ends");
   s->add_option("--max-block-size", serve.max_block_size, "largest block accepted (default 4M)")
@@ -82,8 +118,10 @@ int main(int argc, char** argv) {
 
   PushArgs push;
   auto* p = app.add_subcommand("push", "mirror a source to one or more replicas");
-  p->add_option("--source", push.source, "regular file or block device to read")->required();
-  p->add_option("--peer", push.peers, "replica HOST:PORT (repeat for fan-out)")->required();
+  p->add_option("--source", push.source, "regular file or block device to read");
+  p->add_option("--peer", push.peers, "replica HOST:PORT (repeat for fan-out)");
+  ResourceArgs push_res;
+  AddResourceFlags(p, push_res);
   p->add_option("--ack", push.ack, "sent, received or durable (default)")
       ->check(CLI::IsMember({"sent", "received", "durable"}));
   p->add_option("--block-size", push.block_size, "block size (default 1M)");
@@ -115,8 +153,10 @@ int main(int argc, char** argv) {
 
   VerifyArgs verify;
   auto* v = app.add_subcommand("verify", "compare a source with a replica by per-block CRC32C");
-  v->add_option("--source", verify.source, "regular file or block device")->required();
-  v->add_option("--peer", verify.peer, "replica HOST:PORT")->required();
+  v->add_option("--source", verify.source, "regular file or block device");
+  v->add_option("--peer", verify.peer, "replica HOST:PORT");
+  ResourceArgs verify_res;
+  AddResourceFlags(v, verify_res);
   v->add_option("--block-size", verify.block_size, "block size (default 1M)");
   AddTransportFlags(v, verify.transport, verify.dpdk);
   v->add_flag("--json", verify.json, "print one JSON object on stdout");
@@ -140,16 +180,17 @@ int main(int argc, char** argv) {
   st->add_option("--run-dir", status.run_dir,
                  "where volume daemons keep their status (default /run/blkmirror)");
   st->add_flag("--json", status.json, "print one JSON object on stdout");
+  ResourceArgs status_res;
+  AddResourceFlags(st, status_res);
 
   VolumeArgs volume;
   auto* vol = app.add_subcommand("volume", "a replicated volume that clients write through NBD");
-  vol->add_option("--disk", volume.disk, "the local copy: a regular file or block device")
-      ->required();
-  vol->add_option("--peer", volume.peers, "replica HOST:PORT (`blkmirror serve`; repeat)")
-      ->required();
+  vol->add_option("--disk", volume.disk, "the local copy: a regular file or block device");
+  vol->add_option("--peer", volume.peers, "replica HOST:PORT (`blkmirror serve`; repeat)");
   vol->add_option("--export", volume.exports,
-                  "where NBD clients connect: unix:PATH or HOST:PORT (repeat)")
-      ->required();
+                  "where NBD clients connect: unix:PATH or HOST:PORT (repeat)");
+  ResourceArgs volume_res;
+  AddResourceFlags(vol, volume_res);
   vol->add_option("--name", volume.name, "the export's name (default: the disk's file name)");
   vol->add_option("--ack", volume.ack, "sent, received or durable (default)")
       ->check(CLI::IsMember({"sent", "received", "durable"}));
@@ -183,19 +224,29 @@ int main(int argc, char** argv) {
 
   RoleArgs promote;
   auto* pr = app.add_subcommand("promote", "make this node's disk the volume's primary");
-  pr->add_option("--disk", promote.disk, "the replica's disk (serve's --target)")->required();
+  pr->add_option("--disk", promote.disk, "the replica's disk (serve's --target)");
+  ResourceArgs promote_res;
+  AddResourceFlags(pr, promote_res);
   pr->add_option("--meta-dir", promote.meta_dir, "metadata directory (default: beside the disk)");
   pr->add_flag("--force", promote.force,
                "even while a primary is connected, or the data is inconsistent");
   RoleArgs demote;
   auto* de = app.add_subcommand("demote", "make this node's disk a replica of the volume");
-  de->add_option("--disk", demote.disk, "the primary's disk (volume's --disk)")->required();
+  de->add_option("--disk", demote.disk, "the primary's disk (volume's --disk)");
+  ResourceArgs demote_res;
+  AddResourceFlags(de, demote_res);
   de->add_option("--meta-dir", demote.meta_dir, "metadata directory (default: beside the disk)");
   de->add_flag("--discard-my-data", demote.discard,
                "give up this node's changes: the primary copies the disk in full");
 
-  // --log-level may come before or after the command.
-  for (auto* sub : {s, p, v, st, k, vol, pr, de}) sub->fallthrough();
+  std::string check_name;
+  auto* cc = app.add_subcommand("check-config",
+                                "check the resource files (every one, or NAME's): each mistake "
+                                "with its file, line and key; exit 2 when there is one");
+  cc->add_option("NAME", check_name, "one resource (default: every file in --config-dir)");
+
+  // --log-level and --config-dir may come before or after the command.
+  for (auto* sub : {s, p, v, st, k, vol, pr, de, cc}) sub->fallthrough();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -203,16 +254,59 @@ int main(int argc, char** argv) {
     return rc == 0 ? 0 : kExitUsage;
   }
   SetupLogging(log_level);
-  if (*s) return RunServe(serve);
-  if (*p) return RunPush(push);
-  if (*v) return RunVerify(verify);
+  // A resource fills what the flags leave unset.
+  auto apply = [&](CLI::App* sub, ResourceArgs& res, auto& args) {
+    if (res.name.empty()) return true;
+    res.config_dir = config_dir;
+    return ApplyResource(res, GivenIn(sub), args);
+  };
+  if (*cc) return RunCheckConfig(config_dir, check_name);
+  if (*s) {
+    if (!apply(s, serve_res, serve) ||
+        !Need("serve", {{"--listen", !serve.listen.empty()}, {"--target", !serve.target.empty()}})) {
+      return kExitUsage;
+    }
+    return RunServe(serve);
+  }
+  if (*p) {
+    if (!apply(p, push_res, push) ||
+        !Need("push", {{"--source", !push.source.empty()}, {"--peer", !push.peers.empty()}})) {
+      return kExitUsage;
+    }
+    return RunPush(push);
+  }
+  if (*v) {
+    if (!apply(v, verify_res, verify) ||
+        !Need("verify", {{"--source", !verify.source.empty()}, {"--peer", !verify.peer.empty()}})) {
+      return kExitUsage;
+    }
+    return RunVerify(verify);
+  }
   if (*k) return RunKeygen(key_path);
   if (*st) {
+    if (!apply(st, status_res, status)) return kExitUsage;
     if (!status.disk.empty()) return RunDiskStatus(status);
     return status.volume.empty() ? RunStatus(status) : RunVolumeStatus(status);
   }
-  if (*pr) return RunPromote(promote);
-  if (*de) return RunDemote(demote);
-  if (*vol) return RunVolume(volume);
+  if (*pr) {
+    if (!apply(pr, promote_res, promote) || !Need("promote", {{"--disk", !promote.disk.empty()}})) {
+      return kExitUsage;
+    }
+    return RunPromote(promote);
+  }
+  if (*de) {
+    if (!apply(de, demote_res, demote) || !Need("demote", {{"--disk", !demote.disk.empty()}})) {
+      return kExitUsage;
+    }
+    return RunDemote(demote);
+  }
+  if (*vol) {
+    if (!apply(vol, volume_res, volume) ||
+        !Need("volume", {{"--disk", !volume.disk.empty()}, {"--peer", !volume.peers.empty()},
+                         {"--export", !volume.exports.empty()}})) {
+      return kExitUsage;
+    }
+    return RunVolume(volume);
+  }
   return kExitUsage;
 }

@@ -248,7 +248,7 @@ int RunReplication(const ReplicationPlan& plan) {
     return code;
   };
   auto ack = ParseAck(args.ack);
-  if (!ack.ok()) return fail(ack.status(), kExitUsage);
+  if (!ack.ok()) return fail(ack.status().Context("--ack"), kExitUsage);
   auto block_size = ParseBlockSize(args.block_size, "--block-size");
   if (!block_size.ok()) return fail(block_size.status(), kExitUsage);
   Status replica_set = CheckReplicaSet(args.window, args.peers.size(), args.quorum);

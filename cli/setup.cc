@@ -99,23 +99,6 @@ Result<proto::VolumeId> VolumeIdFor(const std::string& path) {
   return id;
 }
 
-Result<proto::AckLevel> ParseAck(std::string_view text) {
-  if (text == "sent") return proto::AckLevel::kSent;
-  if (text == "received") return proto::AckLevel::kReceived;
-  if (text == "durable") return proto::AckLevel::kDurable;
-  return Status::Invalid("--ack '{}': expected sent, received or durable", text);
-}
-
-Result<uint32_t> ParseBlockSize(std::string_view text, std::string_view flag) {
-  auto bytes = ParseSize(text);
-  if (!bytes.ok()) return bytes.status().Context(flag);
-  if (*bytes < proto::kBlockAlign || *bytes % proto::kBlockAlign != 0 ||
-      *bytes > proto::kMaxBlockSize) {
-    return Status::Invalid("{} {}: must be a multiple of 4K between 4K and 64M", flag, text);
-  }
-  return static_cast<uint32_t>(*bytes);
-}
-
 Status CheckReplicaSet(uint32_t window, size_t peers, uint32_t quorum) {
   if (window == 0 || window > proto::kMaxWindow) {
     return Status::Invalid("--window {}: must be between 1 and {}", window, proto::kMaxWindow);

@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "cli/commands.h"
+#include "cli/values.h"
 #include "common/status.h"
 #include "io/buffer_pool.h"
 #include "io/ring.h"
@@ -44,12 +45,6 @@ void ApplyDpdkArgs(const DpdkArgs& args, transport::TransportOptions& options);
 
 // A stable id for the volume at `path` (BLAKE2b-128 of its canonical path).
 Result<proto::VolumeId> VolumeIdFor(const std::string& path);
-
-// --ack: sent, received or durable.
-Result<proto::AckLevel> ParseAck(std::string_view text);
-
-// A block size as the user typed it for `flag`: a multiple of 4K between 4K and 64M.
-Result<uint32_t> ParseBlockSize(std::string_view text, std::string_view flag);
 
 // --window, the --peer list and --quorum (0 allowed: for a volume, no replica needed): what the
 // replication takes.

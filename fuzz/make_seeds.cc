@@ -809,6 +809,54 @@ void DpdkSeeds(const fs::path& dir) {
   }
 }
 
+// ---- config_fuzzer: resource files, as text -------------------------------------------------
+
+void ConfigSeeds(const fs::path& dir) {
+  auto text = [&](const std::string& name, std::string_view t) {
+    Seed s;
+    s.Bytes(t.data(), t.size());
+    Save(dir, name, s);
+  };
+  text("good", R"([resource]
+ack = "received"
+block-size = "256K"
+window = 16
+quorum = 1
+resync-rate = 100000000
+peer-timeout = "3s"
+transport = "auto"
+
+[node.alpha]
+role = "primary"
+disk = "/dev/a"
+address = "10.0.0.1:7100"
+export = ["unix:/run/blkmirror/vol0.nbd", "[::1]:10809"]
+
+[node.beta]
+role = "replica"
+disk = "/srv/b.img"
+address = "10.0.0.2:7100"
+dpdk-port = "memif:/run/x.sock,role=client"
+dpdk-ip = "10.1.0.2"
+dpdk-mtu = 9000
+meta-dir = "/var/lib/blkmirror"
+)");
+  text("mistakes", R"([resource]
+window = "32"
+ack = 3
+nope = true
+[node.a]
+disk = ""
+address = "10.0.0.1"
+[node.b]
+role = "boss"
+address = "10.0.0.1"
+dpdk-mtu = 1e3
+export = [1, "unix:"]
+)");
+  text("not_toml", "[node.a\ndisk = /x\n\"\"\"\n");
+}
+
 }  // namespace
 }  // namespace blkmirror::fuzz
 
@@ -824,5 +872,6 @@ int main(int argc, char** argv) {
   ReplicatorSeeds(out / "replicator_fuzzer");
   NbdSeeds(out / "nbd_fuzzer");
   DpdkSeeds(out / "dpdk_packet_fuzzer");
+  ConfigSeeds(out / "config_fuzzer");
   return failed ? 1 : 0;
 }

@@ -1,0 +1,467 @@
+#include "cli/config.h"
+
+#include <arpa/inet.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <toml++/toml.h>
+
+#include "cli/values.h"
+#include "common/units.h"
+#include "engine/auth.h"
+#include "engine/replicator.h"
+#include "transport/transport.h"
+
+namespace blkmirror::cli {
+namespace {
+
+constexpr uint32_t kMinDpdkMtu = 576;
+constexpr uint32_t kMaxDpdkMtu = 9000;
+
+// Reads one file's tables into a ResourceConfig, collecting every mistake.
+class Reader {
+ public:
+  Reader(const std::string& path, CheckFiles files, std::vector<ConfigProblem>& problems)
+      : path_(path), files_(files), problems_(problems) {}
+
+  void Problem(int line, std::string key, std::string message) {
+    problems_.push_back({path_, line, std::move(key), std::move(message)});
+  }
+
+  static int Line(const toml::node& n) { return static_cast<int>(n.source().begin.line); }
+  static int Line(const toml::key& k) { return static_cast<int>(k.source().begin.line); }
+
+  // The value of `key` (at `where`) as a string, or nullopt after a problem.
+  std::optional<std::string> String(const toml::node& v, const std::string& where) {
+    if (auto s = v.value<std::string>(); s && v.is_string()) return *s;
+    Problem(Line(v), where, fmt::format("expected a string, not {}", TypeName(v)));
+    return std::nullopt;
+  }
+  std::optional<int64_t> Integer(const toml::node& v, const std::string& where, int64_t lo,
+                                 int64_t hi) {
+    if (!v.is_integer()) {
+      Problem(Line(v), where, fmt::format("expected an integer, not {}", TypeName(v)));
+      return std::nullopt;
+    }
+    const int64_t n = *v.value<int64_t>();
+    if (n < lo || n > hi) {
+      Problem(Line(v), where, fmt::format("{} is out of range ({} to {})", n, lo, hi));
+      return std::nullopt;
+    }
+    return n;
+  }
+  // A string from `choices`.
+  std::string Choice(const toml::node& v, const std::string& where,
+                     std::span<const std::string_view> choices) {
+    auto s = String(v, where);
+    if (!s) return "";
+    if (std::find(choices.begin(), choices.end(), *s) == choices.end()) {
+      Problem(Line(v), where, fmt::format("'{}': expected {}", *s, fmt::join(choices, ", ")));
+      return "";
+    }
+    return *s;
+  }
+  // A size: "128K" or a number of bytes; checked by `check` (ParseSize by default).
+  template <typename Check>
+  std::string Size(const toml::node& v, const std::string& where, Check check) {
+    std::string text;
+    if (v.is_integer()) {
+      text = std::to_string(*v.value<int64_t>());
+    } else if (auto s = String(v, where)) {
+      text = *s;
+    } else {
+      return "";
+    }
+    if (Status st = check(text); !st.ok()) {
+      Problem(Line(v), where, st.message());
+      return "";
+    }
+    return text;
+  }
+  // A duration: "6s", "500ms" or a number of seconds.
+  std::string Duration(const toml::node& v, const std::string& where) {
+    std::string text;
+    if (v.is_integer()) {
+      text = std::to_string(*v.value<int64_t>());
+    } else if (auto s = String(v, where)) {
+      text = *s;
+    } else {
+      return "";
+    }
+    if (auto d = ParseDuration(text); !d.ok()) {
+      Problem(Line(v), where, d.status().message());
+      return "";
+    }
+    return text;
+  }
+  std::string Address(const toml::node& v, const std::string& where) {
+    auto s = String(v, where);
+    if (!s) return "";
+    auto ep = transport::Endpoint::Parse(*s);
+    if (!ep.ok()) {
+      Problem(Line(v), where, ep.status().message());
+      return "";
+    }
+    if (ep->port == 0) {
+      Problem(Line(v), where, fmt::format("'{}': a node's address needs a port other than 0", *s));
+      return "";
+    }
+    return *s;
+  }
+  std::string Path(const toml::node& v, const std::string& where) {
+    auto s = String(v, where);
+    if (!s) return "";
+    if (s->empty()) Problem(Line(v), where, "an empty path");
+    return *s;
+  }
+
+  void ReadResource(const toml::table& t, ResourceConfig& r) {
+    for (auto&& [k, v] : t) {
+      const std::string key(k.str());
+      const std::string where = "resource." + key;
+      if (key == "transport") {
+        r.transport = Choice(v, where, kTransportChoices);
+      } else if (key == "ack") {
+        static constexpr std::string_view kAcks[] = {"sent", "received", "durable"};
+        r.ack = Choice(v, where, kAcks);
+      } else if (key == "block-size") {
+        r.block_size = Size(v, where, [&](const std::string& text) {
+          return ParseBlockSize(text, "block-size").status();
+        });
+      } else if (key == "window") {
+        if (auto n = Integer(v, where, 1, proto::kMaxWindow)) r.window = static_cast<uint32_t>(*n);
+      } else if (key == "quorum") {
+        if (auto n = Integer(v, where, 0, engine::kMaxPeers)) r.quorum = static_cast<uint32_t>(*n);
+      } else if (key == "resync-rate") {
+        r.resync_rate = Size(v, where, [](const std::string& text) {
+          auto n = ParseSize(text);
+          if (!n.ok()) return n.status();
+          return *n == 0 ? Status::Invalid("0 bytes per second would never resync") : Status::Ok();
+        });
+      } else if (key == "key-file") {
+        r.key_file = Path(v, where);
+        if (!r.key_file.empty() && files_ == CheckFiles::kYes) {
+          if (auto key_loaded = engine::LoadKeyFile(r.key_file); !key_loaded.ok()) {
+            Problem(Line(v), where, key_loaded.status().message());
+          }
+        }
+      } else if (key == "peer-timeout") {
+        r.peer_timeout = Duration(v, where);
+      } else if (key == "ack-timeout") {
+        r.ack_timeout = Duration(v, where);
+      } else {
+        Unknown(k, where, {"transport", "ack", "block-size", "window", "quorum", "resync-rate",
+                           "key-file", "peer-timeout", "ack-timeout"});
+      }
+    }
+  }
+
+  void ReadNode(const toml::table& t, NodeConfig& n) {
+    const std::string prefix = "node." + n.name + ".";
+    for (auto&& [k, v] : t) {
+      const std::string key(k.str());
+      const std::string where = prefix + key;
+      if (key == "role") {
+        static constexpr std::string_view kRoles[] = {"primary", "replica"};
+        n.role = Choice(v, where, kRoles);
+      } else if (key == "disk") {
+        n.disk = Path(v, where);
+      } else if (key == "address") {
+        n.address = Address(v, where);
+        n.address_line = Line(v);
+      } else if (key == "export") {
+        ReadExports(v, where, n);
+      } else if (key == "bind") {
+        if (auto s = String(v, where)) n.bind = *s;
+      } else if (key == "meta-dir") {
+        n.meta_dir = Path(v, where);
+      } else if (key == "dpdk-port") {
+        if (auto s = String(v, where)) n.dpdk_port = *s;
+      } else if (key == "dpdk-ip") {
+        if (auto s = String(v, where)) {
+          in_addr a{};
+          if (inet_pton(AF_INET, s->c_str(), &a) != 1) {
+            Problem(Line(v), where, fmt::format("'{}' is not an IPv4 address", *s));
+          } else {
+            n.dpdk_ip = *s;
+          }
+        }
+      } else if (key == "dpdk-mtu") {
+        if (auto m = Integer(v, where, kMinDpdkMtu, kMaxDpdkMtu)) {
+          n.dpdk_mtu = static_cast<uint32_t>(*m);
+        }
+      } else {
+        Unknown(k, where, {"role", "disk", "address", "export", "bind", "meta-dir", "dpdk-port",
+                           "dpdk-ip", "dpdk-mtu"});
+      }
+    }
+    if (n.disk.empty() && !t.contains("disk")) {
+      Problem(n.line, prefix + "disk", "missing: the node's copy of the volume (a file or device)");
+    }
+    if (n.address.empty() && !t.contains("address")) {
+      Problem(n.line, prefix + "address", "missing: HOST:PORT the node serves on as a replica");
+    }
+  }
+
+  void ReadExports(const toml::node& v, const std::string& where, NodeConfig& n) {
+    auto one = [&](const toml::node& e) {
+      auto s = String(e, where);
+      if (!s) return;
+      if (s->starts_with("unix:")) {
+        if (s->size() == 5) Problem(Line(e), where, "'unix:' needs a socket path");
+      } else if (auto ep = transport::Endpoint::Parse(*s); !ep.ok()) {
+        Problem(Line(e), where,
+                fmt::format("'{}': expected unix:PATH or HOST:PORT ({})", *s, ep.status().message()));
+        return;
+      }
+      n.exports.push_back(*s);
+    };
+    if (const toml::array* a = v.as_array()) {
+      for (const toml::node& e : *a) one(e);
+    } else {
+      one(v);
+    }
+  }
+
+  void Unknown(const toml::key& k, const std::string& where,
+               std::initializer_list<std::string_view> known) {
+    Problem(Line(k), where, fmt::format("unknown key (known here: {})", fmt::join(known, ", ")));
+  }
+
+  static std::string_view TypeName(const toml::node& v) {
+    switch (v.type()) {
+      case toml::node_type::string: return "a string";
+      case toml::node_type::integer: return "an integer";
+      case toml::node_type::floating_point: return "a float";
+      case toml::node_type::boolean: return "a boolean";
+      case toml::node_type::array: return "an array";
+      case toml::node_type::table: return "a table";
+      default: return "a date or time";
+    }
+  }
+
+ private:
+  const std::string& path_;
+  CheckFiles files_;
+  std::vector<ConfigProblem>& problems_;
+};
+
+// What the nodes say together: a peer to replicate to, one primary at most, no address twice,
+// a quorum the peers can give.
+void CheckNodes(const ResourceConfig& r, int file_line, Reader& reader) {
+  if (r.nodes.size() < 2) {
+    reader.Problem(r.nodes.empty() ? file_line : r.nodes[0].line, "node",
+                   fmt::format("{} node(s): a resource needs at least two, this node and a peer "
+                               "([node.NAME] tables)",
+                               r.nodes.size()));
+  }
+  const NodeConfig* primary = nullptr;
+  std::map<std::string, const NodeConfig*> by_address;
+  for (const NodeConfig& n : r.nodes) {
+    if (n.role == "primary") {
+      if (primary != nullptr) {
+        reader.Problem(n.line, "node." + n.name + ".role",
+                       fmt::format("a second primary (node {} is one): a volume has one", primary->name));
+      }
+      primary = &n;
+    }
+    if (n.address.empty()) continue;
+    auto [it, fresh] = by_address.emplace(n.address, &n);
+    if (!fresh) {
+      reader.Problem(n.address_line, "node." + n.name + ".address",
+                     fmt::format("{} is node {}'s address too: the same port twice", n.address,
+                                 it->second->name));
+    }
+  }
+  if (r.quorum && r.nodes.size() >= 2 && *r.quorum > r.nodes.size() - 1) {
+    reader.Problem(file_line, "resource.quorum",
+                   fmt::format("{} is more than the {} peer(s) a node has", *r.quorum,
+                               r.nodes.size() - 1));
+  }
+}
+
+int TableLine(const toml::table& t) { return static_cast<int>(t.source().begin.line); }
+
+}  // namespace
+
+std::string ConfigProblem::ToString() const {
+  std::string where = line > 0 ? fmt::format("{}:{}", path, line) : path;
+  return key.empty() ? fmt::format("{}: {}", where, message)
+                     : fmt::format("{}: {}: {}", where, key, message);
+}
+
+const NodeConfig* ResourceConfig::FindNode(std::string_view node) const {
+  for (const NodeConfig& n : nodes) {
+    if (n.name == node) return &n;
+  }
+  return nullptr;
+}
+
+std::vector<const NodeConfig*> ResourceConfig::PeersOf(const NodeConfig& self) const {
+  std::vector<const NodeConfig*> peers;
+  for (const NodeConfig& n : nodes) {
+    if (&n != &self) peers.push_back(&n);
+  }
+  return peers;
+}
+
+ParsedResource ParseResource(std::string_view text, const std::string& path,
+                             const std::string& name, CheckFiles files) {
+  ParsedResource out;
+  out.config.name = name;
+  out.config.path = path;
+  Reader reader(path, files, out.problems);
+  // ASCII only. toml++ 3.3 (Debian 12's) reaches __builtin_unreachable, undefined behaviour, on
+  // many non-ASCII characters where it looks for whitespace (is_non_ascii_horizontal_whitespace:
+  // U+00A1 to U+0499 among others; fuzz/config_fuzzer found it), so none reaches it.
+  int line = 1, column = 1;
+  for (const char ch : text) {
+    const auto byte = static_cast<unsigned char>(ch);
+    if (byte >= 0x80) {
+      reader.Problem(line, "",
+                     fmt::format("a non-ASCII byte (0x{:02x}) at column {}: resource files are "
+                                 "ASCII, comments and strings included",
+                                 byte, column));
+      return out;
+    }
+    if (ch == '\n') {
+      ++line;
+      column = 1;
+    } else {
+      ++column;
+    }
+  }
+  toml::table doc;
+  try {
+    doc = toml::parse(text, path);
+  } catch (const toml::parse_error& e) {
+    reader.Problem(static_cast<int>(e.source().begin.line), "",
+                   fmt::format("not TOML: {} (column {})", e.description(),
+                               e.source().begin.column));
+    return out;
+  }
+  for (auto&& [k, v] : doc) {
+    const std::string key(k.str());
+    if (key == "resource") {
+      if (const toml::table* t = v.as_table()) {
+        reader.ReadResource(*t, out.config);
+      } else {
+        reader.Problem(Reader::Line(v), key, "expected a table ([resource])");
+      }
+    } else if (key == "node") {
+      const toml::table* nodes = v.as_table();
+      if (nodes == nullptr) {
+        reader.Problem(Reader::Line(v), key, "expected tables ([node.NAME])");
+        continue;
+      }
+      for (auto&& [nk, nv] : *nodes) {
+        NodeConfig n;
+        n.name = std::string(nk.str());
+        const toml::table* t = nv.as_table();
+        if (t == nullptr) {
+          reader.Problem(Reader::Line(nv), "node." + n.name,
+                         "expected a table ([node." + n.name + "])");
+          continue;
+        }
+        n.line = TableLine(*t);
+        reader.ReadNode(*t, n);
+        out.config.nodes.push_back(std::move(n));
+      }
+    } else {
+      reader.Problem(Reader::Line(k), key, "unknown key (known: [resource], [node.NAME])");
+    }
+  }
+  CheckNodes(out.config, 1, reader);
+  // toml++ walks a table by key, not by line: the problems are told in the file's order.
+  std::stable_sort(out.problems.begin(), out.problems.end(),
+                   [](const ConfigProblem& a, const ConfigProblem& b) { return a.line < b.line; });
+  return out;
+}
+
+ParsedResource LoadResource(const std::string& dir, const std::string& name, CheckFiles files) {
+  const std::string path = dir + "/" + name + ".toml";
+  std::ifstream in(path);
+  if (!in) {
+    ParsedResource out;
+    out.config.name = name;
+    out.config.path = path;
+    const int err = errno;
+    out.problems.push_back(
+        {path, 0, "",
+         err == ENOENT ? fmt::format("no resource '{}': the file does not exist", name)
+                       : fmt::format("cannot read it: {}", std::strerror(err))});
+    return out;
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  return ParseResource(text.str(), path, name, files);
+}
+
+std::vector<ConfigProblem> CheckConfigDir(const std::string& dir, const std::string& name) {
+  std::vector<ConfigProblem> problems;
+  std::vector<std::string> names;
+  if (!name.empty()) {
+    names.push_back(name);
+  } else {
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+      if (e.path().extension() == ".toml") names.push_back(e.path().stem().string());
+    }
+    if (ec) {
+      problems.push_back({dir, 0, "", fmt::format("cannot list it: {}", ec.message())});
+      return problems;
+    }
+    if (names.empty()) {
+      problems.push_back({dir, 0, "", "no resource files (NAME.toml) in it"});
+      return problems;
+    }
+    std::sort(names.begin(), names.end());
+  }
+  // Across resources: one address (a listening port) for one resource only.
+  std::map<std::string, std::string> address_owner;
+  for (const std::string& n : names) {
+    ParsedResource r = LoadResource(dir, n, CheckFiles::kYes);
+    problems.insert(problems.end(), r.problems.begin(), r.problems.end());
+    for (const NodeConfig& node : r.config.nodes) {
+      if (node.address.empty()) continue;
+      auto [it, fresh] = address_owner.emplace(node.address, n);
+      if (!fresh && it->second != n) {
+        problems.push_back({r.config.path, node.address_line, "node." + node.name + ".address",
+                            fmt::format("{} is resource {}'s too: the same port twice",
+                                        node.address, it->second)});
+      }
+    }
+  }
+  return problems;
+}
+
+Result<const NodeConfig*> ThisNode(const ResourceConfig& config, const std::string& node) {
+  std::vector<std::string> names;
+  for (const NodeConfig& n : config.nodes) names.push_back(n.name);
+  if (!node.empty()) {
+    if (const NodeConfig* n = config.FindNode(node)) return n;
+    return Status::Invalid("--node {}: resource {} ({}) has no [node.{}] table (its nodes: {})",
+                           node, config.name, config.path, node, fmt::join(names, ", "));
+  }
+  char host[256] = {};
+  if (gethostname(host, sizeof(host) - 1) != 0) {
+    return Status::Errno(errno, "gethostname");
+  }
+  const std::string full(host);
+  const std::string shorter = full.substr(0, full.find('.'));
+  for (const std::string& h : {full, shorter}) {
+    if (const NodeConfig* n = config.FindNode(h)) return n;
+  }
+  return Status::Invalid("resource {} ({}) has no [node.{}] table for this host (its nodes: {}): "
+                         "name this node with --node",
+                         config.name, config.path, shorter, fmt::join(names, ", "));
+}
+
+}  // namespace blkmirror::cli
