@@ -68,9 +68,10 @@ class Reader {
     }
     return *s;
   }
-  // A size: "128K" or a number of bytes; checked by `check` (ParseSize by default).
+  // A size ("128K", or a number of bytes) or a duration ("6s", "500ms", or a number of seconds)
+  // as the flag would take it, if `check` accepts it ("" after a problem).
   template <typename Check>
-  std::string Size(const toml::node& v, const std::string& where, Check check) {
+  std::string Quantity(const toml::node& v, const std::string& where, Check check) {
     std::string text;
     if (v.is_integer()) {
       text = std::to_string(*v.value<int64_t>());
@@ -85,21 +86,8 @@ class Reader {
     }
     return text;
   }
-  // A duration: "6s", "500ms" or a number of seconds.
   std::string Duration(const toml::node& v, const std::string& where) {
-    std::string text;
-    if (v.is_integer()) {
-      text = std::to_string(*v.value<int64_t>());
-    } else if (auto s = String(v, where)) {
-      text = *s;
-    } else {
-      return "";
-    }
-    if (auto d = ParseDuration(text); !d.ok()) {
-      Problem(Line(v), where, d.status().message());
-      return "";
-    }
-    return text;
+    return Quantity(v, where, [](const std::string& text) { return ParseDuration(text).status(); });
   }
   std::string Address(const toml::node& v, const std::string& where) {
     auto s = String(v, where);
@@ -132,7 +120,7 @@ class Reader {
         static constexpr std::string_view kAcks[] = {"sent", "received", "durable"};
         r.ack = Choice(v, where, kAcks);
       } else if (key == "block-size") {
-        r.block_size = Size(v, where, [&](const std::string& text) {
+        r.block_size = Quantity(v, where, [&](const std::string& text) {
           return ParseBlockSize(text, "block-size").status();
         });
       } else if (key == "window") {
@@ -140,7 +128,7 @@ class Reader {
       } else if (key == "quorum") {
         if (auto n = Integer(v, where, 0, engine::kMaxPeers)) r.quorum = static_cast<uint32_t>(*n);
       } else if (key == "resync-rate") {
-        r.resync_rate = Size(v, where, [](const std::string& text) {
+        r.resync_rate = Quantity(v, where, [](const std::string& text) {
           auto n = ParseSize(text);
           if (!n.ok()) return n.status();
           return *n == 0 ? Status::Invalid("0 bytes per second would never resync") : Status::Ok();

@@ -57,6 +57,23 @@ std::vector<std::string> PeerAddresses(const ResourceConfig& c, const NodeConfig
   return peers;
 }
 
+// What push and volume, the primary's commands, take alike.
+template <typename Args>
+void FillPrimary(const FlagGiven& given, const ResourceConfig& c, const NodeConfig& n,
+                 Args& args) {
+  Fill(given, "--peer", args.peers, PeerAddresses(c, n));
+  Fill(given, "--ack", args.ack, c.ack);
+  Fill(given, "--block-size", args.block_size, c.block_size);
+  Fill(given, "--window", args.window, c.window);
+  FillTransport(given, c, n, args.transport, args.dpdk);
+  Fill(given, "--quorum", args.quorum, c.quorum);
+  Fill(given, "--peer-timeout", args.peer_timeout, c.peer_timeout);
+  Fill(given, "--ack-timeout", args.ack_timeout, c.ack_timeout);
+  Fill(given, "--key-file", args.key_file, c.key_file);
+  Fill(given, "--meta-dir", args.meta_dir, n.meta_dir);
+  Fill(given, "--bind", args.bind, n.bind);
+}
+
 }  // namespace
 
 bool ApplyResource(const ResourceArgs& r, const FlagGiven& given, ServeArgs& args) {
@@ -78,17 +95,7 @@ bool ApplyResource(const ResourceArgs& r, const FlagGiven& given, PushArgs& args
   const ResourceConfig& c = l.parsed.config;
   const NodeConfig& n = *l.self;
   Fill(given, "--source", args.source, n.disk);
-  Fill(given, "--peer", args.peers, PeerAddresses(c, n));
-  Fill(given, "--ack", args.ack, c.ack);
-  Fill(given, "--block-size", args.block_size, c.block_size);
-  Fill(given, "--window", args.window, c.window);
-  FillTransport(given, c, n, args.transport, args.dpdk);
-  Fill(given, "--quorum", args.quorum, c.quorum);
-  Fill(given, "--peer-timeout", args.peer_timeout, c.peer_timeout);
-  Fill(given, "--ack-timeout", args.ack_timeout, c.ack_timeout);
-  Fill(given, "--key-file", args.key_file, c.key_file);
-  Fill(given, "--meta-dir", args.meta_dir, n.meta_dir);
-  Fill(given, "--bind", args.bind, n.bind);
+  FillPrimary(given, c, n, args);
   return true;
 }
 
@@ -98,20 +105,10 @@ bool ApplyResource(const ResourceArgs& r, const FlagGiven& given, VolumeArgs& ar
   const ResourceConfig& c = l.parsed.config;
   const NodeConfig& n = *l.self;
   Fill(given, "--disk", args.disk, n.disk);
-  Fill(given, "--peer", args.peers, PeerAddresses(c, n));
   if (!n.exports.empty()) Fill(given, "--export", args.exports, n.exports);
   Fill(given, "--name", args.name, c.name);
-  Fill(given, "--ack", args.ack, c.ack);
-  Fill(given, "--block-size", args.block_size, c.block_size);
-  Fill(given, "--window", args.window, c.window);
-  FillTransport(given, c, n, args.transport, args.dpdk);
-  Fill(given, "--quorum", args.quorum, c.quorum);
-  Fill(given, "--peer-timeout", args.peer_timeout, c.peer_timeout);
-  Fill(given, "--ack-timeout", args.ack_timeout, c.ack_timeout);
-  Fill(given, "--key-file", args.key_file, c.key_file);
   Fill(given, "--resync-rate", args.resync_rate, c.resync_rate);
-  Fill(given, "--meta-dir", args.meta_dir, n.meta_dir);
-  Fill(given, "--bind", args.bind, n.bind);
+  FillPrimary(given, c, n, args);
   return true;
 }
 
