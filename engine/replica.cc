@@ -86,7 +86,9 @@ class ReplicaServer::Impl {
   }
 
   const ReplicaStats& stats() const { return stats_; }
-  std::string writer() const { return writer_ ? writer_->peer : std::string(); }
+  std::string writer() const {
+    return writer_ != nullptr && !NoDataYet(*writer_) ? writer_->peer : std::string();
+  }
 
  private:
   // A session's life:

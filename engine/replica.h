@@ -126,7 +126,8 @@ class ReplicaServer {
   void Shutdown();
 
   const ReplicaStats& stats() const;
-  // The primary with a write session open now ("" when none).
+  // The primary with a write session open now, once it may write: a volume's primary only after
+  // the generations agree ("" when none; a primary refused at that check never was the writer).
   std::string writer() const;
 
  private:

@@ -248,7 +248,10 @@ class VolumeTest : public ::testing::Test {
   void Step() {
     volume_->Step();
     for (size_t i = 0; i < replicas_.size(); ++i) {
-      if (replicas_[i]->server && !(frozen_ >> i & 1)) replicas_[i]->server->Step();
+      if (replicas_[i]->server && !(frozen_ >> i & 1)) {
+        replicas_[i]->server->Step();
+        if (!replicas_[i]->server->writer().empty()) saw_writer_ = true;
+      }
     }
   }
 
@@ -305,6 +308,7 @@ class VolumeTest : public ::testing::Test {
   std::vector<std::byte> model_ = std::vector<std::byte>(kSize);
   size_t expected_replies_ = 0;
   uint64_t frozen_ = 0;  // replicas not stepped: alive to the transport, making no progress
+  bool saw_writer_ = false;  // a replica's writer() was not empty after one of its steps
   Generations gens_;     // the volume node's, as its metadata keeps them
   std::vector<uint64_t> synced_at_;
   std::mt19937 rng_{42};
@@ -521,6 +525,7 @@ TEST_F(VolumeTest, AVolumeBehindOrDivergedFromAReplicaRefusesToStart) {
     r.kept_volume = {};
     r.kept.generations = other;
     const uint64_t saves = r.generation_saves;
+    saw_writer_ = false;
     Status s = TryStartVolume({AckLevel::kDurable});
     ASSERT_FALSE(s.ok());
     EXPECT_EQ(s.code(), ErrorCode::kDiverged) << s.message();
@@ -530,6 +535,9 @@ TEST_F(VolumeTest, AVolumeBehindOrDivergedFromAReplicaRefusesToStart) {
     EXPECT_NE(s.message().find("demote --discard-my-data"), std::string::npos) << s.message();
     EXPECT_EQ(r.device->writes(), 0u);
     EXPECT_EQ(r.generation_saves, saves) << "the replica's generations are untouched";
+    // What serve records as the disk's writer: a refused primary never is (demote
+    // --discard-my-data refuses while a primary writes; the refused one must not hold it off).
+    EXPECT_FALSE(saw_writer_) << "the replica named the refused primary its writer";
     volume_.reset();
   }
 }
