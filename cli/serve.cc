@@ -7,10 +7,12 @@
 #include <optional>
 #include <cstdio>
 
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 
 #include "cli/commands.h"
 #include "cli/meta.h"
+#include "cli/service.h"
 #include "cli/setup.h"
 #include "common/units.h"
 #include "engine/replica.h"
@@ -250,7 +252,10 @@ int RunServe(const ServeArgs& args) {
   ProcessInfo process{getpid(), "serve", ""};
   Status recorded = WriteProcessInfo(meta_dir, process);
   if (!recorded.ok()) return fail(recorded);
+  ServiceNotifier service;
+  service.Ready(fmt::format("serving {} ({}); no primary", args.target, fmt::join(bound_lines, ", ")));
   while (!g_stop.load() && !(*server)->finished()) {
+    service.Tick();
     size_t events = (*server)->Step();
     Status s = events == 0 ? ring.Wait(std::chrono::milliseconds(200)) : ring.Submit();
     if (!s.ok()) {
@@ -261,8 +266,12 @@ int RunServe(const ServeArgs& args) {
       process.writer = std::move(writer);
       Status w = WriteProcessInfo(meta_dir, process);
       if (!w.ok()) spdlog::warn("{}", w.message());
+      service.Status(fmt::format("serving {}; {}", args.target,
+                                 process.writer.empty() ? "no primary"
+                                                        : "primary " + process.writer));
     }
   }
+  service.Stopping(g_stop.load() ? "signal received" : "session done (--once)");
   RemoveProcessInfo(meta_dir);
   spdlog::info("{}; shutting down", g_stop.load() ? "signal received" : "session done (--once)");
   (*server)->Shutdown();

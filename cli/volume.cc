@@ -19,6 +19,7 @@
 
 #include "cli/commands.h"
 #include "cli/meta.h"
+#include "cli/service.h"
 #include "cli/setup.h"
 #include "common/clock.h"
 #include "common/units.h"
@@ -34,6 +35,12 @@ std::atomic<bool> g_stop{false};
 void OnSignal(int) { g_stop.store(true); }
 
 constexpr uint64_t kStatusIntervalNs = 1'000'000'000;
+
+// The volume in one line, for systemd's STATUS=: "vol0: 1 of 2 replica(s) in session, 3 client(s)".
+std::string ServiceLine(const engine::VolumeStatus& s, const std::string& name) {
+  return fmt::format("{}: {} of {} replica(s) in session, {} client(s)", name, s.live_peers,
+                     s.peers.size(), s.clients);
+}
 
 nlohmann::json StatusJson(const engine::VolumeStatus& s, const std::string& name,
                           const std::string& disk, const std::vector<std::string>& exports) {
@@ -300,19 +307,26 @@ int RunVolume(const VolumeArgs& args) {
   std::fflush(stdout);
 
   io::Ring& ring = *loop->ring;
+  ServiceNotifier service;
+  service.Ready(ServiceLine((*volume)->status(), name));
   uint64_t last_status = 0;
   while (!g_stop.load()) {
+    service.Tick();
     size_t events = (*volume)->Step();
     Status s = events == 0 ? ring.Wait(std::chrono::milliseconds(50)) : ring.Submit();
     if (!s.ok()) return fail(s);
     uint64_t now = NowNs();
-    if (run_dir.ok() && now - last_status >= kStatusIntervalNs) {
+    if (now - last_status >= kStatusIntervalNs) {
       last_status = now;
-      Status w = WriteFileAtomically(status_path,
-                                     StatusJson((*volume)->status(), name, args.disk, exports).dump());
-      if (!w.ok()) spdlog::warn("volume: {}", w.message());
+      const engine::VolumeStatus status = (*volume)->status();
+      service.Status(ServiceLine(status, name));
+      if (run_dir.ok()) {
+        Status w = WriteFileAtomically(status_path, StatusJson(status, name, args.disk, exports).dump());
+        if (!w.ok()) spdlog::warn("volume: {}", w.message());
+      }
     }
   }
+  service.Stopping("signal received; finishing the requests in flight");
   spdlog::info("volume: signal received; finishing the requests in flight");
   (*volume)->Shutdown();
   unlink(status_path.c_str());
