@@ -39,6 +39,7 @@ struct ServeArgs {
   std::string handshake_timeout = "30s";  // from connect to the end of the handshake
   std::string max_peer_timeout = "60s";   // the longest a primary may stay silent
   uint32_t max_connections = 256;         // open at once; more are refused at accept
+  std::string metrics;                    // HOST:PORT of the Prometheus endpoint ("" = none)
   std::string test_fault;
   std::string test_disk_fault;
 };
@@ -89,6 +90,7 @@ struct VolumeArgs {
   std::string meta_dir;
   std::string run_dir = "/run/blkmirror";
   std::string bind;
+  std::string metrics;  // HOST:PORT of the Prometheus endpoint ("" = none)
 };
 
 struct VerifyArgs {

@@ -89,6 +89,17 @@ class Reader {
   std::string Duration(const toml::node& v, const std::string& where) {
     return Quantity(v, where, [](const std::string& text) { return ParseDuration(text).status(); });
   }
+  // HOST:PORT (port 0 allowed).
+  std::string Endpoint(const toml::node& v, const std::string& where) {
+    auto s = String(v, where);
+    if (!s) return "";
+    if (auto ep = transport::Endpoint::Parse(*s); !ep.ok()) {
+      Problem(Line(v), where, ep.status().message());
+      return "";
+    }
+    return *s;
+  }
+  // A node's address: HOST:PORT with a port.
   std::string Address(const toml::node& v, const std::string& where) {
     auto s = String(v, where);
     if (!s) return "";
@@ -170,6 +181,8 @@ class Reader {
         if (auto s = String(v, where)) n.bind = *s;
       } else if (key == "meta-dir") {
         n.meta_dir = Path(v, where);
+      } else if (key == "metrics") {
+        n.metrics = Endpoint(v, where);
       } else if (key == "dpdk-port") {
         if (auto s = String(v, where)) n.dpdk_port = *s;
       } else if (key == "dpdk-ip") {
@@ -186,8 +199,8 @@ class Reader {
           n.dpdk_mtu = static_cast<uint32_t>(*m);
         }
       } else {
-        Unknown(k, where, {"role", "disk", "address", "export", "bind", "meta-dir", "dpdk-port",
-                           "dpdk-ip", "dpdk-mtu"});
+        Unknown(k, where, {"role", "disk", "address", "export", "bind", "meta-dir", "metrics",
+                           "dpdk-port", "dpdk-ip", "dpdk-mtu"});
       }
     }
     if (n.disk.empty() && !t.contains("disk")) {

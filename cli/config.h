@@ -11,6 +11,7 @@
 //   disk = "/dev/nvme1n1"       # this node's copy: the volume's disk, or the replica's target
 //   address = "10.0.0.1:7100"   # where this node serves as a replica (HOST:PORT)
 //   export = ["unix:/run/blkmirror/vol0.nbd"]   # a primary's NBD exports
+//   metrics = "0.0.0.0:9400"    # Prometheus endpoint of serve or volume on this node
 //
 // A command given --resource NAME takes its settings from this node's table (disk, address,
 // export, bind, meta-dir, dpdk-*) and from [resource]; its peers are every other node's address.
@@ -42,6 +43,7 @@ struct NodeConfig {
   std::vector<std::string> exports;
   std::string bind;
   std::string meta_dir;
+  std::string metrics;  // HOST:PORT of this node's Prometheus endpoint
   std::string dpdk_port;
   std::string dpdk_ip;
   uint32_t dpdk_mtu = 0;

@@ -113,6 +113,8 @@ int main(int argc, char** argv) {
   s->add_option("--max-connections", serve.max_connections,
                 "connections open at once; more are refused (default 256)")
       ->check(CLI::Range(1u, 65536u));
+  s->add_option("--metrics", serve.metrics,
+                 "serve Prometheus metrics on HOST:PORT (GET /metrics; port 0 picks one)");
   s->add_option("--test-fault", serve.test_fault, "TEST ONLY: inject faults")->group("");
   s->add_option("--test-disk-fault", serve.test_disk_fault, "TEST ONLY: disk faults")->group("");
 
@@ -217,6 +219,8 @@ int main(int argc, char** argv) {
   vol->add_option("--run-dir", volume.run_dir,
                   "where the status file goes (default /run/blkmirror)");
   vol->add_option("--bind", volume.bind, "local address to connect from");
+  vol->add_option("--metrics", volume.metrics,
+                  "serve Prometheus metrics on HOST:PORT (GET /metrics; port 0 picks one)");
 
   std::string key_path;
   auto* k = app.add_subcommand("keygen", "write a new random key for --key-file (mode 0600)");

@@ -86,6 +86,7 @@ bool ApplyResource(const ResourceArgs& r, const FlagGiven& given, ServeArgs& arg
   FillTransport(given, c, n, args.transport, args.dpdk);
   Fill(given, "--key-file", args.key_file, c.key_file);
   Fill(given, "--meta-dir", args.meta_dir, n.meta_dir);
+  Fill(given, "--metrics", args.metrics, n.metrics);
   return true;
 }
 
@@ -108,6 +109,7 @@ bool ApplyResource(const ResourceArgs& r, const FlagGiven& given, VolumeArgs& ar
   if (!n.exports.empty()) Fill(given, "--export", args.exports, n.exports);
   Fill(given, "--name", args.name, c.name);
   Fill(given, "--resync-rate", args.resync_rate, c.resync_rate);
+  Fill(given, "--metrics", args.metrics, n.metrics);
   FillPrimary(given, c, n, args);
   return true;
 }

@@ -12,8 +12,10 @@
 
 #include "cli/commands.h"
 #include "cli/meta.h"
+#include "cli/metrics.h"
 #include "cli/service.h"
 #include "cli/setup.h"
+#include "common/clock.h"
 #include "common/units.h"
 #include "engine/replica.h"
 #include "io/testing/faulty_block_device.h"
@@ -252,10 +254,27 @@ int RunServe(const ServeArgs& args) {
   ProcessInfo process{getpid(), "serve", ""};
   Status recorded = WriteProcessInfo(meta_dir, process);
   if (!recorded.ok()) return fail(recorded);
+  std::unique_ptr<MetricsServer> metrics;
+  if (!args.metrics.empty()) {
+    auto started = MetricsServer::Start(args.metrics);
+    if (!started.ok()) {
+      RemoveProcessInfo(meta_dir);
+      return fail(started.status());
+    }
+    metrics = std::move(*started);
+    metrics->Publish(ReplicaMetrics((*server)->stats(), args.target, false));
+    std::printf("listening metrics %s\n", metrics->address().c_str());
+    std::fflush(stdout);
+  }
   ServiceNotifier service;
   service.Ready(fmt::format("serving {} ({}); no primary", args.target, fmt::join(bound_lines, ", ")));
+  uint64_t last_metrics = NowNs();
   while (!g_stop.load() && !(*server)->finished()) {
     service.Tick();
+    if (metrics && NowNs() - last_metrics >= kMetricsIntervalNs) {
+      last_metrics = NowNs();
+      metrics->Publish(ReplicaMetrics((*server)->stats(), args.target, !process.writer.empty()));
+    }
     size_t events = (*server)->Step();
     Status s = events == 0 ? ring.Wait(std::chrono::milliseconds(200)) : ring.Submit();
     if (!s.ok()) {

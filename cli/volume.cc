@@ -19,6 +19,7 @@
 
 #include "cli/commands.h"
 #include "cli/meta.h"
+#include "cli/metrics.h"
 #include "cli/service.h"
 #include "cli/setup.h"
 #include "common/clock.h"
@@ -306,6 +307,15 @@ int RunVolume(const VolumeArgs& args) {
   for (const auto& where : exports) std::printf("listening nbd %s\n", where.c_str());
   std::fflush(stdout);
 
+  std::unique_ptr<MetricsServer> metrics;
+  if (!args.metrics.empty()) {
+    auto started = MetricsServer::Start(args.metrics);
+    if (!started.ok()) return fail(started.status());
+    metrics = std::move(*started);
+    metrics->Publish(VolumeMetrics((*volume)->status(), name));
+    std::printf("listening metrics %s\n", metrics->address().c_str());
+    std::fflush(stdout);
+  }
   io::Ring& ring = *loop->ring;
   ServiceNotifier service;
   service.Ready(ServiceLine((*volume)->status(), name));
@@ -320,6 +330,7 @@ int RunVolume(const VolumeArgs& args) {
       last_status = now;
       const engine::VolumeStatus status = (*volume)->status();
       service.Status(ServiceLine(status, name));
+      if (metrics) metrics->Publish(VolumeMetrics(status, name));
       if (run_dir.ok()) {
         Status w = WriteFileAtomically(status_path, StatusJson(status, name, args.disk, exports).dump());
         if (!w.ok()) spdlog::warn("volume: {}", w.message());

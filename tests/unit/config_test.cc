@@ -29,6 +29,7 @@ disk = "/dev/a"
 address = "10.0.0.1:7100"
 export = ["unix:/run/blkmirror/vol0.nbd", "127.0.0.1:10809"]
 bind = "10.0.0.1"
+metrics = "10.0.0.1:0"
 
 [node.beta]
 role = "replica"
@@ -83,6 +84,7 @@ TEST(ConfigTest, GoodFileIsReadWhole) {
   EXPECT_EQ(a->exports, (std::vector<std::string>{"unix:/run/blkmirror/vol0.nbd",
                                                   "127.0.0.1:10809"}));
   EXPECT_EQ(a->bind, "10.0.0.1");
+  EXPECT_EQ(a->metrics, "10.0.0.1:0");
   EXPECT_EQ(b->dpdk_port, "af_xdp:eth1");
   EXPECT_EQ(b->dpdk_ip, "10.1.0.2");
   EXPECT_EQ(b->dpdk_mtu, 9000u);
@@ -202,13 +204,17 @@ INSTANTIATE_TEST_SUITE_P(
                P + ":4: node.gamma.export: 'unix:' needs a socket path\n" + P +
                    ":4: node.gamma.export: 'nbd://x': expected unix:PATH or HOST:PORT (bad "
                    "address 'nbd://x': port '//x' is not a number in 0..65535)\n"},
+        Broken{"bad metrics address",
+               std::string("[node.gamma]\ndisk = \"/c\"\naddress = \"10.0.0.3:7100\"\nmetrics = \"x\"\n") +
+                   kNodes,
+               P + ":4: node.gamma.metrics: bad address 'x': expected HOST:PORT\n"},
         Broken{"empty path", std::string("[node.gamma]\ndisk = \"\"\naddress = \"10.0.0.3:7100\"\n") + kNodes,
                P + ":2: node.gamma.disk: an empty path\n"},
         Broken{"unknown node key",
                std::string("[node.gamma]\ndisk = \"/c\"\naddress = \"10.0.0.3:7100\"\nlisten = 1\n") +
                    kNodes,
                P + ":4: node.gamma.listen: unknown key (known here: role, disk, address, export, "
-                   "bind, meta-dir, dpdk-port, dpdk-ip, dpdk-mtu)\n"},
+                   "bind, meta-dir, metrics, dpdk-port, dpdk-ip, dpdk-mtu)\n"},
         Broken{"several mistakes at once",
                std::string("[resource]\nwindow = -1\nack = 3\nfoo = 1\n") + kNodes,
                P + ":2: resource.window: -1 is out of range (1 to 65536)\n" + P +
