@@ -6,6 +6,7 @@
 
 #include "cli/commands.h"
 #include "cli/config.h"
+#include "cli/logging.h"
 #include "cli/resource.h"
 #include "cli/values.h"
 #include "cli/version.h"
@@ -58,19 +59,12 @@ blkmirror::cli::FlagGiven GivenIn(CLI::App* sub) {
 bool Need(std::string_view command, std::initializer_list<std::pair<std::string_view, bool>> flags) {
   for (const auto& [flag, has] : flags) {
     if (!has) {
-      fmt::print(stderr, "blkmirror {}: error: {} is required (or --resource NAME, whose file "
-                 "gives it)\n", command, flag);
+      blkmirror::cli::PrintErrorLine(command, fmt::format("{} is required (or --resource NAME, whose file "
+                                          "gives it)", flag));
       return false;
     }
   }
   return true;
-}
-
-void SetupLogging(const std::string& level) {
-  auto logger = spdlog::stderr_logger_st("blkmirror");
-  logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
-  spdlog::set_default_logger(logger);
-  spdlog::set_level(spdlog::level::from_str(level));
 }
 
 }  // namespace
@@ -83,6 +77,11 @@ int main(int argc, char** argv) {
   std::string log_level = "info";
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
+  std::string log_format = "text";
+  app.add_option("--log-format", log_format,
+                 "text (default) or json: one object per line (time, level, msg, command, "
+                 "resource, peer)")
+      ->check(CLI::IsMember({"text", "json"}));
   std::string config_dir(kDefaultConfigDir);
   app.add_option("--config-dir", config_dir,
                  "where the resource files (NAME.toml) are (default /etc/blkmirror)");
@@ -249,7 +248,7 @@ int main(int argc, char** argv) {
                                 "with its file, line and key; exit 2 when there is one");
   cc->add_option("NAME", check_name, "one resource (default: every file in --config-dir)");
 
-  // --log-level and --config-dir may come before or after the command.
+  // --log-level, --log-format and --config-dir may come before or after the command.
   for (auto* sub : {s, p, v, st, k, vol, pr, de, cc}) sub->fallthrough();
   try {
     app.parse(argc, argv);
@@ -257,7 +256,15 @@ int main(int argc, char** argv) {
     int rc = app.exit(e);
     return rc == 0 ? 0 : kExitUsage;
   }
-  SetupLogging(log_level);
+  // The command that runs, and the resource it was given, for the JSON log's fields.
+  std::string command, resource;
+  for (auto* sub : app.get_subcommands()) command = sub->get_name();
+  for (const ResourceArgs* r :
+       {&serve_res, &push_res, &verify_res, &status_res, &volume_res, &promote_res, &demote_res}) {
+    if (!r->name.empty()) resource = r->name;
+  }
+  SetupLogging(log_level, log_format == "json" ? LogFormat::kJson : LogFormat::kText, command,
+               resource);
   // A resource fills what the flags leave unset.
   auto apply = [&](CLI::App* sub, ResourceArgs& res, auto& args) {
     if (res.name.empty()) return true;

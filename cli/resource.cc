@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "cli/config.h"
+#include "cli/logging.h"
 
 namespace blkmirror::cli {
 namespace {
@@ -16,13 +17,13 @@ struct Loaded {
 bool Load(std::string_view command, const ResourceArgs& r, Loaded& out, bool need_node = true) {
   out.parsed = LoadResource(r.config_dir, r.name, CheckFiles::kYes);
   for (const ConfigProblem& p : out.parsed.problems) {
-    fmt::print(stderr, "blkmirror {}: error: {}\n", command, p.ToString());
+    PrintErrorLine(command, p.ToString());
   }
   if (!out.parsed.problems.empty()) return false;
   if (!need_node) return true;
   auto self = ThisNode(out.parsed.config, r.node);
   if (!self.ok()) {
-    fmt::print(stderr, "blkmirror {}: error: {}\n", command, self.status().message());
+    PrintErrorLine(command, self.status().message());
     return false;
   }
   out.self = *self;
@@ -123,10 +124,9 @@ bool ApplyResource(const ResourceArgs& r, const FlagGiven& given, VerifyArgs& ar
   if (!given("--peer")) {
     auto peers = PeerAddresses(c, n);
     if (peers.size() != 1) {
-      fmt::print(stderr,
-                 "blkmirror verify: error: resource {} gives node {} {} peers: name the one to "
-                 "compare with, --peer HOST:PORT\n",
-                 c.name, n.name, peers.size());
+      PrintErrorLine("verify", fmt::format("resource {} gives node {} {} peers: name the one "
+                                           "to compare with, --peer HOST:PORT",
+                                           c.name, n.name, peers.size()));
       return false;
     }
     args.peer = peers[0];

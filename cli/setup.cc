@@ -1,5 +1,7 @@
 #include "cli/setup.h"
 
+#include "cli/logging.h"
+
 #include <sodium.h>
 #include <sys/prctl.h>
 
@@ -124,7 +126,7 @@ Status EnterBlockIoPath() {
 }
 
 void PrintError(std::string_view command, const Status& status) {
-  fmt::print(stderr, "blkmirror {}: error: {}\n", command, status.message());
+  PrintErrorLine(command, status.message());
 }
 
 }  // namespace blkmirror::cli

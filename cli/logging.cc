@@ -1,0 +1,126 @@
+#include "cli/logging.h"
+
+#include <time.h>
+
+#include <cctype>
+#include <chrono>
+#include <memory>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/pattern_formatter.h>
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
+
+namespace blkmirror::cli {
+namespace {
+
+LogFormat g_format = LogFormat::kText;
+std::string g_command;
+std::string g_resource;
+
+std::string Rfc3339(std::chrono::system_clock::time_point t) {
+  const auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+  const time_t secs = static_cast<time_t>(ms / 1000);
+  tm utc{};
+  gmtime_r(&secs, &utc);
+  return fmt::format("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z", utc.tm_year + 1900,
+                     utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec, ms % 1000);
+}
+
+std::string Line(std::chrono::system_clock::time_point t, std::string_view level,
+                 std::string_view message) {
+  nlohmann::ordered_json j = {{"time", Rfc3339(t)},
+                      {"level", std::string(level)},
+                      {"msg", std::string(message)},
+                      {"command", g_command}};
+  if (!g_resource.empty()) j["resource"] = g_resource;
+  if (std::string peer = PeerOfMessage(message); !peer.empty()) j["peer"] = peer;
+  // Invalid UTF-8 (a path's bytes) is replaced, not thrown on: a log line is never lost.
+  return j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
+}
+
+class JsonFormatter final : public spdlog::formatter {
+ public:
+  void format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& dest) override {
+    const auto level = spdlog::level::to_string_view(msg.level);
+    std::string line = Line(msg.time, std::string_view(level.data(), level.size()),
+                            std::string_view(msg.payload.data(), msg.payload.size()));
+    line += '\n';
+    dest.append(line.data(), line.data() + line.size());
+  }
+  std::unique_ptr<spdlog::formatter> clone() const override {
+    return std::make_unique<JsonFormatter>();
+  }
+};
+
+// HOST:PORT at `text`'s start (a dotted name or address, or a bracketed IPv6 address), followed
+// by ':' or ' ' or the end; its length, or 0.
+size_t EndpointLength(std::string_view text) {
+  size_t i = 0;
+  if (!text.empty() && text[0] == '[') {
+    i = text.find(']');
+    if (i == std::string_view::npos) return 0;
+    ++i;
+  } else {
+    while (i < text.size() &&
+           (std::isalnum(static_cast<unsigned char>(text[i])) || text[i] == '.' || text[i] == '-')) {
+      ++i;
+    }
+    if (i == 0) return 0;
+  }
+  if (i >= text.size() || text[i] != ':') return 0;
+  size_t digits = i + 1;
+  while (digits < text.size() && std::isdigit(static_cast<unsigned char>(text[digits]))) ++digits;
+  if (digits == i + 1 || digits - i - 1 > 5) return 0;
+  if (digits < text.size() && text[digits] != ':' && text[digits] != ' ') return 0;
+  return digits;
+}
+
+}  // namespace
+
+std::string PeerOfMessage(std::string_view message) {
+  for (int skip = 0; skip < 2; ++skip) {
+    if (size_t n = EndpointLength(message); n > 0) return std::string(message.substr(0, n));
+    // An optional leading "word: " (the subsystem: "volume: ", "dpdk: ").
+    const size_t colon = message.find(": ");
+    if (colon == std::string_view::npos || colon == 0) return "";
+    for (size_t i = 0; i < colon; ++i) {
+      if (!std::isalpha(static_cast<unsigned char>(message[i]))) return "";
+    }
+    message.remove_prefix(colon + 2);
+  }
+  return "";
+}
+
+void SetupLogging(const std::string& level, LogFormat format, std::string command,
+                  std::string resource) {
+  g_format = format;
+  g_command = std::move(command);
+  g_resource = std::move(resource);
+  auto logger = spdlog::stderr_logger_st("blkmirror");
+  if (format == LogFormat::kJson) {
+    logger->set_formatter(std::make_unique<JsonFormatter>());
+  } else {
+    logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+  }
+  spdlog::set_default_logger(logger);
+  spdlog::set_level(spdlog::level::from_str(level));
+}
+
+LogFormat CurrentLogFormat() { return g_format; }
+
+void PrintErrorLine(std::string_view command, std::string_view message) {
+  if (g_format == LogFormat::kJson) {
+    fmt::print(stderr, "{}\n", JsonLogLine("error", message));
+  } else {
+    fmt::print(stderr, "blkmirror {}: error: {}\n", command, message);
+  }
+}
+
+std::string JsonLogLine(std::string_view level, std::string_view message) {
+  return Line(std::chrono::system_clock::now(), level, message);
+}
+
+}  // namespace blkmirror::cli
