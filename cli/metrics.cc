@@ -29,6 +29,11 @@ std::string Escape(std::string_view v) {
   return out;
 }
 
+// The write latency histogram's buckets (upper bounds, seconds): 50 µs to 2.5 s.
+constexpr double kLatencyBoundsSeconds[] = {50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3,
+                                            10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1.0,
+                                            2.5};
+
 constexpr engine::VolumePeerState kPeerStates[] = {
     engine::VolumePeerState::kConnecting, engine::VolumePeerState::kInSync,
     engine::VolumePeerState::kResyncing, engine::VolumePeerState::kLost,
@@ -116,6 +121,23 @@ std::string VolumeMetrics(const engine::VolumeStatus& s, const std::string& volu
       static_cast<double>(s.bytes_written));
   one("blkmirror_volume_read_bytes_total", "counter", "Bytes clients read.",
       static_cast<double>(s.bytes_read));
+  one("blkmirror_volume_in_flight", "gauge",
+      "Writes at the replicas not yet acknowledged at the ack level.", s.in_flight);
+  {
+    constexpr std::string_view name = "blkmirror_volume_write_latency_seconds";
+    m.Family(name, "histogram",
+             "Client writes, from the request to the reply (the local write and the ack level on "
+             "the quorum).");
+    const std::string bucket = std::string(name) + "_bucket";
+    for (double le : kLatencyBoundsSeconds) {
+      m.Sample(bucket, {{"volume", volume}, {"le", fmt::format("{}", le)}},
+               static_cast<double>(s.write_latency.CountAtMost(static_cast<uint64_t>(le * 1e9))));
+    }
+    m.Sample(bucket, {{"volume", volume}, {"le", "+Inf"}},
+             static_cast<double>(s.write_latency.count()));
+    m.Sample(std::string(name) + "_sum", v, static_cast<double>(s.write_latency.sum()) / 1e9);
+    m.Sample(std::string(name) + "_count", v, static_cast<double>(s.write_latency.count()));
+  }
 
   auto per_peer = [&](std::string_view name, std::string_view type, std::string_view help,
                       auto value) {
@@ -157,6 +179,13 @@ std::string VolumeMetrics(const engine::VolumeStatus& s, const std::string& volu
            [](const P& p) { return p.resync_bytes_per_second; });
   per_peer("blkmirror_peer_reconnects_total", "counter", "Reconnects after a loss.",
            [](const P& p) { return p.reconnects; });
+  per_peer("blkmirror_peer_sent_bytes_total", "counter", "Bytes of blocks sent, resends included.",
+           [](const P& p) { return p.bytes_sent; });
+  per_peer("blkmirror_peer_retransmits_total", "counter", "Blocks sent again.",
+           [](const P& p) { return p.retransmits; });
+  per_peer("blkmirror_peer_crc_mismatches_total", "counter",
+           "Blocks the replica received with a bad CRC32C (never written; sent again).",
+           [](const P& p) { return p.crc_mismatches; });
   return m.Take();
 }
 

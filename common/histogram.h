@@ -15,8 +15,17 @@ class LatencyHistogram {
   void Record(uint64_t ns) {
     ++counts_[Bucket(ns)];
     ++total_;
+    sum_ += ns;
   }
   uint64_t count() const { return total_; }
+  uint64_t sum() const { return sum_; }  // of every value recorded
+  // Values recorded in the buckets whose upper edge is at most `ns` (a cumulative count, as a
+  // Prometheus histogram's `le` bucket; a value within 1.6% below `ns` may be left out).
+  uint64_t CountAtMost(uint64_t ns) const {
+    uint64_t n = 0;
+    for (size_t b = 0; b < counts_.size() && UpperEdge(b) <= ns; ++b) n += counts_[b];
+    return n;
+  }
   // The value at quantile q in [0, 1] (upper edge of its bucket), 0 when empty.
   uint64_t Quantile(double q) const {
     if (total_ == 0) return 0;
@@ -47,6 +56,7 @@ class LatencyHistogram {
   }
   std::array<uint64_t, kBuckets> counts_{};
   uint64_t total_ = 0;
+  uint64_t sum_ = 0;
 };
 
 }  // namespace blkmirror

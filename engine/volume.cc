@@ -237,7 +237,9 @@ class Volume::Impl {
     s.failed = counters_.failed;
     s.bytes_written = counters_.bytes_written;
     s.bytes_read = counters_.bytes_read;
+    s.write_latency = write_latency_;
     if (!rep_) return s;
+    s.in_flight = rep_->in_flight();
     auto stats = rep_->stats();
     const uint64_t now = NowNs();
     for (size_t i = 0; i < peers_.size(); ++i) {
@@ -265,6 +267,9 @@ class Volume::Impl {
       ps.reconnects = p.reconnects;
       ps.blocks_acked = stats[i].blocks_acked;
       ps.bytes_acked = stats[i].bytes_acked;
+      ps.bytes_sent = stats[i].bytes_sent;
+      ps.retransmits = stats[i].retransmits;
+      ps.crc_mismatches = stats[i].crc_mismatches;
       s.peers.push_back(std::move(ps));
     }
     return s;
@@ -278,6 +283,7 @@ class Volume::Impl {
     uint32_t gen = 0;
     Kind kind = Kind::kWrite;
     uint64_t frontend_id = 0;  // not for kResync
+    uint64_t admitted_ns = 0;  // when the client's request came in
     uint64_t offset = 0, length = 0;
     uint64_t first_block = 0, last_block = 0;
     bool fua = false, unmap = false;
@@ -336,6 +342,7 @@ class Volume::Impl {
     Op& op = ops_[oi];
     op = Op{true, op.gen + 1};
     op.frontend_id = r.id;
+    op.admitted_ns = NowNs();
     op.offset = r.offset;
     op.length = r.length;
     op.fua = r.fua;
@@ -670,6 +677,7 @@ class Volume::Impl {
       case Kind::kWrite:
         ++counters_.writes;
         counters_.bytes_written += op.length;
+        write_latency_.Record(NowNs() - op.admitted_ns);
         break;
       case Kind::kRead:
         ++counters_.reads;
@@ -1024,6 +1032,7 @@ class Volume::Impl {
     uint64_t writes = 0, reads = 0, flushes = 0, zeroes = 0, failed = 0;
     uint64_t bytes_written = 0, bytes_read = 0;
   } counters_;
+  LatencyHistogram write_latency_;
   LogLimiter no_quorum_log_{kLogBurst, kLogPeriodNs};
   LogLimiter rep_fail_log_{kLogBurst, kLogPeriodNs};
 };

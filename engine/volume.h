@@ -36,6 +36,7 @@
 #include <string>
 #include <vector>
 
+#include "common/histogram.h"
 #include "common/status.h"
 #include "engine/dirty_bitmap.h"
 #include "engine/generations.h"
@@ -110,6 +111,9 @@ struct VolumePeerStatus {
   uint64_t reconnects = 0;
   uint64_t blocks_acked = 0;
   uint64_t bytes_acked = 0;
+  uint64_t bytes_sent = 0;  // resends included
+  uint64_t retransmits = 0;
+  uint64_t crc_mismatches = 0;  // blocks it reported arriving with a bad CRC (sent again)
 };
 
 struct VolumeStatus {
@@ -123,6 +127,10 @@ struct VolumeStatus {
   size_t clients = 0;
   uint64_t writes = 0, reads = 0, flushes = 0, zeroes = 0, failed = 0;
   uint64_t bytes_written = 0, bytes_read = 0;
+  uint32_t in_flight = 0;  // writes at the replicas, not yet acknowledged at the ack level
+  // Client writes, from the request to the reply (the local write and the ack level on the
+  // quorum): what a client waits.
+  LatencyHistogram write_latency;
   std::vector<VolumePeerStatus> peers;
 };
 

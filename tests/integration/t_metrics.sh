@@ -82,6 +82,15 @@ sleep 1.2
 get "http://$M_v/metrics" > "$TEST_TMP/volume2.prom" || fail "cannot scrape the volume at $M_v"
 w=$(awk '/^blkmirror_volume_written_bytes_total/ { print $2 }' "$TEST_TMP/volume2.prom")
 [ "${w%.*}" -ge $((16 << 20)) ] || fail "blkmirror_volume_written_bytes_total is '$w' after 16 MiB of writes"
+# The write latency histogram counts every write, its +Inf bucket all of them.
+writes=$(awk '/^blkmirror_volume_writes_total/ { print $2 }' "$TEST_TMP/volume2.prom")
+[ "$writes" -gt 0 ] || fail "no writes counted"
+grep -qF "blkmirror_volume_write_latency_seconds_count{volume=\"v\"} $writes" "$TEST_TMP/volume2.prom" \
+  || fail "the write latency histogram does not count the $writes writes: $(grep write_latency "$TEST_TMP/volume2.prom")"
+grep -qF "blkmirror_volume_write_latency_seconds_bucket{volume=\"v\",le=\"+Inf\"} $writes" "$TEST_TMP/volume2.prom" \
+  || fail "the +Inf bucket is not every write"
+hq=$(query 'histogram_quantile(0.5,blkmirror_volume_write_latency_seconds_bucket)')
+echo "ok   $writes writes in the latency histogram; Prometheus's p50 estimate: ${hq:-none yet} s"
 kill -TERM "$PID_v"
 wait_exit "$PID_v" || fail "volume did not exit cleanly"
 same "$TEST_TMP/disk" "$TEST_TMP/rep"

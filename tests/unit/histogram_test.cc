@@ -31,6 +31,26 @@ TEST(Histogram, SingleValue) {
   }
 }
 
+TEST(Histogram, SumAndCumulativeCountsForPrometheus) {
+  LatencyHistogram h;
+  for (uint64_t v : {10u, 63u, 1000u, 100000u, 100000u, 5000000u}) h.Record(v);
+  EXPECT_EQ(h.sum(), 10u + 63u + 1000u + 200000u + 5000000u);
+  EXPECT_EQ(h.CountAtMost(9), 0u);
+  EXPECT_EQ(h.CountAtMost(10), 1u);
+  EXPECT_EQ(h.CountAtMost(63), 2u);
+  EXPECT_EQ(h.CountAtMost(1100), 3u);      // 1000's bucket ends within 1/64 above it
+  EXPECT_EQ(h.CountAtMost(99000), 3u);
+  EXPECT_EQ(h.CountAtMost(102000), 5u);
+  EXPECT_EQ(h.CountAtMost(UINT64_MAX), 6u);
+  // Monotonic in its bound, and never more than count().
+  uint64_t last = 0;
+  for (uint64_t ns = 1; ns < (uint64_t{1} << 40); ns *= 3) {
+    EXPECT_GE(h.CountAtMost(ns), last);
+    last = h.CountAtMost(ns);
+    EXPECT_LE(last, h.count());
+  }
+}
+
 TEST(Histogram, SmallValuesAreExact) {
   for (uint64_t v = 0; v < 64; ++v) {
     LatencyHistogram h;
