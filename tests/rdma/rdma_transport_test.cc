@@ -42,6 +42,7 @@ namespace {
 
 using namespace std::chrono_literals;
 using test_events::Count;
+using test_events::Describe;
 using test_events::Event;
 using test_events::Record;
 using Clock = std::chrono::steady_clock;
@@ -832,7 +833,9 @@ TEST_F(RdmaTransportTest, BusyPollsWithTrafficThenSleepsOnTheChannel) {
   std::array<Completion, 16> cs;
   (void)client_->Poll(cs);
   EXPECT_TRUE(rdma.TEST_Polling()) << "a Post is traffic: the transport polls for the answer";
-  ASSERT_TRUE(RunUntil([&] { return Count(events_, CompletionKind::kRecv) == 1; }));
+  ASSERT_TRUE(RunUntil([&] { return Count(events_, CompletionKind::kRecv) == 1; }))
+      << "no echo; the client saw: " << Describe(events_)
+      << "; the server saw: " << server_->Call([&] { return Describe(server_->events); });
   // Nothing more comes (no engine, no heartbeats): the budget runs out and the transport sleeps.
   ASSERT_TRUE(RunUntil([&] { return !rdma.TEST_Polling(); }));
 

@@ -40,4 +40,19 @@ inline size_t Count(const std::vector<Event>& events, CompletionKind kind) {
       std::count_if(events.begin(), events.end(), [&](const Event& e) { return e.kind == kind; }));
 }
 
+// "recv(conn 1) sent(conn 1, res 64) closed(conn 1: why)": what a failed wait saw.
+inline std::string Describe(const std::vector<Event>& events) {
+  static constexpr const char* kNames[] = {"sent", "recv", "accepted", "closed"};
+  std::string out;
+  for (const Event& e : events) {
+    if (!out.empty()) out += ' ';
+    out += kNames[static_cast<size_t>(e.kind)];
+    out += "(conn " + std::to_string(e.conn);
+    if (e.res < 0) out += ", res " + std::to_string(e.res);
+    if (!e.status.empty()) out += ": " + e.status;
+    out += ')';
+  }
+  return out.empty() ? "nothing" : out;
+}
+
 }  // namespace blkmirror::transport::test_events
