@@ -128,8 +128,7 @@ class Reader {
       if (key == "transport") {
         r.transport = Choice(v, where, kTransportChoices);
       } else if (key == "ack") {
-        static constexpr std::string_view kAcks[] = {"sent", "received", "durable"};
-        r.ack = Choice(v, where, kAcks);
+        r.ack = Choice(v, where, kAckChoices);
       } else if (key == "block-size") {
         r.block_size = Quantity(v, where, [&](const std::string& text) {
           return ParseBlockSize(text, "block-size").status();

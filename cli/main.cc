@@ -24,12 +24,17 @@ void AddProgressFlags(CLI::App* sub, int& progress) {
   on->excludes(off);
 }
 
+// A flag's check: one of `choices` (cli/values.h, which resource files take too).
+template <size_t N>
+CLI::IsMember Choices(const std::array<std::string_view, N>& choices) {
+  return CLI::IsMember(std::vector<std::string>(choices.begin(), choices.end()));
+}
+
 // --transport and the DPDK port flags, as every command that talks to peers takes them.
 void AddTransportFlags(CLI::App* sub, std::string& transport, blkmirror::cli::DpdkArgs& dpdk) {
   sub->add_option("--transport", transport,
                   "auto (rdma, else dpdk where --dpdk-port is given, else tcp), tcp, rdma or dpdk")
-      ->check(CLI::IsMember(std::vector<std::string>(blkmirror::cli::kTransportChoices.begin(),
-                                                     blkmirror::cli::kTransportChoices.end())));
+      ->check(Choices(blkmirror::cli::kTransportChoices));
   sub->add_option("--dpdk-port", dpdk.port,
                   "DPDK port: memif:SOCKET[,role=server|client], af_packet:IFACE, af_xdp:IFACE, "
                   "pci:ADDRESS or a DPDK vdev");
@@ -124,7 +129,7 @@ int main(int argc, char** argv) {
   ResourceArgs push_res;
   AddResourceFlags(p, push_res);
   p->add_option("--ack", push.ack, "sent, received or durable (default)")
-      ->check(CLI::IsMember({"sent", "received", "durable"}));
+      ->check(Choices(blkmirror::cli::kAckChoices));
   p->add_option("--block-size", push.block_size, "block size (default 1M)");
   p->add_option("--window", push.window, "blocks in flight per peer (default 32)");
   AddTransportFlags(p, push.transport, push.dpdk);
@@ -194,7 +199,7 @@ int main(int argc, char** argv) {
   AddResourceFlags(vol, volume_res);
   vol->add_option("--name", volume.name, "the export's name (default: the disk's file name)");
   vol->add_option("--ack", volume.ack, "sent, received or durable (default)")
-      ->check(CLI::IsMember({"sent", "received", "durable"}));
+      ->check(Choices(blkmirror::cli::kAckChoices));
   vol->add_option("--block-size", volume.block_size,
                   "replication block: bitmap and ordering granularity, largest frame (default "
                   "128K)");

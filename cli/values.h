@@ -15,6 +15,9 @@ namespace blkmirror::cli {
 inline constexpr std::array<std::string_view, 4> kTransportChoices = {"auto", "tcp", "rdma",
                                                                       "dpdk"};
 
+// --ack's values.
+inline constexpr std::array<std::string_view, 3> kAckChoices = {"sent", "received", "durable"};
+
 // --ack: sent, received or durable (the error names the text; the caller, the flag or key).
 Result<proto::AckLevel> ParseAck(std::string_view text);
 

@@ -170,4 +170,19 @@ void SendQueue::CancelQueued() {
   done_ = tail_;
 }
 
+size_t ReportSent(SendQueue& sq, ConnId conn, std::span<Completion> out) {
+  size_t n = 0;
+  while (n < out.size()) {
+    std::optional<SendResult> r = sq.PopDone();
+    if (!r) break;
+    if (!r->signal) continue;
+    Completion& c = out[n++].Reset();
+    c.kind = CompletionKind::kSent;
+    c.conn = conn;
+    c.tag = r->tag;
+    c.res = r->res;  // bytes, or -ECANCELED
+  }
+  return n;
+}
+
 }  // namespace blkmirror::transport

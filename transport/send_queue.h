@@ -162,4 +162,8 @@ class SendQueue {
   ControlRing::Cursor plan_ring_;
 };
 
+// Transport::Poll's report of finished sends: pops them in order and writes a kSent completion
+// of `conn` for each signaled one into `out`, until it is full; returns how many it wrote.
+size_t ReportSent(SendQueue& sq, ConnId conn, std::span<Completion> out);
+
 }  // namespace blkmirror::transport

@@ -137,6 +137,16 @@ wait_exit() {
   fail "process $pid did not exit"
 }
 
+# expect_fail RC TEXT ARGS...: `blkmirror ARGS` exits RC with TEXT on stderr (kept in
+# $TEST_TMP/err, stdout in $TEST_TMP/out).
+expect_fail() {
+  local want=$1 text=$2; shift 2
+  set +e; "$BLKMIRROR" "$@" > "$TEST_TMP/out" 2> "$TEST_TMP/err"; local rc=$?; set -e
+  [ "$rc" = "$want" ] || fail "blkmirror $*: exit $rc, expected $want ($(cat "$TEST_TMP/err"))"
+  grep -qF -- "$text" "$TEST_TMP/err" || fail "blkmirror $*: stderr lacks '$text': $(cat "$TEST_TMP/err")"
+  echo "ok   $* -> $rc: $(grep -F -- "$text" "$TEST_TMP/err" | head -n 1)"
+}
+
 expect_in() {  # expect_in FILE TEXT
   grep -qF -- "$2" "$1" || fail "expected '$2' in $1: $(tail -n 5 "$1")"
 }

@@ -86,16 +86,9 @@ same "$TEST_TMP/alpha.img" "$TEST_TMP/beta.img"
 kill "$PID_beta"; wait "$PID_beta" 2>/dev/null || true
 
 step "a node the file does not name, a resource that does not exist: exit 2, naming them"
-expect_rc() {  # expect_rc RC TEXT ARGS...
-  local want=$1 text=$2; shift 2
-  set +e; bm "$@" > "$TEST_TMP/out" 2> "$TEST_TMP/err"; local rc=$?; set -e
-  [ "$rc" = "$want" ] || fail "blkmirror $*: exit $rc, expected $want ($(cat "$TEST_TMP/err"))"
-  grep -qF -- "$text" "$TEST_TMP/err" || fail "blkmirror $*: stderr lacks '$text': $(cat "$TEST_TMP/err")"
-  echo "ok   $* -> $rc: $(grep -F -- "$text" "$TEST_TMP/err" | head -n 1)"
-}
-expect_rc 2 "has no [node.gamma] table (its nodes: alpha, beta)" serve --resource vol0 --node gamma
-expect_rc 2 "$CONF/nope.toml: no resource 'nope': the file does not exist" push --resource nope
-expect_rc 2 "--listen is required (or --resource NAME" serve --target "$TEST_TMP/x"
+expect_fail 2 "has no [node.gamma] table (its nodes: alpha, beta)" --config-dir "$CONF" serve --resource vol0 --node gamma
+expect_fail 2 "$CONF/nope.toml: no resource 'nope': the file does not exist" --config-dir "$CONF" push --resource nope
+expect_fail 2 "--listen is required (or --resource NAME" --config-dir "$CONF" serve --target "$TEST_TMP/x"
 
 step "check-config: every mistake, with file, line and key; exit 2"
 cat > "$CONF/vol1.toml" <<EOF
@@ -111,7 +104,7 @@ address = "127.0.0.1:$PA"
 role = "primary"
 EOF
 chmod 0644 "$CONF/vol0.key"
-expect_rc 2 "$CONF/vol1.toml:2: resource.windw: unknown key" check-config
+expect_fail 2 "$CONF/vol1.toml:2: resource.windw: unknown key" --config-dir "$CONF" check-config
 for want in "$CONF/vol1.toml:3: resource.ack: 'maybe': expected sent, received, durable" \
             "$CONF/vol1.toml:9: node.gamma.disk: missing" \
             "$CONF/vol1.toml:9: node.gamma.address: missing" \
@@ -121,6 +114,6 @@ for want in "$CONF/vol1.toml:3: resource.ack: 'maybe': expected sent, received, 
   grep -qF -- "$want" "$TEST_TMP/err" || fail "check-config lacks '$want': $(cat "$TEST_TMP/err")"
 done
 # A command on a broken resource refuses to start, naming the same mistakes.
-expect_rc 2 "$CONF/vol0.toml:5: resource.key-file:" serve --resource vol0 --node beta
+expect_fail 2 "$CONF/vol0.toml:5: resource.key-file:" --config-dir "$CONF" serve --resource vol0 --node beta
 echo '[node.a' > "$CONF/vol1.toml"
-expect_rc 2 "$CONF/vol1.toml:1: not TOML:" check-config vol1
+expect_fail 2 "$CONF/vol1.toml:1: not TOML:" --config-dir "$CONF" check-config vol1

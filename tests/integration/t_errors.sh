@@ -4,14 +4,6 @@
 source "$(dirname "$0")/lib.sh"
 random_file "$TEST_TMP/src" $((8 << 20))
 
-expect_fail() {  # expect_fail RC TEXT ARGS...: blkmirror ARGS exits RC with TEXT on stderr
-  local want=$1 text=$2; shift 2
-  set +e; "$BLKMIRROR" "$@" > "$TEST_TMP/out" 2> "$TEST_TMP/err"; local rc=$?; set -e
-  [ "$rc" = "$want" ] || fail "blkmirror $*: exit $rc, expected $want ($(cat "$TEST_TMP/err"))"
-  grep -qF -- "$text" "$TEST_TMP/err" || fail "blkmirror $*: stderr lacks '$text': $(cat "$TEST_TMP/err")"
-  echo "ok   $* -> $rc: $(grep -F -- "$text" "$TEST_TMP/err" | head -n 1)"
-}
-
 step "bad arguments"
 expect_fail 2 "--block-size 3000" push --source "$TEST_TMP/src" --peer 127.0.0.1:1 --block-size 3000
 expect_fail 2 "'12Q'" push --source "$TEST_TMP/src" --peer 127.0.0.1:1 --block-size 12Q

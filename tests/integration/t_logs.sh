@@ -18,12 +18,10 @@ all_json() {
 }
 
 step "an error the command ends with, as JSON"
-set +e; "$BLKMIRROR" --log-format json push --source "$TEST_TMP/missing" --peer 127.0.0.1:1 \
-  > /dev/null 2> "$TEST_TMP/err.json"; rc=$?; set -e
-[ "$rc" = 3 ] || fail "exit $rc, expected 3"
-all_json "$TEST_TMP/err.json"
+expect_fail 3 "missing: no such file" --log-format json push --source "$TEST_TMP/missing" --peer 127.0.0.1:1
+all_json "$TEST_TMP/err"
 jq -s -e 'any(.[]; .level == "error" and .command == "push" and (.msg | test("missing: no such file")))' \
-  "$TEST_TMP/err.json" > /dev/null || fail "no error line naming the source: $(cat "$TEST_TMP/err.json")"
+  "$TEST_TMP/err" > /dev/null || fail "no error line naming the source: $(cat "$TEST_TMP/err")"
 
 step "serve and push in JSON; the lines about one peer carry it"
 "$BLKMIRROR" serve --log-format json --listen 127.0.0.1:0 --target "$TEST_TMP/rep" --pool-size 64M \
@@ -49,13 +47,11 @@ step "the resource a command was given is on every line"
 mkdir -p "$TEST_TMP/etc"
 printf '[node.a]\ndisk = "%s"\naddress = "127.0.0.1:7"\n[node.b]\ndisk = "/b"\naddress = "127.0.0.1:8"\n' \
   "$TEST_TMP/rep" > "$TEST_TMP/etc/vol0.toml"
-set +e; "$BLKMIRROR" --config-dir "$TEST_TMP/etc" --log-format json serve --resource vol0 --node c \
-  > /dev/null 2> "$TEST_TMP/res.json"; rc=$?; set -e
-[ "$rc" = 2 ] || fail "serve --node c: exit $rc, expected 2"
-all_json "$TEST_TMP/res.json"
+expect_fail 2 "no [node.c] table" --config-dir "$TEST_TMP/etc" --log-format json serve --resource vol0 --node c
+all_json "$TEST_TMP/err"
 jq -s -e 'any(.[]; .resource == "vol0" and .level == "error" and (.msg | test("no \\[node.c\\] table")))' \
-  "$TEST_TMP/res.json" > /dev/null || fail "the error lacks its resource: $(cat "$TEST_TMP/res.json")"
+  "$TEST_TMP/err" > /dev/null || fail "the error lacks its resource: $(cat "$TEST_TMP/err")"
 
 step "text stays text"
-set +e; "$BLKMIRROR" push --source "$TEST_TMP/missing" --peer 127.0.0.1:1 > /dev/null 2> "$TEST_TMP/err.txt"; set -e
-expect_in "$TEST_TMP/err.txt" "blkmirror push: error: --source: $TEST_TMP/missing: no such file"
+expect_fail 3 "blkmirror push: error: --source: $TEST_TMP/missing: no such file" \
+  push --source "$TEST_TMP/missing" --peer 127.0.0.1:1

@@ -51,22 +51,6 @@ Status WcError(const Conn& c, const ibv_wc& wc, bool send) {
                                    static_cast<int>(wc.status), wc.vendor_err, hint, c.path));
 }
 
-// Reports the sends of `c` that are finished (the NIC's, or cancelled at close), in order: a
-// kSent completion for each signaled one. Returns how many completions it wrote.
-size_t DrainSent(Conn& c, std::span<Completion> out) {
-  size_t n = 0;
-  while (n < out.size()) {
-    std::optional<SendResult> s = c.sq.PopDone();
-    if (!s) break;
-    if (!s->signal) continue;
-    Completion& x = out[n++].Reset();
-    x.kind = CompletionKind::kSent;
-    x.conn = c.id;
-    x.tag = s->tag;
-    x.res = s->res;
-  }
-  return n;
-}
 
 }  // namespace
 
@@ -534,7 +518,7 @@ size_t RdmaTransport::Drain(Conn& c, std::span<Completion> out) {
   }
   size_t n = 0;
   // Sends the NIC has finished, in order.
-  n += DrainSent(c, out.subspan(n));
+  n += ReportSent(c.sq, c.id, out.subspan(n));
   // Frames received (dropped after a local Close: the caller is done with the connection).
   while (n < out.size() && c.ready_count > 0) {
     Ready& r = c.ready[c.ready_head];
@@ -560,7 +544,7 @@ size_t RdmaTransport::Drain(Conn& c, std::span<Completion> out) {
   if (!c.closing || !c.torn_down || c.ready_count > 0 || c.sq.has_done()) return n;
   // Closed and torn down: cancel what never completed (-ECANCELED), then report the close.
   c.sq.CancelQueued();
-  n += DrainSent(c, out.subspan(n));
+  n += ReportSent(c.sq, c.id, out.subspan(n));
   if (n < out.size() && c.sq.empty()) {
     Completion& x = out[n++].Reset();
     x.kind = CompletionKind::kClosed;

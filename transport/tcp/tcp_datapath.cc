@@ -281,17 +281,7 @@ void TcpTransport::OnCqe(io::RingOp* ring_op, int32_t res, uint32_t flags) {
 size_t TcpTransport::Drain(Conn& conn, std::span<Completion> out) {
   size_t n = 0;
   // Sends the kernel has taken, in order.
-  while (n < out.size()) {
-    auto sent = conn.sq.PopDone();
-    if (!sent) break;
-    if (sent->signal) {
-      Completion& c = out[n++].Reset();
-      c.kind = CompletionKind::kSent;
-      c.conn = conn.id;
-      c.tag = sent->tag;
-      c.res = sent->res;
-    }
-  }
+  n += ReportSent(conn.sq, conn.id, out);
   // Frames received (dropped after a local Close: the caller is done with the connection).
   while (n < out.size() && conn.ready_count > 0) {
     ReadyFrame& f = conn.ready[conn.ready_head];
@@ -319,17 +309,7 @@ size_t TcpTransport::Drain(Conn& conn, std::span<Completion> out) {
   }
   // Closing and idle: cancel what never left, then report the close.
   conn.sq.CancelQueued();
-  while (n < out.size()) {
-    auto cancelled = conn.sq.PopDone();
-    if (!cancelled) break;
-    if (cancelled->signal) {
-      Completion& c = out[n++].Reset();
-      c.kind = CompletionKind::kSent;
-      c.conn = conn.id;
-      c.tag = cancelled->tag;
-      c.res = cancelled->res;  // -ECANCELED
-    }
-  }
+  n += ReportSent(conn.sq, conn.id, out.subspan(n));
   if (n < out.size() && conn.sq.empty()) {
     Completion& c = out[n++].Reset();
     c.kind = CompletionKind::kClosed;
