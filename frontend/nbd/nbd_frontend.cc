@@ -799,7 +799,20 @@ class NbdFrontendImpl final : public NbdFrontend, public io::RingHandler {
   LogLimiter bad_requests_{kLogBurst, kLogPeriodNs};
 };
 
+// Whether a READ reply of `payload` bytes fits one SENDMSG: two iovecs (chunk header, data) per
+// segment, for up to two segments more than whole ones (an unaligned start and end).
+bool ReplyFits(uint64_t payload, uint32_t segment_size) {
+  const uint64_t segments = payload / segment_size + 2;
+  return 2 * segments + 2 <= kMaxIov;
+}
+
 }  // namespace
+
+uint32_t MaxPayloadFor(uint32_t segment_size, uint32_t limit) {
+  if (ReplyFits(limit, segment_size)) return limit;
+  const uint64_t segments = (kMaxIov - 2) / 2 - 2;
+  return static_cast<uint32_t>(segments * segment_size);
+}
 
 Result<std::unique_ptr<NbdFrontend>> NbdFrontend::Create(io::Ring& ring, io::BufferPool& pool,
                                                          NbdFrontendOptions options) {
@@ -809,9 +822,7 @@ Result<std::unique_ptr<NbdFrontend>> NbdFrontend::Create(io::Ring& ring, io::Buf
                            "{}-byte buffers",
                            options.segment_size, proto::kSectorSize, pool.buffer_size());
   }
-  // The largest READ reply, with a chunk header per segment, in one SENDMSG.
-  uint64_t max_segments = options.export_info.max_payload / options.segment_size + 2;
-  if (2 * max_segments + 2 > kMaxIov) {
+  if (!ReplyFits(options.export_info.max_payload, options.segment_size)) {
     return Status::Invalid("nbd: a {}-byte payload in {}-byte segments is too many segments for "
                            "one reply",
                            options.export_info.max_payload, options.segment_size);

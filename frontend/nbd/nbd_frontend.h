@@ -41,6 +41,10 @@ struct NbdFrontendOptions {
   uint32_t max_requests = 128;  // in progress per client
 };
 
+// The largest payload (export_info.max_payload) whose READ reply, a chunk header per segment of
+// `segment_size`, fits one SENDMSG: at most `limit`.
+uint32_t MaxPayloadFor(uint32_t segment_size, uint32_t limit);
+
 class NbdFrontend : public Frontend {
  public:
   // Listens at once; the error names the address that failed.
