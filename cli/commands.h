@@ -107,10 +107,16 @@ struct VerifyArgs {
   std::string bind;
 };
 
-int RunServe(const ServeArgs& args);
+class Runner;  // cli/run.h: a command of its own, or a resource of the daemon
+int RunServe(const ServeArgs& args, Runner& runner);
 int RunPush(const PushArgs& args);
-int RunVolume(const VolumeArgs& args);
+int RunVolume(const VolumeArgs& args, Runner& runner);
 struct StatusArgs {
+  std::string name;    // a resource of the running daemon (all of them: daemon = true, name "")
+  bool daemon = false;
+  std::string admin_socket;  // "": daemon.toml's, else kDefaultAdminSocket
+  std::string config_dir;
+  bool watch = false;  // print again every second, until interrupted
   std::string source;  // what a push's metadata says
   std::string volume;  // or what a running volume daemon says
   std::string disk;    // or a node's role and generations for its disk
@@ -119,6 +125,7 @@ struct StatusArgs {
   bool json = false;
 };
 int RunVolumeStatus(const StatusArgs& args);
+int RunDaemonStatus(const StatusArgs& args);
 int RunDiskStatus(const StatusArgs& args);
 
 // promote / demote: a node's role for a volume (cli/roles.h).

@@ -31,6 +31,7 @@ class Reader {
   Reader(const std::string& path, CheckFiles files, std::vector<ConfigProblem>& problems)
       : path_(path), files_(files), problems_(problems) {}
 
+  const std::string& path() const { return path_; }
   void Problem(int line, std::string key, std::string message) {
     problems_.push_back({path_, line, std::move(key), std::move(message)});
   }
@@ -289,6 +290,44 @@ void CheckNodes(const ResourceConfig& r, int file_line, Reader& reader) {
 
 int TableLine(const toml::table& t) { return static_cast<int>(t.source().begin.line); }
 
+// toml++ walks a table by key, not by line: the problems are told in the file's order.
+void SortByLine(std::vector<ConfigProblem>& problems) {
+  std::stable_sort(problems.begin(), problems.end(),
+                   [](const ConfigProblem& a, const ConfigProblem& b) { return a.line < b.line; });
+}
+
+// The file's TOML document, or nullopt after a problem. ASCII only: toml++ 3.3 (Debian 12's)
+// reaches __builtin_unreachable, undefined behaviour, on many non-ASCII characters where it looks
+// for whitespace (is_non_ascii_horizontal_whitespace: U+00A1 to U+0499 among others;
+// fuzz/config_fuzzer found it), so none reaches it.
+std::optional<toml::table> ParseToml(std::string_view text, Reader& reader) {
+  int line = 1, column = 1;
+  for (const char ch : text) {
+    const auto byte = static_cast<unsigned char>(ch);
+    if (byte >= 0x80) {
+      reader.Problem(line, "",
+                     fmt::format("a non-ASCII byte (0x{:02x}) at column {}: configuration files "
+                                 "are ASCII, comments and strings included",
+                                 byte, column));
+      return std::nullopt;
+    }
+    if (ch == '\n') {
+      ++line;
+      column = 1;
+    } else {
+      ++column;
+    }
+  }
+  try {
+    return toml::parse(text, reader.path());
+  } catch (const toml::parse_error& e) {
+    reader.Problem(static_cast<int>(e.source().begin.line), "",
+                   fmt::format("not TOML: {} (column {})", e.description(),
+                               e.source().begin.column));
+    return std::nullopt;
+  }
+}
+
 }  // namespace
 
 std::string ConfigProblem::ToString() const {
@@ -318,36 +357,9 @@ ParsedResource ParseResource(std::string_view text, const std::string& path,
   out.config.name = name;
   out.config.path = path;
   Reader reader(path, files, out.problems);
-  // ASCII only. toml++ 3.3 (Debian 12's) reaches __builtin_unreachable, undefined behaviour, on
-  // many non-ASCII characters where it looks for whitespace (is_non_ascii_horizontal_whitespace:
-  // U+00A1 to U+0499 among others; fuzz/config_fuzzer found it), so none reaches it.
-  int line = 1, column = 1;
-  for (const char ch : text) {
-    const auto byte = static_cast<unsigned char>(ch);
-    if (byte >= 0x80) {
-      reader.Problem(line, "",
-                     fmt::format("a non-ASCII byte (0x{:02x}) at column {}: resource files are "
-                                 "ASCII, comments and strings included",
-                                 byte, column));
-      return out;
-    }
-    if (ch == '\n') {
-      ++line;
-      column = 1;
-    } else {
-      ++column;
-    }
-  }
-  toml::table doc;
-  try {
-    doc = toml::parse(text, path);
-  } catch (const toml::parse_error& e) {
-    reader.Problem(static_cast<int>(e.source().begin.line), "",
-                   fmt::format("not TOML: {} (column {})", e.description(),
-                               e.source().begin.column));
-    return out;
-  }
-  for (auto&& [k, v] : doc) {
+  std::optional<toml::table> doc = ParseToml(text, reader);
+  if (!doc) return out;
+  for (auto&& [k, v] : *doc) {
     const std::string key(k.str());
     if (key == "resource") {
       if (const toml::table* t = v.as_table()) {
@@ -379,14 +391,61 @@ ParsedResource ParseResource(std::string_view text, const std::string& path,
     }
   }
   CheckNodes(out.config, 1, reader);
-  // toml++ walks a table by key, not by line: the problems are told in the file's order.
-  std::stable_sort(out.problems.begin(), out.problems.end(),
-                   [](const ConfigProblem& a, const ConfigProblem& b) { return a.line < b.line; });
+  SortByLine(out.problems);
   return out;
+}
+
+ParsedDaemonConfig ParseDaemonConfig(std::string_view text, const std::string& path) {
+  ParsedDaemonConfig out;
+  Reader reader(path, CheckFiles::kNo, out.problems);
+  std::optional<toml::table> doc = ParseToml(text, reader);
+  if (!doc) return out;
+  DaemonConfig& c = out.config;
+  for (auto&& [k, v] : *doc) {
+    const std::string key(k.str());
+    if (key == "node") {
+      if (auto s = reader.String(v, key)) {
+        if (s->empty()) reader.Problem(Reader::Line(v), key, "an empty node name");
+        c.node = *s;
+      }
+    } else if (key == "log-level") {
+      c.log_level = reader.Choice(v, key, kLogLevelChoices);
+    } else if (key == "admin-socket") {
+      c.admin_socket = reader.Path(v, key);
+    } else {
+      reader.Problem(Reader::Line(k), key, "unknown key (known: node, log-level, admin-socket)");
+    }
+  }
+  SortByLine(out.problems);
+  return out;
+}
+
+ParsedDaemonConfig LoadDaemonConfig(const std::string& dir) {
+  const std::string path = dir + "/" + std::string(kDaemonConfigName) + ".toml";
+  std::ifstream in(path);
+  if (!in) {
+    ParsedDaemonConfig out;
+    if (errno != ENOENT) {
+      out.problems.push_back({path, 0, "", fmt::format("cannot read it: {}", std::strerror(errno))});
+    }
+    return out;
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  return ParseDaemonConfig(text.str(), path);
 }
 
 ParsedResource LoadResource(const std::string& dir, const std::string& name, CheckFiles files) {
   const std::string path = dir + "/" + name + ".toml";
+  if (name == kDaemonConfigName) {
+    ParsedResource out;
+    out.config.name = name;
+    out.config.path = path;
+    out.problems.push_back({path, 0, "",
+                            "daemon.toml holds the daemon's settings, not a resource: name the "
+                            "resource otherwise"});
+    return out;
+  }
   std::ifstream in(path);
   if (!in) {
     ParsedResource out;
@@ -404,25 +463,37 @@ ParsedResource LoadResource(const std::string& dir, const std::string& name, Che
   return ParseResource(text.str(), path, name, files);
 }
 
+std::vector<std::string> ResourceNames(const std::string& dir,
+                                       std::vector<ConfigProblem>& problems) {
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    if (e.path().extension() == ".toml" && e.path().stem() != kDaemonConfigName) {
+      names.push_back(e.path().stem().string());
+    }
+  }
+  if (ec) {
+    problems.push_back({dir, 0, "", fmt::format("cannot list it: {}", ec.message())});
+    return {};
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
 std::vector<ConfigProblem> CheckConfigDir(const std::string& dir, const std::string& name) {
   std::vector<ConfigProblem> problems;
   std::vector<std::string> names;
   if (!name.empty()) {
     names.push_back(name);
   } else {
-    std::error_code ec;
-    for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
-      if (e.path().extension() == ".toml") names.push_back(e.path().stem().string());
-    }
-    if (ec) {
-      problems.push_back({dir, 0, "", fmt::format("cannot list it: {}", ec.message())});
-      return problems;
-    }
+    names = ResourceNames(dir, problems);
+    if (!problems.empty()) return problems;
     if (names.empty()) {
       problems.push_back({dir, 0, "", "no resource files (NAME.toml) in it"});
       return problems;
     }
-    std::sort(names.begin(), names.end());
+    ParsedDaemonConfig daemon = LoadDaemonConfig(dir);
+    problems.insert(problems.end(), daemon.problems.begin(), daemon.problems.end());
   }
   // Across resources: one address (a listening port) for one resource only.
   std::map<std::string, std::string> address_owner;

@@ -32,6 +32,9 @@
 namespace blkmirror::cli {
 
 inline constexpr std::string_view kDefaultConfigDir = "/etc/blkmirror";
+// CONFIG_DIR/daemon.toml holds `blkmirror daemon`'s own settings: it names no resource.
+inline constexpr std::string_view kDaemonConfigName = "daemon";
+inline constexpr std::string_view kDefaultAdminSocket = "/run/blkmirror/admin.sock";
 
 struct NodeConfig {
   std::string name;  // [node.NAME]
@@ -83,6 +86,23 @@ struct ParsedResource {
   std::vector<ConfigProblem> problems;  // empty: the file is good
 };
 
+// daemon.toml (optional; every key too):
+//   node = "alpha"                        # this node's table in the resources (default: host name)
+//   log-level = "info"                    # changed live by SIGHUP
+//   admin-socket = "/run/blkmirror/admin.sock"
+struct DaemonConfig {
+  std::string node;
+  std::string log_level;
+  std::string admin_socket;
+};
+struct ParsedDaemonConfig {
+  DaemonConfig config;
+  std::vector<ConfigProblem> problems;
+};
+ParsedDaemonConfig ParseDaemonConfig(std::string_view text, const std::string& path);
+// Reads DIR/daemon.toml; no file is no problem (every setting at its default).
+ParsedDaemonConfig LoadDaemonConfig(const std::string& dir);
+
 // What a check looks at beyond the text: the key file (readable, a key).
 enum class CheckFiles : bool { kNo, kYes };
 
@@ -92,8 +112,11 @@ ParsedResource ParseResource(std::string_view text, const std::string& path,
 // Reads DIR/NAME.toml; a missing or unreadable file is a problem of its own.
 ParsedResource LoadResource(const std::string& dir, const std::string& name, CheckFiles files);
 // Every resource in `dir` (only `name` when not empty), and across them: one node address used
-// by two resources. For `blkmirror check-config`.
+// by two resources; daemon.toml too when it exists. For `blkmirror check-config` and the daemon.
 std::vector<ConfigProblem> CheckConfigDir(const std::string& dir, const std::string& name);
+// The resources in `dir` (NAME.toml, daemon.toml aside), sorted; empty with a problem when the
+// directory cannot be listed.
+std::vector<std::string> ResourceNames(const std::string& dir, std::vector<ConfigProblem>& problems);
 
 // This node's table: `node` when given (--node), else the one named as this host.
 Result<const NodeConfig*> ThisNode(const ResourceConfig& config, const std::string& node);

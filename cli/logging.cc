@@ -18,6 +18,24 @@ namespace {
 LogFormat g_format = LogFormat::kText;
 std::string g_command;
 std::string g_resource;
+thread_local std::string t_resource;
+thread_local std::string t_last_error;
+
+const std::string& Resource() { return t_resource.empty() ? g_resource : t_resource; }
+
+// "%*" in the text pattern: "[NAME] " on a daemon resource's thread.
+class ResourceFlag final : public spdlog::custom_flag_formatter {
+ public:
+  void format(const spdlog::details::log_msg&, const std::tm&, spdlog::memory_buf_t& dest) override {
+    if (t_resource.empty()) return;
+    dest.push_back('[');
+    dest.append(t_resource.data(), t_resource.data() + t_resource.size());
+    dest.append(std::string_view("] "));
+  }
+  std::unique_ptr<custom_flag_formatter> clone() const override {
+    return std::make_unique<ResourceFlag>();
+  }
+};
 
 std::string Rfc3339(std::chrono::system_clock::time_point t) {
   const auto ms =
@@ -35,7 +53,7 @@ std::string Line(std::chrono::system_clock::time_point t, std::string_view level
                       {"level", std::string(level)},
                       {"msg", std::string(message)},
                       {"command", g_command}};
-  if (!g_resource.empty()) j["resource"] = g_resource;
+  if (!Resource().empty()) j["resource"] = Resource();
   if (std::string peer = PeerOfMessage(message); !peer.empty()) j["peer"] = peer;
   // Invalid UTF-8 (a path's bytes) is replaced, not thrown on: a log line is never lost.
   return j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
@@ -99,11 +117,13 @@ void SetupLogging(const std::string& level, LogFormat format, std::string comman
   g_format = format;
   g_command = std::move(command);
   g_resource = std::move(resource);
-  auto logger = spdlog::stderr_logger_st("blkmirror");
+  auto logger = spdlog::stderr_logger_mt("blkmirror");
   if (format == LogFormat::kJson) {
     logger->set_formatter(std::make_unique<JsonFormatter>());
   } else {
-    logger->set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+    auto formatter = std::make_unique<spdlog::pattern_formatter>();
+    formatter->add_flag<ResourceFlag>('*').set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %*%v");
+    logger->set_formatter(std::move(formatter));
   }
   spdlog::set_default_logger(logger);
   spdlog::set_level(spdlog::level::from_str(level));
@@ -112,12 +132,19 @@ void SetupLogging(const std::string& level, LogFormat format, std::string comman
 LogFormat CurrentLogFormat() { return g_format; }
 
 void PrintErrorLine(std::string_view command, std::string_view message) {
+  t_last_error = message;
   if (g_format == LogFormat::kJson) {
     fmt::print(stderr, "{}\n", JsonLogLine("error", message));
+  } else if (!t_resource.empty()) {
+    fmt::print(stderr, "blkmirror {}: [{}] error: {}\n", command, t_resource, message);
   } else {
     fmt::print(stderr, "blkmirror {}: error: {}\n", command, message);
   }
 }
+
+void SetThreadResource(std::string resource) { t_resource = std::move(resource); }
+
+const std::string& LastErrorLine() { return t_last_error; }
 
 std::string JsonLogLine(std::string_view level, std::string_view message) {
   return Line(std::chrono::system_clock::now(), level, message);

@@ -22,6 +22,13 @@ std::string JsonLogLine(std::string_view level, std::string_view message);
 // A command's final error, in the log's format: "blkmirror COMMAND: error: MESSAGE", or a JSON
 // line at level error. Printed whatever --log-level says.
 void PrintErrorLine(std::string_view command, std::string_view message);
+// In `blkmirror daemon`, each resource's thread names its resource: the JSON field, and a
+// "[NAME] " before the text of the lines it logs.
+void SetThreadResource(std::string resource);
+// The last line PrintErrorLine printed on this thread ("" if none): a resource's reason for
+// ending, for the daemon's status.
+const std::string& LastErrorLine();
+
 // The peer a message is about ("" when it names none): its leading HOST:PORT.
 std::string PeerOfMessage(std::string_view message);
 

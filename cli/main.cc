@@ -6,8 +6,10 @@
 
 #include "cli/commands.h"
 #include "cli/config.h"
+#include "cli/daemon.h"
 #include "cli/logging.h"
 #include "cli/resource.h"
+#include "cli/run.h"
 #include "cli/values.h"
 #include "cli/version.h"
 
@@ -81,7 +83,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", blkmirror::VersionText(), "print the version and exit");
   std::string log_level = "info";
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
-      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
+      ->check(Choices(kLogLevelChoices));
   std::string log_format = "text";
   app.add_option("--log-format", log_format,
                  "text (default) or json: one object per line (time, level, msg, command, "
@@ -173,13 +175,22 @@ int main(int argc, char** argv) {
   v->add_option("--bind", verify.bind, "local address to connect from");
 
   StatusArgs status;
-  auto* st = app.add_subcommand("status", "what the metadata says each replica is missing");
+  auto* st = app.add_subcommand(
+      "status", "the running daemon's resources (NAME: one), or what the files say: a push's "
+                "metadata (--source), a volume (--volume), a disk's role (--disk)");
+  auto* st_name = st->add_option("NAME", status.name,
+                                 "a resource of the running daemon (default: every one)");
+  st->add_flag("--watch", status.watch, "ask the daemon again every second until interrupted");
+  st->add_option("--admin-socket", status.admin_socket,
+                 "the daemon's admin socket (default: daemon.toml's, else "
+                 "/run/blkmirror/admin.sock)");
   auto* st_source = st->add_option("--source", status.source, "the source pushed from");
   auto* st_volume =
       st->add_option("--volume", status.volume, "a running volume daemon, by its name");
   auto* st_disk = st->add_option("--disk", status.disk,
                                  "a disk's role and data generations (a volume's node)");
   st_source->excludes(st_volume);
+  for (auto* o : {st_source, st_volume, st_disk}) st_name->excludes(o);
   st_disk->excludes(st_source);
   st_disk->excludes(st_volume);
   st->add_option("--meta-dir", status.meta_dir, "metadata directory (default: beside the source)");
@@ -247,6 +258,18 @@ int main(int argc, char** argv) {
   de->add_flag("--discard-my-data", demote.discard,
                "give up this node's changes: the primary copies the disk in full");
 
+  DaemonArgs daemon;
+  auto* dm = app.add_subcommand("daemon",
+                                "run every resource in --config-dir that gives this node a role "
+                                "(SIGHUP: reload the files; status: `blkmirror status`)");
+  auto* dm_log_level = app.get_option("--log-level");
+  dm->add_option("--node", daemon.node,
+                 "this node's table in the resource files (default: daemon.toml's, else this "
+                 "host's name)");
+  dm->add_option("--admin-socket", daemon.admin_socket,
+                 "where `blkmirror status` asks (default: daemon.toml's, else "
+                 "/run/blkmirror/admin.sock)");
+
   std::string check_name;
   auto* cc = app.add_subcommand("check-config",
                                 "check the resource files (every one, or NAME's): each mistake "
@@ -254,7 +277,7 @@ int main(int argc, char** argv) {
   cc->add_option("NAME", check_name, "one resource (default: every file in --config-dir)");
 
   // --log-level, --log-format and --config-dir may come before or after the command.
-  for (auto* sub : {s, p, v, st, k, vol, pr, de, cc}) sub->fallthrough();
+  for (auto* sub : {s, p, v, st, k, vol, pr, de, cc, dm}) sub->fallthrough();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -277,12 +300,18 @@ int main(int argc, char** argv) {
     return ApplyResource(res, GivenIn(sub), args);
   };
   if (*cc) return RunCheckConfig(config_dir, check_name);
+  if (*dm) {
+    daemon.config_dir = config_dir;
+    daemon.log_level_given = dm_log_level->count() > 0;
+    return RunDaemon(daemon);
+  }
   if (*s) {
     if (!apply(s, serve_res, serve) ||
         !Need("serve", {{"--listen", !serve.listen.empty()}, {"--target", !serve.target.empty()}})) {
       return kExitUsage;
     }
-    return RunServe(serve);
+    CommandRunner runner;
+    return RunServe(serve, runner);
   }
   if (*p) {
     if (!apply(p, push_res, push) ||
@@ -300,6 +329,15 @@ int main(int argc, char** argv) {
   }
   if (*k) return RunKeygen(key_path);
   if (*st) {
+    status.config_dir = config_dir;
+    status.daemon = status_res.name.empty() && status.source.empty() && status.volume.empty() &&
+                    status.disk.empty();
+    if (status.daemon) return RunDaemonStatus(status);
+    if (status.watch) {
+      PrintErrorLine("status", "--watch asks the running daemon: give no --source, --volume, "
+                               "--disk or --resource");
+      return kExitUsage;
+    }
     if (!apply(st, status_res, status)) return kExitUsage;
     if (!status.disk.empty()) return RunDiskStatus(status);
     return status.volume.empty() ? RunStatus(status) : RunVolumeStatus(status);
@@ -322,7 +360,8 @@ int main(int argc, char** argv) {
                          {"--export", !volume.exports.empty()}})) {
       return kExitUsage;
     }
-    return RunVolume(volume);
+    CommandRunner runner;
+    return RunVolume(volume, runner);
   }
   return kExitUsage;
 }

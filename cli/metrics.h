@@ -23,9 +23,6 @@ class Server;
 
 namespace blkmirror::cli {
 
-// How often serve renders its metrics (volume renders them with its status file, once a second).
-inline constexpr uint64_t kMetricsIntervalNs = 1'000'000'000;
-
 class MetricsServer {
  public:
   // Listens on `address` (HOST:PORT; port 0 picks one) and serves what Publish last gave.

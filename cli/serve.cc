@@ -1,11 +1,8 @@
 // `blkmirror serve`: accept primaries and apply their blocks to the target.
-#include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <optional>
-#include <cstdio>
 
 #include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
@@ -13,7 +10,7 @@
 #include "cli/commands.h"
 #include "cli/meta.h"
 #include "cli/metrics.h"
-#include "cli/service.h"
+#include "cli/run.h"
 #include "cli/setup.h"
 #include "common/clock.h"
 #include "common/units.h"
@@ -23,10 +20,6 @@
 
 namespace blkmirror::cli {
 namespace {
-
-std::atomic<bool> g_stop{false};
-
-void OnSignal(int) { g_stop.store(true); }
 
 bool IsLoopback(const std::string& host) {
   return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
@@ -100,9 +93,25 @@ uint32_t FitDescriptors(uint32_t connections) {
   return connections;
 }
 
+// What `blkmirror status NAME` shows of a replica target.
+nlohmann::json ServeStatusJson(const engine::ReplicaStats& st, const ServeArgs& args,
+                               const std::vector<std::string>& listening,
+                               const std::string& writer) {
+  return {{"role", "replica"},
+          {"target", args.target},
+          {"listening", listening},
+          {"primary", writer},
+          {"sessions", st.sessions},
+          {"auth_failures", st.auth_failures},
+          {"blocks_written", st.blocks_written},
+          {"bytes_written", st.bytes_written},
+          {"crc_mismatches", st.crc_mismatches},
+          {"protocol_errors", st.protocol_errors}};
+}
+
 }  // namespace
 
-int RunServe(const ServeArgs& args) {
+int RunServe(const ServeArgs& args, Runner& runner) {
   auto fail = [](const Status& s, int code = kExitFailed) {
     PrintError("serve", s);
     return code;
@@ -178,6 +187,7 @@ int RunServe(const ServeArgs& args) {
   // effort: a host without an RDMA device on that address still serves TCP, and says why.
   std::vector<transport::Transport*> serving;
   std::vector<std::string> bound_lines;
+  std::vector<std::string> listening;
   transport::Endpoint local = *listen;
   // A dpdk transport serves plain TCP peers on its port as well: no tcp listener beside it.
   const bool dpdk_serves_tcp =
@@ -196,6 +206,7 @@ int RunServe(const ServeArgs& args) {
     local.port = bound->port;
     serving.push_back(t);
     bound_lines.push_back(fmt::format("listening {} {}", t->name(), bound->ToString()));
+    listening.push_back(fmt::format("{} {}", t->name(), bound->ToString()));
     spdlog::info("serving {} on {} {}", args.target, t->name(), bound->ToString());
   }
   io::Ring& ring = *loop->ring;
@@ -238,17 +249,10 @@ int RunServe(const ServeArgs& args) {
   if (!server.ok()) return fail(server.status());
   for (auto* t : serving) (*server)->AddTransport(t);
 
-  struct sigaction sa {};
-  sa.sa_handler = OnSignal;
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
-  signal(SIGPIPE, SIG_IGN);
-
   spdlog::info("{} receive buffers for blocks up to {}", count,
                FormatBytes(static_cast<double>(*max_block)));
   // Scripts read the bound addresses (useful with port 0) from these lines.
-  for (const auto& line : bound_lines) std::printf("%s\n", line.c_str());
-  std::fflush(stdout);
+  for (const auto& line : bound_lines) runner.Announce(line);
 
   // Who uses this disk, for promote (one process per disk; the primary writing to it now).
   ProcessInfo process{getpid(), "serve", ""};
@@ -263,17 +267,19 @@ int RunServe(const ServeArgs& args) {
     }
     metrics = std::move(*started);
     metrics->Publish(ReplicaMetrics((*server)->stats(), args.target, false));
-    std::printf("listening metrics %s\n", metrics->address().c_str());
-    std::fflush(stdout);
+    runner.Announce("listening metrics " + metrics->address());
   }
-  ServiceNotifier service;
-  service.Ready(fmt::format("serving {} ({}); no primary", args.target, fmt::join(bound_lines, ", ")));
+  runner.Publish(ServeStatusJson((*server)->stats(), args, listening, ""));
+  runner.Ready(fmt::format("serving {} ({}); no primary", args.target, fmt::join(bound_lines, ", ")));
   uint64_t last_metrics = NowNs();
-  while (!g_stop.load() && !(*server)->finished()) {
-    service.Tick();
-    if (metrics && NowNs() - last_metrics >= kMetricsIntervalNs) {
+  while (!runner.stop_requested() && !(*server)->finished()) {
+    runner.Tick();
+    if (NowNs() - last_metrics >= kStatusIntervalNs) {
       last_metrics = NowNs();
-      metrics->Publish(ReplicaMetrics((*server)->stats(), args.target, !process.writer.empty()));
+      if (metrics) {
+        metrics->Publish(ReplicaMetrics((*server)->stats(), args.target, !process.writer.empty()));
+      }
+      runner.Publish(ServeStatusJson((*server)->stats(), args, listening, process.writer));
     }
     size_t events = (*server)->Step();
     Status s = events == 0 ? ring.Wait(std::chrono::milliseconds(200)) : ring.Submit();
@@ -285,14 +291,15 @@ int RunServe(const ServeArgs& args) {
       process.writer = std::move(writer);
       Status w = WriteProcessInfo(meta_dir, process);
       if (!w.ok()) spdlog::warn("{}", w.message());
-      service.Status(fmt::format("serving {}; {}", args.target,
+      runner.Status(fmt::format("serving {}; {}", args.target,
                                  process.writer.empty() ? "no primary"
                                                         : "primary " + process.writer));
     }
   }
-  service.Stopping(g_stop.load() ? "signal received" : "session done (--once)");
+  const std::string why = runner.stop_requested() ? runner.stop_reason() : "session done (--once)";
+  runner.Stopping(why);
   RemoveProcessInfo(meta_dir);
-  spdlog::info("{}; shutting down", g_stop.load() ? "signal received" : "session done (--once)");
+  spdlog::info("{}; shutting down", why);
   (*server)->Shutdown();
   const auto& st = (*server)->stats();
   spdlog::info("served {} sessions: {} blocks, {} written, {} CRC mismatches, {} protocol errors",

@@ -4,17 +4,113 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
+#include "cli/admin.h"
 #include "cli/commands.h"
+#include "cli/config.h"
+#include "cli/logging.h"
+#include "cli/run.h"
 #include "cli/meta.h"
 #include "cli/setup.h"
+#include "common/units.h"
 #include "engine/dirty_bitmap.h"
 #include "engine/session.h"
 #include "io/uring/uring_block_device.h"
 
 namespace blkmirror::cli {
+namespace {
+
+// The text of the daemon's answer (cli/daemon.cc's Answer).
+std::vector<std::string> DaemonStatusLines(const nlohmann::json& j) {
+  std::vector<std::string> lines;
+  const auto& d = j["daemon"];
+  const auto& resources = j["resources"];
+  lines.push_back(fmt::format("daemon pid {}, node {}, {}, up {} s: {} resource(s)",
+                              d["pid"].get<int>(),
+                              d["node"].get<std::string>().empty() ? "(host name)"
+                                                                   : d["node"].get<std::string>(),
+                              d["config_dir"].get<std::string>(),
+                              d["uptime_seconds"].get<uint64_t>(), resources.size()));
+  for (const auto& r : resources) {
+    std::string head = fmt::format("{}: {}, {}", r["name"].get<std::string>(),
+                                   r["role"].get<std::string>(), r["state"].get<std::string>());
+    if (r["starts"].get<uint64_t>() > 1) {
+      head += fmt::format(" (started {} times)", r["starts"].get<uint64_t>());
+    }
+    if (r.contains("error")) head += ": " + r["error"].get<std::string>();
+    lines.push_back(head);
+    if (r.contains("status")) {
+      const auto& st = r["status"];
+      if (st["role"] == "primary") {
+        for (const std::string& line : VolumeStatusLines(st)) lines.push_back("  " + line);
+      } else {
+        const std::string primary = st["primary"].get<std::string>();
+        lines.push_back(fmt::format(
+            "  replica target {}: {}; {}; {} session(s), {} written, {} CRC mismatch(es)",
+            st["target"].get<std::string>(),
+            fmt::join(st["listening"].get<std::vector<std::string>>(), ", "),
+            primary.empty() ? "no primary" : "primary " + primary,
+            st["sessions"].get<uint64_t>(), FormatBytes(st["bytes_written"].get<double>()),
+            st["crc_mismatches"].get<uint64_t>()));
+      }
+    }
+    if (r.contains("restart_needed")) {
+      lines.push_back(fmt::format("  changed in the files, needs a restart of the daemon: {}",
+                                  fmt::join(r["restart_needed"].get<std::vector<std::string>>(), ", ")));
+    }
+  }
+  return lines;
+}
+
+}  // namespace
+
+int RunDaemonStatus(const StatusArgs& args) {
+  auto fail = [](const Status& s, int code = kExitFailed) {
+    PrintError("status", s);
+    return code;
+  };
+  std::string path = args.admin_socket;
+  if (path.empty()) {
+    ParsedDaemonConfig settings = LoadDaemonConfig(args.config_dir);
+    path = settings.problems.empty() && !settings.config.admin_socket.empty()
+               ? settings.config.admin_socket
+               : std::string(kDefaultAdminSocket);
+  }
+  const std::string request = args.name.empty() ? "status" : "status " + args.name;
+  for (;;) {
+    auto answer = AdminQuery(path, request);
+    if (!answer.ok()) return fail(answer.status());
+    nlohmann::json j = nlohmann::json::parse(*answer, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) {
+      return fail(Status::Error(ErrorCode::kProtocol,
+                                fmt::format("the daemon at {} answered something not JSON", path)));
+    }
+    if (j.contains("error")) {
+      const std::string error = j["error"].is_string() ? j["error"].get<std::string>() : j["error"].dump();
+      return fail(Status::Error(ErrorCode::kRefused, fmt::format("the daemon at {}: {}", path, error)),
+                  error.rfind("no resource", 0) == 0 ? kExitUsage : kExitFailed);
+    }
+    if (args.json) {
+      std::printf("%s\n", j.dump().c_str());
+    } else {
+      try {
+        for (const std::string& line : DaemonStatusLines(j)) std::printf("%s\n", line.c_str());
+      } catch (const nlohmann::json::exception& e) {
+        return fail(Status::Error(ErrorCode::kProtocol,
+                                  fmt::format("the daemon at {} answered an unexpected status: {}",
+                                              path, e.what())));
+      }
+      if (args.watch) std::printf("\n");
+    }
+    std::fflush(stdout);
+    if (!args.watch) return kExitOk;
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+}
+
 
 int RunStatus(const StatusArgs& args) {
   auto fail = [](const Status& s, int code = kExitFailed) {

@@ -15,6 +15,10 @@ namespace blkmirror::cli {
 inline constexpr std::array<std::string_view, 4> kTransportChoices = {"auto", "tcp", "rdma",
                                                                       "dpdk"};
 
+// --log-level's values (and daemon.toml's log-level).
+inline constexpr std::array<std::string_view, 6> kLogLevelChoices = {"trace", "debug", "info",
+                                                                     "warn",  "error", "off"};
+
 // --ack's values.
 inline constexpr std::array<std::string_view, 3> kAckChoices = {"sent", "received", "durable"};
 

@@ -10,8 +10,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <atomic>
-#include <cstdio>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -20,7 +18,7 @@
 #include "cli/commands.h"
 #include "cli/meta.h"
 #include "cli/metrics.h"
-#include "cli/service.h"
+#include "cli/run.h"
 #include "cli/setup.h"
 #include "common/clock.h"
 #include "common/units.h"
@@ -31,11 +29,6 @@
 
 namespace blkmirror::cli {
 namespace {
-
-std::atomic<bool> g_stop{false};
-void OnSignal(int) { g_stop.store(true); }
-
-constexpr uint64_t kStatusIntervalNs = 1'000'000'000;
 
 // The volume in one line, for systemd's STATUS=: "vol0: 1 of 2 replica(s) in session, 3 client(s)".
 std::string ServiceLine(const engine::VolumeStatus& s, const std::string& name) {
@@ -67,7 +60,8 @@ nlohmann::json StatusJson(const engine::VolumeStatus& s, const std::string& name
     }
     peers.push_back(j);
   }
-  return {{"volume", name},
+  return {{"role", "primary"},
+          {"volume", name},
           {"disk", disk},
           {"exports", exports},
           {"pid", getpid()},
@@ -75,6 +69,8 @@ nlohmann::json StatusJson(const engine::VolumeStatus& s, const std::string& name
           {"block_size", s.block_size},
           {"ack", s.ack},
           {"quorum", s.quorum},
+          {"resync_rate", s.resync_rate},
+          {"in_flight", s.in_flight},
           {"live_peers", s.live_peers},
           {"clients", s.clients},
           {"writes", s.writes},
@@ -100,11 +96,38 @@ Status WriteFileAtomically(const std::string& path, const std::string& text) {
 
 }  // namespace
 
+std::vector<std::string> VolumeStatusLines(const nlohmann::json& j) {
+  std::vector<std::string> lines;
+  lines.push_back(fmt::format(
+      "volume {}: {}, {}, ack {}, quorum {}, {} replica(s) in session, {} client(s)",
+      j["volume"].get<std::string>(), j["disk"].get<std::string>(),
+      FormatBytes(j["size"].get<double>()), j["ack"].get<std::string>(),
+      j["quorum"].get<unsigned>(), j["live_peers"].get<unsigned>(), j["clients"].get<size_t>()));
+  for (const auto& p : j["peers"]) {
+    std::string line = fmt::format("  {} ({}): {}, {} dirty", p["peer"].get<std::string>(),
+                                   p["transport"].get<std::string>(),
+                                   p["state"].get<std::string>(),
+                                   FormatBytes(p["dirty_bytes"].get<double>()));
+    if (p["state"] == "resyncing") {
+      line += fmt::format(", resync {} of {}", FormatBytes(p["resync_done_bytes"].get<double>()),
+                          FormatBytes(p["resync_total_bytes"].get<double>()));
+      if (p.contains("resync_eta_seconds")) {
+        line += fmt::format(" at {}/s, ETA {:.0f} s",
+                            FormatBytes(p["resync_bytes_per_second"].get<double>()),
+                            p["resync_eta_seconds"].get<double>());
+      }
+    }
+    if (p.contains("lost_reason")) line += " (" + p["lost_reason"].get<std::string>() + ")";
+    lines.push_back(std::move(line));
+  }
+  return lines;
+}
+
 std::string VolumeStatusPath(const std::string& run_dir, const std::string& name) {
   return run_dir + "/" + name + ".json";
 }
 
-int RunVolume(const VolumeArgs& args) {
+int RunVolume(const VolumeArgs& args, Runner& runner) {
   auto fail = [](const Status& s, int code = kExitFailed) {
     PrintError("volume", s);
     return code;
@@ -226,7 +249,7 @@ int RunVolume(const VolumeArgs& args) {
       proto::nbd::kFlagSendWriteZeroes | proto::nbd::kFlagCanMultiConn;
   export_info.min_block = proto::kSectorSize;
   export_info.preferred_block = 4096;
-  export_info.max_payload = 32 << 20;
+  export_info.max_payload = frontend::MaxPayloadFor(bs, 32 << 20);
   frontend::NbdFrontendOptions nbd_options;
   nbd_options.export_info = export_info;
   nbd_options.listen = args.exports;
@@ -285,6 +308,11 @@ int RunVolume(const VolumeArgs& args) {
   Status started = WriteProcessInfo(meta_dir, ProcessInfo{getpid(), "volume", ""});
   if (started.ok()) started = (*volume)->Start();
   while (started.ok() && !(*volume)->ready()) {
+    if (runner.stop_requested()) {
+      started = Status::Error(static_cast<ErrorCode>(ECANCELED),
+                              fmt::format("{} before the replicas answered", runner.stop_reason()));
+      break;
+    }
     if ((*volume)->Step() == 0) started = loop->ring->Wait(std::chrono::milliseconds(20));
     if (started.ok()) started = (*volume)->failure();
   }
@@ -297,15 +325,9 @@ int RunVolume(const VolumeArgs& args) {
   Status run_dir = EnsureDir(args.run_dir);
   if (!run_dir.ok()) spdlog::warn("volume: {}; no status file", run_dir.message());
 
-  struct sigaction sa {};
-  sa.sa_handler = OnSignal;
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
-  signal(SIGPIPE, SIG_IGN);
   const auto exports = (*nbd)->listening();
   // Scripts read the bound addresses (useful with port 0) from these lines.
-  for (const auto& where : exports) std::printf("listening nbd %s\n", where.c_str());
-  std::fflush(stdout);
+  for (const auto& where : exports) runner.Announce("listening nbd " + where);
 
   std::unique_ptr<MetricsServer> metrics;
   if (!args.metrics.empty()) {
@@ -313,15 +335,19 @@ int RunVolume(const VolumeArgs& args) {
     if (!started.ok()) return fail(started.status());
     metrics = std::move(*started);
     metrics->Publish(VolumeMetrics((*volume)->status(), name));
-    std::printf("listening metrics %s\n", metrics->address().c_str());
-    std::fflush(stdout);
+    runner.Announce("listening metrics " + metrics->address());
   }
   io::Ring& ring = *loop->ring;
-  ServiceNotifier service;
-  service.Ready(ServiceLine((*volume)->status(), name));
+  runner.Publish(StatusJson((*volume)->status(), name, args.disk, exports));
+  runner.Ready(ServiceLine((*volume)->status(), name));
   uint64_t last_status = 0;
-  while (!g_stop.load()) {
-    service.Tick();
+  while (!runner.stop_requested()) {
+    runner.Tick();
+    if (auto rate = runner.TakeResyncRate()) {
+      (*volume)->SetResyncRate(*rate);
+      spdlog::info("volume: resync rate now {}", *rate == 0 ? std::string("unlimited")
+                                                            : FormatBytes(static_cast<double>(*rate)) + "/s");
+    }
     size_t events = (*volume)->Step();
     Status s = events == 0 ? ring.Wait(std::chrono::milliseconds(50)) : ring.Submit();
     if (!s.ok()) return fail(s);
@@ -329,16 +355,19 @@ int RunVolume(const VolumeArgs& args) {
     if (now - last_status >= kStatusIntervalNs) {
       last_status = now;
       const engine::VolumeStatus status = (*volume)->status();
-      service.Status(ServiceLine(status, name));
+      runner.Status(ServiceLine(status, name));
       if (metrics) metrics->Publish(VolumeMetrics(status, name));
+      nlohmann::json json = StatusJson(status, name, args.disk, exports);
       if (run_dir.ok()) {
-        Status w = WriteFileAtomically(status_path, StatusJson(status, name, args.disk, exports).dump());
+        Status w = WriteFileAtomically(status_path, json.dump());
         if (!w.ok()) spdlog::warn("volume: {}", w.message());
       }
+      runner.Publish(std::move(json));
     }
   }
-  service.Stopping("signal received; finishing the requests in flight");
-  spdlog::info("volume: signal received; finishing the requests in flight");
+  const std::string why = runner.stop_reason() + "; finishing the requests in flight";
+  runner.Stopping(why);
+  spdlog::info("volume: {}", why);
   (*volume)->Shutdown();
   unlink(status_path.c_str());
   RemoveProcessInfo(meta_dir);
@@ -376,23 +405,7 @@ int RunVolumeStatus(const StatusArgs& args) {
       std::printf("%s\n", j.dump().c_str());
       return kExitOk;
     }
-    std::printf("volume %s: %s, %s, ack %s, quorum %u, %u replica(s) in session, %zu client(s)\n",
-                j["volume"].get<std::string>().c_str(), j["disk"].get<std::string>().c_str(),
-                FormatBytes(j["size"].get<double>()).c_str(), j["ack"].get<std::string>().c_str(),
-                j["quorum"].get<unsigned>(), j["live_peers"].get<unsigned>(),
-                j["clients"].get<size_t>());
-    for (const auto& p : j["peers"]) {
-      std::string line = fmt::format("  {} ({}): {}, {} dirty", p["peer"].get<std::string>(),
-                                     p["transport"].get<std::string>(),
-                                     p["state"].get<std::string>(),
-                                     FormatBytes(p["dirty_bytes"].get<double>()));
-      if (p["state"] == "resyncing") {
-        line += fmt::format(", resync {} of {}", FormatBytes(p["resync_done_bytes"].get<double>()),
-                            FormatBytes(p["resync_total_bytes"].get<double>()));
-      }
-      if (p.contains("lost_reason")) line += " (" + p["lost_reason"].get<std::string>() + ")";
-      std::printf("%s\n", line.c_str());
-    }
+    for (const std::string& line : VolumeStatusLines(j)) std::printf("%s\n", line.c_str());
   } catch (const nlohmann::json::exception& e) {
     return not_status(e.what());
   }

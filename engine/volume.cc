@@ -219,6 +219,8 @@ class Volume::Impl {
     }
   }
 
+  void SetResyncRate(uint64_t bytes_per_second) { options_.resync_rate = bytes_per_second; }
+
   VolumeStatus status() const {
     VolumeStatus s;
     s.generation = GenerationHex(gens_.current);
@@ -228,6 +230,7 @@ class Volume::Impl {
     s.block_size = block_size_;
     s.ack = std::string(proto::AckLevelName(r.ack));
     s.quorum = quorum_;
+    s.resync_rate = options_.resync_rate;
     s.live_peers = rep_ ? static_cast<uint32_t>(std::popcount(rep_->live_peers())) : 0;
     s.clients = frontend_.clients();
     s.writes = counters_.writes;
@@ -1064,5 +1067,6 @@ void Volume::Shutdown() { impl_->Shutdown(); }
 void Volume::StartShutdown() { impl_->StartShutdown(); }
 bool Volume::closed() const { return impl_->closed(); }
 VolumeStatus Volume::status() const { return impl_->status(); }
+void Volume::SetResyncRate(uint64_t bytes_per_second) { impl_->SetResyncRate(bytes_per_second); }
 
 }  // namespace blkmirror::engine

@@ -123,6 +123,7 @@ struct VolumeStatus {
   uint32_t block_size = 0;
   std::string ack;
   uint32_t quorum = 0;
+  uint64_t resync_rate = 0;  // bytes per second; 0: no limit
   uint32_t live_peers = 0;
   size_t clients = 0;
   uint64_t writes = 0, reads = 0, flushes = 0, zeroes = 0, failed = 0;
@@ -164,6 +165,8 @@ class Volume {
   void Shutdown();
 
   VolumeStatus status() const;
+  // Changes the background resync's limit (bytes per second; 0: none) from the next Step on.
+  void SetResyncRate(uint64_t bytes_per_second);
 
  private:
   class Impl;

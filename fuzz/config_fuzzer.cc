@@ -1,5 +1,5 @@
-// Resource files (cli/config.h) are outside input: any bytes go to the TOML parser and the
-// resource checks. Properties: no crash, no leak, no UB; every problem names the file and a key
+// Resource files and daemon.toml (cli/config.h) are outside input: any bytes go to the TOML
+// parser and the checks. Properties: no crash, no leak, no UB; every problem names the file and a key
 // or line; a file without problems has at least two nodes, each with a disk and an address, no
 // address twice, and each node finds itself.
 #include <cstdint>
@@ -13,6 +13,11 @@ using namespace blkmirror;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view text(reinterpret_cast<const char*>(data), size);
+  // The same bytes as daemon.toml: no crash, every problem named.
+  for (const cli::ConfigProblem& p : cli::ParseDaemonConfig(text, "daemon.toml").problems) {
+    FUZZ_CHECK(p.path == "daemon.toml" && !p.message.empty() && (p.line > 0 || !p.key.empty()),
+               "a daemon.toml problem without its file, line or key: {}", p.ToString());
+  }
   cli::ParsedResource r = cli::ParseResource(text, "fuzz.toml", "fuzz", cli::CheckFiles::kNo);
   for (const cli::ConfigProblem& p : r.problems) {
     FUZZ_CHECK(p.path == "fuzz.toml" && !p.message.empty(), "a problem without its file or text");

@@ -7,6 +7,13 @@
                                               libnbd, DEPTH at a time (default 1); as each write
                                               completes, append "offset length crc" to LOG
                                               (flushed). Prints "writing" first.
+    nbd_client.py SOCKET loadwrites STOPFILE LOG
+                                              like logwrites, 4 at a time, about 200 a second,
+                                              until STOPFILE exists (or every 16 KiB slot is
+                                              written once); when the connection drops it
+                                              reconnects (for 60 s at most) and goes on with new
+                                              slots. Prints "writing" first, then at the end
+                                              "acked N reconnects K"
     nbd_client.py SOCKET checklog LOG IMAGE    every write LOG records is in IMAGE (a replica's
                                               target; "nbd": read through SOCKET): exit 0, else 1
                                               naming the first missing one
@@ -74,6 +81,58 @@ def logwrites(sock_path, count, log_path, depth=1, start=0):
                 log.write(f"{offset} {length} {c}\n")
                 log.flush()
     h.shutdown()
+    return True
+
+
+def loadwrites(sock_path, stop_path, log_path):
+    import time
+    h = connect(sock_path)
+    size = h.get_size()
+    slot = 16 << 10
+    slots = list(range(size // slot))
+    random.shuffle(slots)
+    acked = reconnects = 0
+    print("writing", flush=True)
+    with open(log_path, "w") as log:
+        inflight = {}
+        while slots and not os.path.exists(stop_path):
+            try:
+                while slots and len(inflight) < 4:
+                    length = random.choice([4096, 8192, 12288, 16384])
+                    data = os.urandom(length)
+                    offset = slots.pop() * slot
+                    buf = nbd.Buffer.from_bytearray(bytearray(data))
+                    inflight[h.aio_pwrite(buf, offset)] = (offset, length, crc(data), buf)
+                h.poll(1000)
+                for cookie in [c for c in inflight if h.aio_command_completed(c)]:
+                    offset, length, c, _ = inflight.pop(cookie)
+                    log.write(f"{offset} {length} {c}\n")
+                    log.flush()
+                    acked += 1
+                time.sleep(0.02)
+            except nbd.Error as e:
+                # The writes in flight are not acked: their slots are not used again.
+                inflight.clear()
+                reconnects += 1
+                print(f"reconnecting after: {e}", flush=True)
+                deadline = time.monotonic() + 60
+                while True:
+                    try:
+                        h = connect(sock_path)
+                        break
+                    except nbd.Error:
+                        if time.monotonic() > deadline:
+                            print("no connection for 60 s", flush=True)
+                            return False
+                        time.sleep(0.2)
+        while inflight:
+            h.poll(-1)
+            for cookie in [c for c in inflight if h.aio_command_completed(c)]:
+                offset, length, c, _ = inflight.pop(cookie)
+                log.write(f"{offset} {length} {c}\n")
+                acked += 1
+    h.shutdown()
+    print(f"acked {acked} reconnects {reconnects}", flush=True)
     return True
 
 
@@ -240,6 +299,8 @@ if __name__ == "__main__":
     if mode == "logwrites":
         good = logwrites(sock, int(args[0]), args[1], int(args[2]) if len(args) > 2 else 1,
                          int(args[3]) if len(args) > 3 else 0)
+    elif mode == "loadwrites":
+        good = loadwrites(sock, args[0], args[1])
     elif mode == "checklog":
         good = checklog(args[0], args[1], sock)
     elif mode == "bad":

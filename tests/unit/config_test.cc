@@ -234,7 +234,7 @@ TEST(ConfigTest, NonAsciiIsRefusedBeforeTheTomlParserSeesIt) {
     const std::string column = text.find('#') != std::string::npos ? "6" : "2";
     EXPECT_EQ(r.problems[0].ToString(), P + ":2: a non-ASCII byte (" + byte + ") at column " +
                                             column +
-                                            ": resource files are ASCII, comments and strings "
+                                            ": configuration files are ASCII, comments and strings "
                                             "included");
   }
 }
@@ -292,6 +292,27 @@ TEST_F(ConfigDirTest, SamePortInTwoResourcesAndMissingFiles) {
   std::filesystem::remove(dir_ / "a.toml");
   std::filesystem::remove(dir_ / "b.toml");
   EXPECT_EQ(Check(), dir_.string() + ": no resource files (NAME.toml) in it\n");
+}
+
+// daemon.toml: the daemon's own settings, checked with the resources, never read as one.
+TEST_F(ConfigDirTest, DaemonFileIsCheckedAndIsNoResource) {
+  Write("a.toml", kNodes);
+  Write("daemon.toml", "node = \"alpha\"\nlog-level = \"loud\"\nadmin-socket = 3\nport = 1\n");
+  const std::string d = (dir_ / "daemon.toml").string();
+  EXPECT_EQ(Check(), d + ":2: log-level: 'loud': expected trace, debug, info, warn, error, off\n" +
+                         d + ":3: admin-socket: expected a string, not an integer\n" + d +
+                         ":4: port: unknown key (known: node, log-level, admin-socket)\n");
+  std::vector<ConfigProblem> problems;
+  EXPECT_EQ(ResourceNames(dir_.string(), problems), std::vector<std::string>{"a"});
+  EXPECT_EQ(Check("daemon"), d + ": daemon.toml holds the daemon's settings, not a resource: name "
+                                 "the resource otherwise\n");
+  Write("daemon.toml", "node = \"alpha\"\nlog-level = \"debug\"\n");
+  EXPECT_EQ(Check(), "");
+  ParsedDaemonConfig c = LoadDaemonConfig(dir_.string());
+  EXPECT_EQ(c.config.node, "alpha");
+  EXPECT_EQ(c.config.log_level, "debug");
+  std::filesystem::remove(dir_ / "daemon.toml");
+  EXPECT_TRUE(LoadDaemonConfig(dir_.string()).problems.empty());
 }
 
 }  // namespace
