@@ -9,8 +9,9 @@
 # namespace) booted with systemd-nspawn, systemd as PID 1, on a private network. There dpkg -i
 # runs the maintainer scripts, systemd reads the units, `systemctl enable --now
 # blkmirror-serve@vol0` must reach "active" (Type=notify: READY=1 once it listens) with the unit's
-# sandboxing, a push to it must be acked durable and land byte for byte, and dpkg -r must take
-# the units away. Why this: it is the real "starts under systemd" and boots in seconds; a chroot
+# sandboxing, a push to it must be acked durable and land byte for byte; then `blkmirror.service`
+# (the daemon) must run the same resource, answer `blkmirror status`, reload and take a push; and
+# dpkg -r must take the units away. Why this: it is the real "starts under systemd" and boots in seconds; a chroot
 # would not run systemd, the QEMU lab (scripts/lab) takes minutes, and a debootstrapped minimal
 # Debian needs the network and minutes too. What the overlay cannot show, since this host has
 # every library: that a clean machine gets them. That is checked on the package instead: each
@@ -44,7 +45,7 @@ cpack -G DEB -B "$TEST_TMP/pkg" --config "$build/CPackConfig.cmake" > "$TEST_TMP
   || fail "cpack: $(tail -n 5 "$TEST_TMP/cpack.log")"
 [ -f "$deb" ] || fail "cpack made no $(basename "$deb"): $(ls "$TEST_TMP/pkg")"
 dpkg-deb --contents "$deb" | awk '{print $6}' | sed 's|^\./|/|' > "$TEST_TMP/contents"
-for f in /usr/bin/blkmirror /lib/systemd/system/blkmirror-serve@.service \
+for f in /usr/bin/blkmirror /lib/systemd/system/blkmirror.service /lib/systemd/system/blkmirror-serve@.service \
          /lib/systemd/system/blkmirror-volume@.service /usr/share/doc/blkmirror/examples/example.toml \
          /usr/share/doc/blkmirror/README.md /usr/share/doc/blkmirror/config.md \
          /usr/share/doc/blkmirror/changelog.gz /usr/share/man/man1/blkmirror.1.gz; do
@@ -195,12 +196,31 @@ in_ct blkmirror push --no-progress --json --resource vol0 --node primary > "$TES
 in_ct cmp /var/lib/blkmirror/source.img /var/lib/blkmirror/vol0.img || fail "the replica's copy differs from the source"
 echo "ok   blkmirror-serve@vol0 $active; $(json .bytes) bytes pushed, acked durable, equal"
 
-step "systemctl stop: a clean exit; dpkg -r takes the units away"
+step "systemctl stop: a clean exit"
 in_ct systemctl stop blkmirror-serve@vol0.service
 result=$(in_ct systemctl show -p Result --value blkmirror-serve@vol0.service)
 [ "$result" = success ] || fail "blkmirror-serve@vol0 stopped with result $result: $(in_ct journalctl -u blkmirror-serve@vol0 --no-pager -n 10)"
 in_ct systemctl disable blkmirror-serve@vol0.service > /dev/null 2>&1
+echo "ok   blkmirror-serve@vol0 stopped ($result)"
+
+step "systemctl start blkmirror (the daemon): active, status through its admin socket, reload, a push"
+in_ct systemctl start blkmirror.service > "$TEST_TMP/start.log" 2>&1 \
+  || fail "systemctl start blkmirror: $(cat "$TEST_TMP/start.log"); $(in_ct journalctl -u blkmirror --no-pager -n 20)"
+in_ct blkmirror status > "$TEST_TMP/status.out" 2>&1 \
+  || fail "blkmirror status: $(cat "$TEST_TMP/status.out"); $(in_ct journalctl -u blkmirror --no-pager -n 20)"
+grep -q "^vol0: replica, running" "$TEST_TMP/status.out" || fail "the daemon does not run vol0: $(cat "$TEST_TMP/status.out")"
+in_ct systemctl reload blkmirror.service || fail "systemctl reload blkmirror: $(in_ct journalctl -u blkmirror --no-pager -n 10)"
+in_ct blkmirror push --no-progress --json --full --resource vol0 --node primary > "$TEST_TMP/push.json" 2> "$TEST_TMP/push.log" \
+  || fail "push to the daemon's replica: $(tail -n 3 "$TEST_TMP/push.log"); $(in_ct journalctl -u blkmirror --no-pager -n 10)"
+in_ct journalctl -u blkmirror --no-pager | grep -q "daemon: reload done" \
+  || fail "the daemon did not log the reload: $(in_ct journalctl -u blkmirror --no-pager -n 10)"
+in_ct systemctl stop blkmirror.service
+result=$(in_ct systemctl show -p Result --value blkmirror.service)
+[ "$result" = success ] || fail "blkmirror stopped with result $result: $(in_ct journalctl -u blkmirror --no-pager -n 10)"
+echo "ok   blkmirror.service ran vol0, reloaded, took a push, stopped ($result)"
+
+step "dpkg -r takes the units away"
 in_ct dpkg -r blkmirror > "$TEST_TMP/dpkg-r.log" 2>&1 || fail "dpkg -r: $(tail -n 5 "$TEST_TMP/dpkg-r.log")"
 ! in_ct test -e /lib/systemd/system/blkmirror-serve@.service || fail "dpkg -r left the serve unit"
 ! in_ct systemctl cat blkmirror-serve@vol0.service > /dev/null 2>&1 || fail "systemd still has the serve unit after dpkg -r"
-echo "ok   stopped ($result), removed"
+echo "ok   removed"
