@@ -29,10 +29,29 @@ std::string Escape(std::string_view v) {
   return out;
 }
 
-// The write latency histogram's buckets (upper bounds, seconds): 50 µs to 2.5 s.
+// The latency histograms' buckets (upper bounds, seconds): 50 µs to 2.5 s.
 constexpr double kLatencyBoundsSeconds[] = {50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3,
                                             10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1.0,
                                             2.5};
+
+// The samples of histogram `name` (its family already started) for `labels`: cumulative buckets
+// at kLatencyBoundsSeconds, +Inf, the sum in seconds and the count.
+void Histogram(MetricsText& m, std::string_view name, const MetricsText::Labels& labels,
+               const LatencyHistogram& h) {
+  const std::string bucket = std::string(name) + "_bucket";
+  auto with_le = [&](std::string le) {
+    MetricsText::Labels l = labels;
+    l.emplace_back("le", std::move(le));
+    return l;
+  };
+  for (double le : kLatencyBoundsSeconds) {
+    m.Sample(bucket, with_le(fmt::format("{}", le)),
+             static_cast<double>(h.CountAtMost(static_cast<uint64_t>(le * 1e9))));
+  }
+  m.Sample(bucket, with_le("+Inf"), static_cast<double>(h.count()));
+  m.Sample(std::string(name) + "_sum", labels, static_cast<double>(h.sum()) / 1e9);
+  m.Sample(std::string(name) + "_count", labels, static_cast<double>(h.count()));
+}
 
 constexpr engine::VolumePeerState kPeerStates[] = {
     engine::VolumePeerState::kConnecting, engine::VolumePeerState::kInSync,
@@ -123,21 +142,10 @@ std::string VolumeMetrics(const engine::VolumeStatus& s, const std::string& volu
       static_cast<double>(s.bytes_read));
   one("blkmirror_volume_in_flight", "gauge",
       "Writes at the replicas not yet acknowledged at the ack level.", s.in_flight);
-  {
-    constexpr std::string_view name = "blkmirror_volume_write_latency_seconds";
-    m.Family(name, "histogram",
-             "Client writes, from the request to the reply (the local write and the ack level on "
-             "the quorum).");
-    const std::string bucket = std::string(name) + "_bucket";
-    for (double le : kLatencyBoundsSeconds) {
-      m.Sample(bucket, {{"volume", volume}, {"le", fmt::format("{}", le)}},
-               static_cast<double>(s.write_latency.CountAtMost(static_cast<uint64_t>(le * 1e9))));
-    }
-    m.Sample(bucket, {{"volume", volume}, {"le", "+Inf"}},
-             static_cast<double>(s.write_latency.count()));
-    m.Sample(std::string(name) + "_sum", v, static_cast<double>(s.write_latency.sum()) / 1e9);
-    m.Sample(std::string(name) + "_count", v, static_cast<double>(s.write_latency.count()));
-  }
+  m.Family("blkmirror_volume_write_latency_seconds", "histogram",
+           "Client writes, from the request to the reply (the local write and the ack level on "
+           "the quorum).");
+  Histogram(m, "blkmirror_volume_write_latency_seconds", v, s.write_latency);
 
   auto per_peer = [&](std::string_view name, std::string_view type, std::string_view help,
                       auto value) {
@@ -186,6 +194,15 @@ std::string VolumeMetrics(const engine::VolumeStatus& s, const std::string& volu
   per_peer("blkmirror_peer_crc_mismatches_total", "counter",
            "Blocks the replica received with a bad CRC32C (never written; sent again).",
            [](const P& p) { return p.crc_mismatches; });
+  per_peer("blkmirror_peer_in_flight_bytes", "gauge", "Bytes of blocks sent and not yet acked.",
+           [](const P& p) { return p.bytes_in_flight; });
+  m.Family("blkmirror_peer_ack_latency_seconds", "histogram",
+           "Each write to the replica, from its first send to its ack (received or durable, as "
+           "the volume asks).");
+  for (const auto& p : s.peers) {
+    Histogram(m, "blkmirror_peer_ack_latency_seconds", {{"volume", volume}, {"peer", p.peer}},
+              p.ack_latency);
+  }
   return m.Take();
 }
 

@@ -49,7 +49,10 @@ nlohmann::json StatusJson(const engine::VolumeStatus& s, const std::string& name
                         {"resync_done_bytes", p.resync_done_bytes},
                         {"resync_bytes_per_second", p.resync_bytes_per_second},
                         {"reconnects", p.reconnects},
-                        {"bytes_acked", p.bytes_acked}};
+                        {"bytes_acked", p.bytes_acked},
+                        {"bytes_in_flight", p.bytes_in_flight},
+                        {"ack_latency_p50_us", p.ack_latency.Quantile(0.5) / 1000},
+                        {"ack_latency_p99_us", p.ack_latency.Quantile(0.99) / 1000}};
     if (!p.lost_reason.empty()) j["lost_reason"] = p.lost_reason;
     if (!p.fallback_reason.empty()) j["fallback_reason"] = p.fallback_reason;
     if (p.state == engine::VolumePeerState::kResyncing && p.resync_bytes_per_second > 0) {

@@ -151,6 +151,7 @@ class Replicator::Impl {
     p.closing = false;
     p.holding = 0;
     p.unacked = 0;
+    p.stats.bytes_in_flight = 0;
     p.stats.lost_reason.clear();
     p.stats.lost_code = ErrorCode::kOk;
     RETURN_IF_ERROR(ConnectTransport(p, connect_timeout));
@@ -417,6 +418,8 @@ class Replicator::Impl {
       pw = PeerWrite{};
       pw.write = wi;
       pw.seq = seq;
+      pw.sent_ns = now;
+      if (w.kind == WriteKind::kData) p->stats.bytes_in_flight += w.length;
       ++w.holding;
       ++p->holding;
       if (p->unacked++ == 0) p->last_progress_ns = now;  // the ack clock starts now
@@ -575,6 +578,7 @@ class Replicator::Impl {
     bool counted = false;   // counted towards the write's ack level
     bool acked = false;     // the replica acked it at the wire level
     bool released = false;  // this peer is done with the buffer
+    uint64_t sent_ns = 0;   // its first send
   };
 
   struct Peer {
@@ -853,7 +857,9 @@ class Replicator::Impl {
     if (w.kind != WriteKind::kFlush) {
       ++p.stats.blocks_acked;
       p.stats.bytes_acked += w.length;
+      p.stats.ack_latency.Record(p.last_progress_ns - pw.sent_ns);
     }
+    if (w.kind == WriteKind::kData) p.stats.bytes_in_flight -= w.length;
     if (wire_level_ == proto::AckLevel::kDurable) {
       if (p.bitmap != nullptr) ForEachSettledBlock(p, w, [&](uint64_t b) {
           if (options_.hot_bytes > 0) {
@@ -933,6 +939,7 @@ class Replicator::Impl {
     if (p.stats.state == PeerState::kLost || p.stats.state == PeerState::kClosed) return;
     bool was_connecting = p.stats.state == PeerState::kConnecting;
     p.stats.state = PeerState::kLost;
+    p.stats.bytes_in_flight = 0;
     // Most messages already name the peer ("NAME: ...", "NAME reported: ..."): say it once.
     std::string why = reason.message();
     if (why.rfind(p.name + ": ", 0) == 0) {

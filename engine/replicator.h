@@ -42,6 +42,7 @@
 #include <string>
 #include <vector>
 
+#include "common/histogram.h"
 #include "common/status.h"
 #include "engine/auth.h"
 #include "engine/dirty_bitmap.h"
@@ -149,6 +150,9 @@ struct PeerStats {
   uint64_t retransmits = 0;
   uint64_t crc_mismatches = 0;
   uint64_t blocks_behind = 0;  // writes not sent to it while it was behind (sent later)
+  uint64_t bytes_in_flight = 0;  // of blocks sent in this session and not yet acked
+  // Each write, from its first send to the replica's ack at the wire level (received or durable).
+  LatencyHistogram ack_latency;
 };
 
 // Which peers (by index in the Connect list) a write goes to. At most 64 peers.

@@ -273,6 +273,8 @@ class Volume::Impl {
       ps.bytes_sent = stats[i].bytes_sent;
       ps.retransmits = stats[i].retransmits;
       ps.crc_mismatches = stats[i].crc_mismatches;
+      ps.bytes_in_flight = stats[i].bytes_in_flight;
+      ps.ack_latency = stats[i].ack_latency;
       s.peers.push_back(std::move(ps));
     }
     return s;

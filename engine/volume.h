@@ -114,6 +114,8 @@ struct VolumePeerStatus {
   uint64_t bytes_sent = 0;  // resends included
   uint64_t retransmits = 0;
   uint64_t crc_mismatches = 0;  // blocks it reported arriving with a bad CRC (sent again)
+  uint64_t bytes_in_flight = 0;  // sent and not yet acked
+  LatencyHistogram ack_latency;  // each write, from its first send to the replica's ack
 };
 
 struct VolumeStatus {

@@ -56,6 +56,12 @@ get "http://$M_v/metrics" > "$TEST_TMP/volume.prom" || fail "cannot scrape the v
 promtool check metrics < "$TEST_TMP/volume.prom" > "$TEST_TMP/promtool.out" 2>&1 \
   || fail "promtool check metrics (volume): $(cat "$TEST_TMP/promtool.out")"
 expect_in "$TEST_TMP/volume.prom" "blkmirror_peer_state{volume=\"v\",peer=\"127.0.0.1:$PORT_r\",state=\"in_sync\"} 1"
+expect_in "$TEST_TMP/volume.prom" "blkmirror_peer_in_flight_bytes{volume=\"v\",peer=\"127.0.0.1:$PORT_r\"} 0"
+# The replica's ack latency histogram counts every block it acked (16 MiB of writes at least).
+acks=$(sed -n "s/^blkmirror_peer_ack_latency_seconds_count{volume=\"v\",peer=\"127.0.0.1:$PORT_r\"} //p" "$TEST_TMP/volume.prom")
+blocks=$(sed -n "s/^blkmirror_peer_acked_blocks_total{volume=\"v\",peer=\"127.0.0.1:$PORT_r\"} //p" "$TEST_TMP/volume.prom")
+[ -n "$acks" ] && [ "$acks" = "$blocks" ] && [ "$acks" -gt 0 ] \
+  || fail "blkmirror_peer_ack_latency_seconds_count is '$acks', acked blocks '$blocks'"
 
 # query Q: the first sample's value ("" until Prometheus has one).
 query() {

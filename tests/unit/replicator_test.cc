@@ -171,6 +171,10 @@ TEST_P(AckLevels, ReplicatesEveryBlockAndRespectsTheWindow) {
   ASSERT_EQ(stats.size(), 1u);
   EXPECT_EQ(stats[0].blocks_acked, 41u);
   EXPECT_EQ(stats[0].retransmits, 0u);
+  // Every block's ack was timed; nothing is in flight once all are acked.
+  EXPECT_EQ(stats[0].ack_latency.count(), 41u);
+  EXPECT_LE(stats[0].ack_latency.sum(), 41 * static_cast<uint64_t>(elapsed));
+  EXPECT_EQ(stats[0].bytes_in_flight, 0u);
   if (GetParam() == AckLevel::kDurable) {
     EXPECT_TRUE(Equal(r.device->durable_contents(), data));
   }
