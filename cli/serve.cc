@@ -210,7 +210,7 @@ int RunServe(const ServeArgs& args, Runner& runner) {
     spdlog::info("serving {} on {} {}", args.target, t->name(), bound->ToString());
   }
   io::Ring& ring = *loop->ring;
-  const auto depth = static_cast<uint32_t>(count + 2);
+  const uint32_t depth = engine::ReplicaDiskDepth(static_cast<uint32_t>(count));
   engine::ReplicaOptions options;
   options.target_name = args.target;
   options.once = args.once;

@@ -29,6 +29,8 @@ constexpr uint32_t kBufferlessOps = 1024;
 
 }  // namespace
 
+uint32_t ReplicaDiskDepth(uint32_t pool_buffers) { return pool_buffers + 2 + kBufferlessOps; }
+
 class ReplicaServer::Impl {
  public:
   Impl(io::Ring& ring, io::BufferPool& pool, ReplicaOptions options)

@@ -70,6 +70,10 @@ struct GenerationStore {
   std::function<Status(const proto::VolumeId& volume_id, const Generations& generations)> save;
 };
 
+// The queue depth a replica's target device needs for a receive pool of `pool_buffers`: a write
+// per buffer, and the disk operations that hold none (zero ranges, flushes).
+uint32_t ReplicaDiskDepth(uint32_t pool_buffers);
+
 struct ReplicaOptions {
   std::string target_name;  // for messages
   TargetOpener open_target;
