@@ -485,7 +485,7 @@ int RunReplication(const ReplicationPlan& plan) {
   auto stats = (*rep)->stats();
   if (!result.ok()) return fail(result);
 
-  uint64_t retransmits = 0, crc_mismatches = 0, bytes_sent = 0;
+  uint64_t retransmits = 0, crc_mismatches = 0, bytes_sent = 0, zero_bytes = 0;
   nlohmann::json peers_json = nlohmann::json::array();
   std::string transport_used;
   for (size_t i = 0; i < stats.size(); ++i) {
@@ -493,6 +493,7 @@ int RunReplication(const ReplicationPlan& plan) {
     retransmits += s.retransmits;
     crc_mismatches += s.crc_mismatches;
     bytes_sent += s.bytes_sent;
+    zero_bytes += s.zero_bytes;
     transport_used = transport_used.empty() || transport_used == s.transport ? s.transport : "mixed";
     std::string why = !s.fallback_reason.empty() ? s.fallback_reason : transports->unavailable;
     nlohmann::json peer = {
@@ -503,6 +504,7 @@ int RunReplication(const ReplicationPlan& plan) {
         {"replica_id", engine::IdHex(s.replica_id)},
         {"blocks_sent", s.blocks_sent},
         {"bytes_sent", s.bytes_sent},
+        {"zero_bytes", s.zero_bytes},
         {"blocks_acked", s.blocks_acked},
         {"bytes_acked", s.bytes_acked},
         {"blocks_dirty", bitmap_ptrs[i]->CountSet()},
@@ -519,6 +521,7 @@ int RunReplication(const ReplicationPlan& plan) {
     nlohmann::json out = {{"bytes", report.bytes},
                           {"blocks", report.blocks},
                           {"bytes_sent", bytes_sent},
+                          {"zero_bytes", zero_bytes},
                           {"blocks_skipped", report.blocks_skipped},
                           {"resumed", resumed},
                           {"seconds", report.seconds},

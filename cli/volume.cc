@@ -50,6 +50,8 @@ nlohmann::json StatusJson(const engine::VolumeStatus& s, const std::string& name
                         {"resync_bytes_per_second", p.resync_bytes_per_second},
                         {"reconnects", p.reconnects},
                         {"bytes_acked", p.bytes_acked},
+                        {"bytes_sent", p.bytes_sent},
+                        {"zero_bytes", p.zero_bytes},
                         {"bytes_in_flight", p.bytes_in_flight},
                         {"ack_latency_p50_us", p.ack_latency.Quantile(0.5) / 1000},
                         {"ack_latency_p99_us", p.ack_latency.Quantile(0.99) / 1000}};

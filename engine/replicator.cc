@@ -9,6 +9,7 @@
 #include "common/clock.h"
 #include "common/crc32c.h"
 #include "common/log_limiter.h"
+#include "common/zero.h"
 #include "engine/seq_tracker.h"
 #include "engine/session.h"
 
@@ -290,7 +291,10 @@ class Replicator::Impl {
     }
     ASSIGN_OR_RETURN(uint32_t wi, Start(WriteKind::kData, offset, length, token, mask, origin));
     Write& w = writes_[wi];
-    w.crc = Crc32c(buffer.data(), length);
+    w.zero = options_.zero_blocks && IsAllZero(buffer.data(), length);
+    // A zero block's CRC is needed only by a replica that takes no zero ranges (SendData).
+    w.crc = w.zero ? 0 : Crc32c(buffer.data(), length);
+    w.crc_known = !w.zero;
     w.buffer = std::move(buffer);
     return SendToTargets(wi);
   }
@@ -393,6 +397,8 @@ class Replicator::Impl {
     w.first_block = first;
     w.last_block = last;
     w.crc = 0;
+    w.zero = false;
+    w.crc_known = false;
     w.targets = sendable;
     w.skipped = targets & ~sendable;
     w.counted = 0;
@@ -556,6 +562,8 @@ class Replicator::Impl {
     // 1, its last block.
     std::array<uint8_t, kMaxPeers> clean_before{};
     uint32_t crc = 0;
+    bool zero = false;  // kData: the buffer holds only zeros (its crc is computed when needed)
+    bool crc_known = false;
     io::BufferRef buffer;
     uint64_t start_ns = 0;
     uint64_t done_ns = 0;
@@ -632,12 +640,26 @@ class Replicator::Impl {
     // A failed Replicator sends nothing more (its connections are closing; a resend of a
     // block NACKed before the failure would only fail again on the closed connection).
     if (!failure_.ok()) return;
-    const Write& w = writes_[pw.write];
+    Write& w = writes_[pw.write];
     proto::Frame f;
     const auto level = static_cast<uint16_t>(wire_level_);
     transport::WorkItem item;
+    const bool as_zero =
+        w.kind == WriteKind::kZero ||
+        (w.zero && p.handshake.hello_ok().version >= proto::kExtentsVersion);
     switch (w.kind) {
       case WriteKind::kData:
+        if (as_zero) {
+          // Zeros read back the same deallocated: the replica's copy stays sparse where the
+          // source's is (as cp --sparse and rsync --sparse leave it).
+          f.flags = level | proto::kZeroUnmap;
+          f.body = proto::Zero{pw.seq, w.offset, w.length};
+          break;
+        }
+        if (w.zero && !w.crc_known) {
+          w.crc = Crc32c(w.buffer.data(), w.length);
+          w.crc_known = true;
+        }
         f.flags = level | (pw.retries > 0 ? proto::kDataResend : 0);
         f.payload_len = static_cast<uint32_t>(w.length);
         f.body = proto::Data{pw.seq, w.offset, static_cast<uint32_t>(w.length), w.crc};
@@ -662,7 +684,7 @@ class Replicator::Impl {
     }
     pw.sending = true;
     ++p.stats.blocks_sent;
-    p.stats.bytes_sent += w.length;
+    (as_zero ? p.stats.zero_bytes : p.stats.bytes_sent) += w.length;
   }
 
   void PollTransports() {

@@ -71,6 +71,10 @@ struct ReplicatorOptions {
   // flushes exist: protocol 2, which a volume that clients write through needs. Without it
   // every write is one whole block (push).
   bool extents = false;
+  // A block of zeros goes as a zero range (a Zero frame with kZeroUnmap, no payload: the replica
+  // punches a hole where its target can, else zeroes the range) to replicas of protocol 2 or
+  // later; as Data to older ones.
+  bool zero_blocks = true;
   // Buffers go back to the caller (TakeBuffers) instead of the pool once the Replicator is done
   // with them: for a caller that still uses them after the write completed (a volume's local
   // write of the same buffer).
@@ -143,8 +147,9 @@ struct PeerStats {
   PeerState state = PeerState::kConnecting;
   std::string lost_reason;
   ErrorCode lost_code = ErrorCode::kOk;  // what lost_reason's status was
-  uint64_t blocks_sent = 0;  // Data frames sent, resends included
-  uint64_t bytes_sent = 0;
+  uint64_t blocks_sent = 0;  // Data and Zero frames sent, resends included
+  uint64_t bytes_sent = 0;   // of Data payloads
+  uint64_t zero_bytes = 0;   // sent as zero ranges (Zero frames: no payload)
   uint64_t blocks_acked = 0;
   uint64_t bytes_acked = 0;
   uint64_t retransmits = 0;

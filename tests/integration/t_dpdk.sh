@@ -1,6 +1,7 @@
 #!/bin/bash
 # The DPDK transport (issue 12) between real processes, for real (DPDK runs on this machine):
-#  1. memif, two processes: 1 GiB + an odd tail, cmp, then `verify --transport dpdk`.
+#  1. memif, two processes: 1 GiB + an odd tail (64 MiB of zeros in it: zero ranges), cmp, then
+#     `verify --transport dpdk`.
 #  2. memif: kill -9 of push mid-push, then resume; kill -9 of serve mid-push (the push fails
 #     naming the peer), serve restarted on the same socket and port, then resume.
 #  3. two network namespaces joined by a veth pair (MTU 9000), af_packet on each end, tbf on the
@@ -94,9 +95,11 @@ expect_dpdk() {
 }
 
 # ---- 1. memif: 1 GiB + an odd tail, cmp, verify ---------------------------------------------
-step "1. memif: push 1 GiB + 12345 bytes, cmp, verify --transport dpdk"
+step "1. memif: push 1 GiB + 12345 bytes (64 MiB of it zeros), cmp, verify --transport dpdk"
 SIZE1=$(((1 << 30) + 12345))
 random_file "$DATA/src1" "$SIZE1"
+# Blocks of zeros go as zero ranges (no payload) over dpdk too.
+dd if=/dev/zero of="$DATA/src1" bs=1M seek=256 count=64 conv=notrunc status=none
 M1=$DATA/m1.sock
 must_serve m1 - 127.0.0.1:0 "$DATA/rep1" --transport dpdk --dpdk-port "memif:$M1" --dpdk-ip 10.9.0.2
 CL1=(--transport dpdk --dpdk-port "memif:$M1" --dpdk-ip 10.9.0.1)
@@ -105,6 +108,7 @@ dpush p1 --source "$DATA/src1" --peer "127.0.0.1:$PORT_m1" "${CL1[@]}" \
   || dfail "push over memif failed" "$TEST_TMP/push-p1.log" "$TEST_TMP/serve-m1.log"
 echo "    pushed $SIZE1 bytes in $((SECONDS - t)) s: $(pj p1 .bytes_per_second | cut -d. -f1) B/s, $(pj p1 .retransmits) retransmits"
 expect_dpdk p1
+[ "$(pj p1 .zero_bytes)" = $((64 << 20)) ] || fail "64 MiB of zeros went as $(pj p1 .zero_bytes) bytes of zero ranges"
 [ "$(stat -c %s "$DATA/rep1")" = "$SIZE1" ] || fail "replica size $(stat -c %s "$DATA/rep1"), expected $SIZE1"
 same "$DATA/src1" "$DATA/rep1"
 rc=0

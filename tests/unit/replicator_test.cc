@@ -189,6 +189,40 @@ INSTANTIATE_TEST_SUITE_P(Replicator, AckLevels,
                                            AckLevel::kDurable),
                          [](const auto& info) { return std::string(proto::AckLevelName(info.param)); });
 
+// Blocks of zeros go as zero ranges to replicas that take them (protocol 2), as Data with their
+// CRC to a protocol-1 replica; both end with the same contents.
+TEST_F(ReplicatorTest, ZeroBlocksGoAsZeroRangesWhereTheReplicaTakesThem) {
+  auto data = RandomBytes(8 * (16 << 10), 3);
+  for (size_t block : {1u, 2u, 6u}) {
+    std::fill(data.begin() + block * (16 << 10), data.begin() + (block + 1) * (16 << 10),
+              std::byte{0});
+  }
+  Replica& modern = AddReplica(data.size());
+  replica_max_version_ = 1;
+  Replica& old = AddReplica(data.size());
+  // Both targets start non-zero: the zeros must be written, not assumed.
+  std::fill(modern.device->mutable_contents().begin(), modern.device->mutable_contents().end(),
+            std::byte{0xee});
+  std::fill(old.device->mutable_contents().begin(), old.device->mutable_contents().end(),
+            std::byte{0xee});
+  ASSERT_TRUE(StartPrimary(Options(data.size(), AckLevel::kDurable)).ok());
+  Status s = Push(data);
+  ASSERT_TRUE(s.ok()) << s.message();
+  CloseAll();
+  EXPECT_TRUE(Equal(modern.device->contents(), data));
+  EXPECT_TRUE(Equal(old.device->contents(), data));
+  EXPECT_EQ(modern.device->zeroes(), 3u);
+  EXPECT_EQ(modern.device->writes(), 5u);
+  EXPECT_EQ(old.device->zeroes(), 0u);
+  EXPECT_EQ(old.device->writes(), 8u);
+  auto stats = rep_->stats();
+  EXPECT_EQ(stats[0].zero_bytes, 3u * (16 << 10));
+  EXPECT_EQ(stats[0].bytes_sent, 5u * (16 << 10));
+  EXPECT_EQ(stats[1].zero_bytes, 0u);
+  EXPECT_EQ(stats[1].bytes_sent, data.size());
+  EXPECT_EQ(stats[1].crc_mismatches, 0u);
+}
+
 TEST_F(ReplicatorTest, DurableCompletionMeansFlushed) {
   // Every write reported complete at `durable` is in the device's flushed contents.
   auto data = RandomBytes(16 * (16 << 10), 2);
