@@ -58,6 +58,7 @@ struct PushArgs {
   bool full = false;           // ignore the bitmaps: send every block
   bool resume = true;          // the default when metadata exists (--resume says it explicitly)
   bool checksum_skip = false;  // compare per-block CRCs first, send only the differing blocks
+  std::string checksum_block_size = "4K";  // --checksum-skip's granularity (at most the block)
   uint32_t quorum = 0;         // 0: every peer
   std::string peer_timeout = "6s";
   std::string ack_timeout;  // "": --peer-timeout

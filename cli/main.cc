@@ -143,6 +143,9 @@ int main(int argc, char** argv) {
   p->add_flag("--resume", push.resume, "send only the blocks a replica may miss (the default)");
   p->add_flag("--checksum-skip", push.checksum_skip,
               "compare per-block CRCs with each replica first; send only what differs");
+  p->add_option("--checksum-block-size", push.checksum_block_size,
+                "--checksum-skip compares and sends in pieces this small (default 4K; at most "
+                "--block-size, which it divides)");
   p->add_option("--quorum", push.quorum, "replicas a write needs (default: all)");
   p->add_option("--peer-timeout", push.peer_timeout,
                 "a replica silent this long is lost (default 6s)");

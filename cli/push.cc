@@ -46,6 +46,56 @@ struct PushReport {
 std::atomic<bool> g_hold_released{false};
 void OnReleaseHold(int) { g_hold_released.store(true); }
 
+// --checksum-skip at a granularity finer than the block: per block, the pieces that differ on
+// some replica (the union over the replicas compared), sent as extents instead of the block.
+struct Pieces {
+  std::vector<uint32_t> first;  // per block, its first piece in `ranges`; first[blocks] = end
+  std::vector<std::pair<uint64_t, uint32_t>> ranges;  // offset, length; in volume order
+  engine::PeerMask peers = 0;  // the replicas compared: a block for others goes whole
+
+  bool Has(uint64_t block) const { return !first.empty() && first[block] != first[block + 1]; }
+
+  // From each compared replica's differing ranges (at the checksum granularity), split at block
+  // boundaries and merged.
+  static Pieces From(const std::vector<std::vector<engine::DiffRange>>& diffs, uint64_t blocks,
+                     uint32_t block_size, uint32_t piece_size, uint64_t size) {
+    Pieces p;
+    const uint64_t per_block = block_size / piece_size;
+    std::vector<uint64_t> bits((blocks * per_block + 63) / 64, 0);
+    for (const auto& ranges : diffs) {
+      for (const auto& d : ranges) {
+        for (uint64_t off = d.offset; off < d.offset + d.length && off < size; off += piece_size) {
+          const uint64_t i = off / piece_size;
+          bits[i / 64] |= uint64_t{1} << (i % 64);
+        }
+      }
+    }
+    p.first.resize(blocks + 1);
+    for (uint64_t b = 0; b < blocks; ++b) {
+      p.first[b] = static_cast<uint32_t>(p.ranges.size());
+      bool open = false;
+      for (uint64_t j = 0; j < per_block; ++j) {
+        const uint64_t i = b * per_block + j;
+        const uint64_t off = i * piece_size;
+        if (off >= size) break;
+        if (!(bits[i / 64] >> (i % 64) & 1)) {
+          open = false;
+          continue;
+        }
+        const auto len = static_cast<uint32_t>(std::min<uint64_t>(piece_size, size - off));
+        if (open) {
+          p.ranges.back().second += len;
+        } else {
+          p.ranges.emplace_back(off, len);
+          open = true;
+        }
+      }
+    }
+    p.first[blocks] = static_cast<uint32_t>(p.ranges.size());
+    return p;
+  }
+};
+
 // Reads the blocks the plan says into buffers (as many reads in flight as buffers allow) and
 // feeds them to the Replicator, each to the live peers that need it. A write that a peer missed
 // because it was behind goes back into the plan for that peer, and comes in a later pass.
@@ -53,9 +103,10 @@ class PushLoop {
  public:
   PushLoop(io::Ring& ring, io::BufferPool& pool, io::BlockDevice& source,
            engine::Replicator& replicator, uint32_t block_size, engine::SendPlan& plan,
-           Progress& progress)
+           const Pieces& pieces, Progress& progress)
       : ring_(ring), pool_(pool), source_(source), rep_(replicator), block_size_(block_size),
-        plan_(plan), progress_(progress), slots_(pool.count()), ready_(pool.count()),
+        plan_(plan), pieces_(pieces), progress_(progress), slots_(pool.count()),
+        ready_(pool.count()),
         completed_((plan.blocks() + 63) / 64, 0) {
     free_.reserve(pool.count());
     for (uint32_t i = 0; i < pool.count(); ++i) free_.push_back(i);
@@ -106,13 +157,16 @@ class PushLoop {
         for (engine::PeerMask m = c.skipped; m != 0; m &= m - 1) {
           plan_.Add(static_cast<size_t>(std::countr_zero(m)), block);
         }
-        // Each block counts once, however many passes it took to reach every peer.
+        report.latency.Record(c.latency_ns);
+        // A piece counts its bytes; a block counts once, however many passes it took to reach
+        // every peer.
+        const bool piece = pieces_.Has(block);
+        if (piece) report.bytes += c.length;
         uint64_t& word = completed_[block / 64];
         if (word >> (block % 64) & 1) continue;
         word |= uint64_t{1} << (block % 64);
         ++report.blocks;
-        report.bytes += c.length;
-        report.latency.Record(c.latency_ns);
+        if (!piece) report.bytes += c.length;
       }
       events += n;
       progress_.Update(report.bytes);
@@ -160,30 +214,48 @@ class PushLoop {
     batch_.clear();
     const uint64_t size = source_.size();
     while (!free_.empty() && pool_.available() > 0) {
-      auto item = plan_.Next(rep_.live_peers());
-      if (!item) {
-        more_ = false;
-        break;
+      if (piece_next_ == piece_end_) {
+        auto item = plan_.Next(rep_.live_peers());
+        if (!item) {
+          more_ = false;
+          break;
+        }
+        more_ = true;
+        item_ = *item;
+        // Only the pieces that differ, when every replica it goes to was compared.
+        const bool pieces = pieces_.Has(item_.block) && (item_.peers & ~pieces_.peers) == 0;
+        piece_next_ = pieces ? pieces_.first[item_.block] : 0;
+        piece_end_ = pieces ? pieces_.first[item_.block + 1] : 0;
+        if (!pieces) {
+          const uint64_t offset = item_.block * block_size_;
+          AddRead(offset, static_cast<uint32_t>(std::min<uint64_t>(block_size_, size - offset)));
+          continue;
+        }
       }
-      more_ = true;
-      uint32_t si = free_.back();
-      free_.pop_back();
-      Slot& s = slots_[si];
-      s.buffer = std::move(*pool_.TryGet());
-      s.offset = item->block * block_size_;
-      s.length = static_cast<uint32_t>(std::min<uint64_t>(block_size_, size - s.offset));
-      s.peers = item->peers;
-      io::IoRequest r;
-      r.op = io::IoOp::kRead;
-      r.offset = s.offset;
-      r.data = s.buffer.data();
-      r.len = s.length;
-      r.buf_index = s.buffer.index();
-      r.tag = si;
-      batch_.push_back(r);
+      const auto& [offset, length] = pieces_.ranges[piece_next_++];
+      AddRead(offset, length);
     }
     if (batch_.empty()) return Status::Ok();
     return source_.Submit(batch_);
+  }
+
+  // Reads [offset, offset + length) into a free slot, for item_'s peers.
+  void AddRead(uint64_t offset, uint32_t length) {
+    uint32_t si = free_.back();
+    free_.pop_back();
+    Slot& s = slots_[si];
+    s.buffer = std::move(*pool_.TryGet());
+    s.offset = offset;
+    s.length = length;
+    s.peers = item_.peers;
+    io::IoRequest r;
+    r.op = io::IoOp::kRead;
+    r.offset = s.offset;
+    r.data = s.buffer.data();
+    r.len = s.length;
+    r.buf_index = s.buffer.index();
+    r.tag = si;
+    batch_.push_back(r);
   }
 
   Result<size_t> ReapReads() {
@@ -216,6 +288,10 @@ class PushLoop {
   engine::Replicator& rep_;
   uint32_t block_size_;
   engine::SendPlan& plan_;
+  const Pieces& pieces_;
+  engine::SendPlan::Item item_;  // the block being read (in pieces: [piece_next_, piece_end_))
+  uint32_t piece_next_ = 0;
+  uint32_t piece_end_ = 0;
   Progress& progress_;
   uint64_t hold_at_ = 0;
   bool held_ = false;  // the hold was announced
@@ -255,6 +331,13 @@ int RunReplication(const ReplicationPlan& plan) {
   if (!replica_set.ok()) return fail(replica_set, kExitUsage);
   if (args.full && args.checksum_skip) {
     return fail(Status::Invalid("--full and --checksum-skip contradict each other"), kExitUsage);
+  }
+  auto piece_size = ParseBlockSize(args.checksum_block_size, "--checksum-block-size");
+  if (!piece_size.ok()) return fail(piece_size.status(), kExitUsage);
+  if (*piece_size > *block_size || *block_size % *piece_size != 0) {
+    return fail(Status::Invalid("--checksum-block-size {} must divide --block-size {}",
+                                args.checksum_block_size, args.block_size),
+                kExitUsage);
   }
   auto timeout = ParseDuration(args.peer_timeout);
   if (!timeout.ok()) return fail(timeout.status().Context("--peer-timeout"), kExitUsage);
@@ -348,7 +431,8 @@ int RunReplication(const ReplicationPlan& plan) {
                                          : kExitFailed);
   }
 
-  // --checksum-skip: compare per-block CRCs with every replica first (a verify session each).
+  // --checksum-skip: compare CRCs with every replica first (a verify session each), per piece of
+  // --checksum-block-size.
   struct Checksums {
     proto::ReplicaId replica;
     std::vector<engine::DiffRange> diffs;
@@ -357,7 +441,7 @@ int RunReplication(const ReplicationPlan& plan) {
   if (args.checksum_skip) {
     for (size_t i = 0; i < endpoints.size(); ++i) {
       engine::VerifyOptions vo;
-      vo.block_size = bs;
+      vo.block_size = *piece_size;
       vo.volume_id = *volume_id;
       vo.key = key;
       auto report = engine::Verify(*loop->ring, *loop->pool, **source, *transports->preferred,
@@ -367,8 +451,8 @@ int RunReplication(const ReplicationPlan& plan) {
                      endpoints[i].ToString(), report.status().message());
         continue;
       }
-      spdlog::info("{}: {} of {} blocks differ", endpoints[i].ToString(), report->differing_blocks,
-                   report->blocks);
+      spdlog::info("{}: {} of {} pieces of {} differ", endpoints[i].ToString(),
+                   report->differing_blocks, report->blocks, FormatBytes(*piece_size));
       checksums[i] = Checksums{report->replica_id, report->diffs};
     }
   }
@@ -383,6 +467,11 @@ int RunReplication(const ReplicationPlan& plan) {
   options.peer_timeout = *timeout;
   options.ack_timeout = *ack_timeout;
   options.key = key;
+  // Pieces smaller than a block go as extents (protocol 2).
+  const bool pieces_wanted =
+      *piece_size < bs && std::any_of(checksums.begin(), checksums.end(),
+                                      [](const auto& c) { return c.has_value(); });
+  options.extents = pieces_wanted;
   auto rep = engine::Replicator::Create(*loop->ring, *loop->pool, options);
   if (!rep.ok()) return fail(rep.status());
   std::vector<engine::PeerConfig> peers;
@@ -453,6 +542,21 @@ int RunReplication(const ReplicationPlan& plan) {
     bitmaps.push_back(std::move(*bitmap));
   }
 
+  // The pieces of blocks that differ, on the replicas whose comparison this run relies on.
+  Pieces pieces;
+  if (pieces_wanted) {
+    std::vector<std::vector<engine::DiffRange>> diffs;
+    engine::PeerMask compared = 0;
+    for (size_t i = 0; i < checksums.size(); ++i) {
+      if (checksums[i] && checksums[i]->replica == stats0[i].replica_id) {
+        diffs.push_back(checksums[i]->diffs);
+        compared |= engine::PeerMask{1} << i;
+      }
+    }
+    pieces = Pieces::From(diffs, bitmaps[0]->blocks(), bs, *piece_size, (*source)->size());
+    pieces.peers = compared;
+  }
+
   // What this run sends to whom: each live replica's dirty blocks.
   engine::SendPlan send_plan(bitmaps[0]->blocks(), bitmap_ptrs.size());
   const engine::PeerMask live = (*rep)->live_peers();
@@ -465,12 +569,18 @@ int RunReplication(const ReplicationPlan& plan) {
   {
     engine::SendPlan count = send_plan;
     while (auto item = count.Next(live)) {
-      dirty_bytes += std::min<uint64_t>(bs, (*source)->size() - item->block * bs);
+      if (pieces.Has(item->block) && (item->peers & ~pieces.peers) == 0) {
+        for (uint32_t k = pieces.first[item->block]; k < pieces.first[item->block + 1]; ++k) {
+          dirty_bytes += pieces.ranges[k].second;
+        }
+      } else {
+        dirty_bytes += std::min<uint64_t>(bs, (*source)->size() - item->block * bs);
+      }
     }
   }
   bool show = args.progress == 1 || (args.progress == -1 && isatty(STDERR_FILENO));
   Progress progress(cmd, dirty_bytes, show);
-  PushLoop push(*loop->ring, *loop->pool, **source, **rep, bs, send_plan, progress);
+  PushLoop push(*loop->ring, *loop->pool, **source, **rep, bs, send_plan, pieces, progress);
   if (hold_at) {
     struct sigaction sa {};
     sa.sa_handler = OnReleaseHold;
@@ -484,6 +594,17 @@ int RunReplication(const ReplicationPlan& plan) {
   if (result.ok()) result = closed;
   auto stats = (*rep)->stats();
   if (!result.ok()) return fail(result);
+  // A block sent in pieces is written in part, which leaves its bit set (engine/replicator.h):
+  // once a compared replica closed its session cleanly (every piece durable there), the block is
+  // what the source holds.
+  for (size_t i = 0; i < stats.size() && pieces_wanted; ++i) {
+    if (!(pieces.peers >> i & 1) || stats[i].state != engine::PeerState::kClosed) continue;
+    for (uint64_t b = 0; b + 1 < pieces.first.size(); ++b) {
+      if (pieces.Has(b)) bitmap_ptrs[i]->Clear(b);
+    }
+    Status synced = bitmap_ptrs[i]->Sync();
+    if (!synced.ok()) return fail(synced);
+  }
 
   uint64_t retransmits = 0, crc_mismatches = 0, bytes_sent = 0, zero_bytes = 0;
   nlohmann::json peers_json = nlohmann::json::array();

@@ -175,7 +175,8 @@ class ReplicaServer::Impl {
     bool unmap = false;  // kZero
     Generations adopt;   // kAdopt
     VerifyJob* job = nullptr;
-    uint32_t block = 0;
+    uint32_t block = 0;   // kVerifyRead: its first block in the job
+    uint32_t blocks = 0;  // and how many (as many as a pool buffer holds)
     uint64_t order = 0;   // arrival order, among every write, zero and flush
     bool queued = false;  // waiting for an earlier overlapping (or, a flush: earlier) op
     bool Overlaps(const DiskOp& o) const {
@@ -910,8 +911,6 @@ class ReplicaServer::Impl {
       VerifyJob& job = s.jobs[s.job_head];
       while (job.issued < job.count && s.verify_reads < kVerifyReadsPerSession) {
         uint64_t off = job.req.offset + uint64_t{job.issued} * job.req.block_size;
-        uint64_t end = std::min(job.req.offset + job.req.length, off + job.req.block_size);
-        auto len = static_cast<uint32_t>(end - off);
         if (off >= device_->size()) {
           // Beyond the target's end: the CRC of nothing, which no real block has.
           proto::StoreLe32(job.crcs.data() + 4 * job.issued, Crc32c(nullptr, 0));
@@ -919,6 +918,12 @@ class ReplicaServer::Impl {
           ++job.done;
           continue;
         }
+        const uint32_t blocks = std::min<uint32_t>(
+            std::max<uint32_t>(1, static_cast<uint32_t>(pool_.buffer_size() / job.req.block_size)),
+            job.count - job.issued);
+        uint64_t end = std::min(job.req.offset + job.req.length,
+                                off + uint64_t{blocks} * job.req.block_size);
+        auto len = static_cast<uint32_t>(end - off);
         if (free_ops_.empty()) break;
         auto buffer = pool_.TryGet();
         if (!buffer) break;
@@ -933,6 +938,7 @@ class ReplicaServer::Impl {
         op.length = len;
         op.job = &job;
         op.block = job.issued;
+        op.blocks = blocks;
         op.buffer = std::move(*buffer);
         io::IoRequest req;
         req.op = io::IoOp::kRead;
@@ -945,7 +951,7 @@ class ReplicaServer::Impl {
           FreeOp(oi);
           break;
         }
-        ++job.issued;
+        job.issued += blocks;
         ++s.ops;
         ++s.verify_reads;
         ++device_ops_;
@@ -978,10 +984,18 @@ class ReplicaServer::Impl {
       if (c.res < 0) {
         op.job->err = -c.res;
       } else {
-        uint32_t crc = Crc32c(op.buffer.data(), static_cast<size_t>(c.res));
-        proto::StoreLe32(op.job->crcs.data() + 4 * op.block, crc);
+        // Each block: the CRC of what the read returned of it (a short read ends at the target's
+        // end; a block wholly past it is the CRC of nothing).
+        const uint64_t bs = op.job->req.block_size;
+        const auto got = static_cast<uint64_t>(c.res);
+        for (uint32_t j = 0; j < op.blocks; ++j) {
+          const uint64_t at = j * bs;
+          const uint64_t len = at < got ? std::min(bs, got - at) : 0;
+          proto::StoreLe32(op.job->crcs.data() + 4 * (op.block + j),
+                           Crc32c(op.buffer.data() + at, len));
+        }
       }
-      ++op.job->done;
+      op.job->done += op.blocks;
       FreeOp(oi);
       return;
     }

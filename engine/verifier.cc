@@ -25,10 +25,13 @@ struct Chunk {
   std::array<uint32_t, proto::kMaxVerifyBlocks> remote_crcs{};
 };
 
+// One source read: `blocks` consecutive blocks of a chunk (as many as a pool buffer holds), so
+// that small blocks are still read in large requests.
 struct Read {
   io::BufferRef buffer;
   Chunk* chunk = nullptr;
   uint32_t block = 0;
+  uint32_t blocks = 0;
   uint64_t offset = 0;
   uint32_t length = 0;
 };
@@ -125,9 +128,12 @@ class VerifyRun {
         Read& r = reads_[ri];
         r.chunk = c;
         r.block = c->reads_issued;
+        r.blocks = std::min<uint32_t>(
+            std::max<uint32_t>(1, static_cast<uint32_t>(pool_.buffer_size() / options_.block_size)),
+            c->count - c->reads_issued);
         r.offset = (c->first_block + r.block) * options_.block_size;
-        r.length = static_cast<uint32_t>(
-            std::min<uint64_t>(options_.block_size, source_.size() - r.offset));
+        r.length = static_cast<uint32_t>(std::min<uint64_t>(
+            uint64_t{r.blocks} * options_.block_size, source_.size() - r.offset));
         r.buffer = std::move(*buffer);
         io::IoRequest req;
         req.op = io::IoOp::kRead;
@@ -141,7 +147,7 @@ class VerifyRun {
           status_ = s;
           return any;
         }
-        ++c->reads_issued;
+        c->reads_issued += r.blocks;
         any = true;
       }
     }
@@ -174,9 +180,13 @@ class VerifyRun {
                                                    source_.name(), r.offset, io[i].res,
                                                    r.length));
         } else {
-          r.chunk->local[r.block] = Crc32c(r.buffer.data(), r.length);
+          const uint32_t bs = options_.block_size;
+          for (uint32_t j = 0; j < r.blocks; ++j) {
+            r.chunk->local[r.block + j] =
+                Crc32c(r.buffer.data() + uint64_t{j} * bs, std::min(bs, r.length - j * bs));
+          }
         }
-        ++r.chunk->reads_done;
+        r.chunk->reads_done += r.blocks;
         r.buffer.Reset();
         free_reads_.push_back(static_cast<uint32_t>(io[i].tag));
       }

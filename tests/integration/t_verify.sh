@@ -33,11 +33,22 @@ rc=0; "$BLKMIRROR" verify --repair --json --source "$TEST_TMP/src" --peer "127.0
 jq -e '.repaired == true and .repair.bytes_sent == (2 * 1048576 + 1048576 + 777)' "$TEST_TMP/v.json" > /dev/null \
   || fail "repair: $(jq -c '{repaired, repair}' "$TEST_TMP/v.json")"
 "$BLKMIRROR" verify --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" > /dev/null 2>&1 || fail "not equal after verify --repair"
-step "push --checksum-skip sends only the blocks whose CRCs differ"
+step "push --checksum-skip sends only the pieces whose CRCs differ (4K; 1M with --checksum-block-size 1M)"
 printf 'Z' | dd of="$TEST_TMP/rep" bs=1 seek=$(((7 << 20) + 3)) conv=notrunc status=none
 push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" --checksum-skip || fail "push --checksum-skip: $(cat "$TEST_TMP/push.log")"
-[ "$(json .bytes_sent)" = $((1 << 20)) ] || fail "--checksum-skip sent $(json .bytes_sent) bytes"
+[ "$(json .bytes_sent)" = 4096 ] || fail "--checksum-skip sent $(json .bytes_sent) bytes for a 1-byte change"
 "$BLKMIRROR" verify --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" > /dev/null 2>&1 || fail "not equal after --checksum-skip"
+# The block sent in pieces is clean in the bitmap again: a resumed push sends nothing.
+push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" || fail "push after --checksum-skip"
+[ "$(json .bytes_sent)" = 0 ] || fail "a push after --checksum-skip resent $(json .bytes_sent) bytes"
+printf 'Z' | dd of="$TEST_TMP/rep" bs=1 seek=$(((9 << 20) + 5)) conv=notrunc status=none
+printf 'Z' | dd of="$TEST_TMP/rep" bs=1 seek=$(((20 << 20) + 700)) conv=notrunc status=none
+push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" --checksum-skip --checksum-block-size 1M \
+  || fail "push --checksum-block-size 1M: $(cat "$TEST_TMP/push.log")"
+[ "$(json .bytes_sent)" = $(((1 << 20) + 777)) ] || fail "--checksum-block-size 1M sent $(json .bytes_sent) bytes"
+"$BLKMIRROR" verify --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" > /dev/null 2>&1 || fail "not equal after --checksum-block-size 1M"
+expect_fail 2 "--checksum-block-size 12K must divide --block-size 1M" \
+  push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" --checksum-skip --checksum-block-size 12K
 step "push --full sends everything"
 push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" --full || fail "push --full"
 [ "$(json .bytes_sent)" = $(((20 << 20) + 777)) ] || fail "--full sent $(json .bytes_sent) bytes"
