@@ -198,6 +198,16 @@ def sweep_points(r):
     return pts
 
 
+def sweep_errors(r, points):
+    """[low], [high] error bar lengths: each point's rounds, min to max, around its median."""
+    lo, hi = [], []
+    for bs, w, median in points:
+        vals = [v for v in rounds_of(r, f"b{bs}_w{w}_GBps") if v is not None] or [median]
+        lo.append(max(median - min(vals), 0))
+        hi.append(max(max(vals) - median, 0))
+    return [lo, hi]
+
+
 def size_label(b):
     return f"{b >> 20}M" if b >= 1 << 20 else f"{b >> 10}K"
 
@@ -423,7 +433,9 @@ def plot_sweep(r, path):
     pts = sweep_points(r)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
     sizes = sorted(bs for bs, w in pts if w == 32)
-    a1.plot(sizes, [pts[(b, 32)][0] for b in sizes], "o-", color=BLUE, label="window 32 (default)")
+    ys = [pts[(b, 32)][0] for b in sizes]
+    a1.errorbar(sizes, ys, yerr=sweep_errors(r, [(b, 32, y) for b, y in zip(sizes, ys)]), fmt="o-",
+                color=BLUE, capsize=3, label="window 32 (default); bars: the rounds' range")
     a1.set_xscale("log", base=2)
     a1.xaxis.set_major_locator(FixedLocator(sizes))
     a1.xaxis.set_major_formatter(FuncFormatter(lambda v, _: size_label(int(v))))
@@ -435,7 +447,9 @@ def plot_sweep(r, path):
     for bs, color in ((65536, ORANGE), (1 << 20, BLUE)):
         ws = sorted(w for b, w in pts if b == bs)
         if ws:
-            a2.plot(ws, [pts[(bs, w)][0] for w in ws], "o-", color=color, label=f"{size_label(bs)} blocks")
+            ys = [pts[(bs, w)][0] for w in ws]
+            a2.errorbar(ws, ys, yerr=sweep_errors(r, [(bs, w, y) for w, y in zip(ws, ys)]), fmt="o-",
+                        color=color, capsize=3, label=f"{size_label(bs)} blocks")
     windows = sorted({w for _, w in pts})
     a2.set_xscale("log", base=2)
     a2.xaxis.set_major_locator(FixedLocator(windows))
