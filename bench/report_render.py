@@ -309,13 +309,14 @@ def summary_table(d):
     if p:
         for key, what, target, op, detail in (
                 ("ratio_vs_tcp", "DPDK push over memif vs TCP push on 127.0.0.1", 1.3, ">=",
-                 f"{p.get('memif_push_GBps_median')} vs {p.get('tcp_push_GBps_median')} GB/s"),
+                 f"{fmt(num(p, 'memif_push_GBps_median'))} vs {fmt(num(p, 'tcp_push_GBps_median'))} GB/s"),
                 ("ratio_vs_memif", "DPDK push over memif vs raw memif (`memif_probe`)", 0.7, ">=",
-                 f"{p.get('memif_push_GBps_median')} vs {p.get('raw_memif_GBps_median')} GB/s"),
+                 f"{fmt(num(p, 'memif_push_GBps_median'))} vs {fmt(num(p, 'raw_memif_GBps_median'))} GB/s"),
                 ("latency_ratio_vs_tcp", "DPDK 4 KiB window-1 durable p50 vs TCP's", 0.7, "<=",
-                 f"{p.get('latency_4k_durable_p50_us_dpdk')} vs {p.get('latency_4k_durable_p50_us_tcp')} µs"),
+                 f"{fmt(num(p, 'latency_4k_durable_p50_us_dpdk'), 1)} vs "
+                 f"{fmt(num(p, 'latency_4k_durable_p50_us_tcp'), 1)} µs"),
                 ("lossy_goodput_ratio", "DPDK goodput at 1 % packet loss vs 0 % (af_packet on a veth)", 0.8, ">=",
-                 f"{p.get('lossy_1pct_GBps_median')} vs {p.get('lossy_0pct_GBps_median')} GB/s")):
+                 f"{fmt(num(p, 'lossy_1pct_GBps_median'))} vs {fmt(num(p, 'lossy_0pct_GBps_median'))} GB/s")):
             v = num(p, key)
             sym = "≥" if op == ">=" else "≤"
             row("dpdk", what, f"{sym} {target}×", f"{fmt(v)}× ({detail})", met(v, target, op))
@@ -332,50 +333,55 @@ def style(ax, title, xlabel, ylabel):
 
 
 def plot_throughput(d, path):
-    """Horizontal bars, GB/s, one per tool, grouped by comparison."""
-    bars = []  # (label, GB/s, is_blkmirror) or None for a gap
+    """Horizontal bars, GB/s, one per tool, grouped by comparison, each group captioned with how
+    its script times the transfer."""
+    groups = []  # (caption, [(label, GB/s, is_blkmirror)])
     t, p, n = d.get("tcp"), d.get("dpdk"), d.get("nbd")
-    dates = []
+    dates = sorted({r.get("meta.date", "?") for r in (t, p, n) if r})
+    when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+    if len(dates) > 1 and dates[0][:10] == dates[-1][:10]:  # one day: its date once
+        when = f"{dates[0].removesuffix(' UTC')} to {dates[-1][11:]}"
     if t:
-        dates.append(t.get("meta.date", "?"))
-        bars += [("iperf3, one stream", num(t, "iperf3_GBps_median"), False),
-                 ("nc pipe (existing target)", num(t, "nc_GBps_median"), False),
-                 ("blkmirror push, durable (existing target)", num(t, "blkmirror_GBps_median"), True),
-                 ("blkmirror push, --tcp-zerocopy", num(t, "blkmirror_zerocopy_GBps_median"), True),
-                 ("nc pipe (fresh target)", num(t, "fresh_target_nc_GBps_median"), False),
-                 ("blkmirror push (fresh target)", num(t, "fresh_target_blkmirror_GBps_median"), True), None]
+        groups.append(("compare-tcp: 1 GiB, each command's wall clock (set-up included)", [
+            ("iperf3, one stream", num(t, "iperf3_GBps_median"), False),
+            ("nc pipe (existing target)", num(t, "nc_GBps_median"), False),
+            ("blkmirror push, durable (existing target)", num(t, "blkmirror_GBps_median"), True),
+            ("blkmirror push, --tcp-zerocopy", num(t, "blkmirror_zerocopy_GBps_median"), True),
+            ("nc pipe (fresh target)", num(t, "fresh_target_nc_GBps_median"), False),
+            ("blkmirror push (fresh target)", num(t, "fresh_target_blkmirror_GBps_median"), True)]))
     if p:
-        bars += [("raw memif (memif_probe)", num(p, "raw_memif_GBps_median"), False),
-                 ("blkmirror push, DPDK memif", num(p, "memif_push_GBps_median"), True),
-                 ("blkmirror push, TCP (same run)", num(p, "tcp_push_GBps_median"), True),
-                 ("blkmirror push, DPDK af_packet veth", num(p, "lossy_0pct_GBps_median"), True),
-                 ("  the same at 1 % packet loss", num(p, "lossy_1pct_GBps_median"), True), None]
+        groups.append(("compare-dpdk: the engine's rate, once connected (memif_probe: first to last frame)", [
+            ("raw memif (memif_probe)", num(p, "raw_memif_GBps_median"), False),
+            ("blkmirror push, DPDK memif", num(p, "memif_push_GBps_median"), True),
+            ("blkmirror push, TCP 127.0.0.1", num(p, "tcp_push_GBps_median"), True),
+            ("blkmirror push, DPDK af_packet veth", num(p, "lossy_0pct_GBps_median"), True),
+            ("  the same at 1 % packet loss", num(p, "lossy_1pct_GBps_median"), True)]))
     if n:
-        bars += [("nbdkit file, 1 MiB seq. writes QD8", num(n, "nbdkit_seq_1m_GBps_median"), False),
-                 ("blkmirror volume, 1 MiB seq. writes QD8", num(n, "volume_seq_1m_GBps_median"), True),
-                 ("blkmirror push, 1 GiB (same run)", num(n, "push_GBps_median"), True)]
-    while bars and bars[-1] is None:
-        bars.pop()
-    fig, ax = plt.subplots(figsize=(9, 0.38 * len(bars) + 1.6))
+        groups.append(("compare-nbd: fio's rate through NBD; push: its wall clock", [
+            ("nbdkit file, 1 MiB seq. writes QD8", num(n, "nbdkit_seq_1m_GBps_median"), False),
+            ("blkmirror volume, 1 MiB seq. writes QD8", num(n, "volume_seq_1m_GBps_median"), True),
+            ("blkmirror push, 1 GiB", num(n, "push_GBps_median"), True)]))
+    count = sum(len(bars) for _, bars in groups)
+    fig, ax = plt.subplots(figsize=(9, 0.38 * count + 0.45 * len(groups) + 1.4))
     y = 0
-    ticks, labels = [], []
-    for b in bars:
-        if b is None:
-            y += 0.6
-            continue
-        label, v, ours = b
-        ax.barh(y, v or 0, color=BLUE if ours else GREY, height=0.75)
-        if v is not None:
-            ax.text(v, y, f" {v:.2f}", va="center", fontsize=8)
-        ticks.append(y)
-        labels.append(label)
-        y += 1
+    ticks, labels, top = [], [], max((v or 0) for _, bars in groups for _, v, _ in bars)
+    for caption, bars in groups:
+        y += 0.35
+        ax.text(0.02 * top, y - 0.55, caption, fontsize=8, style="italic", va="center")
+        y += 0.35
+        for label, v, ours in bars:
+            ax.barh(y, v or 0, color=BLUE if ours else GREY, height=0.75)
+            if v is not None:
+                ax.text(v, y, f" {v:.2f}", va="center", fontsize=8)
+            ticks.append(y)
+            labels.append(label)
+            y += 1
     ax.set_yticks(ticks)
     ax.set_yticklabels(labels, fontsize=9)
-    ax.invert_yaxis()
-    ax.set_xlim(0, max(b[1] or 0 for b in bars if b) * 1.15)
+    ax.set_ylim(y - 0.4, -0.6)
+    ax.set_xlim(0, top * 1.15)
     style(ax, "Throughput per tool, medians (compare-tcp, compare-dpdk, compare-nbd)\n"
-              f"2 vCPUs, loopback / memif / veth, tmpfs; runs of {', '.join(sorted(set(dates)) or ['?'])}",
+              f"2 vCPUs, loopback / memif / veth, tmpfs; runs of {when}",
           "GB/s (10^9 bytes per second)", "")
     ax.grid(True, axis="x", alpha=0.3)
     ax.grid(False, axis="y")
