@@ -3,7 +3,10 @@
 // time; prints p50/p99 of the round trip in microseconds, as key=value lines.
 //
 //   tcp_pingpong server PORT SIZE COUNT [BIND_IPV4]     (default 127.0.0.1)
-//   tcp_pingpong client HOST PORT SIZE COUNT
+//   tcp_pingpong client HOST PORT SIZE COUNT [SAMPLES]
+//
+// SAMPLES: a file the client writes every round trip to, in microseconds, one a line, sorted
+// (what bench/report draws the ping-pong's CDF from).
 //
 // Plain blocking sockets with TCP_NODELAY: nothing in the way, so what it measures is the
 // kernel's TCP round trip for this message size (loopback, or the lab's wire between two guests).
@@ -17,6 +20,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -77,7 +81,7 @@ int Server(int port, size_t size, long count, const char* bind_ip) {
   return 0;
 }
 
-int Client(const char* host, int port, size_t size, long count) {
+int Client(const char* host, int port, size_t size, long count, const char* samples) {
   addrinfo hints{}, *ai = nullptr;
   hints.ai_socktype = SOCK_STREAM;
   if (getaddrinfo(host, std::to_string(port).c_str(), &hints, &ai) != 0) return 1;
@@ -99,6 +103,14 @@ int Client(const char* host, int port, size_t size, long count) {
   std::sort(us.begin(), us.end());
   auto q = [&](double p) { return us[static_cast<size_t>(p * static_cast<double>(us.size() - 1))]; };
   std::printf("pingpong_us_p50=%.1f\npingpong_us_p99=%.1f\n", q(0.50), q(0.99));
+  if (samples != nullptr) {
+    std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(samples, "w"), &std::fclose);
+    if (f == nullptr) {
+      std::perror(samples);
+      return 1;
+    }
+    for (double v : us) std::fprintf(f.get(), "%.1f\n", v);
+  }
   close(fd);
   return 0;
 }
@@ -111,10 +123,12 @@ int main(int argc, char** argv) {
     return Server(std::atoi(argv[2]), std::strtoul(argv[3], nullptr, 10), std::atol(argv[4]),
                   argc == 6 ? argv[5] : "127.0.0.1");
   }
-  if (mode == "client" && argc == 6) {
+  if (mode == "client" && (argc == 6 || argc == 7)) {
     return Client(argv[2], std::atoi(argv[3]), std::strtoul(argv[4], nullptr, 10),
-                  std::atol(argv[5]));
+                  std::atol(argv[5]), argc == 7 ? argv[6] : nullptr);
   }
-  std::fprintf(stderr, "usage: tcp_pingpong server PORT SIZE COUNT [BIND_IPV4] | client HOST PORT SIZE COUNT\n");
+  std::fprintf(stderr,
+               "usage: tcp_pingpong server PORT SIZE COUNT [BIND_IPV4] | "
+               "client HOST PORT SIZE COUNT [SAMPLES]\n");
   return 2;
 }

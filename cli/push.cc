@@ -639,6 +639,11 @@ int RunReplication(const ReplicationPlan& plan) {
   double p50 = static_cast<double>(report.latency.Quantile(0.50)) / 1e3;
   double p99 = static_cast<double>(report.latency.Quantile(0.99)) / 1e3;
   if (args.json || plan.result != nullptr) {
+    // Every non-empty bucket as [upper edge in us, count], for a CDF (bench/report draws one).
+    nlohmann::json histogram = nlohmann::json::array();
+    report.latency.ForEachBucket([&](uint64_t edge_ns, uint64_t n) {
+      histogram.push_back({static_cast<double>(edge_ns) / 1e3, n});
+    });
     nlohmann::json out = {{"bytes", report.bytes},
                           {"blocks", report.blocks},
                           {"bytes_sent", bytes_sent},
@@ -655,7 +660,7 @@ int RunReplication(const ReplicationPlan& plan) {
                           {"peers", peers_json},
                           {"retransmits", retransmits},
                           {"crc_mismatches", crc_mismatches},
-                          {"ack_latency_us", {{"p50", p50}, {"p99", p99}}},
+                          {"ack_latency_us", {{"p50", p50}, {"p99", p99}, {"histogram", histogram}}},
                           {"waits_ms",
                            {{"acks", static_cast<double>(report.wait_acks_ns) / 1e6},
                             {"source", static_cast<double>(report.wait_reads_ns) / 1e6}}}};

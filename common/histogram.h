@@ -26,6 +26,14 @@ class LatencyHistogram {
     for (size_t b = 0; b < counts_.size() && UpperEdge(b) <= ns; ++b) n += counts_[b];
     return n;
   }
+  // Calls f(upper_edge_ns, count) for each bucket holding a value, smallest first (the
+  // distribution at the histogram's resolution: what a CDF is drawn from).
+  template <typename F>
+  void ForEachBucket(F&& f) const {
+    for (size_t b = 0; b < counts_.size(); ++b) {
+      if (counts_[b] != 0) f(UpperEdge(b), counts_[b]);
+    }
+  }
   // The value at quantile q in [0, 1] (upper edge of its bucket), 0 when empty.
   uint64_t Quantile(double q) const {
     if (total_ == 0) return 0;

@@ -8,7 +8,7 @@ BUILD_PACKAGES=(g++ cmake ninja-build pkg-config liburing-dev libisal-dev libcli
                 libfmt-dev nlohmann-json3-dev libsodium-dev libgtest-dev libbenchmark-dev
                 libibverbs-dev librdmacm-dev libdpdk-dev libtomlplusplus-dev libsystemd-dev systemd libcpp-httplib-dev prometheus
                 jq python3 iproute2 util-linux netcat-openbsd iperf3
-                libnbd-bin python3-libnbd nbdkit fio qemu-utils
+                libnbd-bin python3-libnbd nbdkit fio qemu-utils python3-matplotlib
                 help2man man-db bsdextrautils dpkg-dev file systemd-container)
 
 say() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; }

@@ -20,6 +20,11 @@ for ack in sent received durable; do
   [ "$(json '.peers | length')" = 1 ] || fail "json peers"
   jq -e '.seconds > 0 and .bytes_per_second > 0 and .ack_latency_us.p50 > 0 and .ack_latency_us.p99 >= .ack_latency_us.p50' \
     "$TEST_TMP/push.json" > /dev/null || fail "json figures: $(cat "$TEST_TMP/push.json")"
+  # The latency histogram: one count per block acked, edges increasing, the p50 one of its edges.
+  jq -e '.ack_latency_us as $l | [$l.histogram[] | .[0]] as $edges
+         | ([$l.histogram[] | .[1]] | add) == .blocks and $edges == ($edges | sort | unique)
+         and any($edges[]; . == $l.p50)' \
+    "$TEST_TMP/push.json" > /dev/null || fail "json histogram: $(jq -c .ack_latency_us "$TEST_TMP/push.json")"
   # stdout holds exactly one JSON object and nothing else
   [ "$(wc -l < "$TEST_TMP/push.json")" = 1 ] || fail "stdout is not one line of JSON"
   expect_in "$TEST_TMP/serve-r.log" "session ended: 64 blocks"

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <random>
+#include <utility>
 #include <vector>
 
 namespace blkmirror {
@@ -49,6 +50,29 @@ TEST(Histogram, SumAndCumulativeCountsForPrometheus) {
     last = h.CountAtMost(ns);
     EXPECT_LE(last, h.count());
   }
+}
+
+TEST(Histogram, ForEachBucketGivesTheNonEmptyBucketsInOrder) {
+  LatencyHistogram h;
+  h.ForEachBucket([](uint64_t, uint64_t) { ADD_FAILURE() << "an empty histogram has no bucket"; });
+  for (uint64_t v : {5u, 5u, 1000u, 100000u, 100001u, 5000000u}) h.Record(v);
+  std::vector<std::pair<uint64_t, uint64_t>> buckets;
+  h.ForEachBucket([&](uint64_t edge, uint64_t n) { buckets.emplace_back(edge, n); });
+  // 100000 and 100001 share a bucket (width 2048 there); 5 is exact.
+  ASSERT_EQ(buckets.size(), 4u);
+  EXPECT_EQ(buckets[0], std::make_pair(uint64_t{5}, uint64_t{2}));
+  EXPECT_EQ(buckets[2].second, 2u);
+  uint64_t total = 0, prev = 0;
+  for (auto [edge, n] : buckets) {
+    EXPECT_GT(edge, prev);
+    // Each edge agrees with the cumulative counts Prometheus gets.
+    total += n;
+    EXPECT_EQ(h.CountAtMost(edge), total) << edge;
+    prev = edge;
+  }
+  EXPECT_EQ(total, h.count());
+  EXPECT_GE(buckets[3].first, 5000000u);
+  EXPECT_LE(buckets[3].first, 5000000u + 5000000u / 64);
 }
 
 TEST(Histogram, SmallValuesAreExact) {
