@@ -10,6 +10,7 @@
 #include "common/clock.h"
 #include "common/crc32c.h"
 #include "common/log_limiter.h"
+#include "engine/compress.h"
 #include "engine/seq_tracker.h"
 #include "engine/session.h"
 #include "proto/frame.h"
@@ -34,7 +35,7 @@ uint32_t ReplicaDiskDepth(uint32_t pool_buffers) { return pool_buffers + 2 + kBu
 class ReplicaServer::Impl {
  public:
   Impl(io::Ring& ring, io::BufferPool& pool, ReplicaOptions options)
-      : ring_(ring), pool_(pool), options_(std::move(options)) {
+      : ring_(ring), pool_(pool), scratch_(pool.buffer_size()), options_(std::move(options)) {
     ops_.resize(pool.count() + 1 + kBufferlessOps);
     queued_.reserve(ops_.size());
     free_ops_.reserve(ops_.size());
@@ -434,6 +435,7 @@ class ReplicaServer::Impl {
     // first slots, and the key to them, from here on).
     s.t->Trust(s.conn);
     proto::Frame f;
+    f.flags = proto::kHelloOkCompressed;
     f.body = proto::HelloOk{version, static_cast<uint32_t>(MaxBlock()), device_->size(),
                             replica_id};
     transport::WorkItem item;
@@ -609,23 +611,27 @@ class ReplicaServer::Impl {
       return;
     }
     s.seen_end = std::max(s.seen_end, d.seq + 1);
+    const proto::Codec codec = proto::DataCodec(f.flags);
+    if (codec != proto::Codec::kNone) {
+      // Decompressed into the scratch buffer (it cannot write over its own input), then back
+      // into the frame's buffer, which holds a whole block: the one copy of the compressed path.
+      if (buffer.capacity() < d.length ||
+          !decompressor_.Decompress(codec, buffer.data(), f.payload_len, scratch_.data(),
+                                    d.length)) {
+        return Nack(s, std::move(buffer), d, proto::NackReason::kBadPayload, 0,
+                    fmt::format("its {}-byte compressed payload does not decompress to {} bytes",
+                                f.payload_len, d.length));
+      }
+      std::memcpy(buffer.data(), scratch_.data(), d.length);
+    }
     uint32_t crc = Crc32c(buffer.data(), d.length);
     if (crc != d.crc) {
-      // Never written: NACK it, the primary sends it again.
       ++stats_.crc_mismatches;
       ++s.crc_mismatches;
-      if (auto left_out = crc_log_.Allow(NowNs())) {
-        spdlog::warn("{}: block at offset {} (seq {}) failed its CRC32C check (frame says "
-                     "0x{:08x}, data gives 0x{:08x}); not written, asking for a resend{}",
-                     s.peer, d.offset, d.seq, d.crc, crc, LeftOut(*left_out));
-      }
-      s.t->Release(s.conn, std::move(buffer));
-      proto::Frame nf;
-      nf.body = proto::Nack{d.seq, d.offset, proto::NackReason::kCrcMismatch, d.crc, crc, 0};
-      auto item = ControlItem(s.conn, nf);
-      Status posted = s.t->Post(std::span(&item, 1));
-      if (!posted.ok()) Refuse(s, posted);
-      return;
+      return Nack(s, std::move(buffer), d, proto::NackReason::kCrcMismatch, crc,
+                  fmt::format("failed its CRC32C check (frame says 0x{:08x}, data gives "
+                              "0x{:08x})",
+                              d.crc, crc));
     }
     s.accepted.Mark(d.seq);
     MaybeAdopt(s);
@@ -640,6 +646,21 @@ class ReplicaServer::Impl {
     }
     op->buffer = std::move(buffer);
     Schedule(*op);
+  }
+
+  // A block that is never written: NACKed, the primary sends it again.
+  void Nack(Session& s, io::BufferRef buffer, const proto::Data& d, proto::NackReason reason,
+            uint32_t actual_crc, const std::string& why) {
+    if (auto left_out = crc_log_.Allow(NowNs())) {
+      spdlog::warn("{}: block at offset {} (seq {}): {}; not written, asking for a resend{}",
+                   s.peer, d.offset, d.seq, why, LeftOut(*left_out));
+    }
+    s.t->Release(s.conn, std::move(buffer));
+    proto::Frame nf;
+    nf.body = proto::Nack{d.seq, d.offset, reason, d.crc, actual_crc, 0};
+    auto item = ControlItem(s.conn, nf);
+    Status posted = s.t->Post(std::span(&item, 1));
+    if (!posted.ok()) Refuse(s, posted);
   }
 
   void OnZero(Session& s, const proto::Frame& f, const proto::Zero& z) {
@@ -1150,6 +1171,8 @@ class ReplicaServer::Impl {
 
   io::Ring& ring_;
   io::BufferPool& pool_;
+  Decompressor decompressor_;
+  std::vector<std::byte> scratch_;  // a compressed block decompresses here (a pool buffer's size)
   ReplicaOptions options_;
   std::vector<transport::Transport*> transports_;
   std::vector<std::unique_ptr<Session>> sessions_;

@@ -92,6 +92,7 @@ Result<bool> ClientHandshake::OnFrame(transport::Transport& t, transport::ConnId
     }
     case proto::FrameType::kHelloOk: {
       ok_ = std::get<proto::HelloOk>(frame.body);
+      ok_flags_ = frame.flags;
       RETURN_IF_ERROR(CheckHelloOk(ok_, hello_, peer_));
       if (key_) {
         Mac want = ReplicaProof(*key_, hello_raw_, raw, nonce_p_, nonce_r_);

@@ -48,6 +48,8 @@ class ClientHandshake {
   Result<bool> OnFrame(transport::Transport& t, transport::ConnId conn, const proto::Frame& frame,
                        const proto::RawHeader& raw, std::span<const std::byte> payload);
   const proto::HelloOk& hello_ok() const { return ok_; }
+  // The HelloOk frame's flags: what the replica takes beyond its version (kHelloOkCompressed).
+  uint16_t hello_ok_flags() const { return ok_flags_; }
   // The replica's generations (protocol 3).
   const Generations& peer_generations() const { return peer_generations_; }
   const proto::Hello& hello() const { return hello_; }
@@ -61,6 +63,7 @@ class ClientHandshake {
   Nonce nonce_r_{};
   bool challenged_ = false;
   proto::HelloOk ok_;
+  uint16_t ok_flags_ = 0;
   const Generations* generations_ = nullptr;
   bool waiting_generation_ = false;
   Generations peer_generations_;

@@ -154,7 +154,9 @@ void EncodeBody(Writer&, const AuthProof&) {}
 uint16_t KnownFlags(FrameType type) {
   switch (type) {
     case FrameType::kData:
-      return kDataAckMask | kDataResend;
+      return kDataAckMask | kDataResend | kDataCodecMask;
+    case FrameType::kHelloOk:
+      return kHelloOkCompressed;
     case FrameType::kZero:
       return kDataAckMask | kZeroUnmap;
     case FrameType::kHeartbeat:
@@ -245,9 +247,19 @@ Result<Body> DecodeBody(FrameType type, uint16_t flags, uint32_t payload_len, co
         return Status::Protocol("Data seq {}: length {} outside 1..{}", d.seq, d.length,
                                 kMaxBlockSize);
       }
-      if (d.length != payload_len) {
+      const Codec codec = DataCodec(flags);
+      if (codec != Codec::kNone && codec != Codec::kLz4 && codec != Codec::kZstd) {
+        return Status::Protocol("Data seq {}: unknown codec {}", d.seq,
+                                static_cast<int>(codec));
+      }
+      if (codec == Codec::kNone && d.length != payload_len) {
         return Status::Protocol("Data seq {}: length {} differs from payload length {}", d.seq,
                                 d.length, payload_len);
+      }
+      if (codec != Codec::kNone && (payload_len == 0 || payload_len >= d.length)) {
+        return Status::Protocol("Data seq {}: a compressed payload of {} bytes for {} (it must "
+                                "be smaller, and not empty)",
+                                d.seq, payload_len, d.length);
       }
       if (d.offset % kSectorSize != 0 || d.offset > UINT64_MAX - d.length) {
         return Status::Protocol("Data seq {}: bad offset {}", d.seq, d.offset);
@@ -285,7 +297,8 @@ Result<Body> DecodeBody(FrameType type, uint16_t flags, uint32_t payload_len, co
       n.err = static_cast<int32_t>(r.U32(kOffBody + 28));
       if (!r.ZeroFrom(32)) return reserved("Nack");
       if (reason != static_cast<uint32_t>(NackReason::kCrcMismatch) &&
-          reason != static_cast<uint32_t>(NackReason::kIoError)) {
+          reason != static_cast<uint32_t>(NackReason::kIoError) &&
+          reason != static_cast<uint32_t>(NackReason::kBadPayload)) {
         return Status::Protocol("Nack seq {}: unknown reason {}", n.seq, reason);
       }
       n.reason = static_cast<NackReason>(reason);

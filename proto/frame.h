@@ -111,6 +111,9 @@ using ReplicaId = VolumeId;
 inline constexpr uint32_t kAuthNonceSize = 32;
 inline constexpr uint32_t kAuthMacSize = 32;
 
+// HelloOk flags: what the replica takes beyond its protocol version.
+// kHelloOkCompressed: Data payloads compressed with lz4 or zstd (kDataCodecMask).
+inline constexpr uint16_t kHelloOkCompressed = 0x1;
 struct HelloOk {
   uint16_t version = 0;
   uint32_t max_block_size = 0;
@@ -128,14 +131,24 @@ struct Error {
   uint32_t code = 0;  // ErrorCode value; text in the payload
 };
 
-// Data flags: bits 0-1 the ack level wanted, bit 2 set on a resend.
+// Data flags: bits 0-1 the ack level wanted, bit 2 set on a resend, bits 3-4 the payload's
+// codec (to a replica whose HelloOk had kHelloOkCompressed only).
 inline constexpr uint16_t kDataAckMask = 0x3;
 inline constexpr uint16_t kDataResend = 0x4;
+inline constexpr uint16_t kDataCodecMask = 0x18;
+inline constexpr int kDataCodecShift = 3;
+enum class Codec : uint8_t { kNone = 0, kLz4 = 1, kZstd = 2 };
+inline Codec DataCodec(uint16_t flags) {
+  return static_cast<Codec>((flags & kDataCodecMask) >> kDataCodecShift);
+}
+inline uint16_t DataCodecFlags(Codec codec) {
+  return static_cast<uint16_t>(static_cast<uint16_t>(codec) << kDataCodecShift);
+}
 struct Data {
   uint64_t seq = 0;     // per-session sequence, dense from 0; a resend keeps its seq
   uint64_t offset = 0;  // byte offset in the volume
-  uint32_t length = 0;  // == payload_len
-  uint32_t crc = 0;     // CRC32C of the payload
+  uint32_t length = 0;  // == payload_len; compressed: the length once decompressed (> payload_len)
+  uint32_t crc = 0;     // CRC32C of the data (compressed: of the data once decompressed)
 };
 
 struct Ack {
@@ -145,7 +158,8 @@ struct Ack {
   uint64_t sack_bits = 0;
 };
 
-enum class NackReason : uint32_t { kCrcMismatch = 1, kIoError = 2 };
+// kBadPayload: a compressed payload that does not decompress to exactly `length` bytes.
+enum class NackReason : uint32_t { kCrcMismatch = 1, kIoError = 2, kBadPayload = 3 };
 struct Nack {
   uint64_t seq = 0;
   uint64_t offset = 0;

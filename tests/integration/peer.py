@@ -21,6 +21,13 @@
                                2^64 - 1 and wraps to seq 0. Prints "listening
                                PORT" once it listens (LISTEN_PORT 0: any free port); ends when
                                the primary closes.
+    peer.py PORT bad-compressed TARGET
+                               open a write session (protocol 2) and send Data frames with zstd
+                               payloads (made by the zstd command): garbage, one that decompresses
+                               to a byte fewer than its length, one whose CRC is wrong, then a
+                               good one; exit 0 when the first three are NACKed (bad payload, bad
+                               payload, CRC mismatch), the good one is acked, and TARGET holds
+                               the good block and nothing of the others
 
 Frames are built here from docs/protocol.md (64-byte little-endian header, CRC32C over the
 header with the CRC field zeroed), independently of the C++ codec on purpose.
@@ -272,6 +279,61 @@ def fake_replica(port, mode):
     stop.set()
     return True
 
+T_NACK_BAD_PAYLOAD, T_NACK_CRC = 3, 1
+CODEC_ZSTD = 2 << 3
+
+def bad_compressed(port, target):
+    import subprocess
+    def zstd(raw):
+        return subprocess.run(["zstd", "-q", "-c"], input=raw, capture_output=True,
+                              check=True).stdout
+    def compressed(seq, offset, length, crc, payload):
+        return header(T_DATA, struct.pack("<QQII", seq, offset, length, crc), flags=2 | CODEC_ZSTD,
+                      payload_len=len(payload)) + payload
+    s = connect(port)
+    s.sendall(hello(block_size=4096, volume=64 << 10, vmin=1, vmax=2))
+    h = recv_exact(s, 64)
+    if h is None or h[5] != T_HELLO_OK:
+        print("FAIL no HelloOk")
+        return False
+    flags = struct.unpack("<H", h[6:8])[0]
+    if not flags & 1:
+        print(f"FAIL the replica's HelloOk does not offer compressed payloads (flags {flags:#x})")
+        return False
+    good = bytes(range(256)) * 16
+    frames = [
+        compressed(0, 0, 4096, crc32c(good), b"\x28\xb5\x2f\xfd" + b"garbage" * 20),
+        compressed(1, 4096, 4096, crc32c(good), zstd(good[:4095])),
+        compressed(2, 8192, 4096, crc32c(good) ^ 1, zstd(good)),
+        compressed(3, 12288, 4096, crc32c(good), zstd(good)),
+    ]
+    for f in frames:
+        s.sendall(f)
+    s.settimeout(5)
+    nacks, good_acked = {}, False
+    while len(nacks) < 3 or not good_acked:
+        h = recv_exact(s, 64)
+        if h is None:
+            break
+        ftype, plen = h[5], struct.unpack("<I", h[8:12])[0]
+        if plen:
+            recv_exact(s, plen)
+        if ftype == T_NACK:
+            seq, _, reason = struct.unpack("<QQI", h[16:36])
+            nacks[seq] = reason
+        elif ftype == T_ACK:
+            cumulative, base, bits = struct.unpack("<QQQ", h[24:48])
+            good_acked |= cumulative > 3 or (base <= 3 < base + 64 and bits >> (3 - base) & 1)
+    s.close()
+    ok = nacks == {0: T_NACK_BAD_PAYLOAD, 1: T_NACK_BAD_PAYLOAD, 2: T_NACK_CRC} and good_acked
+    print(f"{'ok  ' if ok else 'FAIL'} NACKs by seq: {nacks} (expected bad payload for 0 and 1, "
+          f"CRC mismatch for 2); the good one acked: {good_acked}")
+    with open(target, "rb") as t:
+        blocks = [t.read(4096) for _ in range(4)]
+    written = blocks[3] == good and all(b != good for b in blocks[:3])
+    print(f"{'ok  ' if written else 'FAIL'} the target holds the good block only")
+    return ok and written
+
 def read_one(s):
     h = recv_exact(s, 64)
     if h is None:
@@ -298,6 +360,8 @@ if __name__ == "__main__":
         ok = hello_heartbeats(port, float(args[0]))
     elif mode == "fake-replica":
         ok = fake_replica(port, args[0])
+    elif mode == "bad-compressed":
+        ok = bad_compressed(port, args[0])
     else:
         sys.exit(f"unknown mode {mode}")
     sys.exit(0 if ok else 1)

@@ -243,6 +243,30 @@ TEST(Frame, DataRoundTrip) {
   }
 }
 
+// A compressed Data frame (bits 3-4: lz4 1, zstd 2): its payload is smaller than its length,
+// and not empty; codec 3 does not exist. HelloOk's kHelloOkCompressed round-trips.
+TEST(Frame, CompressedDataBounds) {
+  Data d = ValidData();
+  for (Codec codec : {Codec::kLz4, Codec::kZstd}) {
+    auto r = DecodeRaw(Encode(Make(d, 2 | DataCodecFlags(codec), 1000)));
+    ASSERT_TRUE(r.ok()) << r.status().message();
+    EXPECT_EQ(DataCodec(r->flags), codec);
+    EXPECT_EQ(r->payload_len, 1000u);
+    EXPECT_EQ(std::get<Data>(r->body).length, d.length);
+    ExpectRejected(Encode(Make(d, 2 | DataCodecFlags(codec), d.length)), "must be smaller");
+    ExpectRejected(Encode(Make(d, 2 | DataCodecFlags(codec), d.length + 1)), "must be smaller");
+    ExpectRejected(Encode(Make(d, 2 | DataCodecFlags(codec), 0)), "not empty");
+  }
+  ExpectRejected(Encode(Make(d, 2 | kDataCodecMask, 1000)), "unknown codec 3");
+  ExpectRejected(Encode(Make(d, 2, 1000)), "differs from payload length");
+  Frame ok;
+  ok.flags = kHelloOkCompressed;
+  ok.body = HelloOk{3, 1 << 20, 1 << 30, {}};
+  auto r = DecodeRaw(Encode(ok));
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_EQ(r->flags, kHelloOkCompressed);
+}
+
 TEST(Frame, DataBoundsThatAreAccepted) {
   Data d = ValidData();
   d.length = kMaxBlockSize;
@@ -523,7 +547,8 @@ TEST(Frame, RejectsUnknownTypes) {
 
 TEST(Frame, RejectsUnknownFlagBitsForEveryType) {
   for (const Frame& f : OneOfEach()) {
-    uint16_t allowed = f.type() == FrameType::kData        ? (kDataAckMask | kDataResend)
+    uint16_t allowed = f.type() == FrameType::kData ? (kDataAckMask | kDataResend | kDataCodecMask)
+                       : f.type() == FrameType::kHelloOk   ? kHelloOkCompressed
                        : f.type() == FrameType::kZero      ? (kDataAckMask | kZeroUnmap)
                        : f.type() == FrameType::kHeartbeat ? kHeartbeatReply
                        : f.type() == FrameType::kGeneration
@@ -748,7 +773,7 @@ TEST(Frame, AckRejectsPayload) {
 }
 
 TEST(Frame, NackRejectsUnknownReasonAndPayload) {
-  for (uint32_t reason : {0u, 3u, UINT32_MAX}) {
+  for (uint32_t reason : {0u, 4u, UINT32_MAX}) {
     auto raw = Encode(Make(Nack{5, 4096, NackReason::kIoError, 0, 0, 5}));
     SetU32(raw, kOffBody + 16, reason);
     ExpectRejected(raw, "reason");
