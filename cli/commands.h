@@ -68,6 +68,7 @@ struct PushArgs {
   std::string test_hold_at;  // hold the push once this many bytes are acked, until SIGUSR1
   bool tcp_zerocopy = false;
   std::string bind;  // local address to connect from
+  std::string compress = "none";  // lz4, zstd[:LEVEL] or none (engine/compress.h)
 };
 
 struct VolumeArgs {
@@ -92,6 +93,7 @@ struct VolumeArgs {
   std::string run_dir = "/run/blkmirror";
   std::string bind;
   std::string metrics;  // HOST:PORT of the Prometheus endpoint ("" = none)
+  std::string compress = "none";  // lz4, zstd[:LEVEL] or none (engine/compress.h)
 };
 
 struct VerifyArgs {

@@ -16,6 +16,7 @@
 #include "cli/values.h"
 #include "common/units.h"
 #include "engine/auth.h"
+#include "engine/compress.h"
 #include "engine/replicator.h"
 #include "transport/transport.h"
 
@@ -155,9 +156,17 @@ class Reader {
         r.peer_timeout = Duration(v, where);
       } else if (key == "ack-timeout") {
         r.ack_timeout = Duration(v, where);
+      } else if (key == "compress") {
+        if (auto text = String(v, where)) {
+          if (auto spec = engine::CompressSpec::Parse(*text); spec.ok()) {
+            r.compress = *text;
+          } else {
+            Problem(Line(v), where, spec.status().message());
+          }
+        }
       } else {
         Unknown(k, where, {"transport", "ack", "block-size", "window", "quorum", "resync-rate",
-                           "key-file", "peer-timeout", "ack-timeout"});
+                           "key-file", "peer-timeout", "ack-timeout", "compress"});
       }
     }
   }

@@ -67,7 +67,8 @@ struct Plan {
             {"resync-rate", vol.resync_rate},
             {"meta-dir", vol.meta_dir},
             {"bind", vol.bind},
-            {"metrics", vol.metrics}};
+            {"metrics", vol.metrics},
+            {"compress", vol.compress}};
   }
 };
 

@@ -189,6 +189,9 @@ std::string VolumeMetrics(const engine::VolumeStatus& s, const std::string& volu
            [](const P& p) { return p.reconnects; });
   per_peer("blkmirror_peer_sent_bytes_total", "counter", "Bytes of blocks sent, resends included.",
            [](const P& p) { return p.bytes_sent; });
+  per_peer("blkmirror_peer_wire_bytes_total", "counter",
+           "Payload bytes on the wire (compressed where they were, --compress).",
+           [](const P& p) { return p.wire_bytes; });
   per_peer("blkmirror_peer_zero_bytes_total", "counter",
            "Bytes sent as zero ranges (blocks of zeros and TRIM/WRITE_ZEROES: no payload).",
            [](const P& p) { return p.zero_bytes; });

@@ -332,6 +332,8 @@ int RunReplication(const ReplicationPlan& plan) {
   if (args.full && args.checksum_skip) {
     return fail(Status::Invalid("--full and --checksum-skip contradict each other"), kExitUsage);
   }
+  auto compress = engine::CompressSpec::Parse(args.compress);
+  if (!compress.ok()) return fail(compress.status().Context("--compress"), kExitUsage);
   auto piece_size = ParseBlockSize(args.checksum_block_size, "--checksum-block-size");
   if (!piece_size.ok()) return fail(piece_size.status(), kExitUsage);
   if (*piece_size > *block_size || *block_size % *piece_size != 0) {
@@ -467,6 +469,7 @@ int RunReplication(const ReplicationPlan& plan) {
   options.peer_timeout = *timeout;
   options.ack_timeout = *ack_timeout;
   options.key = key;
+  options.compress = *compress;
   // Pieces smaller than a block go as extents (protocol 2).
   const bool pieces_wanted =
       *piece_size < bs && std::any_of(checksums.begin(), checksums.end(),
@@ -606,7 +609,7 @@ int RunReplication(const ReplicationPlan& plan) {
     if (!synced.ok()) return fail(synced);
   }
 
-  uint64_t retransmits = 0, crc_mismatches = 0, bytes_sent = 0, zero_bytes = 0;
+  uint64_t retransmits = 0, crc_mismatches = 0, bytes_sent = 0, zero_bytes = 0, wire_bytes = 0;
   nlohmann::json peers_json = nlohmann::json::array();
   std::string transport_used;
   for (size_t i = 0; i < stats.size(); ++i) {
@@ -615,6 +618,7 @@ int RunReplication(const ReplicationPlan& plan) {
     crc_mismatches += s.crc_mismatches;
     bytes_sent += s.bytes_sent;
     zero_bytes += s.zero_bytes;
+    wire_bytes += s.wire_bytes;
     transport_used = transport_used.empty() || transport_used == s.transport ? s.transport : "mixed";
     std::string why = !s.fallback_reason.empty() ? s.fallback_reason : transports->unavailable;
     nlohmann::json peer = {
@@ -626,6 +630,7 @@ int RunReplication(const ReplicationPlan& plan) {
         {"blocks_sent", s.blocks_sent},
         {"bytes_sent", s.bytes_sent},
         {"zero_bytes", s.zero_bytes},
+        {"wire_bytes", s.wire_bytes},
         {"blocks_acked", s.blocks_acked},
         {"bytes_acked", s.bytes_acked},
         {"blocks_dirty", bitmap_ptrs[i]->CountSet()},
@@ -648,6 +653,8 @@ int RunReplication(const ReplicationPlan& plan) {
                           {"blocks", report.blocks},
                           {"bytes_sent", bytes_sent},
                           {"zero_bytes", zero_bytes},
+                          {"wire_bytes", wire_bytes},
+                          {"compress", compress->ToString()},
                           {"blocks_skipped", report.blocks_skipped},
                           {"resumed", resumed},
                           {"seconds", report.seconds},

@@ -73,6 +73,7 @@ void FillPrimary(const FlagGiven& given, const ResourceConfig& c, const NodeConf
   Fill(given, "--key-file", args.key_file, c.key_file);
   Fill(given, "--meta-dir", args.meta_dir, n.meta_dir);
   Fill(given, "--bind", args.bind, n.bind);
+  Fill(given, "--compress", args.compress, c.compress);
 }
 
 }  // namespace

@@ -52,6 +52,7 @@ nlohmann::json StatusJson(const engine::VolumeStatus& s, const std::string& name
                         {"bytes_acked", p.bytes_acked},
                         {"bytes_sent", p.bytes_sent},
                         {"zero_bytes", p.zero_bytes},
+                        {"wire_bytes", p.wire_bytes},
                         {"bytes_in_flight", p.bytes_in_flight},
                         {"ack_latency_p50_us", p.ack_latency.Quantile(0.5) / 1000},
                         {"ack_latency_p99_us", p.ack_latency.Quantile(0.99) / 1000}};
@@ -160,6 +161,8 @@ int RunVolume(const VolumeArgs& args, Runner& runner) {
   }
   auto pool_size = ParseSize(args.pool_size);
   if (!pool_size.ok()) return fail(pool_size.status().Context("--pool-size"), kExitUsage);
+  auto compress = engine::CompressSpec::Parse(args.compress);
+  if (!compress.ok()) return fail(compress.status().Context("--compress"), kExitUsage);
   std::vector<transport::Endpoint> endpoints;
   for (const std::string& p : args.peers) {
     auto ep = transport::Endpoint::Parse(p);
@@ -274,6 +277,7 @@ int RunVolume(const VolumeArgs& args, Runner& runner) {
   r.peer_timeout = *timeout;
   r.ack_timeout = *ack_timeout;
   r.key = key;
+  r.compress = *compress;
   for (const auto& ep : endpoints) {
     options.peers.push_back({transports->preferred.get(), ep, transports->fallback.get()});
     proto::ReplicaId id;

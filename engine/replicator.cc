@@ -10,6 +10,7 @@
 #include "common/crc32c.h"
 #include "common/log_limiter.h"
 #include "common/zero.h"
+#include "engine/compress.h"
 #include "engine/seq_tracker.h"
 #include "engine/session.h"
 
@@ -49,6 +50,10 @@ class Replicator::Impl {
     quorum_ = options_.quorum == 0 ? static_cast<uint32_t>(configs.size()) : options_.quorum;
     const uint32_t slots = WriteSlots(options_, configs.size());
     writes_ = std::vector<Write>(slots);
+    if (options_.compress.codec != proto::Codec::kNone) {
+      compressor_ = std::make_unique<Compressor>(options_.compress);
+      compressed_.resize(size_t{slots} * Compressor::Bound(options_.block_size));
+    }
     done_.assign(slots, 0);
     free_.clear();
     for (uint32_t i = slots; i-- > 0;) free_.push_back(i);
@@ -295,6 +300,9 @@ class Replicator::Impl {
     // A zero block's CRC is needed only by a replica that takes no zero ranges (SendData).
     w.crc = w.zero ? 0 : Crc32c(buffer.data(), length);
     w.crc_known = !w.zero;
+    if (compressor_ && !w.zero && (w.targets & Compressing()) != 0) {
+      w.compressed = compressor_->Compress(buffer.data(), length, Compressed(wi));
+    }
     w.buffer = std::move(buffer);
     return SendToTargets(wi);
   }
@@ -399,6 +407,7 @@ class Replicator::Impl {
     w.crc = 0;
     w.zero = false;
     w.crc_known = false;
+    w.compressed = 0;
     w.targets = sendable;
     w.skipped = targets & ~sendable;
     w.counted = 0;
@@ -563,6 +572,7 @@ class Replicator::Impl {
     std::array<uint8_t, kMaxPeers> clean_before{};
     uint32_t crc = 0;
     bool zero = false;  // kData: the buffer holds only zeros (its crc is computed when needed)
+    uint32_t compressed = 0;  // kData: its compressed size in compressed_ (0: sent as it is)
     bool crc_known = false;
     io::BufferRef buffer;
     uint64_t start_ns = 0;
@@ -664,6 +674,11 @@ class Replicator::Impl {
         f.payload_len = static_cast<uint32_t>(w.length);
         f.body = proto::Data{pw.seq, w.offset, static_cast<uint32_t>(w.length), w.crc};
         item.data = w.buffer.data();
+        if (w.compressed != 0 && (Compressing() >> p.index & 1)) {
+          f.flags |= proto::DataCodecFlags(options_.compress.codec);
+          f.payload_len = w.compressed;
+          item.data = Compressed(pw.write);
+        }
         break;
       case WriteKind::kZero:
         f.flags = level | (w.unmap ? proto::kZeroUnmap : 0);
@@ -685,6 +700,25 @@ class Replicator::Impl {
     pw.sending = true;
     ++p.stats.blocks_sent;
     (as_zero ? p.stats.zero_bytes : p.stats.bytes_sent) += w.length;
+    p.stats.wire_bytes += f.payload_len;
+  }
+
+  // Peers that get compressed payloads: their replica decompresses (HelloOk), and their
+  // transport sends from any memory (compressed_ is not in the registered pool: TCP, not RDMA
+  // or DPDK).
+  PeerMask Compressing() const {
+    PeerMask m = 0;
+    for (const auto& p : peers_) {
+      if (p->stats.state == PeerState::kInSession && p->t->SendsAnyMemory() &&
+          (p->handshake.hello_ok_flags() & proto::kHelloOkCompressed) != 0) {
+        m |= PeerMask{1} << p->index;
+      }
+    }
+    return m;
+  }
+  // Write slot `wi`'s room for its compressed payload.
+  std::byte* Compressed(uint32_t wi) {
+    return compressed_.data() + size_t{wi} * Compressor::Bound(options_.block_size);
   }
 
   void PollTransports() {
@@ -907,12 +941,16 @@ class Replicator::Impl {
     }
     const Write& w = writes_[pw.write];
     p.last_progress_ns = NowNs();  // an answer, if not a good one: max_retries bounds those
-    if (n.reason == proto::NackReason::kCrcMismatch) ++p.stats.crc_mismatches;
+    if (n.reason != proto::NackReason::kIoError) ++p.stats.crc_mismatches;
     if (auto left_out = nack_log_.Allow(NowNs())) {
       if (n.reason == proto::NackReason::kCrcMismatch) {
         spdlog::warn("{}: block at offset {} failed its CRC32C check at the replica (expected "
                      "0x{:08x}, got 0x{:08x}); resending{}",
                      p.name, w.offset, n.expected_crc, n.actual_crc, LeftOut(*left_out));
+      } else if (n.reason == proto::NackReason::kBadPayload) {
+        spdlog::warn("{}: block at offset {}: its compressed payload did not decompress at the "
+                     "replica; resending{}",
+                     p.name, w.offset, LeftOut(*left_out));
       } else {
         spdlog::warn("{}: replica could not write block at offset {}: {}; resending{}", p.name,
                      w.offset, std::strerror(n.err), LeftOut(*left_out));
@@ -924,8 +962,9 @@ class Replicator::Impl {
           ErrorCode::kCrcMismatch,
           fmt::format("block at offset {} (length {}) was rejected by {} {} times ({}); giving up",
                       w.offset, w.length, p.name, pw.retries,
-                      n.reason == proto::NackReason::kCrcMismatch ? "CRC32C mismatch"
-                                                                  : "replica write error")));
+                      n.reason == proto::NackReason::kCrcMismatch   ? "CRC32C mismatch"
+                      : n.reason == proto::NackReason::kBadPayload ? "compressed payload refused"
+                                                                   : "replica write error")));
       return;
     }
     ++p.stats.retransmits;
@@ -1085,6 +1124,8 @@ class Replicator::Impl {
   std::vector<std::unique_ptr<Peer>> peers_;
   std::vector<transport::Transport*> transports_;
   std::vector<Write> writes_;
+  std::unique_ptr<Compressor> compressor_;  // --compress
+  std::vector<std::byte> compressed_;      // per write slot, room for its compressed payload
   std::vector<uint32_t> free_;
   std::vector<uint32_t> done_;  // ring of write indexes ready for Poll
   size_t done_head_ = 0;

@@ -45,6 +45,7 @@
 #include "common/histogram.h"
 #include "common/status.h"
 #include "engine/auth.h"
+#include "engine/compress.h"
 #include "engine/dirty_bitmap.h"
 #include "engine/generations.h"
 #include "engine/hot_blocks.h"
@@ -75,6 +76,9 @@ struct ReplicatorOptions {
   // punches a hole where its target can, else zeroes the range) to replicas of protocol 2 or
   // later; as Data to older ones.
   bool zero_blocks = true;
+  // Data payloads compressed (lz4 or zstd) to replicas that decompress (HelloOk) over TCP, each
+  // block once, kept only when it saves (engine/compress.h); the CRC stays the data's.
+  CompressSpec compress;
   // Buffers go back to the caller (TakeBuffers) instead of the pool once the Replicator is done
   // with them: for a caller that still uses them after the write completed (a volume's local
   // write of the same buffer).
@@ -150,6 +154,7 @@ struct PeerStats {
   uint64_t blocks_sent = 0;  // Data and Zero frames sent, resends included
   uint64_t bytes_sent = 0;   // of Data payloads
   uint64_t zero_bytes = 0;   // sent as zero ranges (Zero frames: no payload)
+  uint64_t wire_bytes = 0;   // payload bytes on the wire (compressed where they were)
   uint64_t blocks_acked = 0;
   uint64_t bytes_acked = 0;
   uint64_t retransmits = 0;

@@ -272,6 +272,7 @@ class Volume::Impl {
       ps.bytes_acked = stats[i].bytes_acked;
       ps.bytes_sent = stats[i].bytes_sent;
       ps.zero_bytes = stats[i].zero_bytes;
+      ps.wire_bytes = stats[i].wire_bytes;
       ps.retransmits = stats[i].retransmits;
       ps.crc_mismatches = stats[i].crc_mismatches;
       ps.bytes_in_flight = stats[i].bytes_in_flight;

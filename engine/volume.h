@@ -113,6 +113,7 @@ struct VolumePeerStatus {
   uint64_t bytes_acked = 0;
   uint64_t bytes_sent = 0;  // of Data payloads, resends included
   uint64_t zero_bytes = 0;  // sent as zero ranges (no payload)
+  uint64_t wire_bytes = 0;  // payload bytes on the wire (compressed where they were)
   uint64_t retransmits = 0;
   uint64_t crc_mismatches = 0;  // blocks it reported arriving with a bad CRC (sent again)
   uint64_t bytes_in_flight = 0;  // sent and not yet acked

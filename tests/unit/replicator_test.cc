@@ -223,6 +223,37 @@ TEST_F(ReplicatorTest, ZeroBlocksGoAsZeroRangesWhereTheReplicaTakesThem) {
   EXPECT_EQ(stats[1].crc_mismatches, 0u);
 }
 
+// --compress: payloads that compress go compressed (each block once, whatever the peers), those
+// that do not go as they are; the replicas end equal to the source.
+TEST_F(ReplicatorTest, CompressedPayloadsWhereTheySave) {
+  for (const char* spec : {"lz4", "zstd:3"}) {
+    SCOPED_TRACE(spec);
+    replicas_.clear();
+    done_.clear();
+    // Blocks of text-like bytes (compress well) and of random bytes (do not).
+    auto data = RandomBytes(8 * (16 << 10), 5);
+    for (size_t i = 0; i < 4 * (16 << 10); ++i) data[i] = static_cast<std::byte>("abcabcabd"[i % 9]);
+    Replica& a = AddReplica(data.size());
+    Replica& b = AddReplica(data.size());
+    ReplicatorOptions o = Options(data.size(), AckLevel::kDurable);
+    auto parsed = CompressSpec::Parse(spec);
+    ASSERT_TRUE(parsed.ok());
+    o.compress = *parsed;
+    ASSERT_TRUE(StartPrimary(o).ok());
+    Status s = Push(data);
+    ASSERT_TRUE(s.ok()) << s.message();
+    CloseAll();
+    EXPECT_TRUE(Equal(a.device->contents(), data));
+    EXPECT_TRUE(Equal(b.device->contents(), data));
+    for (const auto& st : rep_->stats()) {
+      EXPECT_EQ(st.bytes_sent, data.size());
+      EXPECT_GT(st.wire_bytes, 4u * (16 << 10));  // the random half as it is
+      EXPECT_LT(st.wire_bytes, 4u * (16 << 10) + 4096);  // the text half in little
+      EXPECT_EQ(st.crc_mismatches, 0u);
+    }
+  }
+}
+
 TEST_F(ReplicatorTest, DurableCompletionMeansFlushed) {
   // Every write reported complete at `durable` is in the device's flushed contents.
   auto data = RandomBytes(16 * (16 << 10), 2);
