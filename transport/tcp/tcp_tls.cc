@@ -32,6 +32,13 @@ void SayKtlsOnce(const std::string& text) {
 void TcpTransport::TlsStartSend(Conn& conn) {
   if (conn.send_inflight) return;
   tls::Session& s = *conn.tls;
+  if (!s.handshake_done() && conn.sq_sent < conn.sq.tail() && !conn.closing) {
+    // A frame for a peer still in its TLS handshake (the engine refusing it: an Error, then
+    // close): nothing reaches a peer before its handshake is over, so the connection closes now.
+    conn.local_close = true;
+    Fail(conn, Status());
+    return;
+  }
   if (s.handshake_done() && !conn.ktls_pending && !conn.closing && !conn.send_broken &&
       !conn.tls_failing) {
     // Encrypt queued frames, in order, until the session's buffer is full.

@@ -11,6 +11,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <string_view>
@@ -91,7 +92,8 @@ void InfoCallback(const SSL* ssl, int where, int ret) {
   if (!(where & SSL_CB_ALERT)) return;
   Session* s = SessionOf(ssl);
   if (s == nullptr) return;
-  std::string text = SSL_alert_desc_string_long(ret);
+  // TLS 1.3's certificate_required (116) is "unknown" to OpenSSL 3.0's names.
+  std::string text = (ret & 0xff) == 116 ? "certificate required" : SSL_alert_desc_string_long(ret);
   if (where & SSL_CB_READ) {
     s->alert_received = text;
   } else {
@@ -201,11 +203,23 @@ Result<std::unique_ptr<Context>> Context::Create(const TlsOptions& options) {
   SSL_CTX_set_info_callback(ctx, InfoCallback);
   SSL_CTX_set_keylog_callback(ctx, KeyLog);
   if (options.certificates()) {
+    for (auto [flag, path] : {std::pair{"--cert", &options.cert},
+                              std::pair{"--cert-key", &options.cert_key},
+                              std::pair{"--ca", &options.ca}}) {
+      if (access(path->c_str(), R_OK) != 0) {
+        return Status::Invalid("{} {}: {}", flag, *path, std::strerror(errno));
+      }
+    }
     if (SSL_CTX_use_certificate_chain_file(ctx, options.cert.c_str()) != 1) {
       return Status::Invalid("--cert {}: cannot load a PEM certificate from it: {}", options.cert,
                              TakeErrors());
     }
     if (SSL_CTX_use_PrivateKey_file(ctx, options.cert_key.c_str(), SSL_FILETYPE_PEM) != 1) {
+      if (ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH) {
+        ERR_clear_error();
+        return Status::Invalid("--cert-key {} is not the key of --cert {}", options.cert_key,
+                               options.cert);
+      }
       return Status::Invalid("--cert-key {}: cannot load a PEM private key from it: {}",
                              options.cert_key, TakeErrors());
     }
@@ -455,6 +469,7 @@ Status Session::Failure(int ret) {
   if (psk && role_ == Role::kServer &&
       (HasReason(first, SSL_R_NO_SHARED_CIPHER) || HasReason(first, SSL_R_NO_SUITABLE_KEY_SHARE) ||
        HasReason(first, SSL_R_NO_CERTIFICATE_SET) ||
+       HasReason(first, SSL_R_NO_SUITABLE_SIGNATURE_ALGORITHM) ||
        HasReason(first, SSL_R_MISSING_SIGALGS_EXTENSION))) {
     return Status::Error(ErrorCode::kRefused,
                          fmt::format("refused {} in the TLS handshake: it offered no pre-shared key "
