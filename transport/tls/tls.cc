@@ -197,8 +197,11 @@ Result<std::unique_ptr<Context>> Context::Create(const TlsOptions& options) {
   // pretence, and whole records where the pair has room for fewer bytes than asked.
   SSL_CTX_set_num_tickets(ctx, 0);
   SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION);
-  SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
-                            SSL_MODE_RELEASE_BUFFERS);
+  SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  // Read ahead: one BIO read takes whatever the pair holds (up to OpenSSL's buffer), not a
+  // record header and then its body. During the handshake the pair never holds more than the
+  // current record (Session::RxSpace), so nothing past the handshake is read for kTLS's sake.
+  SSL_CTX_set_read_ahead(ctx, 1);
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
   SSL_CTX_set_info_callback(ctx, InfoCallback);
   SSL_CTX_set_keylog_callback(ctx, KeyLog);
@@ -494,7 +497,7 @@ Status Session::Failure(int ret) {
 }
 
 Result<size_t> Session::Read(std::byte* dst, size_t len) {
-  ERR_clear_error();
+  // No ERR_clear_error here (it costs on every record): every failure empties the queue.
   size_t got = 0;
   int ret = SSL_read_ex(ssl_, dst, len, &got);
   if (ret == 1) return got;
@@ -507,7 +510,7 @@ Result<size_t> Session::Read(std::byte* dst, size_t len) {
 }
 
 Result<size_t> Session::Write(const std::byte* src, size_t len) {
-  ERR_clear_error();
+  // No ERR_clear_error here (it costs on every record): every failure empties the queue.
   size_t put = 0;
   int ret = SSL_write_ex(ssl_, src, len, &put);
   if (ret == 1) return put;
