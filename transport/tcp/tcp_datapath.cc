@@ -91,7 +91,11 @@ void TcpTransport::StartSend(Conn& conn) {
 
 void TcpTransport::PrepSend(Conn& conn) {
   io_uring_sqe* sqe = ring_.GetSqe(&conn.send_op);
-  if (options_.tcp_zerocopy) {
+  if (conn.ktls) {
+    // The kernel's TLS sendmsg refuses MSG_WAITALL (and zero-copy) with EOPNOTSUPP; short
+    // sends are resumed below all the same.
+    io_uring_prep_sendmsg(sqe, conn.fd, &conn.msg, MSG_NOSIGNAL);
+  } else if (options_.tcp_zerocopy) {
     io_uring_prep_sendmsg_zc(sqe, conn.fd, &conn.msg, MSG_NOSIGNAL | MSG_WAITALL);
   } else {
     io_uring_prep_sendmsg(sqe, conn.fd, &conn.msg, MSG_NOSIGNAL | MSG_WAITALL);

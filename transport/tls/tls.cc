@@ -572,8 +572,11 @@ Status Session::TakeKernelTls(int fd) {
     OPENSSL_cleanse(iv, sizeof(iv));
     OPENSSL_cleanse(&info, sizeof(info));
     if (rc != 0) {
-      return Status::Errno(e, direction == TLS_TX ? "kTLS: setsockopt(TLS_TX)"
-                                                  : "kTLS: setsockopt(TLS_RX)");
+      return Status::Errno(e, fmt::format("kTLS: setsockopt({}){}",
+                                          direction == TLS_TX ? "TLS_TX" : "TLS_RX",
+                                          e == ENOENT ? " (no gcm(aes) in the kernel: modprobe "
+                                                        "aesni_intel gcm)"
+                                                      : ""));
     }
     return Status::Ok();
   };
