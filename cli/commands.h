@@ -25,11 +25,22 @@ struct DpdkArgs {
   std::string test_faults;  // --test-packet-faults (hidden)
 };
 
+// TLS on TCP (--tls, --cert, --cert-key, --ca; transport/tls/tls.h): certificates when --cert
+// is given, else a pre-shared key from --key-file.
+struct TlsArgs {
+  bool enabled = false;
+  std::string cert;
+  std::string cert_key;
+  std::string ca;
+  bool no_ktls = false;  // --no-ktls (hidden): TLS in user space even where kTLS works
+};
+
 struct ServeArgs {
   std::string listen;
   std::string target;
   std::string transport = "auto";
   DpdkArgs dpdk;
+  TlsArgs tls;
   bool once = false;
   std::string max_block_size = "4M";
   std::string pool_size = "256M";
@@ -52,6 +63,7 @@ struct PushArgs {
   uint32_t window = 32;
   std::string transport = "auto";
   DpdkArgs dpdk;
+  TlsArgs tls;
   bool json = false;
   int progress = -1;  // -1: on a terminal; 0: never; 1: always
   std::string meta_dir;
@@ -81,6 +93,7 @@ struct VolumeArgs {
   uint32_t window = 32;
   std::string transport = "auto";
   DpdkArgs dpdk;
+  TlsArgs tls;
   // Replicas a write needs: unset, every peer; 0, none (writes go on with no replica reachable).
   std::optional<uint32_t> quorum;
   std::string peer_timeout = "6s";
@@ -102,6 +115,7 @@ struct VerifyArgs {
   std::string block_size = "1M";
   std::string transport = "auto";
   DpdkArgs dpdk;
+  TlsArgs tls;
   bool json = false;
   int progress = -1;
   std::string key_file;

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -152,6 +153,18 @@ class Reader {
             Problem(Line(v), where, key_loaded.status().message());
           }
         }
+      } else if (key == "tls") {
+        if (auto b = v.value<bool>()) {
+          r.tls = *b;
+        } else {
+          Problem(Line(v), where, "expected true or false");
+        }
+      } else if (key == "cert" || key == "cert-key" || key == "ca") {
+        std::string path = Path(v, where);
+        if (!path.empty() && files_ == CheckFiles::kYes && access(path.c_str(), R_OK) != 0) {
+          Problem(Line(v), where, fmt::format("cannot read {}: {}", path, std::strerror(errno)));
+        }
+        (key == "cert" ? r.cert : key == "ca" ? r.ca : r.cert_key) = path;
       } else if (key == "peer-timeout") {
         r.peer_timeout = Duration(v, where);
       } else if (key == "ack-timeout") {
@@ -166,7 +179,8 @@ class Reader {
         }
       } else {
         Unknown(k, where, {"transport", "ack", "block-size", "window", "quorum", "resync-rate",
-                           "key-file", "peer-timeout", "ack-timeout", "compress"});
+                           "key-file", "peer-timeout", "ack-timeout", "compress", "tls", "cert",
+                           "cert-key", "ca"});
       }
     }
   }

@@ -66,6 +66,10 @@ struct ResourceConfig {
   std::string key_file;
   std::string peer_timeout;
   std::string ack_timeout;
+  std::optional<bool> tls;  // tls, cert, cert-key, ca: TLS on TCP (--tls ...)
+  std::string cert;
+  std::string cert_key;
+  std::string ca;
   std::vector<NodeConfig> nodes;
 
   const NodeConfig* FindNode(std::string_view node) const;

@@ -48,6 +48,18 @@ void AddTransportFlags(CLI::App* sub, std::string& transport, blkmirror::cli::Dp
       ->group("");
 }
 
+// --tls and the certificates, as every command that talks to peers over TCP takes them.
+void AddTlsFlags(CLI::App* sub, blkmirror::cli::TlsArgs& tls) {
+  sub->add_flag("--tls", tls.enabled,
+                "TLS 1.3 on TCP: certificates (--cert, --cert-key, --ca) or a pre-shared key from "
+                "--key-file; both sides must say it");
+  sub->add_option("--cert", tls.cert, "--tls: this node's certificate chain (PEM)");
+  sub->add_option("--cert-key", tls.cert_key, "--tls: the private key of --cert (PEM)");
+  sub->add_option("--ca", tls.ca, "--tls: the CA that the peer's certificate must be signed by");
+  sub->add_flag("--no-ktls", tls.no_ktls, "TEST ONLY: never hand TLS records to the kernel")
+      ->group("");
+}
+
 // --resource and --node, on every command that a resource file can configure.
 void AddResourceFlags(CLI::App* sub, blkmirror::cli::ResourceArgs& r) {
   sub->add_option("--resource", r.name,
@@ -100,6 +112,7 @@ int main(int argc, char** argv) {
   ResourceArgs serve_res;
   AddResourceFlags(s, serve_res);
   AddTransportFlags(s, serve.transport, serve.dpdk);
+  AddTlsFlags(s, serve.tls);
   s->add_flag("--once", serve.once, "exit after the first write session ends");
   s->add_option("--max-block-size", serve.max_block_size, "largest block accepted (default 4M)")
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
@@ -135,6 +148,7 @@ int main(int argc, char** argv) {
   p->add_option("--block-size", push.block_size, "block size (default 1M)");
   p->add_option("--window", push.window, "blocks in flight per peer (default 32)");
   AddTransportFlags(p, push.transport, push.dpdk);
+  AddTlsFlags(p, push.tls);
   p->add_flag("--json", push.json, "print one JSON object on stdout");
   AddProgressFlags(p, push.progress);
   p->add_option("--meta-dir", push.meta_dir,
@@ -173,6 +187,7 @@ int main(int argc, char** argv) {
   AddResourceFlags(v, verify_res);
   v->add_option("--block-size", verify.block_size, "block size (default 1M)");
   AddTransportFlags(v, verify.transport, verify.dpdk);
+  AddTlsFlags(v, verify.tls);
   v->add_flag("--json", verify.json, "print one JSON object on stdout");
   AddProgressFlags(v, verify.progress);
   v->add_option("--key-file", verify.key_file, "authenticate to the replica with this key");
@@ -222,6 +237,7 @@ int main(int argc, char** argv) {
                   "128K)");
   vol->add_option("--window", volume.window, "writes in flight per peer (default 32)");
   AddTransportFlags(vol, volume.transport, volume.dpdk);
+  AddTlsFlags(vol, volume.tls);
   vol->add_option("--quorum", volume.quorum,
                   "replicas a write needs (default: all; 0: none, writes go on with no replica)");
   vol->add_option("--peer-timeout", volume.peer_timeout,

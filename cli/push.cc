@@ -426,6 +426,7 @@ int RunReplication(const ReplicationPlan& plan) {
   transport_options.tcp_zerocopy = args.tcp_zerocopy;
   transport_options.source_address = args.bind;
   ApplyDpdkArgs(args.dpdk, transport_options);
+  ApplyTlsArgs(args.tls, key, transport_options);
   auto transports = MakeTransports(*loop, args.transport, args.test_fault, transport_options);
   if (!transports.ok()) {
     return fail(transports.status(), transports.status().code() == ErrorCode::kInvalidArgument

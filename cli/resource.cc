@@ -44,6 +44,13 @@ void Fill(const FlagGiven& given, std::string_view flag, T& field, const std::op
   if (!given(flag) && value) field = *value;
 }
 
+void FillTls(const FlagGiven& given, const ResourceConfig& c, TlsArgs& tls) {
+  Fill(given, "--tls", tls.enabled, c.tls);
+  Fill(given, "--cert", tls.cert, c.cert);
+  Fill(given, "--cert-key", tls.cert_key, c.cert_key);
+  Fill(given, "--ca", tls.ca, c.ca);
+}
+
 void FillTransport(const FlagGiven& given, const ResourceConfig& c, const NodeConfig& n,
                    std::string& transport, DpdkArgs& dpdk) {
   Fill(given, "--transport", transport, c.transport);
@@ -67,6 +74,7 @@ void FillPrimary(const FlagGiven& given, const ResourceConfig& c, const NodeConf
   Fill(given, "--block-size", args.block_size, c.block_size);
   Fill(given, "--window", args.window, c.window);
   FillTransport(given, c, n, args.transport, args.dpdk);
+  FillTls(given, c, args.tls);
   Fill(given, "--quorum", args.quorum, c.quorum);
   Fill(given, "--peer-timeout", args.peer_timeout, c.peer_timeout);
   Fill(given, "--ack-timeout", args.ack_timeout, c.ack_timeout);
@@ -86,6 +94,7 @@ bool ApplyResource(const ResourceArgs& r, const FlagGiven& given, ServeArgs& arg
   Fill(given, "--listen", args.listen, n.address);
   Fill(given, "--target", args.target, n.disk);
   FillTransport(given, c, n, args.transport, args.dpdk);
+  FillTls(given, c, args.tls);
   Fill(given, "--key-file", args.key_file, c.key_file);
   Fill(given, "--meta-dir", args.meta_dir, n.meta_dir);
   Fill(given, "--metrics", args.metrics, n.metrics);
@@ -134,6 +143,7 @@ bool ApplyResource(const ResourceArgs& r, const FlagGiven& given, VerifyArgs& ar
   }
   Fill(given, "--block-size", args.block_size, c.block_size);
   FillTransport(given, c, n, args.transport, args.dpdk);
+  FillTls(given, c, args.tls);
   Fill(given, "--key-file", args.key_file, c.key_file);
   Fill(given, "--meta-dir", args.meta_dir, n.meta_dir);
   Fill(given, "--bind", args.bind, n.bind);

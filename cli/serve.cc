@@ -151,14 +151,16 @@ int RunServe(const ServeArgs& args, Runner& runner) {
     auto k = engine::LoadKeyFile(args.key_file);
     if (!k.ok()) return fail(k.status(), kExitUsage);
     key = *k;
-  } else if (!IsLoopback(listen->host) && !args.insecure) {
+  } else if (!IsLoopback(listen->host) && !args.insecure && !(args.tls.enabled && !args.tls.cert.empty())) {
     return fail(Status::Invalid("refusing to serve {} without --key-file: any host that reaches "
                                 "it could write {}; make a key with `blkmirror keygen PATH` and "
                                 "give it to both sides, or pass --insecure",
                                 listen->ToString(), args.target),
                 kExitUsage);
   }
-  if (!key) spdlog::warn("no --key-file: primaries are not authenticated");
+  if (!key && !(args.tls.enabled && !args.tls.cert.empty())) {
+    spdlog::warn("no --key-file: primaries are not authenticated");
+  }
   std::optional<io::DiskFaultSpec> disk_fault;
   if (!args.test_disk_fault.empty()) {
     auto spec = io::DiskFaultSpec::Parse(args.test_disk_fault);
@@ -176,6 +178,7 @@ int RunServe(const ServeArgs& args, Runner& runner) {
   if (!loop.ok()) return fail(loop.status());
   transport::TransportOptions transport_options;
   ApplyDpdkArgs(args.dpdk, transport_options);
+  ApplyTlsArgs(args.tls, key, transport_options);
   auto transports = MakeTransports(*loop, args.transport, args.test_fault, transport_options);
   if (!transports.ok()) {
     return fail(transports.status(), transports.status().code() == ErrorCode::kInvalidArgument

@@ -61,6 +61,16 @@ Result<Transports> MakeTransports(const Loop& loop, std::string_view name,
                                   const std::string& test_fault,
                                   const transport::TransportOptions& options) {
   Transports out;
+  if (options.tls.enabled) {
+    if (name != "auto" && name != "tcp") {
+      return Status::Invalid("--tls is TLS on TCP: --transport {} would carry the data in the "
+                             "clear (docs/failure-model.md); use --transport tcp (or auto)",
+                             name);
+    }
+    if (name == "auto") spdlog::info("--tls: TCP only (RDMA and DPDK carry no TLS)");
+    ASSIGN_OR_RETURN(out.preferred, MakeOne(loop, "tcp", test_fault, options));
+    return out;
+  }
   if (name != "auto") {
     ASSIGN_OR_RETURN(out.preferred, MakeOne(loop, name, test_fault, options));
     return out;
@@ -82,6 +92,17 @@ Result<Transports> MakeTransports(const Loop& loop, std::string_view name,
     ASSIGN_OR_RETURN(out.fallback, MakeOne(loop, "tcp", test_fault, options));
   }
   return out;
+}
+
+void ApplyTlsArgs(const TlsArgs& args, const std::optional<engine::Key>& key,
+                  transport::TransportOptions& options) {
+  options.tls.enabled = args.enabled;
+  options.tls.cert = args.cert;
+  options.tls.cert_key = args.cert_key;
+  options.tls.ca = args.ca;
+  options.tls.ktls = !args.no_ktls;
+  options.tls.has_psk_key = key.has_value();
+  if (key) options.tls.psk_key = key->bytes;
 }
 
 void ApplyDpdkArgs(const DpdkArgs& args, transport::TransportOptions& options) {

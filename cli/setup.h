@@ -3,12 +3,14 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
 #include "cli/commands.h"
 #include "cli/values.h"
 #include "common/status.h"
+#include "engine/auth.h"
 #include "io/buffer_pool.h"
 #include "io/ring.h"
 #include "proto/frame.h"
@@ -31,6 +33,8 @@ Result<Loop> MakeLoop(size_t buffer_size, size_t count, unsigned entries);
 //                    serves plain TCP peers), else tcp, as `fallback`; when rdma cannot be used
 //                    on this host at all, the next one as `preferred` (and tcp as `fallback`
 //                    after dpdk), with the reason in `unavailable`
+// With options.tls.enabled, only tcp: auto means tcp, and rdma or dpdk are refused (they would
+// carry the data in the clear).
 struct Transports {
   std::unique_ptr<transport::Transport> preferred;
   std::unique_ptr<transport::Transport> fallback;
@@ -39,6 +43,11 @@ struct Transports {
 Result<Transports> MakeTransports(const Loop& loop, std::string_view name,
                                   const std::string& test_fault,
                                   const transport::TransportOptions& options = {});
+
+// The transport options --tls and its certificates give; `key` (--key-file) gives the pre-shared
+// key when there are no certificates.
+void ApplyTlsArgs(const TlsArgs& args, const std::optional<engine::Key>& key,
+                  transport::TransportOptions& options);
 
 // The transport options the --dpdk-* flags give.
 void ApplyDpdkArgs(const DpdkArgs& args, transport::TransportOptions& options);

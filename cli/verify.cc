@@ -49,6 +49,7 @@ int RunVerify(const VerifyArgs& args) {
   transport::TransportOptions transport_options;
   transport_options.source_address = args.bind;
   ApplyDpdkArgs(args.dpdk, transport_options);
+  ApplyTlsArgs(args.tls, options.key, transport_options);
   auto transports = MakeTransports(*loop, args.transport, "", transport_options);
   if (!transports.ok()) return fail(transports.status());
 

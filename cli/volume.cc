@@ -241,6 +241,7 @@ int RunVolume(const VolumeArgs& args, Runner& runner) {
   transport::TransportOptions transport_options;
   transport_options.source_address = args.bind;
   ApplyDpdkArgs(args.dpdk, transport_options);
+  ApplyTlsArgs(args.tls, key, transport_options);
   auto transports = MakeTransports(*loop, args.transport, "", transport_options);
   if (!transports.ok()) {
     return fail(transports.status(), transports.status().code() == ErrorCode::kInvalidArgument

@@ -5,7 +5,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 # What building and testing blkmirror needs from Debian.
 BUILD_PACKAGES=(g++ cmake ninja-build pkg-config liburing-dev libisal-dev libcli11-dev libspdlog-dev
-                libfmt-dev nlohmann-json3-dev libsodium-dev libgtest-dev libbenchmark-dev
+                libfmt-dev nlohmann-json3-dev libsodium-dev libssl-dev openssl libgtest-dev libbenchmark-dev
                 libibverbs-dev librdmacm-dev libdpdk-dev libtomlplusplus-dev libsystemd-dev systemd libcpp-httplib-dev prometheus
                 liblz4-dev libzstd-dev
                 jq python3 iproute2 util-linux netcat-openbsd iperf3

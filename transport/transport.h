@@ -46,6 +46,7 @@
 #include "common/status.h"
 #include "io/buffer_pool.h"
 #include "proto/frame.h"
+#include "transport/tls/tls_options.h"
 
 namespace blkmirror::io {
 class Ring;
@@ -132,6 +133,8 @@ struct TransportOptions {
   std::string dpdk_port;
   std::string dpdk_ip;
   uint32_t dpdk_mtu = 0;
+  // tcp: TLS 1.3 on every connection (--tls; transport/tls/tls.h).
+  TlsOptions tls;
   // dpdk, tests only: received packets dropped, duplicated, reordered, corrupted at these
   // rates ("drop=0.01,dup=0.001,reorder=0.01,corrupt=0.001").
   std::string dpdk_test_faults;

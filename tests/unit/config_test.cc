@@ -129,7 +129,7 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(
         Broken{"unknown key", std::string("[resource]\nwindw = 3\n") + kNodes,
                P + ":2: resource.windw: unknown key (known here: transport, ack, block-size, "
-                   "window, quorum, resync-rate, key-file, peer-timeout, ack-timeout, compress)\n"},
+                   "window, quorum, resync-rate, key-file, peer-timeout, ack-timeout, compress, tls, cert, cert-key, ca)\n"},
         Broken{"wrong type", std::string("[resource]\nwindow = \"32\"\n") + kNodes,
                P + ":2: resource.window: expected an integer, not a string\n"},
         Broken{"out of range", std::string("[resource]\nwindow = 0\n") + kNodes,
@@ -222,7 +222,7 @@ INSTANTIATE_TEST_SUITE_P(
                P + ":2: resource.window: -1 is out of range (1 to 65536)\n" + P +
                    ":3: resource.ack: expected a string, not an integer\n" + P +
                    ":4: resource.foo: unknown key (known here: transport, ack, block-size, "
-                   "window, quorum, resync-rate, key-file, peer-timeout, ack-timeout, compress)\n"}),
+                   "window, quorum, resync-rate, key-file, peer-timeout, ack-timeout, compress, tls, cert, cert-key, ca)\n"}),
     [](const auto& info) { return "Case" + std::to_string(info.index); });
 
 TEST(ConfigTest, NonAsciiIsRefusedBeforeTheTomlParserSeesIt) {

@@ -58,6 +58,10 @@ Status TcpTransport::Post(std::span<const WorkItem> items) {
 }
 
 void TcpTransport::StartSend(Conn& conn) {
+  if (conn.tls) {
+    TlsStartSend(conn);
+    return;
+  }
   if (conn.closing || conn.send_broken || conn.send_inflight ||
       conn.sq_batch_end == conn.sq.tail()) {
     return;
@@ -87,7 +91,11 @@ void TcpTransport::StartSend(Conn& conn) {
 
 void TcpTransport::PrepSend(Conn& conn) {
   io_uring_sqe* sqe = ring_.GetSqe(&conn.send_op);
-  if (options_.tcp_zerocopy) {
+  if (conn.ktls) {
+    // The kernel's TLS sendmsg refuses MSG_WAITALL (and zero-copy) with EOPNOTSUPP; short
+    // sends are resumed below all the same.
+    io_uring_prep_sendmsg(sqe, conn.fd, &conn.msg, MSG_NOSIGNAL);
+  } else if (options_.tcp_zerocopy) {
     io_uring_prep_sendmsg_zc(sqe, conn.fd, &conn.msg, MSG_NOSIGNAL | MSG_WAITALL);
   } else {
     io_uring_prep_sendmsg(sqe, conn.fd, &conn.msg, MSG_NOSIGNAL | MSG_WAITALL);
@@ -96,6 +104,10 @@ void TcpTransport::PrepSend(Conn& conn) {
 }
 
 void TcpTransport::OnSend(Conn& conn, int32_t res, uint32_t flags) {
+  if (conn.tls) {
+    TlsOnSend(conn, res);
+    return;
+  }
   if (flags & IORING_CQE_F_NOTIF) {
     // Zero-copy: the kernel let go of the pages of the oldest send with a notification.
     if (conn.zc_count > 0) {
@@ -155,12 +167,8 @@ void TcpTransport::OnSend(Conn& conn, int32_t res, uint32_t flags) {
   StartSend(conn);
 }
 
-void TcpTransport::StartRecv(Conn& conn) {
-  if (conn.closing || conn.recv_inflight) return;
-  if (conn.ready_count + conn.ready_lent >= kReadyCap) return;  // resumed by Poll
+bool TcpTransport::RecvTarget(Conn& conn, std::byte*& dst, uint32_t& want) {
   ReadyFrame& f = conn.ready[(conn.ready_head + conn.ready_count) % kReadyCap];
-  std::byte* dst;
-  uint32_t want;
   if (!conn.rx_in_payload) {
     dst = f.header.data() + conn.rx_got;
     want = static_cast<uint32_t>(proto::kHeaderSize) - conn.rx_got;
@@ -170,7 +178,7 @@ void TcpTransport::StartRecv(Conn& conn) {
         auto buffer = pool_->TryGet();
         if (!buffer) {
           conn.rx_wait_buffer = true;  // resumed by Poll once a buffer is free
-          return;
+          return false;
         }
         f.data = std::move(*buffer);
       }
@@ -181,16 +189,41 @@ void TcpTransport::StartRecv(Conn& conn) {
     want = conn.rx_prefix.payload_len - conn.rx_got;
   }
   conn.rx_wait_buffer = false;
+  return true;
+}
+
+void TcpTransport::StartRecv(Conn& conn) {
+  if (conn.tls) {
+    TlsStartRecv(conn);
+    return;
+  }
+  if (conn.closing || conn.recv_inflight) return;
+  if (conn.ready_count + conn.ready_lent >= kReadyCap) return;  // resumed by Poll
+  std::byte* dst;
+  uint32_t want;
+  if (!RecvTarget(conn, dst, want)) return;
   io_uring_sqe* sqe = ring_.GetSqe(&conn.recv_op);
   io_uring_prep_recv(sqe, conn.fd, dst, want, MSG_WAITALL);
   conn.recv_inflight = true;
 }
 
 void TcpTransport::OnRecv(Conn& conn, int32_t res) {
+  if (conn.tls) {
+    TlsOnRecv(conn, res);
+    return;
+  }
   conn.recv_inflight = false;
   if (conn.closing) return;
   if (res == -EAGAIN || res == -EINTR) {
     StartRecv(conn);
+    return;
+  }
+  if (res == -EIO && conn.ktls) {
+    // kTLS hands a record other than application data (an alert) to no one without a cmsg.
+    Fail(conn, Status::Error(ErrorCode::kRefused,
+                             fmt::format("{} sent a TLS alert (kTLS): it ended the session; its "
+                                         "log says why",
+                                         conn.peer)));
     return;
   }
   if (res < 0) {
@@ -214,27 +247,39 @@ void TcpTransport::OnRecv(Conn& conn, int32_t res) {
     }
     return;
   }
-  conn.rx_got += static_cast<uint32_t>(res);
+  if (Received(conn, static_cast<uint32_t>(res))) StartRecv(conn);
+}
+
+bool TcpTransport::Received(Conn& conn, uint32_t n) {
+  conn.rx_got += n;
   ReadyFrame& f = conn.ready[(conn.ready_head + conn.ready_count) % kReadyCap];
   if (!conn.rx_in_payload) {
-    if (conn.rx_got < proto::kHeaderSize) {
-      StartRecv(conn);
-      return;
-    }
+    if (conn.rx_got < proto::kHeaderSize) return true;
     auto prefix = proto::DecodePrefix(f.header);
     if (!prefix.ok()) {
+      // A TLS record where a frame should start: a peer with --tls talking to us without.
+      if (!conn.tls && !conn.ktls && f.header[0] == std::byte{0x16} &&
+          f.header[1] == std::byte{0x03}) {
+        std::string text = fmt::format(
+            "{} speaks TLS (its first bytes are a TLS handshake record) and this side runs "
+            "without --tls: give both sides --tls, or neither",
+            conn.peer);
+        TellPlainPeer(conn, "this replica runs without TLS: drop --tls, or give it --tls too");
+        Fail(conn, Status::Error(ErrorCode::kRefused, text));
+        return false;
+      }
       Fail(conn, prefix.status().Context(fmt::format("bad frame from {}", conn.peer)));
-      return;
+      return false;
     }
     if (proto::CarriesBlockData(prefix->type) && !(conn.accepted && conn.trusted)) {
       Fail(conn, UnexpectedData(conn.peer, conn.accepted));
-      return;
+      return false;
     }
     if (proto::CarriesBlockData(prefix->type) && prefix->payload_len > pool_->buffer_size()) {
       Fail(conn, Status::Protocol("bad frame from {}: Data payload of {} bytes exceeds the "
                                   "buffer size {}",
                                   conn.peer, prefix->payload_len, pool_->buffer_size()));
-      return;
+      return false;
     }
     conn.rx_prefix = *prefix;
     conn.rx_got = 0;
@@ -243,17 +288,13 @@ void TcpTransport::OnRecv(Conn& conn, int32_t res) {
     } else {
       conn.rx_in_payload = true;
     }
-    StartRecv(conn);
-    return;
+    return true;
   }
-  if (conn.rx_got < conn.rx_prefix.payload_len) {
-    StartRecv(conn);
-    return;
-  }
+  if (conn.rx_got < conn.rx_prefix.payload_len) return true;
   conn.rx_in_payload = false;
   conn.rx_got = 0;
   FrameReceived(conn);
-  StartRecv(conn);
+  return true;
 }
 
 void TcpTransport::FrameReceived(Conn& conn) { ++conn.ready_count; }

@@ -13,6 +13,7 @@
 
 #include "io/ring.h"
 #include "transport/send_queue.h"
+#include "transport/tls/tls.h"
 #include "transport/transport.h"
 
 namespace blkmirror::transport::tcp {
@@ -23,6 +24,9 @@ inline constexpr size_t kCtrlRingBytes = 128 << 10;  // queued control payloads 
 
 struct Conn;
 struct Listener;
+
+// Whether kTLS took the records, said at info level once per process (tcp_tls.cc).
+void SayKtlsOnce(const std::string& text);
 
 struct Op : io::RingOp {
   enum class Kind : uint8_t { kSend, kRecv, kAccept, kAcceptRetry };
@@ -85,6 +89,20 @@ struct Conn {
   size_t ready_head = 0, ready_count = 0;
   size_t ready_lent = 0;  // delivered at the last Poll; their control spans live until the next
 
+  // TLS in user space (--tls; null on plain TCP, and once kTLS has the socket). The send queue
+  // is encrypted into the session in order: sq_sent counts the frames wholly encrypted (their
+  // buffers are free then), tls_tx_off the bytes of the next one (header, then payload); the
+  // one SEND in flight carries tls_tx_len bytes of ciphertext. A RECV brings ciphertext into
+  // the session, and frames are decrypted from it into the same places as on plain TCP.
+  std::unique_ptr<tls::Session> tls;
+  uint32_t tls_tx_off = 0;
+  size_t tls_tx_len = 0;
+  bool ktls_pending = false;  // the handshake is over: hand the keys to the kernel when idle
+  bool ktls = false;          // the kernel does the records
+  // The handshake failed: the alert for the peer goes out first, then the connection fails.
+  bool tls_failing = false;
+  Status tls_fail;
+
   bool busy() const { return send_inflight || recv_inflight || zc_count > 0; }
 };
 
@@ -109,7 +127,8 @@ struct Listener {
 
 class TcpTransport final : public Transport, public io::RingHandler {
  public:
-  explicit TcpTransport(const TransportContext& context);
+  // `tls`: the TLS context (--tls), or null for plain TCP.
+  TcpTransport(const TransportContext& context, std::unique_ptr<tls::Context> tls);
   ~TcpTransport() override;
 
   std::string_view name() const override { return "tcp"; }
@@ -129,7 +148,7 @@ class TcpTransport final : public Transport, public io::RingHandler {
 
  private:
   // Setup (tcp_transport.cc).
-  Conn* AddConn(int fd, std::string peer);
+  Conn* AddConn(int fd, std::string peer, std::unique_ptr<tls::Session> tls = nullptr);
   void Destroy(Conn* conn);
   void ArmAccept(Listener& listener);
   void OnAccept(Listener& listener, int32_t res);
@@ -146,9 +165,27 @@ class TcpTransport final : public Transport, public io::RingHandler {
   size_t Drain(Conn& conn, std::span<Completion> out);
 
   void PrepSend(Conn& conn);
+  // Where the frame being received goes next (header, control payload, or its pool buffer):
+  // false while it waits for a buffer.
+  bool RecvTarget(Conn& conn, std::byte*& dst, uint32_t& want);
+  // `n` more bytes of the frame being received have landed: false when the connection failed.
+  bool Received(Conn& conn, uint32_t n);
+
+  // TLS (tcp_tls.cc).
+  void TlsStartSend(Conn& conn);
+  void TlsOnSend(Conn& conn, int32_t res);
+  void TlsStartRecv(Conn& conn);
+  void TlsOnRecv(Conn& conn, int32_t res);
+  bool TlsDeliver(Conn& conn);
+  void TlsFail(Conn& conn, Status reason);
+  void TryKernelTls(Conn& conn);
+  Status ClientHandshake(int fd, tls::Session& session, const std::string& peer,
+                         std::chrono::milliseconds timeout);
+  void TellPlainPeer(Conn& conn, const std::string& text);
 
   io::Ring& ring_;
   TransportOptions options_;
+  std::unique_ptr<tls::Context> tls_;
   io::BufferPool* pool_ = nullptr;
   ConnId next_id_ = 1;
   uint64_t posts_ = 0;  // Posts so far: the batch number of SendQueue::Reserve

@@ -18,7 +18,12 @@ namespace blkmirror::transport {
 
 Result<std::unique_ptr<Transport>> CreateTcpTransport(const TransportContext& context) {
   if (context.ring == nullptr) return Status::Invalid("tcp transport: no io_uring ring given");
-  return std::unique_ptr<Transport>(std::make_unique<tcp::TcpTransport>(context));
+  std::unique_ptr<tls::Context> tls;
+  if (context.options.tls.enabled) {
+    ASSIGN_OR_RETURN(tls, tls::Context::Create(context.options.tls));
+  }
+  return std::unique_ptr<Transport>(
+      std::make_unique<tcp::TcpTransport>(context, std::move(tls)));
 }
 
 namespace tcp {
@@ -64,8 +69,8 @@ Result<addrinfo*> Resolve(const Endpoint& ep, bool passive) {
 
 }  // namespace
 
-TcpTransport::TcpTransport(const TransportContext& context)
-    : ring_(*context.ring), options_(context.options) {}
+TcpTransport::TcpTransport(const TransportContext& context, std::unique_ptr<tls::Context> tls)
+    : ring_(*context.ring), options_(context.options), tls_(std::move(tls)) {}
 
 TcpTransport::~TcpTransport() {
   shutting_down_ = true;
@@ -161,7 +166,19 @@ void TcpTransport::OnAccept(Listener& l, int32_t res) {
     l.failures = 0;
   }
   TuneSocket(res);
-  Conn* conn = AddConn(res, AddrToString(reinterpret_cast<sockaddr*>(&l.addr)));
+  std::string peer = AddrToString(reinterpret_cast<sockaddr*>(&l.addr));
+  std::unique_ptr<tls::Session> session;
+  if (tls_) {
+    auto made = tls::Session::Create(*tls_, tls::Role::kServer, peer);
+    if (!made.ok()) {
+      spdlog::warn("tcp {}: {}: {}", l.local.ToString(), peer, made.status().message());
+      close(res);
+      ArmAccept(l);
+      return;
+    }
+    session = std::move(*made);
+  }
+  Conn* conn = AddConn(res, std::move(peer), std::move(session));
   conn->accepted = true;
   accepted_.push_back(conn->id);
   ArmAccept(l);
@@ -227,11 +244,39 @@ Result<ConnId> TcpTransport::Connect(const Endpoint& peer, std::chrono::millisec
       last = Status::Errno(err, "connect");
       continue;
     }
-    // io_uring polls for readiness itself; a blocking socket keeps MSG_WAITALL simple.
-    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
     TuneSocket(fd);
     freeaddrinfo(list);
-    Conn* conn = AddConn(fd, peer.ToString());
+    std::unique_ptr<tls::Session> session;
+    bool ktls = false;
+    if (tls_) {
+      // The TLS handshake, before any blkmirror byte, within what is left of the timeout.
+      ASSIGN_OR_RETURN(session, tls::Session::Create(*tls_, tls::Role::kClient, peer.ToString()));
+      Status shook = ClientHandshake(fd, *session, peer.ToString(), timeout);
+      if (!shook.ok()) {
+        close(fd);
+        return shook;
+      }
+      spdlog::debug("tls: {}: {}", peer.ToString(), session->Describe());
+      if (options_.tls.ktls) {
+        Status taken = session->TakeKernelTls(fd);
+        if (taken.ok()) {
+          SayKtlsOnce("tls: kTLS active: the kernel encrypts and decrypts the records");
+          session.reset();
+          ktls = true;
+        } else if (taken.code() == ErrorCode::kProtocol) {
+          close(fd);
+          return taken.Context(peer.ToString());
+        } else {
+          SayKtlsOnce(fmt::format("tls: no kTLS here ({}); TLS records are encrypted in user "
+                                  "space",
+                                  taken.message()));
+        }
+      }
+    }
+    // io_uring polls for readiness itself; a blocking socket keeps MSG_WAITALL simple.
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    Conn* conn = AddConn(fd, peer.ToString(), std::move(session));
+    conn->ktls = ktls;
     return conn->id;
   }
   freeaddrinfo(list);
@@ -242,11 +287,12 @@ Result<ConnId> TcpTransport::Connect(const Endpoint& peer, std::chrono::millisec
                                                 peer.ToString(), last.message(), hint));
 }
 
-Conn* TcpTransport::AddConn(int fd, std::string peer) {
+Conn* TcpTransport::AddConn(int fd, std::string peer, std::unique_ptr<tls::Session> tls) {
   auto conn = std::make_unique<Conn>();
   conn->id = next_id_++;
   conn->fd = fd;
   conn->peer = std::move(peer);
+  conn->tls = std::move(tls);
   conn->sq.Init(options_.send_queue_depth, kCtrlRingBytes);
   conn->send_op.handler = this;
   conn->send_op.kind = Op::Kind::kSend;
