@@ -189,6 +189,9 @@ std::string VolumeMetrics(const engine::VolumeStatus& s, const std::string& volu
            [](const P& p) { return p.reconnects; });
   per_peer("blkmirror_peer_sent_bytes_total", "counter", "Bytes of blocks sent, resends included.",
            [](const P& p) { return p.bytes_sent; });
+  per_peer("blkmirror_peer_sent_blocks_total", "counter",
+           "Data and Zero frames sent, resends included.",
+           [](const P& p) { return p.blocks_sent; });
   per_peer("blkmirror_peer_wire_bytes_total", "counter",
            "Payload bytes on the wire (compressed where they were, --compress).",
            [](const P& p) { return p.wire_bytes; });

@@ -270,6 +270,7 @@ class Volume::Impl {
       ps.reconnects = p.reconnects;
       ps.blocks_acked = stats[i].blocks_acked;
       ps.bytes_acked = stats[i].bytes_acked;
+      ps.blocks_sent = stats[i].blocks_sent;
       ps.bytes_sent = stats[i].bytes_sent;
       ps.zero_bytes = stats[i].zero_bytes;
       ps.wire_bytes = stats[i].wire_bytes;

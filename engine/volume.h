@@ -111,6 +111,7 @@ struct VolumePeerStatus {
   uint64_t reconnects = 0;
   uint64_t blocks_acked = 0;
   uint64_t bytes_acked = 0;
+  uint64_t blocks_sent = 0;  // Data and Zero frames, resends included
   uint64_t bytes_sent = 0;  // of Data payloads, resends included
   uint64_t zero_bytes = 0;  // sent as zero ranges (no payload)
   uint64_t wire_bytes = 0;  // payload bytes on the wire (compressed where they were)
