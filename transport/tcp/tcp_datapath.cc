@@ -226,25 +226,8 @@ void TcpTransport::OnRecv(Conn& conn, int32_t res) {
                                          conn.peer)));
     return;
   }
-  if (res < 0) {
-    Fail(conn, conn.send_broken ? conn.send_error
-                                : Status::Errno(-res, fmt::format("receive from {} failed",
-                                                                  conn.peer)));
-    return;
-  }
-  if (res == 0) {
-    if (conn.send_broken) {
-      Fail(conn, conn.send_error);
-    } else if (!conn.rx_in_payload && conn.rx_got == 0) {
-      Fail(conn, Status::Error(ErrorCode::kClosed,
-                               fmt::format("{} closed the connection", conn.peer)));
-    } else {
-      uint32_t total = conn.rx_in_payload ? conn.rx_prefix.payload_len : proto::kHeaderSize;
-      Fail(conn, Status::Protocol("{} closed the connection in the middle of a frame {} "
-                                  "({} of {} bytes): truncated frame",
-                                  conn.peer, conn.rx_in_payload ? "payload" : "header",
-                                  conn.rx_got, total));
-    }
+  if (res <= 0) {
+    Fail(conn, ReceiveEnded(conn, res));
     return;
   }
   if (Received(conn, static_cast<uint32_t>(res))) StartRecv(conn);
@@ -391,6 +374,19 @@ void TcpTransport::Trust(ConnId id) {
 void TcpTransport::Release(ConnId id, io::BufferRef buffer) {
   buffer.Reset();  // back to the pool; a receive waiting for a buffer resumes at the next Poll
   (void)id;
+}
+
+Status TcpTransport::ReceiveEnded(const Conn& conn, int32_t res) const {
+  if (conn.send_broken) return conn.send_error;
+  if (res < 0) return Status::Errno(-res, fmt::format("receive from {} failed", conn.peer));
+  if (!conn.rx_in_payload && conn.rx_got == 0) {
+    return Status::Error(ErrorCode::kClosed, fmt::format("{} closed the connection", conn.peer));
+  }
+  uint32_t total = conn.rx_in_payload ? conn.rx_prefix.payload_len : proto::kHeaderSize;
+  return Status::Protocol("{} closed the connection in the middle of a frame {} ({} of {} "
+                          "bytes): truncated frame",
+                          conn.peer, conn.rx_in_payload ? "payload" : "header", conn.rx_got,
+                          total);
 }
 
 }  // namespace blkmirror::transport::tcp

@@ -157,6 +157,9 @@ class TcpTransport final : public Transport, public io::RingHandler {
   // Data path (tcp_datapath.cc).
   Conn* Find(ConnId id) const;
   void Fail(Conn& conn, Status reason);
+  // Why a connection's RECV ended with `res` <= 0: a send that broke first, the receive's error,
+  // the peer's close between frames, or its close in the middle of one (truncated).
+  Status ReceiveEnded(const Conn& conn, int32_t res) const;
   void StartSend(Conn& conn);
   void OnSend(Conn& conn, int32_t res, uint32_t flags);
   void StartRecv(Conn& conn);

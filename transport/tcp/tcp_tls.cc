@@ -124,27 +124,10 @@ void TcpTransport::TlsOnRecv(Conn& conn, int32_t res) {
     TlsStartRecv(conn);
     return;
   }
-  if (res < 0) {
-    Fail(conn, conn.send_broken ? conn.send_error
-                                : Status::Errno(-res, fmt::format("receive from {} failed",
-                                                                  conn.peer)));
-    return;
-  }
-  if (res == 0) {
-    if (conn.send_broken) {
-      Fail(conn, conn.send_error);
-    } else if (!conn.tls->handshake_done()) {
-      Fail(conn, conn.tls->ClosedDuringHandshake());
-    } else if (!conn.rx_in_payload && conn.rx_got == 0) {
-      Fail(conn, Status::Error(ErrorCode::kClosed,
-                               fmt::format("{} closed the connection", conn.peer)));
-    } else {
-      uint32_t total = conn.rx_in_payload ? conn.rx_prefix.payload_len : proto::kHeaderSize;
-      Fail(conn, Status::Protocol("{} closed the connection in the middle of a frame {} "
-                                  "({} of {} bytes): truncated frame",
-                                  conn.peer, conn.rx_in_payload ? "payload" : "header",
-                                  conn.rx_got, total));
-    }
+  if (res <= 0) {
+    Fail(conn, res == 0 && !conn.send_broken && !conn.tls->handshake_done()
+                   ? conn.tls->ClosedDuringHandshake()
+                   : ReceiveEnded(conn, res));
     return;
   }
   conn.tls->RxCommit(static_cast<size_t>(res));
