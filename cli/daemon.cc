@@ -222,8 +222,14 @@ class Resource final : public Runner {
     if (thread_.joinable()) thread_.join();
   }
   void Main() {
-    SetThreadResource(plan_.name);
-    const int rc = plan_.volume ? RunVolume(plan_.vol, *this) : RunServe(plan_.serve, *this);
+    // The loop reads its own copy: a reload may change plan_ (SetResyncRate) meanwhile.
+    Plan plan;
+    {
+      std::lock_guard lock(mu_);
+      plan = plan_;
+    }
+    SetThreadResource(plan.name);
+    const int rc = plan.volume ? RunVolume(plan.vol, *this) : RunServe(plan.serve, *this);
     std::lock_guard lock(mu_);
     status_ = nullptr;
     if (stop_.load() && rc == kExitOk) {
@@ -238,7 +244,7 @@ class Resource final : public Runner {
                  retry_ns_ / 1'000'000'000);
   }
 
-  Plan plan_;  // guarded by mu_ once the thread runs (its loop reads its own copy of the args)
+  Plan plan_;  // written by the daemon's thread only (under mu_); the loop runs a copy
   std::thread thread_;
   std::atomic<bool> stop_{false};
   std::atomic<uint64_t> last_tick_ns_{0};
