@@ -77,6 +77,10 @@ inline constexpr size_t kOffPayloadLen = 8;
 inline constexpr size_t kOffHeaderCrc = 12;
 inline constexpr size_t kOffBody = 16;
 
+inline uint16_t GetLe16(const proto::RawHeader& h, size_t off) {
+  return static_cast<uint16_t>(static_cast<uint8_t>(h[off]) |
+                               static_cast<uint8_t>(h[off + 1]) << 8);
+}
 inline uint32_t GetLe32(const proto::RawHeader& h, size_t off) {
   return proto::LoadLe32(h.data() + off);
 }

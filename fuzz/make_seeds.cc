@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "common/crc32c.h"
+#include "engine/compress.h"
 #include "fuzz/input_formats.h"
 #include "proto/frame.h"
 #include "proto/nbd.h"
@@ -180,6 +181,26 @@ void SessionSeeds(const fs::path& dir) {
     DataRecord(s, 0, 0, 4096, 4096, AckLevel::kReceived, 1, true);
     Control(s, 0, Make(proto::Bye{}));
     Save(dir, "write_bad_crc_then_resend", s);
+  }
+  {
+    // Compressed payloads (protocol 2, the replica's HelloOk offers them): one that decompresses
+    // (kFixBody makes its CRC the data's), one that does not (NACKed as a bad payload).
+    Seed s;
+    s.U8(0);
+    Control(s, 0, Make(HelloFor(write, 4096, vol, 2)));
+    std::vector<std::byte> data(4096);
+    for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<std::byte>("blkmirror "[i % 10]);
+    std::vector<std::byte> packed(engine::Compressor::Bound(4096));
+    engine::Compressor lz4(engine::CompressSpec{proto::Codec::kLz4, 0});
+    const uint32_t n = lz4.Compress(data.data(), 4096, packed.data());
+    const auto flags = static_cast<uint16_t>(static_cast<uint16_t>(AckLevel::kDurable) |
+                                             proto::DataCodecFlags(proto::Codec::kLz4));
+    s.U8(kFix | si::kFixBody).Header(Make(proto::Data{0, 0, 4096, 0}, flags, n));
+    s.Bytes(packed.data(), n);
+    s.U8(kFix | si::kFixBody).Header(Make(proto::Data{1, 4096, 4096, 0}, flags, 64));
+    s.Bytes(data.data(), 64);
+    Control(s, 0, Make(proto::Bye{}));
+    Save(dir, "write_compressed", s);
   }
   {
     // Protocol 2 (a volume): extents of any sector-aligned length, overlapping ones, a zero

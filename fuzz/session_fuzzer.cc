@@ -12,7 +12,7 @@
 //
 // Properties (a violation traps; ASan/UBSan reports fail the run too):
 //   - The device is written only with a payload some client sent in a Data frame whose CRC32C
-//     matched, which is one block of the volume of that connection's write-session Hello
+//     matched (a compressed one: once decompressed, to exactly its length), which is one block of the volume of that connection's write-session Hello
 //     (protocol 1) or a sector-aligned extent of at most a block within it (protocol 2), and that
 //     connection received a HelloOk (with a key: after a correct proof); it is zeroed only in a
 //     range a protocol-2 Zero frame asked for. Durable-level writes and zero ranges carry dsync.
@@ -24,7 +24,8 @@
 //     its Generation (protocol 3) once, only after the client's, without primary-only flags,
 //     Acks only for seqs of acceptable frames (a Data with a matching CRC, a Zero, a Flush;
 //     durable ones only for writes made with dsync or flushed since, and for a Flush only after
-//     a device flush), Nacks only for blocks whose CRC did not match, VerifyResps only
+//     a device flush), Nacks only for blocks whose CRC did not match or whose compressed payload
+//     did not decompress, VerifyResps only
 //     for requests made, with one CRC per block, each the CRC32C of what the target holds of
 //     that block (or an errno when a read failed).
 //   - Once every client has closed and the server has been stepped and shut down, every buffer
@@ -43,6 +44,7 @@
 #include "common/clock.h"
 #include "common/crc32c.h"
 #include "engine/auth.h"
+#include "engine/compress.h"
 #include "engine/replica.h"
 #include "fuzz/fuzz_common.h"
 #include "fuzz/input_formats.h"
@@ -143,7 +145,8 @@ struct SentData {
   bool eligible = false;  // a replica may write it (see the properties above)
   bool written = false;
   bool flushed = false;  // written with dsync, or a flush completed after it was written
-  std::vector<std::byte> payload;
+  bool bad_payload = false;  // compressed, and does not decompress to `length` bytes
+  std::vector<std::byte> payload;  // the data (compressed frames: once decompressed)
 };
 
 // A VerifyReq a client sent.
@@ -233,6 +236,7 @@ class Run {
   std::array<int, 2> slots_{-1, -1};
   std::deque<std::vector<std::byte>> payloads_;  // Data payloads stay put until delivered
   std::vector<SentData> sent_;
+  engine::Decompressor decompressor_;
   std::vector<SeenWrite> writes_;
   std::array<transport::Completion, 16> completions_;
 };
@@ -387,7 +391,19 @@ void Run::Record(ByteReader& in) {
     } else {
       in.Fill(std::span(buf.data(), n));
     }
-    if (ctl & si::kFixBody) PutLe32(h, kOffBody + 20, Crc32c(buf.data(), n));
+    if (ctl & si::kFixBody) {
+      // A compressed payload's CRC is the data's: of what it decompresses to, when it does.
+      const proto::Codec codec = proto::DataCodec(GetLe16(h, kOffFlags));
+      const uint32_t length = GetLe32(h, kOffBody + 16);
+      std::vector<std::byte> data(codec != proto::Codec::kNone && length <= kServerBufferSize
+                                      ? length
+                                      : 0);
+      const bool decompressed =
+          !data.empty() && decompressor_.Decompress(codec, buf.data(), static_cast<uint32_t>(n),
+                                                    data.data(), length);
+      PutLe32(h, kOffBody + 20,
+              decompressed ? Crc32c(data.data(), length) : Crc32c(buf.data(), n));
+    }
     item.data = buf.data();
     payload = std::span(buf.data(), n);
   } else {
@@ -505,9 +521,20 @@ void Run::NoteSent(ClientConn& c, size_t ci, const proto::RawHeader& h,
       sd.crc = d.crc;
       sd.durable =
           (f->flags & proto::kDataAckMask) == static_cast<uint16_t>(proto::AckLevel::kDurable);
-      if (payload.size() == d.length) sd.payload.assign(payload.begin(), payload.end());
-      sd.eligible = WriteSession(c) && payload.size() == d.length && Crc32c(payload) == d.crc &&
-                    ExtentOk(*c.hello, d.offset, d.length);
+      const proto::Codec codec = proto::DataCodec(f->flags);
+      if (codec != proto::Codec::kNone) {
+        // The model decompresses with the same libraries: what the replica must write, or
+        // NACK as a bad payload.
+        sd.payload.resize(d.length);
+        sd.bad_payload = !decompressor_.Decompress(codec, payload.data(),
+                                                   static_cast<uint32_t>(payload.size()),
+                                                   sd.payload.data(), d.length);
+        if (sd.bad_payload) sd.payload.clear();
+      } else if (payload.size() == d.length) {
+        sd.payload.assign(payload.begin(), payload.end());
+      }
+      sd.eligible = WriteSession(c) && sd.payload.size() == d.length &&
+                    Crc32c(sd.payload) == d.crc && ExtentOk(*c.hello, d.offset, d.length);
       if (sd.eligible) c.good_seqs.insert(d.seq);
       sent_.push_back(std::move(sd));
       return;
@@ -638,13 +665,19 @@ void Run::OnReply(ClientConn& c, const transport::Completion& comp) {
       FUZZ_CHECK(c.got_hello_ok, "Nack before HelloOk");
       bool found = false;
       for (const SentData& sd : sent_) {
-        found |= &conns_[sd.conn] == &c && sd.seq == n.seq && sd.offset == n.offset &&
-                 sd.crc == n.expected_crc && sd.payload.size() == sd.length &&
-                 Crc32c(sd.payload) == n.actual_crc && n.actual_crc != n.expected_crc;
+        const bool same = &conns_[sd.conn] == &c && sd.seq == n.seq && sd.offset == n.offset &&
+                          sd.crc == n.expected_crc;
+        if (n.reason == proto::NackReason::kBadPayload) {
+          found |= same && sd.bad_payload;
+        } else {
+          found |= same && n.reason == proto::NackReason::kCrcMismatch &&
+                   sd.payload.size() == sd.length && Crc32c(sd.payload) == n.actual_crc &&
+                   n.actual_crc != n.expected_crc;
+        }
       }
-      FUZZ_CHECK(found && n.reason == proto::NackReason::kCrcMismatch,
-                 "Nack of seq {} at offset {} matches no Data frame with a bad CRC", n.seq,
-                 n.offset);
+      FUZZ_CHECK(found, "Nack of seq {} at offset {} (reason {}) matches no Data frame with a "
+                 "bad CRC or a compressed payload that does not decompress",
+                 n.seq, n.offset, static_cast<uint32_t>(n.reason));
       return;
     }
     case FrameType::kVerifyResp: {
