@@ -476,6 +476,8 @@ int RunReplication(const ReplicationPlan& plan) {
       *piece_size < bs && std::any_of(checksums.begin(), checksums.end(),
                                       [](const auto& c) { return c.has_value(); });
   options.extents = pieces_wanted;
+  std::vector<std::unique_ptr<engine::DirtyBitmap>> bitmaps;
+  std::vector<engine::DirtyBitmap*> bitmap_ptrs;
   auto rep = engine::Replicator::Create(*loop->ring, *loop->pool, options);
   if (!rep.ok()) return fail(rep.status());
   std::vector<engine::PeerConfig> peers;
@@ -485,9 +487,8 @@ int RunReplication(const ReplicationPlan& plan) {
   Status connected = (*rep)->Connect(peers);
   if (!connected.ok()) return fail(connected);
 
-  // One bitmap per replica, by its data identity.
-  std::vector<std::unique_ptr<engine::DirtyBitmap>> bitmaps;
-  std::vector<engine::DirtyBitmap*> bitmap_ptrs;
+  // One bitmap per replica, by its data identity (declared before the Replicator, which syncs
+  // the bitmaps attached to it as it goes: they must outlive it).
   bool resumed = false;
   auto stats0 = (*rep)->stats();
   for (size_t i = 0; i < stats0.size(); ++i) {
