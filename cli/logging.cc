@@ -55,6 +55,9 @@ std::string Line(std::chrono::system_clock::time_point t, std::string_view level
                       {"command", g_command}};
   if (!Resource().empty()) j["resource"] = Resource();
   if (std::string peer = PeerOfMessage(message); !peer.empty()) j["peer"] = peer;
+  if (level == "warning" || level == "error" || level == "critical") {
+    if (std::string reason = ReasonOfMessage(message); !reason.empty()) j["reason"] = reason;
+  }
   // Invalid UTF-8 (a path's bytes) is replaced, not thrown on: a log line is never lost.
   return j.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
 }
@@ -97,6 +100,21 @@ size_t EndpointLength(std::string_view text) {
 }
 
 }  // namespace
+
+std::string ReasonOfMessage(std::string_view message) {
+  // The text after the last ": " outside parentheses: messages say what, then where, then why,
+  // each cause after the one it explains ("cannot connect to H:P over tcp: connect: Connection
+  // refused (is ... listening there?)").
+  int depth = 0;
+  size_t last = std::string_view::npos;
+  for (size_t i = 0; i + 1 < message.size(); ++i) {
+    if (message[i] == '(') ++depth;
+    if (message[i] == ')' && depth > 0) --depth;
+    if (depth == 0 && message[i] == ':' && message[i + 1] == ' ') last = i;
+  }
+  if (last == std::string_view::npos || last + 2 >= message.size()) return "";
+  return std::string(message.substr(last + 2));
+}
 
 std::string PeerOfMessage(std::string_view message) {
   for (int skip = 0; skip < 2; ++skip) {

@@ -12,7 +12,8 @@ enum class LogFormat : bool { kText, kJson };
 
 // JSON: one object per line, {"time" (UTC, RFC 3339, ms), "level", "msg", "command", and
 // "resource" when one was given, "peer" when the message starts with a peer's HOST:PORT (as the
-// engine's messages about one peer do, after an optional "word: " prefix)}.
+// engine's messages about one peer do, after an optional "word: " prefix), "reason" on warnings
+// and errors: the innermost cause (ReasonOfMessage)}.
 void SetupLogging(const std::string& level, LogFormat format, std::string command,
                   std::string resource);
 LogFormat CurrentLogFormat();
@@ -29,6 +30,9 @@ void SetThreadResource(std::string resource);
 // ending, for the daemon's status.
 const std::string& LastErrorLine();
 
+// A warning's or error's innermost cause: the text after its last ": " outside parentheses ("" if
+// none).
+std::string ReasonOfMessage(std::string_view message);
 // The peer a message is about ("" when it names none): its leading HOST:PORT.
 std::string PeerOfMessage(std::string_view message);
 

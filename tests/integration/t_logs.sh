@@ -1,6 +1,7 @@
 #!/bin/bash
 # --log-format json: every line a command writes on stderr is one JSON object (time, level, msg,
-# command; resource when given; peer when the message is about one), its final error included;
+# command; resource when given; peer when the message is about one; reason on warnings and
+# errors), its final error included;
 # the text format is unchanged.
 source "$(dirname "$0")/lib.sh"
 random_file "$TEST_TMP/src" $((4 << 20))
@@ -20,8 +21,15 @@ all_json() {
 step "an error the command ends with, as JSON"
 expect_fail 3 "missing: no such file" --log-format json push --source "$TEST_TMP/missing" --peer 127.0.0.1:1
 all_json "$TEST_TMP/err"
-jq -s -e 'any(.[]; .level == "error" and .command == "push" and (.msg | test("missing: no such file")))' \
-  "$TEST_TMP/err" > /dev/null || fail "no error line naming the source: $(cat "$TEST_TMP/err")"
+jq -s -e 'any(.[]; .level == "error" and .command == "push" and (.msg | test("missing: no such file"))
+               and .reason == "no such file")' \
+  "$TEST_TMP/err" > /dev/null || fail "no error line naming the source and its reason: $(cat "$TEST_TMP/err")"
+# A peer that refuses: the reason is the innermost cause, parentheses kept whole.
+expect_fail 3 "Connection refused" --log-format json push --source "$TEST_TMP/src" --peer 127.0.0.1:1
+jq -s -e 'any(.[]; .level == "error" and (.reason | test("^Connection refused \\(is `blkmirror serve` listening there\\?\\)$")))' \
+  "$TEST_TMP/err" > /dev/null || fail "no reason for the refused connection: $(cat "$TEST_TMP/err")"
+jq -s -e 'all(.[]; (.level == "info") <= (has("reason") | not))' "$TEST_TMP/err" > /dev/null \
+  || fail "an info line carries a reason: $(cat "$TEST_TMP/err")"
 
 step "serve and push in JSON; the lines about one peer carry it"
 "$BLKMIRROR" serve --log-format json --listen 127.0.0.1:0 --target "$TEST_TMP/rep" --pool-size 64M \
