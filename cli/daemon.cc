@@ -45,10 +45,15 @@ struct Plan {
     auto dpdk = [](const DpdkArgs& d) {
       return fmt::format("{} {} {}", d.port, d.ip, d.mtu);
     };
+    auto tls = [](const TlsArgs& t) {
+      return t.enabled ? fmt::format("on cert={} cert-key={} ca={}", t.cert, t.cert_key, t.ca)
+                       : std::string("off");
+    };
     if (!volume) {
       return {{"role", "replica"},      {"address", serve.listen},
               {"disk", serve.target},   {"transport", serve.transport},
               {"dpdk", dpdk(serve.dpdk)}, {"key-file", serve.key_file},
+              {"tls", tls(serve.tls)},
               {"meta-dir", serve.meta_dir}, {"metrics", serve.metrics}};
     }
     return {{"role", "primary"},
@@ -68,13 +73,14 @@ struct Plan {
             {"meta-dir", vol.meta_dir},
             {"bind", vol.bind},
             {"metrics", vol.metrics},
-            {"compress", vol.compress}};
+            {"compress", vol.compress},
+            {"tls", tls(vol.tls)}};
   }
 };
 
 // Reads the plans of every resource that gives `node` a role (volumes write their status files
-// in `run_dir`); false after logging the files'
-// mistakes (nothing is run from a broken configuration).
+// in `run_dir`); false after logging the files' mistakes (nothing is run from a broken
+// configuration).
 bool ReadPlans(const std::string& dir, const std::string& node, const std::string& run_dir,
                std::vector<Plan>& plans) {
   std::vector<ConfigProblem> problems;
