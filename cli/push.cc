@@ -401,14 +401,16 @@ int RunReplication(const ReplicationPlan& plan) {
   if (!recorded.ok()) return fail(recorded);
 
   // Buffers: every write the Replicator may have in flight (a window per peer that may be
-  // behind, besides the quorum's), and reads ahead of them.
+  // behind, besides the quorum's), its own (compressed payloads), and reads ahead of them.
   engine::ReplicatorOptions sizing;
   sizing.window = args.window;
   sizing.quorum = args.quorum;
+  sizing.compress = *compress;
   const uint32_t write_slots = engine::Replicator::WriteSlots(sizing, endpoints.size());
   const uint32_t readahead = std::max<uint32_t>(4, args.window);
-  auto loop =
-      MakeLoop(bs, write_slots + readahead, std::max<unsigned>(256, 4 * (write_slots + readahead)));
+  const uint32_t buffers =
+      write_slots + engine::Replicator::OwnBuffers(sizing, endpoints.size()) + readahead;
+  auto loop = MakeLoop(bs, buffers, std::max<unsigned>(256, 4 * buffers));
   if (!loop.ok()) return fail(loop.status());
   io::UringOpenOptions open_options;
   open_options.queue_depth = static_cast<uint32_t>(loop->pool->count());

@@ -221,17 +221,24 @@ int RunVolume(const VolumeArgs& args, Runner& runner) {
   auto read_known = ReadKeyValues(peers_path);
   KeyValues known = read_known.ok() ? *read_known : KeyValues{};
 
-  // The loop: one pool for client payloads, reads, and resync copies.
+  // The loop: one pool for client payloads, reads, and resync copies; besides, the Replicator's
+  // own buffers (compressed payloads).
+  engine::ReplicatorOptions sizing;
+  sizing.window = args.window;
+  sizing.quorum = args.quorum.value_or(0);
+  sizing.compress = *compress;
   const uint64_t count = *pool_size / bs;
-  if (count < 16 || count > 16384) {
-    return fail(Status::Invalid("--pool-size {} holds {} blocks of {}: need 16 to 16384",
-                                args.pool_size, count, bs),
+  const uint64_t own = engine::Replicator::OwnBuffers(sizing, endpoints.size());
+  if (count < 16 || count + own > 16384) {
+    return fail(Status::Invalid("--pool-size {} holds {} blocks of {}{}: need 16 to 16384",
+                                args.pool_size, count, bs,
+                                own == 0 ? "" : fmt::format(" (and {} for --compress)", own)),
                 kExitUsage);
   }
   if (Status io_path = EnterBlockIoPath(); !io_path.ok()) {
     spdlog::warn("volume: {}", io_path.message());
   }
-  auto loop = MakeLoop(bs, count, 1024);
+  auto loop = MakeLoop(bs, count + own, 1024);
   if (!loop.ok()) return fail(loop.status());
   io::UringOpenOptions open_options;
   open_options.writable = true;

@@ -1,5 +1,6 @@
 #include "engine/compress.h"
 
+#include <algorithm>
 #include <charconv>
 
 #include <fmt/format.h>
@@ -51,23 +52,20 @@ Compressor::Compressor(CompressSpec spec) : spec_(spec), ctx_(std::make_unique<C
 
 Compressor::~Compressor() = default;
 
-size_t Compressor::Bound(uint32_t length) {
-  return std::max<size_t>(static_cast<size_t>(LZ4_compressBound(static_cast<int>(length))),
-                          ZSTD_compressBound(length));
-}
-
-uint32_t Compressor::Compress(const std::byte* src, uint32_t length, std::byte* dst) {
+uint32_t Compressor::Compress(const std::byte* src, uint32_t length, std::span<std::byte> dst) {
+  // Output that would not be kept is not produced: both codecs stop (and fail) at the room's end.
+  const size_t room = std::min<size_t>(dst.size(), KeepCompressedBelow(length));
   size_t n = 0;
   switch (spec_.codec) {
     case proto::Codec::kLz4: {
       const int r = LZ4_compress_default(reinterpret_cast<const char*>(src),
-                                         reinterpret_cast<char*>(dst), static_cast<int>(length),
-                                         static_cast<int>(Bound(length)));
+                                         reinterpret_cast<char*>(dst.data()),
+                                         static_cast<int>(length), static_cast<int>(room));
       n = r > 0 ? static_cast<size_t>(r) : 0;
       break;
     }
     case proto::Codec::kZstd: {
-      const size_t r = ZSTD_compress2(ctx_->zstd, dst, Bound(length), src, length);
+      const size_t r = ZSTD_compress2(ctx_->zstd, dst.data(), room, src, length);
       n = ZSTD_isError(r) ? 0 : r;
       break;
     }

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -34,11 +35,10 @@ class Compressor {
   Compressor(const Compressor&) = delete;
   Compressor& operator=(const Compressor&) = delete;
 
-  // Room `dst` needs for any `length`-byte input.
-  static size_t Bound(uint32_t length);
-  // Compresses src[0, length) into dst (Bound(length) bytes); the compressed size, or 0 when it
-  // is not below KeepCompressedBelow(length) (the block goes as it is).
-  uint32_t Compress(const std::byte* src, uint32_t length, std::byte* dst);
+  // Compresses src[0, length) into dst; the compressed size, or 0 when it is not below
+  // KeepCompressedBelow(length) (the block goes as it is). A `dst` of KeepCompressedBelow(length)
+  // bytes is enough: what does not fit there is not kept anyway.
+  uint32_t Compress(const std::byte* src, uint32_t length, std::span<std::byte> dst);
 
  private:
   CompressSpec spec_;

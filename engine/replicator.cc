@@ -31,8 +31,9 @@ class Replicator::Impl {
  public:
   enum class WriteKind : uint8_t { kData, kZero, kFlush };
 
-  Impl(io::Ring& ring, const ReplicatorOptions& options)
+  Impl(io::Ring& ring, io::BufferPool& pool, const ReplicatorOptions& options)
       : ring_(ring),
+        pool_(pool),
         options_(options),
         wire_level_(std::max(options.ack, proto::AckLevel::kReceived)),
         span_(SeqSpan(options.window)),
@@ -50,9 +51,23 @@ class Replicator::Impl {
     quorum_ = options_.quorum == 0 ? static_cast<uint32_t>(configs.size()) : options_.quorum;
     const uint32_t slots = WriteSlots(options_, configs.size());
     writes_ = std::vector<Write>(slots);
+    rooms_.clear();
     if (options_.compress.codec != proto::Codec::kNone) {
       compressor_ = std::make_unique<Compressor>(options_.compress);
-      compressed_.resize(size_t{slots} * Compressor::Bound(options_.block_size));
+      // Each write slot's room for its compressed payload: a buffer of the registered pool, which
+      // every transport sends from (RDMA and DPDK only from there).
+      rooms_.reserve(slots);
+      for (uint32_t i = 0; i < slots; ++i) {
+        std::optional<io::BufferRef> room = pool_.TryGet();
+        if (!room) {
+          rooms_.clear();
+          return Status::Invalid("--compress needs {} buffers of the pool for compressed "
+                                 "payloads, one per write slot; {} are free (size the pool with "
+                                 "Replicator::OwnBuffers)",
+                                 slots, i + pool_.available());
+        }
+        rooms_.push_back(std::move(*room));
+      }
     }
     done_.assign(slots, 0);
     free_.clear();
@@ -301,7 +316,7 @@ class Replicator::Impl {
     w.crc = w.zero ? 0 : Crc32c(buffer.data(), length);
     w.crc_known = !w.zero;
     if (compressor_ && !w.zero && (w.targets & Compressing()) != 0) {
-      w.compressed = compressor_->Compress(buffer.data(), length, Compressed(wi));
+      w.compressed = compressor_->Compress(buffer.data(), length, rooms_[wi].span());
     }
     w.buffer = std::move(buffer);
     return SendToTargets(wi);
@@ -572,7 +587,7 @@ class Replicator::Impl {
     std::array<uint8_t, kMaxPeers> clean_before{};
     uint32_t crc = 0;
     bool zero = false;  // kData: the buffer holds only zeros (its crc is computed when needed)
-    uint32_t compressed = 0;  // kData: its compressed size in compressed_ (0: sent as it is)
+    uint32_t compressed = 0;  // kData: its compressed size in rooms_ (0: sent as it is)
     bool crc_known = false;
     io::BufferRef buffer;
     uint64_t start_ns = 0;
@@ -677,7 +692,7 @@ class Replicator::Impl {
         if (w.compressed != 0 && (Compressing() >> p.index & 1)) {
           f.flags |= proto::DataCodecFlags(options_.compress.codec);
           f.payload_len = w.compressed;
-          item.data = Compressed(pw.write);
+          item.data = rooms_[pw.write].data();
         }
         break;
       case WriteKind::kZero:
@@ -703,22 +718,16 @@ class Replicator::Impl {
     p.stats.wire_bytes += f.payload_len;
   }
 
-  // Peers that get compressed payloads: their replica decompresses (HelloOk), and their
-  // transport sends from any memory (compressed_ is not in the registered pool: TCP, not RDMA
-  // or DPDK).
+  // Peers that get compressed payloads: their replica decompresses (HelloOk).
   PeerMask Compressing() const {
     PeerMask m = 0;
     for (const auto& p : peers_) {
-      if (p->stats.state == PeerState::kInSession && p->t->SendsAnyMemory() &&
+      if (p->stats.state == PeerState::kInSession &&
           (p->handshake.hello_ok_flags() & proto::kHelloOkCompressed) != 0) {
         m |= PeerMask{1} << p->index;
       }
     }
     return m;
-  }
-  // Write slot `wi`'s room for its compressed payload.
-  std::byte* Compressed(uint32_t wi) {
-    return compressed_.data() + size_t{wi} * Compressor::Bound(options_.block_size);
   }
 
   void PollTransports() {
@@ -1116,6 +1125,7 @@ class Replicator::Impl {
   }
 
   io::Ring& ring_;
+  io::BufferPool& pool_;
   ReplicatorOptions options_;
   proto::AckLevel wire_level_;
   uint64_t span_;
@@ -1125,7 +1135,7 @@ class Replicator::Impl {
   std::vector<transport::Transport*> transports_;
   std::vector<Write> writes_;
   std::unique_ptr<Compressor> compressor_;  // --compress
-  std::vector<std::byte> compressed_;      // per write slot, room for its compressed payload
+  std::vector<io::BufferRef> rooms_;       // per write slot, its compressed payload (pool buffers)
   std::vector<uint32_t> free_;
   std::vector<uint32_t> done_;  // ring of write indexes ready for Poll
   size_t done_head_ = 0;
@@ -1158,12 +1168,16 @@ Result<std::unique_ptr<Replicator>> Replicator::Create(io::Ring& ring, io::Buffe
     return Status::Invalid("buffer pool buffers ({} bytes) are smaller than a block ({})",
                            pool.buffer_size(), options.block_size);
   }
-  return std::unique_ptr<Replicator>(new Replicator(std::make_unique<Impl>(ring, options)));
+  return std::unique_ptr<Replicator>(new Replicator(std::make_unique<Impl>(ring, pool, options)));
 }
 
 uint32_t Replicator::WriteSlots(const ReplicatorOptions& options, size_t peers) {
   size_t quorum = options.quorum == 0 ? peers : std::min<size_t>(options.quorum, peers);
   return static_cast<uint32_t>(options.window * (1 + peers - quorum));
+}
+
+uint32_t Replicator::OwnBuffers(const ReplicatorOptions& options, size_t peers) {
+  return options.compress.codec == proto::Codec::kNone ? 0 : WriteSlots(options, peers);
 }
 
 Replicator::Replicator(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

@@ -76,8 +76,9 @@ struct ReplicatorOptions {
   // punches a hole where its target can, else zeroes the range) to replicas of protocol 2 or
   // later; as Data to older ones.
   bool zero_blocks = true;
-  // Data payloads compressed (lz4 or zstd) to replicas that decompress (HelloOk) over TCP, each
-  // block once, kept only when it saves (engine/compress.h); the CRC stays the data's.
+  // Data payloads compressed (lz4 or zstd) to replicas that decompress (HelloOk), on every
+  // transport, each block once into a pool buffer of its write slot (OwnBuffers), kept only when
+  // it saves (engine/compress.h); the CRC stays the data's.
   CompressSpec compress;
   // Buffers go back to the caller (TakeBuffers) instead of the pool once the Replicator is done
   // with them: for a caller that still uses them after the write completed (a volume's local
@@ -178,6 +179,9 @@ class Replicator {
   // Writes in flight at most, for `peers` peers: one window for the quorum, plus one for each
   // peer that may be behind (peers - quorum). A caller sizes its buffer pool from this.
   static uint32_t WriteSlots(const ReplicatorOptions& options, size_t peers);
+  // Buffers of the pool the Replicator holds for itself from StartConnect on: with --compress,
+  // one per write slot for its compressed payload. A caller adds them to its pool's size.
+  static uint32_t OwnBuffers(const ReplicatorOptions& options, size_t peers);
   ~Replicator();
 
   // Connects to every peer and completes the handshakes (setup: blocks, bounded by the

@@ -190,9 +190,9 @@ void SessionSeeds(const fs::path& dir) {
     Control(s, 0, Make(HelloFor(write, 4096, vol, 2)));
     std::vector<std::byte> data(4096);
     for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<std::byte>("blkmirror "[i % 10]);
-    std::vector<std::byte> packed(engine::Compressor::Bound(4096));
+    std::vector<std::byte> packed(4096);
     engine::Compressor lz4(engine::CompressSpec{proto::Codec::kLz4, 0});
-    const uint32_t n = lz4.Compress(data.data(), 4096, packed.data());
+    const uint32_t n = lz4.Compress(data.data(), 4096, packed);
     const auto flags = static_cast<uint16_t>(static_cast<uint16_t>(AckLevel::kDurable) |
                                              proto::DataCodecFlags(proto::Codec::kLz4));
     s.U8(kFix | si::kFixBody).Header(Make(proto::Data{0, 0, 4096, 0}, flags, n));

@@ -146,11 +146,6 @@ class Transport {
 
   virtual std::string_view name() const = 0;
 
-  // True when a Data payload may come from any memory, not only the registered pool (a backend
-  // that copies or writes it to a socket): the Replicator sends compressed payloads, which live
-  // outside the pool, only through such a transport. RDMA and DPDK send from registered memory.
-  virtual bool SendsAnyMemory() const = 0;
-
   // The pool block payloads are sent from and received into; called once, before Listen or
   // Connect. The pool must outlive the transport.
   virtual Status Register(io::BufferPool& pool) = 0;

@@ -8,7 +8,8 @@
 #     push's side, packet faults (drop, dup, reorder, corrupt) in both processes: byte-identical.
 #     Then af_xdp on the same veth (skipped loudly when its port cannot open here).
 #  4. cross-transport: push --transport tcp to a dpdk serve works; push --transport dpdk to a
-#     tcp-only serve fails (exit 3, "does not serve dpdk").
+#     tcp-only serve fails (exit 3, "does not serve dpdk"). push --compress lz4 over memif: fewer
+#     bytes on the wire, cmp, verify.
 #  5. push --transport auto --dpdk-port: dpdk to a dpdk serve; tcp (saying why) to a tcp-only one.
 #     Then the volume daemon over dpdk (memif): nbdcopy through it, in sync, replica identical.
 #  6. garbage and forged packets injected into the veth during a push (tests/integration/
@@ -218,6 +219,31 @@ dpush d2t --source "$DATA/src4" --peer "127.0.0.1:$PORT_t" --transport dpdk "${C
 grep -q "does not serve dpdk" "$TEST_TMP/push-d2t.log" \
   || dfail "dpdk push to a tcp-only serve: no 'does not serve dpdk' in its message" "$TEST_TMP/push-d2t.log" "$TEST_TMP/serve-t.log"
 echo "    $(tail -n 1 "$TEST_TMP/push-d2t.log")"
+
+step "4c. push --compress lz4 over memif: compressed payloads from the pool's rooms, cmp, verify"
+# Text (compresses) then random bytes (do not).
+/usr/bin/python3 -c '
+import glob, sys
+text = b"".join(open(f, "rb").read() for f in sorted(glob.glob(sys.argv[1] + "/*.sh")))
+sys.stdout.buffer.write((text * (1 + (24 << 20) // len(text)))[: 24 << 20])' "$(dirname "$0")" > "$DATA/srcz"
+head -c $((SIZE4 - (24 << 20))) /dev/urandom >> "$DATA/srcz"  # the size of the replica's target
+dpush z --source "$DATA/srcz" --peer "127.0.0.1:$PORT_x" --transport dpdk "${CLX[@]}" --full \
+  --compress lz4 \
+  || dfail "compressed push over memif" "$TEST_TMP/push-z.log" "$TEST_TMP/serve-x.log"
+expect_dpdk z
+wire=$(pj z .wire_bytes) sent=$(pj z .bytes_sent)
+[ "$sent" = "$SIZE4" ] || fail "compressed push over memif: bytes_sent $sent, expected $SIZE4"
+# The random part as it is; the text (24 MiB) in less than two thirds of itself.
+[ "$wire" -gt $((SIZE4 - (24 << 20))) ] && [ "$wire" -lt $((SIZE4 - (8 << 20))) ] \
+  || fail "compressed push over memif put $wire bytes on the wire for $sent"
+[ "$(pj z .crc_mismatches)" = 0 ] || fail "CRC mismatches in the compressed push over memif"
+same "$DATA/srcz" "$DATA/rep-x"
+rc=0
+"$BLKMIRROR" verify --json --source "$DATA/srcz" --peer "127.0.0.1:$PORT_x" --transport dpdk "${CLX[@]}" \
+  > "$TEST_TMP/verifyz.json" 2> "$TEST_TMP/verifyz.log" || rc=$?
+[ "$rc" = 0 ] || dfail "verify after the compressed push: exit $rc" "$TEST_TMP/verifyz.log" "$TEST_TMP/serve-x.log"
+echo "    $sent bytes in $wire on the wire"
+rm -f "$DATA/srcz"
 
 step "5a. push --transport auto --dpdk-port to a dpdk serve: dpdk"
 dpush auto1 --source "$DATA/src4" --peer "127.0.0.1:$PORT_x" --transport auto "${CLX[@]}" --full \

@@ -56,8 +56,10 @@ class ReplicatorTest : public ::testing::Test {
   Status StartPrimary(ReplicatorOptions options) {
     options_ = options;
     primary_pool_ =
-        std::move(io::BufferPool::Create(options.block_size, options.window + 4,
-                                         io::HugePages::kNever)
+        std::move(io::BufferPool::Create(
+                      options.block_size,
+                      options.window + 4 + Replicator::OwnBuffers(options, replicas_.size()),
+                      io::HugePages::kNever)
                       .value());
     primary_transport_ = net_.CreateTransport("primary");
     RETURN_IF_ERROR(primary_transport_->Register(*primary_pool_));

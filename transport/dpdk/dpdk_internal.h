@@ -74,7 +74,6 @@ class DpdkTransport final : public Transport, public io::RingHandler {
   ~DpdkTransport() override;
 
   std::string_view name() const override { return "dpdk"; }
-  bool SendsAnyMemory() const override { return false; }
   Status Register(io::BufferPool& pool) override;
   Result<Endpoint> Listen(const Endpoint& local) override;
   Result<ConnId> Connect(const Endpoint& peer, std::chrono::milliseconds timeout) override;

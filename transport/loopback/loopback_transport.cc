@@ -19,7 +19,6 @@ class LoopbackTransport final : public Transport {
   }
 
   std::string_view name() const override { return "loopback"; }
-  bool SendsAnyMemory() const override { return true; }
 
   Status Register(io::BufferPool& pool) override {
     pool_ = &pool;

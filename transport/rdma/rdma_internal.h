@@ -392,7 +392,6 @@ class RdmaTransport final : public Transport, public io::RingHandler {
   ~RdmaTransport() override;
 
   std::string_view name() const override { return "rdma"; }
-  bool SendsAnyMemory() const override { return false; }
   Status Register(io::BufferPool& pool) override;
   Result<Endpoint> Listen(const Endpoint& local) override;
   Result<ConnId> Connect(const Endpoint& peer, std::chrono::milliseconds timeout) override;

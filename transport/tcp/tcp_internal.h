@@ -132,7 +132,6 @@ class TcpTransport final : public Transport, public io::RingHandler {
   ~TcpTransport() override;
 
   std::string_view name() const override { return "tcp"; }
-  bool SendsAnyMemory() const override { return true; }
   Status Register(io::BufferPool& pool) override;
   Result<Endpoint> Listen(const Endpoint& local) override;
   Result<ConnId> Connect(const Endpoint& peer, std::chrono::milliseconds timeout) override;

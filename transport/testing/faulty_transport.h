@@ -43,7 +43,6 @@ class FaultyTransport final : public Transport {
       : inner_(std::move(inner)), spec_(spec) {}
 
   std::string_view name() const override { return inner_->name(); }
-  bool SendsAnyMemory() const override { return inner_->SendsAnyMemory(); }
   Status Register(io::BufferPool& pool) override { return inner_->Register(pool); }
   Result<Endpoint> Listen(const Endpoint& local) override { return inner_->Listen(local); }
   Result<ConnId> Connect(const Endpoint& peer, std::chrono::milliseconds timeout) override {
