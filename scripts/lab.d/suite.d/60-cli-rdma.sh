@@ -3,7 +3,8 @@
 # push from rxe0's address --transport rdma and --transport auto (a 32 MiB random file, compared
 # byte for byte, "transport": "rdma" in the JSON); --transport auto against an address with no
 # RDMA device falls back to TCP and says why; a mixed fan-out (one peer over RDMA, one over TCP);
-# --transport rdma to that address is a clear error.
+# zero ranges and --compress lz4 over RDMA (cmp, verify); --transport rdma to that address is a
+# clear error.
 set -euo pipefail
 . "$LAB_REPO/scripts/lab.d/lib.sh"
 . "$LAB_REPO/scripts/lab.d/cli.sh"
@@ -51,6 +52,23 @@ cmp "$tmp/src" "$tmp/r.img" && cmp "$tmp/src" "$tmp/n.img" || fail "a replica di
 echo "--- verify over RDMA"
 "$bin" verify --source "$tmp/src" --peer "$LAB_IP1:7000" --transport rdma --bind "$LAB_IP0" > "$tmp/v.out" 2> "$tmp/v.log" || fail "verify over rdma"
 grep -q matches "$tmp/v.out" || fail "verify: $(cat "$tmp/v.out")"
+
+echo "--- zero ranges and compressed payloads over RDMA"
+# 8 MiB of text (compresses), 8 MiB of zeros (a zero range, no payload), 16 MiB random (as is).
+seq 1 1300000 > "$tmp/seq"  # 9.3 MB (a file, not a pipe: head would stop seq with SIGPIPE)
+{ head -c $((8 << 20)) "$tmp/seq"; head -c $((8 << 20)) /dev/zero; head -c $((16 << 20)) /dev/urandom; } > "$tmp/src3"
+push zc --source "$tmp/src3" --peer "$LAB_IP1:7000" --transport rdma --meta-dir "$tmp/m6" --full \
+  --compress lz4 --compress-mode always || fail "push --compress over rdma"
+[ "$(j zc .transport)" = rdma ] || fail "transport is $(j zc .transport)"
+[ "$(j zc .zero_bytes)" = $((8 << 20)) ] || fail "8 MiB of zeros went as $(j zc .zero_bytes) bytes of zero ranges"
+[ "$(j zc .bytes_sent)" = $((24 << 20)) ] || fail "bytes_sent $(j zc .bytes_sent), expected 24 MiB"
+wire=$(j zc .wire_bytes)
+[ "$wire" -gt $((16 << 20)) ] && [ "$wire" -lt $((22 << 20)) ] || fail "wire_bytes $wire for 24 MiB (8 MiB of it text, about 4.7 MiB in lz4)"
+[ "$(j zc .crc_mismatches)" = 0 ] || fail "CRC mismatches over rdma with --compress"
+cmp "$tmp/src3" "$tmp/r.img" || fail "the replica differs (zeros and compression over rdma)"
+"$bin" verify --source "$tmp/src3" --peer "$LAB_IP1:7000" --transport rdma --bind "$LAB_IP0" > "$tmp/v3.out" 2> "$tmp/v3.log" || fail "verify after the compressed push over rdma"
+grep -q matches "$tmp/v3.out" || fail "verify: $(cat "$tmp/v3.out")"
+echo "zeros and lz4 over rdma: 24 MiB of data in $wire bytes on the wire, 8 MiB as a zero range"
 
 echo "--- --transport rdma where no RDMA device reaches the peer"
 rc=0; push nordma --source "$tmp/src" --peer "$LAB_NORDMA_IP:7001" --transport rdma --meta-dir "$tmp/m5" || rc=$?
