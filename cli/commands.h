@@ -81,6 +81,7 @@ struct PushArgs {
   bool tcp_zerocopy = false;
   std::string bind;  // local address to connect from
   std::string compress = "none";  // lz4, zstd[:LEVEL] or none (engine/compress.h)
+  std::string compress_mode = "auto";  // auto or always (engine/compress.h)
 };
 
 struct VolumeArgs {
@@ -107,6 +108,7 @@ struct VolumeArgs {
   std::string bind;
   std::string metrics;  // HOST:PORT of the Prometheus endpoint ("" = none)
   std::string compress = "none";  // lz4, zstd[:LEVEL] or none (engine/compress.h)
+  std::string compress_mode = "auto";  // auto or always (engine/compress.h)
 };
 
 struct VerifyArgs {

@@ -177,10 +177,18 @@ class Reader {
             Problem(Line(v), where, spec.status().message());
           }
         }
+      } else if (key == "compress-mode") {
+        if (auto text = String(v, where)) {
+          if (auto mode = engine::ParseCompressMode(*text); mode.ok()) {
+            r.compress_mode = *text;
+          } else {
+            Problem(Line(v), where, mode.status().message());
+          }
+        }
       } else {
         Unknown(k, where, {"transport", "ack", "block-size", "window", "quorum", "resync-rate",
-                           "key-file", "peer-timeout", "ack-timeout", "compress", "tls", "cert",
-                           "cert-key", "ca"});
+                           "key-file", "peer-timeout", "ack-timeout", "compress", "compress-mode",
+                           "tls", "cert", "cert-key", "ca"});
       }
     }
   }

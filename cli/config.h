@@ -4,7 +4,8 @@
 //
 //   [resource]                  # settings every node shares (all optional)
 //   ack = "durable"             # transport, ack, block-size, window, quorum, resync-rate,
-//   key-file = "/etc/blkmirror/vol0.key"   # key-file, peer-timeout, ack-timeout, compress
+//   key-file = "/etc/blkmirror/vol0.key"   # key-file, peer-timeout, ack-timeout, compress,
+//                               # compress-mode, tls, cert, cert-key, ca
 //
 //   [node.alpha]                # one table per node, by host name (or --node)
 //   role = "primary"            # what `blkmirror daemon` runs here: primary or replica
@@ -63,6 +64,7 @@ struct ResourceConfig {
   std::optional<uint32_t> quorum;
   std::string resync_rate;
   std::string compress;  // lz4, zstd[:LEVEL] or none (engine/compress.h)
+  std::string compress_mode;  // auto or always (engine/compress.h)
   std::string key_file;
   std::string peer_timeout;
   std::string ack_timeout;

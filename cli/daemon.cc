@@ -74,6 +74,7 @@ struct Plan {
             {"bind", vol.bind},
             {"metrics", vol.metrics},
             {"compress", vol.compress},
+            {"compress-mode", vol.compress_mode},
             {"tls", tls(vol.tls)}};
   }
 };

@@ -169,8 +169,10 @@ int main(int argc, char** argv) {
   p->add_option("--key-file", push.key_file, "authenticate to the replicas with this key");
   p->add_option("--bind", push.bind, "local address to connect from");
   p->add_option("--compress", push.compress,
-                "lz4, zstd, zstd:LEVEL or none (default): compress each block to replicas over "
-                "TCP, kept where it saves an eighth");
+                "lz4, zstd, zstd:LEVEL or none (default): compress each block to the replicas, "
+                "kept where it saves an eighth");
+  p->add_option("--compress-mode", push.compress_mode,
+                "auto (default: compress only while that is measured to be faster) or always");
   p->add_option("--test-fault", push.test_fault, "TEST ONLY: inject faults")->group("");
   p->add_option("--test-source-fault", push.test_source_fault, "TEST ONLY: source faults")
       ->group("");
@@ -257,8 +259,10 @@ int main(int argc, char** argv) {
                   "where the status file goes (default /run/blkmirror)");
   vol->add_option("--bind", volume.bind, "local address to connect from");
   vol->add_option("--compress", volume.compress,
-                  "lz4, zstd, zstd:LEVEL or none (default): compress each block to replicas over "
-                  "TCP, kept where it saves an eighth");
+                  "lz4, zstd, zstd:LEVEL or none (default): compress each block to the replicas, "
+                  "kept where it saves an eighth");
+  vol->add_option("--compress-mode", volume.compress_mode,
+                  "auto (default: compress only while that is measured to be faster) or always");
   vol->add_option("--metrics", volume.metrics,
                   "serve Prometheus metrics on HOST:PORT (GET /metrics; port 0 picks one)");
 

@@ -332,8 +332,8 @@ int RunReplication(const ReplicationPlan& plan) {
   if (args.full && args.checksum_skip) {
     return fail(Status::Invalid("--full and --checksum-skip contradict each other"), kExitUsage);
   }
-  auto compress = engine::CompressSpec::Parse(args.compress);
-  if (!compress.ok()) return fail(compress.status().Context("--compress"), kExitUsage);
+  auto compress = ParseCompressArgs(args.compress, args.compress_mode);
+  if (!compress.ok()) return fail(compress.status(), kExitUsage);
   auto piece_size = ParseBlockSize(args.checksum_block_size, "--checksum-block-size");
   if (!piece_size.ok()) return fail(piece_size.status(), kExitUsage);
   if (*piece_size > *block_size || *block_size % *piece_size != 0) {
@@ -659,6 +659,7 @@ int RunReplication(const ReplicationPlan& plan) {
                           {"zero_bytes", zero_bytes},
                           {"wire_bytes", wire_bytes},
                           {"compress", compress->ToString()},
+                          {"compress_mode", engine::CompressModeName(compress->mode)},
                           {"blocks_skipped", report.blocks_skipped},
                           {"resumed", resumed},
                           {"seconds", report.seconds},

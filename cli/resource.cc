@@ -82,6 +82,7 @@ void FillPrimary(const FlagGiven& given, const ResourceConfig& c, const NodeConf
   Fill(given, "--meta-dir", args.meta_dir, n.meta_dir);
   Fill(given, "--bind", args.bind, n.bind);
   Fill(given, "--compress", args.compress, c.compress);
+  Fill(given, "--compress-mode", args.compress_mode, c.compress_mode);
 }
 
 }  // namespace

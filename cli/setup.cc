@@ -19,6 +19,16 @@
 
 namespace blkmirror::cli {
 
+Result<engine::CompressSpec> ParseCompressArgs(const std::string& compress,
+                                               const std::string& mode) {
+  auto spec = engine::CompressSpec::Parse(compress);
+  if (!spec.ok()) return spec.status().Context("--compress");
+  auto parsed_mode = engine::ParseCompressMode(mode);
+  if (!parsed_mode.ok()) return parsed_mode.status().Context("--compress-mode");
+  spec->mode = *parsed_mode;
+  return spec;
+}
+
 Result<Loop> MakeLoop(size_t buffer_size, size_t count, unsigned entries) {
   Loop loop;
   ASSIGN_OR_RETURN(loop.ring, io::Ring::Create(entries));

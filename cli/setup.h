@@ -11,6 +11,7 @@
 #include "cli/values.h"
 #include "common/status.h"
 #include "engine/auth.h"
+#include "engine/compress.h"
 #include "io/buffer_pool.h"
 #include "io/ring.h"
 #include "proto/frame.h"
@@ -48,6 +49,10 @@ Result<Transports> MakeTransports(const Loop& loop, std::string_view name,
 // key when there are no certificates.
 void ApplyTlsArgs(const TlsArgs& args, const std::optional<engine::Key>& key,
                   transport::TransportOptions& options);
+
+// --compress and --compress-mode; the error names the flag.
+Result<engine::CompressSpec> ParseCompressArgs(const std::string& compress,
+                                               const std::string& mode);
 
 // The transport options the --dpdk-* flags give.
 void ApplyDpdkArgs(const DpdkArgs& args, transport::TransportOptions& options);

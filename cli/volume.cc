@@ -161,8 +161,8 @@ int RunVolume(const VolumeArgs& args, Runner& runner) {
   }
   auto pool_size = ParseSize(args.pool_size);
   if (!pool_size.ok()) return fail(pool_size.status().Context("--pool-size"), kExitUsage);
-  auto compress = engine::CompressSpec::Parse(args.compress);
-  if (!compress.ok()) return fail(compress.status().Context("--compress"), kExitUsage);
+  auto compress = ParseCompressArgs(args.compress, args.compress_mode);
+  if (!compress.ok()) return fail(compress.status(), kExitUsage);
   std::vector<transport::Endpoint> endpoints;
   for (const std::string& p : args.peers) {
     auto ep = transport::Endpoint::Parse(p);

@@ -29,6 +29,74 @@ Result<CompressSpec> CompressSpec::Parse(std::string_view text) {
   return Status::Invalid("'{}': expected lz4, zstd, zstd:LEVEL or none", text);
 }
 
+Result<CompressMode> ParseCompressMode(std::string_view text) {
+  if (text == "auto") return CompressMode::kAuto;
+  if (text == "always") return CompressMode::kAlways;
+  return Status::Invalid("'{}': expected auto or always", text);
+}
+
+std::string_view CompressModeName(CompressMode mode) {
+  return mode == CompressMode::kAuto ? "auto" : "always";
+}
+
+bool CompressGovernor::Next(uint64_t bytes, uint64_t now_ns) {
+  if (phase_ == Phase::kStart) Begin(Phase::kProbeCompressed, now_ns, kProbeNs);
+  while (now_ns >= end_ns_) EndPhase(now_ns);
+  if (phase_ != Phase::kHold && now_ns >= start_ns_ + kSettleNs) counted_ += bytes;
+  switch (phase_) {
+    case Phase::kProbeCompressed: return true;
+    case Phase::kProbePlain: return false;
+    case Phase::kStart:
+    case Phase::kHold: break;
+  }
+  return last_.compress;
+}
+
+void CompressGovernor::Begin(Phase phase, uint64_t now_ns, uint64_t length_ns) {
+  phase_ = phase;
+  start_ns_ = now_ns;
+  end_ns_ = now_ns + length_ns;
+  counted_ = 0;
+}
+
+void CompressGovernor::EndPhase(uint64_t now_ns) {
+  if (phase_ != Phase::kHold && now_ns >= end_ns_ + kProbeNs) {
+    Begin(Phase::kProbeCompressed, now_ns, kProbeNs);  // no writes for a while: probe again
+    return;
+  }
+  const double rate = static_cast<double>(counted_) * 1e9 / static_cast<double>(now_ns - start_ns_ - kSettleNs);
+  switch (phase_) {
+    case Phase::kProbeCompressed:
+      pending_compressed_ = rate;
+      Begin(Phase::kProbePlain, now_ns, kProbeNs);
+      return;
+    case Phase::kProbePlain: {
+      const bool compress = pending_compressed_ >= rate * (1 - kTieShare);
+      if (decided_once_ && compress == last_.compress) {
+        hold_ns_ = std::min(hold_ns_ * 2, kMaxHoldNs);
+      } else {
+        hold_ns_ = kMinHoldNs;
+      }
+      decided_ = decided_ || !decided_once_ || compress != last_.compress;
+      decided_once_ = true;
+      last_ = Decision{pending_compressed_, rate, compress};
+      Begin(Phase::kHold, now_ns, hold_ns_);
+      return;
+    }
+    case Phase::kStart:
+    case Phase::kHold:
+      Begin(Phase::kProbeCompressed, now_ns, kProbeNs);
+      return;
+  }
+}
+
+bool CompressGovernor::TakeDecision(Decision& out) {
+  if (!decided_) return false;
+  decided_ = false;
+  out = last_;
+  return true;
+}
+
 std::string CompressSpec::ToString() const {
   switch (codec) {
     case proto::Codec::kLz4: return "lz4";

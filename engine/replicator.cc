@@ -315,7 +315,7 @@ class Replicator::Impl {
     // A zero block's CRC is needed only by a replica that takes no zero ranges (SendData).
     w.crc = w.zero ? 0 : Crc32c(buffer.data(), length);
     w.crc_known = !w.zero;
-    if (compressor_ && !w.zero && (w.targets & Compressing()) != 0) {
+    if (compressor_ && CompressNext(length) && !w.zero && (w.targets & Compressing()) != 0) {
       w.compressed = compressor_->Compress(buffer.data(), length, rooms_[wi].span());
     }
     w.buffer = std::move(buffer);
@@ -716,6 +716,19 @@ class Replicator::Impl {
     ++p.stats.blocks_sent;
     (as_zero ? p.stats.zero_bytes : p.stats.bytes_sent) += w.length;
     p.stats.wire_bytes += f.payload_len;
+  }
+
+  // Whether the Data write of `length` bytes submitted now is compressed (--compress-mode).
+  bool CompressNext(uint32_t length) {
+    if (options_.compress.mode == CompressMode::kAlways) return true;
+    const bool compress = governor_.Next(length, NowNs());
+    if (CompressGovernor::Decision d; governor_.TakeDecision(d)) {
+      spdlog::info("--compress {} --compress-mode auto: {} ({:.0f} MB/s compressing, {:.0f} MB/s "
+                   "not, in the last probes)",
+                   options_.compress.ToString(), d.compress ? "compressing" : "not compressing",
+                   d.rate_compressed / 1e6, d.rate_plain / 1e6);
+    }
+    return compress;
   }
 
   // Peers that get compressed payloads: their replica decompresses (HelloOk).
@@ -1135,6 +1148,7 @@ class Replicator::Impl {
   std::vector<transport::Transport*> transports_;
   std::vector<Write> writes_;
   std::unique_ptr<Compressor> compressor_;  // --compress
+  CompressGovernor governor_;               // --compress-mode auto
   std::vector<io::BufferRef> rooms_;       // per write slot, its compressed payload (pool buffers)
   std::vector<uint32_t> free_;
   std::vector<uint32_t> done_;  // ring of write indexes ready for Poll

@@ -1,7 +1,7 @@
 #!/bin/bash
 # --compress lz4|zstd[:LEVEL]: push and the volume send compressed payloads where they save (the
 # CRC32C is the data's, checked after decompression on the replica); the copies are identical and
-# verify agrees; fewer bytes on the wire. A replica NACKs, and never writes, a compressed frame
+# verify agrees; fewer bytes on the wire. --compress-mode auto measures and logs its decision. A replica NACKs, and never writes, a compressed frame
 # that does not decompress to its length or whose CRC is wrong (tests/integration/peer.py).
 source "$(dirname "$0")/lib.sh"
 
@@ -15,7 +15,7 @@ serve r "$TEST_TMP/dst"
 for codec in lz4 zstd zstd:9; do
   step "push --compress $codec"
   push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" --full --compress "$codec" \
-    || fail "push --compress $codec: $(tail -n 3 "$TEST_TMP/push.log")"
+    --compress-mode always || fail "push --compress $codec: $(tail -n 3 "$TEST_TMP/push.log")"
   same "$TEST_TMP/src" "$TEST_TMP/dst"
   "$BLKMIRROR" verify --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" --no-progress > /dev/null 2>&1 \
     || fail "verify after push --compress $codec"
@@ -29,12 +29,35 @@ for codec in lz4 zstd zstd:9; do
 done
 expect_fail 2 "--compress: 'gzip': expected lz4, zstd, zstd:LEVEL or none" \
   push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" --compress gzip
+expect_fail 2 "--compress-mode: 'often': expected auto or always" \
+  push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" --compress lz4 --compress-mode often
+
+step "push --compress lz4 --compress-mode auto: it measures, decides, and says so"
+# Which way it decides depends on this machine (loopback: usually not compressing); what is
+# checked is that the copy is exact, and that a push long enough for both probes (2 x 100 ms)
+# logs its decision with both rates.
+for _ in $(seq 64); do cat "$TEST_TMP/src"; done > "$TEST_TMP/big"
+kill "$PID_r"; wait "$PID_r" 2>/dev/null || true
+serve r "$TEST_TMP/dst"
+push --source "$TEST_TMP/big" --peer "127.0.0.1:$PORT_r" --full --compress lz4 \
+  || fail "push --compress lz4 (auto): $(tail -n 3 "$TEST_TMP/push.log")"
+same "$TEST_TMP/big" "$TEST_TMP/dst"
+[ "$(json .compress_mode)" = auto ] || fail "push --json compress_mode $(json .compress_mode), expected auto"
+secs=$(json .seconds)
+if awk -v s="$secs" 'BEGIN { exit !(s >= 0.5) }'; then
+  line=$(grep -E -- "--compress-mode auto: (compressing|not compressing) \([0-9]+ MB/s compressing, [0-9]+ MB/s not" "$TEST_TMP/push.log") \
+    || fail "a ${secs} s push logged no compression decision: $(grep -i compress "$TEST_TMP/push.log")"
+  echo "ok   auto: ${line#* info }; $(json .wire_bytes) of $(json .bytes_sent) bytes on the wire"
+else
+  echo "SKIP the decision check: the push took ${secs} s, less than the 0.5 s both probes need"
+fi
+rm -f "$TEST_TMP/big"
 
 step "volume --compress zstd: a client's writes go compressed"
 kill "$PID_r"; wait "$PID_r" 2>/dev/null || true
 truncate -s $((16 << 20)) "$TEST_TMP/disk"
 serve v "$TEST_TMP/rep"
-volume vol "$TEST_TMP/disk" --peer "127.0.0.1:$PORT_v" --compress zstd
+volume vol "$TEST_TMP/disk" --peer "127.0.0.1:$PORT_v" --compress zstd --compress-mode always
 wait_in_sync vol
 nbdcopy "$TEST_TMP/src" "$URI_vol" || fail "nbdcopy into the volume"
 wait_in_sync vol

@@ -228,7 +228,7 @@ text = b"".join(open(f, "rb").read() for f in sorted(glob.glob(sys.argv[1] + "/*
 sys.stdout.buffer.write((text * (1 + (24 << 20) // len(text)))[: 24 << 20])' "$(dirname "$0")" > "$DATA/srcz"
 head -c $((SIZE4 - (24 << 20))) /dev/urandom >> "$DATA/srcz"  # the size of the replica's target
 dpush z --source "$DATA/srcz" --peer "127.0.0.1:$PORT_x" --transport dpdk "${CLX[@]}" --full \
-  --compress lz4 \
+  --compress lz4 --compress-mode always \
   || dfail "compressed push over memif" "$TEST_TMP/push-z.log" "$TEST_TMP/serve-x.log"
 expect_dpdk z
 wire=$(pj z .wire_bytes) sent=$(pj z .bytes_sent)

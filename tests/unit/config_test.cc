@@ -129,7 +129,7 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(
         Broken{"unknown key", std::string("[resource]\nwindw = 3\n") + kNodes,
                P + ":2: resource.windw: unknown key (known here: transport, ack, block-size, "
-                   "window, quorum, resync-rate, key-file, peer-timeout, ack-timeout, compress, tls, cert, cert-key, ca)\n"},
+                   "window, quorum, resync-rate, key-file, peer-timeout, ack-timeout, compress, compress-mode, tls, cert, cert-key, ca)\n"},
         Broken{"wrong type", std::string("[resource]\nwindow = \"32\"\n") + kNodes,
                P + ":2: resource.window: expected an integer, not a string\n"},
         Broken{"out of range", std::string("[resource]\nwindow = 0\n") + kNodes,
@@ -138,6 +138,8 @@ INSTANTIATE_TEST_SUITE_P(
                P + ":2: resource.quorum: expected an integer, not a float\n"},
         Broken{"bad codec", std::string("[resource]\ncompress = \"zstd:40\"\n") + kNodes,
                P + ":2: resource.compress: 'zstd:40': a zstd level is 1 to 19\n"},
+        Broken{"bad compress mode", std::string("[resource]\ncompress-mode = \"often\"\n") + kNodes,
+               P + ":2: resource.compress-mode: 'often': expected auto or always\n"},
         Broken{"bad choice", std::string("[resource]\nack = \"maybe\"\n") + kNodes,
                P + ":2: resource.ack: 'maybe': expected sent, received, durable\n"},
         Broken{"bad transport", std::string("[resource]\ntransport = \"pigeon\"\n") + kNodes,
@@ -222,7 +224,7 @@ INSTANTIATE_TEST_SUITE_P(
                P + ":2: resource.window: -1 is out of range (1 to 65536)\n" + P +
                    ":3: resource.ack: expected a string, not an integer\n" + P +
                    ":4: resource.foo: unknown key (known here: transport, ack, block-size, "
-                   "window, quorum, resync-rate, key-file, peer-timeout, ack-timeout, compress, tls, cert, cert-key, ca)\n"}),
+                   "window, quorum, resync-rate, key-file, peer-timeout, ack-timeout, compress, compress-mode, tls, cert, cert-key, ca)\n"}),
     [](const auto& info) { return "Case" + std::to_string(info.index); });
 
 TEST(ConfigTest, NonAsciiIsRefusedBeforeTheTomlParserSeesIt) {
