@@ -39,55 +39,91 @@ std::string_view CompressModeName(CompressMode mode) {
   return mode == CompressMode::kAuto ? "auto" : "always";
 }
 
-bool CompressGovernor::Next(uint64_t bytes, uint64_t now_ns) {
-  if (phase_ == Phase::kStart) Begin(Phase::kProbeCompressed, now_ns, kProbeNs);
-  while (now_ns >= end_ns_) EndPhase(now_ns);
-  if (phase_ != Phase::kHold && now_ns >= start_ns_ + kSettleNs) counted_ += bytes;
+CompressGovernor::CompressGovernor(uint32_t probe_writes)
+    : probe_writes_(std::max<uint32_t>(8, probe_writes)) {}
+
+bool CompressGovernor::Next(uint64_t bytes, bool zero, uint64_t now_ns) {
+  if (phase_ == Phase::kHold && now_ns >= hold_end_ns_) Begin(Phase::kProbePlain, now_ns);
+  if (phase_ == Phase::kStart || (phase_ != Phase::kHold && now_ns - last_ns_ > kIdleNs)) {
+    // The first writes, or the first after a pause (that probe says nothing): they fill an
+    // empty window at once, as fast as the loop goes; that is no rate. Counting starts once
+    // they have completed too.
+    Begin(Phase::kProbePlain, now_ns);
+    settle_until_ += probe_writes_;
+  }
+  if (phase_ != Phase::kHold) {
+    if (!counting_ && completed_ >= settle_until_) {
+      counting_ = true;
+      RestartCount(now_ns);
+    }
+    // Settling counts too: a loop that compresses a batch of writes in one turn hears of the
+    // completions that end the settling only after it.
+    const bool lost = phase_ == Phase::kProbeCompressed &&
+                      static_cast<double>(now_ns - probe_start_ns_) >=
+                          kGiveUpFactor * static_cast<double>(plain_ns_);
+    if (lost || (counting_ && data_writes_ >= probe_writes_)) EndProbe(now_ns);
+  }
+  last_ns_ = now_ns;
+  ++submitted_;
+  if (counting_ && zero) {
+    // Zeros cost the same either way and go far faster than data: a run of them would make
+    // whichever probe met it look fast. The count starts over past it.
+    zero_counted_ += bytes;
+    if (zero_counted_ > counted_) RestartCount(now_ns);
+  } else if (counting_) {
+    counted_ += bytes;
+    ++data_writes_;
+  }
   switch (phase_) {
-    case Phase::kProbeCompressed: return true;
     case Phase::kProbePlain: return false;
+    case Phase::kProbeCompressed: return true;
     case Phase::kStart:
     case Phase::kHold: break;
   }
   return last_.compress;
 }
 
-void CompressGovernor::Begin(Phase phase, uint64_t now_ns, uint64_t length_ns) {
-  phase_ = phase;
-  start_ns_ = now_ns;
-  end_ns_ = now_ns + length_ns;
+void CompressGovernor::RestartCount(uint64_t now_ns) {
+  count_start_ns_ = now_ns;
   counted_ = 0;
+  zero_counted_ = 0;
+  data_writes_ = 0;
 }
 
-void CompressGovernor::EndPhase(uint64_t now_ns) {
-  if (phase_ != Phase::kHold && now_ns >= end_ns_ + kProbeNs) {
-    Begin(Phase::kProbeCompressed, now_ns, kProbeNs);  // no writes for a while: probe again
+void CompressGovernor::Begin(Phase phase, uint64_t now_ns) {
+  phase_ = phase;
+  probe_start_ns_ = now_ns;
+  settle_until_ = submitted_;
+  counting_ = false;
+  counted_ = 0;
+  last_ns_ = now_ns;
+}
+
+void CompressGovernor::EndProbe(uint64_t now_ns) {
+  const uint64_t elapsed = std::max<uint64_t>(1, now_ns - count_start_ns_);
+  const double rate =
+      counting_ ? static_cast<double>(counted_) * 1e9 / static_cast<double>(elapsed) : 0;
+  if (phase_ == Phase::kProbePlain) {
+    plain_rate_ = rate;
+    plain_ns_ = now_ns - probe_start_ns_;
+    Begin(Phase::kProbeCompressed, now_ns);
     return;
   }
-  const double rate = static_cast<double>(counted_) * 1e9 / static_cast<double>(now_ns - start_ns_ - kSettleNs);
-  switch (phase_) {
-    case Phase::kProbeCompressed:
-      pending_compressed_ = rate;
-      Begin(Phase::kProbePlain, now_ns, kProbeNs);
-      return;
-    case Phase::kProbePlain: {
-      const bool compress = pending_compressed_ >= rate * (1 - kTieShare);
-      if (decided_once_ && compress == last_.compress) {
-        hold_ns_ = std::min(hold_ns_ * 2, kMaxHoldNs);
-      } else {
-        hold_ns_ = kMinHoldNs;
-      }
-      decided_ = decided_ || !decided_once_ || compress != last_.compress;
-      decided_once_ = true;
-      last_ = Decision{pending_compressed_, rate, compress};
-      Begin(Phase::kHold, now_ns, hold_ns_);
-      return;
-    }
-    case Phase::kStart:
-    case Phase::kHold:
-      Begin(Phase::kProbeCompressed, now_ns, kProbeNs);
-      return;
+  const bool compress = rate >= plain_rate_ * (1 - kTieShare);
+  // A probe that gave up measured nothing to be sure of.
+  const bool decisive = counting_ && data_writes_ >= probe_writes_ &&
+                        std::max(rate, plain_rate_) >= kDecisive * std::min(rate, plain_rate_);
+  if (decided_once_ && compress == last_.compress) {
+    hold_ns_ = std::min(hold_ns_ * 2, kMaxHoldNs);
+  } else {
+    hold_ns_ = kMinHoldNs;
+    decided_ = true;
   }
+  if (decisive) hold_ns_ = std::max(hold_ns_, kDecisiveHoldNs);
+  decided_once_ = true;
+  last_ = Decision{rate, plain_rate_, compress};
+  Begin(Phase::kHold, now_ns);
+  hold_end_ns_ = now_ns + hold_ns_;
 }
 
 bool CompressGovernor::TakeDecision(Decision& out) {

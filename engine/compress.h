@@ -56,24 +56,45 @@ class Compressor {
 };
 
 // --compress-mode auto: compressing costs the primary's loop CPU time, and pays only where the
-// link or the replica, not that CPU, is the limit. Which one it is is measured, not guessed:
-// a probe of each choice (compressing, then not) of kProbeNs, whose first kSettleNs are not
-// counted (the previous choice's writes drain), compares the bytes submitted per second; the
-// faster choice then holds for a while (kMinHoldNs, doubling up to kMaxHoldNs while the same
-// choice keeps winning), and the probes run again, since data and load change. Compression wins
-// ties within kTieShare: it saves the link for everything else on it. A probe that runs more
-// than a probe's length past its end (no writes came: an idle volume) says nothing and is done
-// again. Times are passed in, so a test drives it without a clock.
+// link or the replica, not that CPU, is the limit. Which one it is is measured, not guessed: a
+// probe of each choice, not compressing first, then compressing, compares the bytes submitted
+// per second.
+// - A probe counts only once every write submitted before it has completed: until then the
+//   window still carries the other choice's writes (on a 1 Gbit/s link, 32 MiB in flight take a
+//   quarter of a second to drain). The first probe, and the first after a pause, also waits
+//   for the writes that filled the empty window, which go out at once whatever the link.
+// - It then counts `probe_writes` writes of data (a window's worth: where the window is the
+//   limit, writes go out in bursts as acks free it, and a probe shorter than a burst's period
+//   would measure the burst, not the rate), from the first one's time to the next one's. Zero
+//   blocks cost the same either way and go far faster: a run of them restarts the count.
+// - The compressing probe gives up once it has taken kGiveUpFactor times as long as the plain
+//   one did, settling included: where compressing loses it usually loses by far, and a short
+//   push should not pay a whole probe for it.
+// The faster choice then holds for a while (kMinHoldNs, doubling up to kMaxHoldNs while the same
+// choice keeps winning; at least kDecisiveHoldNs when a whole probe found it kDecisive times as
+// fast: probes cost the loser's rate while they run), and the probes run again, since data and
+// load change. Compression wins
+// ties within kTieShare: it saves the link for everything else on it. A probe in which no write
+// comes for kIdleNs (an idle volume) says nothing and starts over. Times are passed in, so a
+// test drives it without a clock.
 class CompressGovernor {
  public:
-  static constexpr uint64_t kProbeNs = 100'000'000;
-  static constexpr uint64_t kSettleNs = 25'000'000;
+  static constexpr double kGiveUpFactor = 1.5;
+  static constexpr uint64_t kIdleNs = 1'000'000'000;
   static constexpr uint64_t kMinHoldNs = 1'000'000'000;
   static constexpr uint64_t kMaxHoldNs = 16'000'000'000;
+  static constexpr double kDecisive = 1.5;
+  static constexpr uint64_t kDecisiveHoldNs = 4'000'000'000;
   static constexpr double kTieShare = 0.03;
 
-  // A block of `bytes` is submitted at `now_ns`: whether to compress it.
-  bool Next(uint64_t bytes, uint64_t now_ns);
+  // `probe_writes`: writes a probe counts (at least 8); the Replicator gives its window.
+  explicit CompressGovernor(uint32_t probe_writes);
+
+  // A write of `bytes` (`zero`: all zeros, sent as a zero range) is submitted at `now_ns`:
+  // whether to compress it. Each such write must be reported Completed once, whatever its
+  // outcome.
+  bool Next(uint64_t bytes, bool zero, uint64_t now_ns);
+  void Completed() { ++completed_; }
 
   // The last probes' rates (bytes per second) and whether compression won them. TakeDecision
   // returns true once for the first decision and for each that changes the choice (a log line
@@ -86,16 +107,27 @@ class CompressGovernor {
   bool TakeDecision(Decision& out);
 
  private:
-  enum class Phase : uint8_t { kStart, kProbeCompressed, kProbePlain, kHold };
-  void Begin(Phase phase, uint64_t now_ns, uint64_t length_ns);
-  void EndPhase(uint64_t now_ns);
+  enum class Phase : uint8_t { kStart, kProbePlain, kProbeCompressed, kHold };
+  void Begin(Phase phase, uint64_t now_ns);
+  void EndProbe(uint64_t now_ns);
+  void RestartCount(uint64_t now_ns);
 
+  uint32_t probe_writes_;
   Phase phase_ = Phase::kStart;
-  uint64_t start_ns_ = 0;
-  uint64_t end_ns_ = 0;
-  uint64_t counted_ = 0;  // bytes submitted in this probe after its settling time
+  uint64_t submitted_ = 0;     // writes Next saw
+  uint64_t completed_ = 0;     // of them, completed
+  uint64_t settle_until_ = 0;  // a probe counts once completed_ reaches this
+  bool counting_ = false;
+  uint64_t count_start_ns_ = 0;
+  uint64_t counted_ = 0;       // data bytes submitted while counting
+  uint64_t data_writes_ = 0;   // and their writes
+  uint64_t zero_counted_ = 0;  // zero bytes submitted while counting
+  uint64_t hold_end_ns_ = 0;
+  uint64_t last_ns_ = 0;       // the previous write's time
   uint64_t hold_ns_ = kMinHoldNs;
-  double pending_compressed_ = 0;  // the compressed probe's rate, until the plain one ends
+  double plain_rate_ = 0;      // the plain probe's, until the compressing one ends
+  uint64_t probe_start_ns_ = 0;
+  uint64_t plain_ns_ = 0;      // the plain probe's time, settling included
   Decision last_;
   bool decided_once_ = false;
   bool decided_ = false;  // a decision TakeDecision has not returned yet

@@ -315,7 +315,7 @@ class Replicator::Impl {
     // A zero block's CRC is needed only by a replica that takes no zero ranges (SendData).
     w.crc = w.zero ? 0 : Crc32c(buffer.data(), length);
     w.crc_known = !w.zero;
-    if (compressor_ && CompressNext(length) && !w.zero && (w.targets & Compressing()) != 0) {
+    if (compressor_ && CompressNext(w) && !w.zero && (w.targets & Compressing()) != 0) {
       w.compressed = compressor_->Compress(buffer.data(), length, rooms_[wi].span());
     }
     w.buffer = std::move(buffer);
@@ -423,6 +423,7 @@ class Replicator::Impl {
     w.zero = false;
     w.crc_known = false;
     w.compressed = 0;
+    w.governed = false;
     w.targets = sendable;
     w.skipped = targets & ~sendable;
     w.counted = 0;
@@ -588,6 +589,7 @@ class Replicator::Impl {
     uint32_t crc = 0;
     bool zero = false;  // kData: the buffer holds only zeros (its crc is computed when needed)
     uint32_t compressed = 0;  // kData: its compressed size in rooms_ (0: sent as it is)
+    bool governed = false;    // kData: the CompressGovernor saw it (and hears of its end)
     bool crc_known = false;
     io::BufferRef buffer;
     uint64_t start_ns = 0;
@@ -718,10 +720,11 @@ class Replicator::Impl {
     p.stats.wire_bytes += f.payload_len;
   }
 
-  // Whether the Data write of `length` bytes submitted now is compressed (--compress-mode).
-  bool CompressNext(uint32_t length) {
+  // Whether the Data write `w`, submitted now, is compressed (--compress-mode).
+  bool CompressNext(Write& w) {
     if (options_.compress.mode == CompressMode::kAlways) return true;
-    const bool compress = governor_.Next(length, NowNs());
+    w.governed = true;
+    const bool compress = governor_.Next(w.length, w.zero, NowNs());
     if (CompressGovernor::Decision d; governor_.TakeDecision(d)) {
       spdlog::info("--compress {} --compress-mode auto: {} ({:.0f} MB/s compressing, {:.0f} MB/s "
                    "not, in the last probes)",
@@ -1098,6 +1101,7 @@ class Replicator::Impl {
     if (w.done) return;
     w.done = true;
     w.done_ns = NowNs();
+    if (w.governed) governor_.Completed();
     w.status = std::move(status);
     done_[(done_head_ + done_count_) % done_.size()] = wi;
     ++done_count_;
@@ -1148,7 +1152,7 @@ class Replicator::Impl {
   std::vector<transport::Transport*> transports_;
   std::vector<Write> writes_;
   std::unique_ptr<Compressor> compressor_;  // --compress
-  CompressGovernor governor_;               // --compress-mode auto
+  CompressGovernor governor_{options_.window};  // --compress-mode auto
   std::vector<io::BufferRef> rooms_;       // per write slot, its compressed payload (pool buffers)
   std::vector<uint32_t> free_;
   std::vector<uint32_t> done_;  // ring of write indexes ready for Poll
