@@ -119,6 +119,19 @@ std::string ReasonOfMessage(std::string_view message) {
 std::string PeerOfMessage(std::string_view message) {
   for (int skip = 0; skip < 2; ++skip) {
     if (size_t n = EndpointLength(message); n > 0) return std::string(message.substr(0, n));
+    // A leading phrase, then the endpoint and ": " or " (" ("lost replica H:P: why").
+    size_t words = 0;
+    while (words < message.size() &&
+           (std::islower(static_cast<unsigned char>(message[words])) || message[words] == ' ')) {
+      ++words;
+    }
+    if (words > 0 && message[words - 1] == ' ') {
+      const std::string_view rest = message.substr(words);
+      if (size_t n = EndpointLength(rest);
+          n > 0 && (rest.substr(n, 2) == ": " || rest.substr(n, 2) == " (")) {
+        return std::string(rest.substr(0, n));
+      }
+    }
     // An optional leading "word: " (the subsystem: "volume: ", "dpdk: ").
     const size_t colon = message.find(": ");
     if (colon == std::string_view::npos || colon == 0) return "";

@@ -33,7 +33,9 @@ const std::string& LastErrorLine();
 // A warning's or error's innermost cause: the text after its last ": " outside parentheses ("" if
 // none).
 std::string ReasonOfMessage(std::string_view message);
-// The peer a message is about ("" when it names none): its leading HOST:PORT.
+// The peer a message is about ("" when it names none): its leading HOST:PORT, after an optional
+// "subsystem: ", or the HOST:PORT after a leading phrase ("lost replica H:P: why", "lost
+// replica H:P (why)").
 std::string PeerOfMessage(std::string_view message);
 
 }  // namespace blkmirror::cli

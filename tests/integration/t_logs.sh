@@ -28,6 +28,8 @@ jq -s -e 'any(.[]; .level == "error" and .command == "push" and (.msg | test("mi
 expect_fail 3 "Connection refused" --log-format json push --source "$TEST_TMP/src" --peer 127.0.0.1:1
 jq -s -e 'any(.[]; .level == "error" and (.reason | test("^Connection refused \\(is `blkmirror serve` listening there\\?\\)$")))' \
   "$TEST_TMP/err" > /dev/null || fail "no reason for the refused connection: $(cat "$TEST_TMP/err")"
+jq -s -e 'any(.[]; (.msg | startswith("lost replica 127.0.0.1:1: ")) and .peer == "127.0.0.1:1")' \
+  "$TEST_TMP/err" > /dev/null || fail "no 'lost replica' line carries its peer: $(cat "$TEST_TMP/err")"
 jq -s -e 'all(.[]; (.level == "info") <= (has("reason") | not))' "$TEST_TMP/err" > /dev/null \
   || fail "an info line carries a reason: $(cat "$TEST_TMP/err")"
 
