@@ -173,6 +173,8 @@ inline constexpr size_t kMaxPeers = 64;
 
 class Replicator {
  public:
+  // `pool` is where the caller's blocks come from; it must outlive the Replicator, which holds
+  // buffers of it (OwnBuffers) until it is destroyed.
   static Result<std::unique_ptr<Replicator>> Create(io::Ring& ring, io::BufferPool& pool,
                                                     const ReplicatorOptions& options);
 

@@ -55,6 +55,8 @@ class ReplicatorTest : public ::testing::Test {
   // The primary: a pool, a transport, and a Replicator to every replica added so far.
   Status StartPrimary(ReplicatorOptions options) {
     options_ = options;
+    rep_.reset();  // a previous one holds buffers of the pool replaced below
+    primary_transport_.reset();
     primary_pool_ =
         std::move(io::BufferPool::Create(
                       options.block_size,
