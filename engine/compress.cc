@@ -59,7 +59,7 @@ bool CompressGovernor::Next(uint64_t bytes, bool zero, uint64_t now_ns) {
     // Settling counts too: a loop that compresses a batch of writes in one turn hears of the
     // completions that end the settling only after it.
     const bool lost = phase_ == Phase::kProbeCompressed &&
-                      static_cast<double>(now_ns - probe_start_ns_) >=
+                      static_cast<double>(ProbeNs(now_ns)) >=
                           kGiveUpFactor * static_cast<double>(plain_ns_);
     if (lost || (counting_ && data_writes_ >= probe_writes_)) EndProbe(now_ns);
   }
@@ -67,9 +67,13 @@ bool CompressGovernor::Next(uint64_t bytes, bool zero, uint64_t now_ns) {
   ++submitted_;
   if (counting_ && zero) {
     // Zeros cost the same either way and go far faster than data: a run of them would make
-    // whichever probe met it look fast. The count starts over past it.
+    // whichever probe met it look fast. The count starts over past it, and the time it took is
+    // no probe's.
     zero_counted_ += bytes;
-    if (zero_counted_ > counted_) RestartCount(now_ns);
+    if (zero_counted_ > counted_) {
+      voided_ns_ += now_ns - count_start_ns_;
+      RestartCount(now_ns);
+    }
   } else if (counting_) {
     counted_ += bytes;
     ++data_writes_;
@@ -90,9 +94,14 @@ void CompressGovernor::RestartCount(uint64_t now_ns) {
   data_writes_ = 0;
 }
 
+uint64_t CompressGovernor::ProbeNs(uint64_t now_ns) const {
+  return now_ns - probe_start_ns_ - voided_ns_;
+}
+
 void CompressGovernor::Begin(Phase phase, uint64_t now_ns) {
   phase_ = phase;
   probe_start_ns_ = now_ns;
+  voided_ns_ = 0;
   settle_until_ = submitted_;
   counting_ = false;
   counted_ = 0;
@@ -105,7 +114,7 @@ void CompressGovernor::EndProbe(uint64_t now_ns) {
       counting_ ? static_cast<double>(counted_) * 1e9 / static_cast<double>(elapsed) : 0;
   if (phase_ == Phase::kProbePlain) {
     plain_rate_ = rate;
-    plain_ns_ = now_ns - probe_start_ns_;
+    plain_ns_ = ProbeNs(now_ns);
     Begin(Phase::kProbeCompressed, now_ns);
     return;
   }

@@ -68,8 +68,8 @@ class Compressor {
 //   would measure the burst, not the rate), from the first one's time to the next one's. Zero
 //   blocks cost the same either way and go far faster: a run of them restarts the count.
 // - The compressing probe gives up once it has taken kGiveUpFactor times as long as the plain
-//   one did, settling included: where compressing loses it usually loses by far, and a short
-//   push should not pay a whole probe for it.
+//   one did, settling included and counts voided by zeros left out of both: where compressing
+//   loses it usually loses by far, and a short push should not pay a whole probe for it.
 // The faster choice then holds for a while (kMinHoldNs, doubling up to kMaxHoldNs while the same
 // choice keeps winning; at least kDecisiveHoldNs when a whole probe found it kDecisive times as
 // fast: probes cost the loser's rate while they run), and the probes run again, since data and
@@ -111,6 +111,7 @@ class CompressGovernor {
   void Begin(Phase phase, uint64_t now_ns);
   void EndProbe(uint64_t now_ns);
   void RestartCount(uint64_t now_ns);
+  uint64_t ProbeNs(uint64_t now_ns) const;  // the probe's time so far, runs of zeros left out
 
   uint32_t probe_writes_;
   Phase phase_ = Phase::kStart;
@@ -127,7 +128,8 @@ class CompressGovernor {
   uint64_t hold_ns_ = kMinHoldNs;
   double plain_rate_ = 0;      // the plain probe's, until the compressing one ends
   uint64_t probe_start_ns_ = 0;
-  uint64_t plain_ns_ = 0;      // the plain probe's time, settling included
+  uint64_t voided_ns_ = 0;     // of this probe's time, spent in counts a run of zeros voided
+  uint64_t plain_ns_ = 0;      // the plain probe's ProbeNs at its end (settling included)
   Decision last_;
   bool decided_once_ = false;
   bool decided_ = false;  // a decision TakeDecision has not returned yet
