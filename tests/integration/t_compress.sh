@@ -34,8 +34,9 @@ expect_fail 2 "--compress-mode: 'often': expected auto or always" \
 
 step "push --compress lz4 --compress-mode auto: it measures, decides, and says so"
 # Which way it decides depends on this machine (loopback: usually not compressing); what is
-# checked is that the copy is exact, and that a push long enough for both probes (2 x 100 ms)
-# logs its decision with both rates.
+# checked is that the copy is exact, and that the push logs its decision with both rates. The
+# probes end within about four windows of writes (the window's fill, a plain probe of a window,
+# the compressing probe's settling and count), whatever the speed: 512 blocks are plenty.
 for _ in $(seq 64); do cat "$TEST_TMP/src"; done > "$TEST_TMP/big"
 kill "$PID_r"; wait "$PID_r" 2>/dev/null || true
 serve r "$TEST_TMP/dst"
@@ -43,14 +44,9 @@ push --source "$TEST_TMP/big" --peer "127.0.0.1:$PORT_r" --full --compress lz4 \
   || fail "push --compress lz4 (auto): $(tail -n 3 "$TEST_TMP/push.log")"
 same "$TEST_TMP/big" "$TEST_TMP/dst"
 [ "$(json .compress_mode)" = auto ] || fail "push --json compress_mode $(json .compress_mode), expected auto"
-secs=$(json .seconds)
-if awk -v s="$secs" 'BEGIN { exit !(s >= 0.5) }'; then
-  line=$(grep -E -- "--compress-mode auto: (compressing|not compressing) \([0-9]+ MB/s compressing, [0-9]+ MB/s not" "$TEST_TMP/push.log") \
-    || fail "a ${secs} s push logged no compression decision: $(grep -i compress "$TEST_TMP/push.log")"
-  echo "ok   auto: ${line#* info }; $(json .wire_bytes) of $(json .bytes_sent) bytes on the wire"
-else
-  echo "SKIP the decision check: the push took ${secs} s, less than the 0.5 s both probes need"
-fi
+line=$(grep -E -- "--compress-mode auto: (compressing|not compressing) \([0-9]+ MB/s compressing, [0-9]+ MB/s not" "$TEST_TMP/push.log") \
+  || fail "the push logged no compression decision: $(grep -i compress "$TEST_TMP/push.log")"
+echo "ok   auto: ${line#* info }; $(json .wire_bytes) of $(json .bytes_sent) bytes on the wire"
 rm -f "$TEST_TMP/big"
 
 step "volume --compress zstd: a client's writes go compressed"
