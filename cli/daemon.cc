@@ -40,43 +40,9 @@ struct Plan {
   ServeArgs serve;
   VolumeArgs vol;
 
-  // Every setting as "key" → text, to tell what a reload changed.
-  std::map<std::string, std::string> Settings() const {
-    auto dpdk = [](const DpdkArgs& d) {
-      return fmt::format("{} {} {}", d.port, d.ip, d.mtu);
-    };
-    auto tls = [](const TlsArgs& t) {
-      return t.enabled ? fmt::format("on cert={} cert-key={} ca={}", t.cert, t.cert_key, t.ca)
-                       : std::string("off");
-    };
-    if (!volume) {
-      return {{"role", "replica"},      {"address", serve.listen},
-              {"disk", serve.target},   {"transport", serve.transport},
-              {"dpdk", dpdk(serve.dpdk)}, {"key-file", serve.key_file},
-              {"tls", tls(serve.tls)},
-              {"meta-dir", serve.meta_dir}, {"metrics", serve.metrics}};
-    }
-    return {{"role", "primary"},
-            {"disk", vol.disk},
-            {"peers", fmt::format("{}", fmt::join(vol.peers, ", "))},
-            {"export", fmt::format("{}", fmt::join(vol.exports, ", "))},
-            {"ack", vol.ack},
-            {"block-size", vol.block_size},
-            {"window", std::to_string(vol.window)},
-            {"transport", vol.transport},
-            {"dpdk", dpdk(vol.dpdk)},
-            {"quorum", vol.quorum ? std::to_string(*vol.quorum) : "all"},
-            {"peer-timeout", vol.peer_timeout},
-            {"ack-timeout", vol.ack_timeout},
-            {"key-file", vol.key_file},
-            {"resync-rate", vol.resync_rate},
-            {"meta-dir", vol.meta_dir},
-            {"bind", vol.bind},
-            {"metrics", vol.metrics},
-            {"compress", vol.compress},
-            {"compress-mode", vol.compress_mode},
-            {"tls", tls(vol.tls)}};
-  }
+  // Every setting the resource file can make, as the arguments end with it, and the role: what
+  // a reload compares (ApplyResource records them, so a new setting needs no list here).
+  ResourceSettings settings;
 };
 
 // Reads the plans of every resource that gives `node` a role (volumes write their status files
@@ -106,13 +72,14 @@ bool ReadPlans(const std::string& dir, const std::string& node, const std::strin
     if ((*self)->role == "primary") {
       plan.volume = true;
       plan.vol.run_dir = run_dir;
-      if (!ApplyResource(where, none, plan.vol)) return false;
+      if (!ApplyResource(where, none, plan.vol, &plan.settings)) return false;
     } else if ((*self)->role == "replica") {
-      if (!ApplyResource(where, none, plan.serve)) return false;
+      if (!ApplyResource(where, none, plan.serve, &plan.settings)) return false;
     } else {
       spdlog::info("resource {}: node {} has no role: not run here", name, (*self)->name);
       continue;
     }
+    plan.settings["role"] = (*self)->role;
     plans.push_back(std::move(plan));
   }
   return true;
@@ -154,6 +121,7 @@ class Resource final : public Runner {
   void SetResyncRate(const std::string& text, uint64_t rate) {
     std::lock_guard lock(mu_);
     plan_.vol.resync_rate = text;
+    plan_.settings["resync-rate"] = text;
     pending_rate_ = rate;
   }
   void SetRestartNeeded(std::vector<std::string> keys) {
@@ -457,8 +425,8 @@ class Daemon {
   // the daemon; true when the resource is to be started again in the daemon with `next` (a failed
   // one with new settings, or a volume whose peers changed).
   bool NeedsRestartHere(Resource& r, const Plan& next) {
-    const auto before = r.plan().Settings();
-    const auto after = next.Settings();
+    const ResourceSettings& before = r.plan().settings;
+    const ResourceSettings& after = next.settings;
     std::vector<std::string> changed;
     for (const auto& [key, value] : after) {
       auto it = before.find(key);
@@ -471,10 +439,10 @@ class Daemon {
       return true;
     }
     const bool volume = next.volume && r.plan().volume;
-    if (volume && std::find(changed.begin(), changed.end(), "peers") != changed.end()) {
+    if (volume && std::find(changed.begin(), changed.end(), "peer") != changed.end()) {
       spdlog::info("resource {}: peers '{}' → '{}': restarting the volume in the daemon (writes "
                    "in flight finish first; its NBD clients reconnect)",
-                   r.name(), before.at("peers"), after.at("peers"));
+                   r.name(), before.at("peer"), after.at("peer"));
       return true;
     }
     std::vector<std::string> restart;

@@ -30,33 +30,65 @@ bool Load(std::string_view command, const ResourceArgs& r, Loaded& out, bool nee
   return true;
 }
 
-// Sets `field` from the file's `value` unless the flag was given or the file says nothing.
-template <typename T, typename V>
-void Fill(const FlagGiven& given, std::string_view flag, T& field, const V& value) {
-  if (given(flag)) return;
-  if constexpr (std::is_same_v<V, std::string>) {
-    if (value.empty()) return;
+std::string SettingText(const std::string& v) { return v; }
+std::string SettingText(bool v) { return v ? "true" : "false"; }
+std::string SettingText(uint32_t v) { return std::to_string(v); }
+std::string SettingText(const std::optional<uint32_t>& v) { return v ? std::to_string(*v) : ""; }
+std::string SettingText(const std::vector<std::string>& v) {
+  return fmt::format("{}", fmt::join(v, ", "));
+}
+
+// Sets `field` from the file's `value` unless the flag was given or the file says nothing, and
+// records the setting the field ends with (ResourceSettings), under the flag's name.
+class Filler {
+ public:
+  Filler(const FlagGiven& given, ResourceSettings* settings)
+      : given_(given), settings_(settings) {}
+
+  template <typename T, typename V>
+  void operator()(std::string_view flag, T& field, const V& value) {
+    if (!given_(flag)) {
+      if constexpr (std::is_same_v<V, std::string>) {
+        if (!value.empty()) field = value;
+      } else {
+        field = value;
+      }
+    }
+    Record(flag, field);
   }
-  field = value;
-}
-template <typename T, typename V>
-void Fill(const FlagGiven& given, std::string_view flag, T& field, const std::optional<V>& value) {
-  if (!given(flag) && value) field = *value;
+  template <typename T, typename V>
+  void operator()(std::string_view flag, T& field, const std::optional<V>& value) {
+    if (!given_(flag) && value) field = *value;
+    Record(flag, field);
+  }
+  // A field filled otherwise.
+  template <typename T>
+  void Record(std::string_view flag, const T& field) {
+    if (settings_ != nullptr) (*settings_)[std::string(flag.substr(2))] = SettingText(field);
+  }
+
+ private:
+  const FlagGiven& given_;
+  ResourceSettings* settings_;
+};
+
+void FillTls(Filler& fill, const ResourceConfig& c, TlsArgs& tls) {
+  fill("--tls", tls.enabled, c.tls);
+  fill("--cert", tls.cert, c.cert);
+  fill("--cert-key", tls.cert_key, c.cert_key);
+  fill("--ca", tls.ca, c.ca);
 }
 
-void FillTls(const FlagGiven& given, const ResourceConfig& c, TlsArgs& tls) {
-  Fill(given, "--tls", tls.enabled, c.tls);
-  Fill(given, "--cert", tls.cert, c.cert);
-  Fill(given, "--cert-key", tls.cert_key, c.cert_key);
-  Fill(given, "--ca", tls.ca, c.ca);
-}
-
-void FillTransport(const FlagGiven& given, const ResourceConfig& c, const NodeConfig& n,
+void FillTransport(Filler& fill, const ResourceConfig& c, const NodeConfig& n,
                    std::string& transport, DpdkArgs& dpdk) {
-  Fill(given, "--transport", transport, c.transport);
-  Fill(given, "--dpdk-port", dpdk.port, n.dpdk_port);
-  Fill(given, "--dpdk-ip", dpdk.ip, n.dpdk_ip);
-  if (n.dpdk_mtu != 0) Fill(given, "--dpdk-mtu", dpdk.mtu, n.dpdk_mtu);
+  fill("--transport", transport, c.transport);
+  fill("--dpdk-port", dpdk.port, n.dpdk_port);
+  fill("--dpdk-ip", dpdk.ip, n.dpdk_ip);
+  if (n.dpdk_mtu != 0) {
+    fill("--dpdk-mtu", dpdk.mtu, n.dpdk_mtu);
+  } else {
+    fill.Record("--dpdk-mtu", dpdk.mtu);
+  }
 }
 
 std::vector<std::string> PeerAddresses(const ResourceConfig& c, const NodeConfig& self) {
@@ -67,71 +99,81 @@ std::vector<std::string> PeerAddresses(const ResourceConfig& c, const NodeConfig
 
 // What push and volume, the primary's commands, take alike.
 template <typename Args>
-void FillPrimary(const FlagGiven& given, const ResourceConfig& c, const NodeConfig& n,
+void FillPrimary(Filler& fill, const ResourceConfig& c, const NodeConfig& n,
                  Args& args) {
-  Fill(given, "--peer", args.peers, PeerAddresses(c, n));
-  Fill(given, "--ack", args.ack, c.ack);
-  Fill(given, "--block-size", args.block_size, c.block_size);
-  Fill(given, "--window", args.window, c.window);
-  FillTransport(given, c, n, args.transport, args.dpdk);
-  FillTls(given, c, args.tls);
-  Fill(given, "--quorum", args.quorum, c.quorum);
-  Fill(given, "--peer-timeout", args.peer_timeout, c.peer_timeout);
-  Fill(given, "--ack-timeout", args.ack_timeout, c.ack_timeout);
-  Fill(given, "--key-file", args.key_file, c.key_file);
-  Fill(given, "--meta-dir", args.meta_dir, n.meta_dir);
-  Fill(given, "--bind", args.bind, n.bind);
-  Fill(given, "--compress", args.compress, c.compress);
-  Fill(given, "--compress-mode", args.compress_mode, c.compress_mode);
+  fill("--peer", args.peers, PeerAddresses(c, n));
+  fill("--ack", args.ack, c.ack);
+  fill("--block-size", args.block_size, c.block_size);
+  fill("--window", args.window, c.window);
+  FillTransport(fill, c, n, args.transport, args.dpdk);
+  FillTls(fill, c, args.tls);
+  fill("--quorum", args.quorum, c.quorum);
+  fill("--peer-timeout", args.peer_timeout, c.peer_timeout);
+  fill("--ack-timeout", args.ack_timeout, c.ack_timeout);
+  fill("--key-file", args.key_file, c.key_file);
+  fill("--meta-dir", args.meta_dir, n.meta_dir);
+  fill("--bind", args.bind, n.bind);
+  fill("--compress", args.compress, c.compress);
+  fill("--compress-mode", args.compress_mode, c.compress_mode);
 }
 
 }  // namespace
 
-bool ApplyResource(const ResourceArgs& r, const FlagGiven& given, ServeArgs& args) {
+bool ApplyResource(const ResourceArgs& r, const FlagGiven& given, ServeArgs& args,
+                   ResourceSettings* settings) {
+  Filler fill(given, settings);
   Loaded l;
   if (!Load("serve", r, l)) return false;
   const ResourceConfig& c = l.parsed.config;
   const NodeConfig& n = *l.self;
-  Fill(given, "--listen", args.listen, n.address);
-  Fill(given, "--target", args.target, n.disk);
-  FillTransport(given, c, n, args.transport, args.dpdk);
-  FillTls(given, c, args.tls);
-  Fill(given, "--key-file", args.key_file, c.key_file);
-  Fill(given, "--meta-dir", args.meta_dir, n.meta_dir);
-  Fill(given, "--metrics", args.metrics, n.metrics);
+  fill("--listen", args.listen, n.address);
+  fill("--target", args.target, n.disk);
+  FillTransport(fill, c, n, args.transport, args.dpdk);
+  FillTls(fill, c, args.tls);
+  fill("--key-file", args.key_file, c.key_file);
+  fill("--meta-dir", args.meta_dir, n.meta_dir);
+  fill("--metrics", args.metrics, n.metrics);
   return true;
 }
 
 bool ApplyResource(const ResourceArgs& r, const FlagGiven& given, PushArgs& args) {
+  Filler fill(given, nullptr);
   Loaded l;
   if (!Load("push", r, l)) return false;
   const ResourceConfig& c = l.parsed.config;
   const NodeConfig& n = *l.self;
-  Fill(given, "--source", args.source, n.disk);
-  FillPrimary(given, c, n, args);
+  fill("--source", args.source, n.disk);
+  FillPrimary(fill, c, n, args);
   return true;
 }
 
-bool ApplyResource(const ResourceArgs& r, const FlagGiven& given, VolumeArgs& args) {
+bool ApplyResource(const ResourceArgs& r, const FlagGiven& given, VolumeArgs& args,
+                   ResourceSettings* settings) {
+  Filler fill(given, settings);
   Loaded l;
   if (!Load("volume", r, l)) return false;
   const ResourceConfig& c = l.parsed.config;
   const NodeConfig& n = *l.self;
-  Fill(given, "--disk", args.disk, n.disk);
-  if (!n.exports.empty()) Fill(given, "--export", args.exports, n.exports);
-  Fill(given, "--name", args.name, c.name);
-  Fill(given, "--resync-rate", args.resync_rate, c.resync_rate);
-  Fill(given, "--metrics", args.metrics, n.metrics);
-  FillPrimary(given, c, n, args);
+  fill("--disk", args.disk, n.disk);
+  if (!n.exports.empty()) {
+    fill("--export", args.exports, n.exports);
+  } else {
+    fill.Record("--export", args.exports);
+  }
+  fill("--name", args.name, c.name);
+  fill("--resync-rate", args.resync_rate, c.resync_rate);
+  fill("--metrics", args.metrics, n.metrics);
+  FillPrimary(fill, c, n, args);
   return true;
 }
 
 bool ApplyResource(const ResourceArgs& r, const FlagGiven& given, VerifyArgs& args) {
+  Filler fill(given, nullptr);
   Loaded l;
   if (!Load("verify", r, l)) return false;
   const ResourceConfig& c = l.parsed.config;
   const NodeConfig& n = *l.self;
-  Fill(given, "--source", args.source, n.disk);
+  fill("--source", args.source, n.disk);
   if (!given("--peer")) {
     auto peers = PeerAddresses(c, n);
     if (peers.size() != 1) {
@@ -142,27 +184,29 @@ bool ApplyResource(const ResourceArgs& r, const FlagGiven& given, VerifyArgs& ar
     }
     args.peer = peers[0];
   }
-  Fill(given, "--block-size", args.block_size, c.block_size);
-  FillTransport(given, c, n, args.transport, args.dpdk);
-  FillTls(given, c, args.tls);
-  Fill(given, "--key-file", args.key_file, c.key_file);
-  Fill(given, "--meta-dir", args.meta_dir, n.meta_dir);
-  Fill(given, "--bind", args.bind, n.bind);
+  fill("--block-size", args.block_size, c.block_size);
+  FillTransport(fill, c, n, args.transport, args.dpdk);
+  FillTls(fill, c, args.tls);
+  fill("--key-file", args.key_file, c.key_file);
+  fill("--meta-dir", args.meta_dir, n.meta_dir);
+  fill("--bind", args.bind, n.bind);
   return true;
 }
 
 bool ApplyResource(const ResourceArgs& r, const FlagGiven& given, StatusArgs& args) {
+  Filler fill(given, nullptr);
   Loaded l;
   if (!Load("status", r, l, /*need_node=*/false)) return false;
-  if (!given("--source") && !given("--disk")) Fill(given, "--volume", args.volume, l.parsed.config.name);
+  if (!given("--source") && !given("--disk")) fill("--volume", args.volume, l.parsed.config.name);
   return true;
 }
 
 bool ApplyResource(const ResourceArgs& r, const FlagGiven& given, RoleArgs& args) {
+  Filler fill(given, nullptr);
   Loaded l;
   if (!Load("promote/demote", r, l)) return false;
-  Fill(given, "--disk", args.disk, l.self->disk);
-  Fill(given, "--meta-dir", args.meta_dir, l.self->meta_dir);
+  fill("--disk", args.disk, l.self->disk);
+  fill("--meta-dir", args.meta_dir, l.self->meta_dir);
   return true;
 }
 

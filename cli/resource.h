@@ -3,6 +3,7 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <string>
 #include <string_view>
 
@@ -21,9 +22,15 @@ using FlagGiven = std::function<bool(std::string_view flag)>;
 
 // Each fills what the command line left unset from the resource; on a broken file it prints every
 // problem (file, line, key) and returns false: the command exits with kExitUsage.
-bool ApplyResource(const ResourceArgs& r, const FlagGiven& given, ServeArgs& args);
+// `settings`, when given, gets every setting a resource file can make for the command, as the
+// arguments end with it (from the file, the flags or the default), keyed by the flag's name
+// without "--" ("window", "peer", "resync-rate"): what the daemon compares on a reload.
+using ResourceSettings = std::map<std::string, std::string>;
+bool ApplyResource(const ResourceArgs& r, const FlagGiven& given, ServeArgs& args,
+                   ResourceSettings* settings = nullptr);
 bool ApplyResource(const ResourceArgs& r, const FlagGiven& given, PushArgs& args);
-bool ApplyResource(const ResourceArgs& r, const FlagGiven& given, VolumeArgs& args);
+bool ApplyResource(const ResourceArgs& r, const FlagGiven& given, VolumeArgs& args,
+                   ResourceSettings* settings = nullptr);
 bool ApplyResource(const ResourceArgs& r, const FlagGiven& given, VerifyArgs& args);
 bool ApplyResource(const ResourceArgs& r, const FlagGiven& given, StatusArgs& args);
 bool ApplyResource(const ResourceArgs& r, const FlagGiven& given, RoleArgs& args);
