@@ -513,9 +513,7 @@ int RunReplication(const ReplicationPlan& plan) {
     if (sums && sums->replica == stats0[i].replica_id) {
       // The comparison is authoritative for what it saw: dirty exactly where the CRCs differ.
       b.ClearAll();
-      for (const auto& d : sums->diffs) {
-        for (uint64_t off = d.offset; off < d.offset + d.length; off += bs) b.Set(off / bs);
-      }
+      for (const auto& d : sums->diffs) b.SetRange(d.offset, d.length);
       resumed = true;
     } else if (plan.repair && !existed) {
       b.ClearAll();  // no history for this replica: repair exactly what verify found
@@ -534,9 +532,7 @@ int RunReplication(const ReplicationPlan& plan) {
                    b.blocks());
     }
     // verify --repair: the blocks it found differing (on top of whatever else is dirty).
-    for (const auto& d : plan.extra_dirty) {
-      for (uint64_t off = d.offset; off < d.offset + d.length; off += bs) b.Set(off / bs);
-    }
+    for (const auto& d : plan.extra_dirty) b.SetRange(d.offset, d.length);
     Status synced = b.Sync();
     if (!synced.ok()) return fail(synced);
     // The bitmap is durable for this source now: only then may the stamp say so.

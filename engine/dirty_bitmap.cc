@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <bit>
 #include <cstring>
 
@@ -187,6 +188,12 @@ void DirtyBitmap::Clear(uint64_t block) {
   if (!Test(block)) return;
   bits_[block / 8] &= static_cast<uint8_t>(~(1u << (block % 8)));
   Touch(block);
+}
+
+void DirtyBitmap::SetRange(uint64_t offset, uint64_t length) {
+  if (length == 0 || offset >= key_.volume_size) return;
+  const uint64_t end = std::min(offset + length, key_.volume_size);
+  for (uint64_t b = offset / key_.block_size; b <= (end - 1) / key_.block_size; ++b) Set(b);
 }
 
 void DirtyBitmap::SetAll() {

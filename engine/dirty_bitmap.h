@@ -55,6 +55,10 @@ class DirtyBitmap {
   bool Test(uint64_t block) const { return (bits_[block / 8] >> (block % 8)) & 1; }
   void Set(uint64_t block);
   void Clear(uint64_t block);
+  // Sets every block that bytes [offset, offset + length) of the volume touch, whatever their
+  // alignment (a range of pieces smaller than a block may start and end inside blocks), up to
+  // the volume's end.
+  void SetRange(uint64_t offset, uint64_t length);
   void SetAll();
   // Clears every bit (a checksum comparison found the replica equal): lazily durable, as clears.
   void ClearAll();

@@ -41,6 +41,13 @@ push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" --checksum-skip || fail
 # The block sent in pieces is clean in the bitmap again: a resumed push sends nothing.
 push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" || fail "push after --checksum-skip"
 [ "$(json .bytes_sent)" = 0 ] || fail "a push after --checksum-skip resent $(json .bytes_sent) bytes"
+# Two differing pieces on either side of a block boundary come back as one range: both blocks
+# are dirty, and each sends its piece.
+printf 'Q' | dd of="$TEST_TMP/rep" bs=1 seek=$(((12 << 20) - 2)) conv=notrunc status=none
+printf 'Q' | dd of="$TEST_TMP/rep" bs=1 seek=$(((12 << 20) + 2)) conv=notrunc status=none
+push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" --checksum-skip || fail "push --checksum-skip across a block boundary: $(cat "$TEST_TMP/push.log")"
+[ "$(json .bytes_sent)" = 8192 ] || fail "--checksum-skip sent $(json .bytes_sent) bytes for two pieces on either side of a block boundary"
+"$BLKMIRROR" verify --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" > /dev/null 2>&1 || fail "not equal after --checksum-skip across a block boundary"
 printf 'Z' | dd of="$TEST_TMP/rep" bs=1 seek=$(((9 << 20) + 5)) conv=notrunc status=none
 printf 'Z' | dd of="$TEST_TMP/rep" bs=1 seek=$(((20 << 20) + 700)) conv=notrunc status=none
 push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" --checksum-skip --checksum-block-size 1M \

@@ -148,6 +148,31 @@ TEST_F(DirtyBitmapTest, ADamagedHeaderStartsOverAllDirty) {
   EXPECT_EQ(b->CountSet(), b->blocks());
 }
 
+TEST_F(DirtyBitmapTest, SetRangeSetsEveryBlockARangeTouches) {
+  auto b = DirtyBitmap::InMemory(key_);
+  b->ClearAll();
+  b->SetRange(3 * 4096 - 2, 4);  // two bytes each side of a boundary: blocks 2 and 3
+  EXPECT_TRUE(b->Test(2));
+  EXPECT_TRUE(b->Test(3));
+  EXPECT_EQ(b->CountSet(), 2u);
+  b->ClearAll();
+  b->SetRange(10 * 4096 + 100, 4096);  // unaligned, one block long: touches 10 and 11
+  EXPECT_TRUE(b->Test(10));
+  EXPECT_TRUE(b->Test(11));
+  EXPECT_EQ(b->CountSet(), 2u);
+  b->ClearAll();
+  b->SetRange(20 * 4096, 4096);  // exactly one block
+  EXPECT_EQ(b->CountSet(), 1u);
+  b->SetRange(30 * 4096, 0);  // empty
+  EXPECT_EQ(b->CountSet(), 1u);
+  b->ClearAll();
+  b->SetRange(key_.volume_size - 1, 1 << 20);  // past the end: the last block only
+  EXPECT_TRUE(b->Test(b->blocks() - 1));
+  EXPECT_EQ(b->CountSet(), 1u);
+  b->SetRange(key_.volume_size, 4096);  // wholly past the end: nothing
+  EXPECT_EQ(b->CountSet(), 1u);
+}
+
 TEST_F(DirtyBitmapTest, InMemoryBitmapsNeverTouchADisk) {
   auto b = DirtyBitmap::InMemory(key_);
   EXPECT_EQ(b->CountSet(), b->blocks());
