@@ -22,6 +22,7 @@
 #include "common/units.h"
 #include "engine/dirty_bitmap.h"
 #include "engine/replicator.h"
+#include "engine/resync_start.h"
 #include "engine/send_plan.h"
 #include "engine/session.h"
 #include "engine/verifier.h"
@@ -314,330 +315,269 @@ std::string StateName(const engine::PeerStats& s, const engine::DirtyBitmap* bit
   return "resyncing";
 }
 
-}  // namespace
+// What the flags say, checked before anything is opened: every error here is a usage error.
+struct PushSettings {
+  proto::AckLevel ack{};
+  uint32_t block_size = 0;
+  uint32_t piece_size = 0;  // --checksum-block-size
+  engine::CompressSpec compress;
+  std::chrono::milliseconds peer_timeout{0};
+  std::chrono::milliseconds ack_timeout{0};
+  std::optional<uint64_t> hold_at;  // --test-hold-at
+  std::vector<transport::Endpoint> endpoints;
+  std::optional<engine::Key> key;
+};
 
-int RunReplication(const ReplicationPlan& plan) {
-  const PushArgs& args = plan.args;
-  const std::string cmd = plan.command;
-  auto fail = [&cmd](const Status& s, int code = kExitFailed) {
-    PrintError(cmd, s);
-    return code;
-  };
+Result<PushSettings> CheckArgs(const PushArgs& args) {
+  PushSettings s;
   auto ack = ParseAck(args.ack);
-  if (!ack.ok()) return fail(ack.status().Context("--ack"), kExitUsage);
-  auto block_size = ParseBlockSize(args.block_size, "--block-size");
-  if (!block_size.ok()) return fail(block_size.status(), kExitUsage);
-  Status replica_set = CheckReplicaSet(args.window, args.peers.size(), args.quorum);
-  if (!replica_set.ok()) return fail(replica_set, kExitUsage);
+  if (!ack.ok()) return ack.status().Context("--ack");
+  s.ack = *ack;
+  ASSIGN_OR_RETURN(s.block_size, ParseBlockSize(args.block_size, "--block-size"));
+  RETURN_IF_ERROR(CheckReplicaSet(args.window, args.peers.size(), args.quorum));
   if (args.full && args.checksum_skip) {
-    return fail(Status::Invalid("--full and --checksum-skip contradict each other"), kExitUsage);
+    return Status::Invalid("--full and --checksum-skip contradict each other");
   }
-  auto compress = ParseCompressArgs(args.compress, args.compress_mode);
-  if (!compress.ok()) return fail(compress.status(), kExitUsage);
-  auto piece_size = ParseBlockSize(args.checksum_block_size, "--checksum-block-size");
-  if (!piece_size.ok()) return fail(piece_size.status(), kExitUsage);
-  if (*piece_size > *block_size || *block_size % *piece_size != 0) {
-    return fail(Status::Invalid("--checksum-block-size {} must divide --block-size {}",
-                                args.checksum_block_size, args.block_size),
-                kExitUsage);
+  ASSIGN_OR_RETURN(s.compress, ParseCompressArgs(args.compress, args.compress_mode));
+  ASSIGN_OR_RETURN(s.piece_size, ParseBlockSize(args.checksum_block_size, "--checksum-block-size"));
+  if (s.piece_size > s.block_size || s.block_size % s.piece_size != 0) {
+    return Status::Invalid("--checksum-block-size {} must divide --block-size {}",
+                           args.checksum_block_size, args.block_size);
   }
   auto timeout = ParseDuration(args.peer_timeout);
-  if (!timeout.ok()) return fail(timeout.status().Context("--peer-timeout"), kExitUsage);
-  auto ack_timeout = args.ack_timeout.empty() ? Result<std::chrono::milliseconds>(*timeout)
-                                              : ParseDuration(args.ack_timeout);
-  if (!ack_timeout.ok()) return fail(ack_timeout.status().Context("--ack-timeout"), kExitUsage);
-  std::optional<uint64_t> hold_at;
+  if (!timeout.ok()) return timeout.status().Context("--peer-timeout");
+  s.peer_timeout = *timeout;
+  s.ack_timeout = s.peer_timeout;
+  if (!args.ack_timeout.empty()) {
+    auto ack_timeout = ParseDuration(args.ack_timeout);
+    if (!ack_timeout.ok()) return ack_timeout.status().Context("--ack-timeout");
+    s.ack_timeout = *ack_timeout;
+  }
   if (!args.test_hold_at.empty()) {
     auto bytes = ParseSize(args.test_hold_at);
     if (!bytes.ok() || *bytes == 0) {
-      return fail(Status::Invalid("--test-hold-at '{}': expected a size above 0",
-                                  args.test_hold_at),
-                  kExitUsage);
+      return Status::Invalid("--test-hold-at '{}': expected a size above 0", args.test_hold_at);
     }
-    hold_at = *bytes;
-    spdlog::warn("TEST HOLD ACTIVE: the push stops after {} bytes submitted until SIGUSR1 (never "
-                 "use this in production)",
-                 *hold_at);
+    s.hold_at = *bytes;
   }
-  std::vector<transport::Endpoint> endpoints;
   for (const std::string& p : args.peers) {
     auto ep = transport::Endpoint::Parse(p);
-    if (!ep.ok()) return fail(ep.status().Context("--peer"), kExitUsage);
-    endpoints.push_back(*ep);
+    if (!ep.ok()) return ep.status().Context("--peer");
+    s.endpoints.push_back(*ep);
   }
-  std::optional<engine::Key> key;
   if (!args.key_file.empty()) {
-    auto k = engine::LoadKeyFile(args.key_file);
-    if (!k.ok()) return fail(k.status(), kExitUsage);
-    key = *k;
+    ASSIGN_OR_RETURN(auto key, engine::LoadKeyFile(args.key_file));
+    s.key = key;
   }
-  auto info = io::StatPath(args.source);
-  if (!info.ok()) return fail(info.status().Context("--source"));
-  if (info->size == 0) return fail(Status::Invalid("the source {} is empty", args.source));
-  auto volume_id = VolumeIdFor(args.source);
-  if (!volume_id.ok()) return fail(volume_id.status());
-  const auto bs = static_cast<uint32_t>(*block_size);
+  return s;
+}
 
-  // Metadata: what the last push saw of the source, and a bitmap per replica.
-  std::string meta_dir =
+// The source as this push sees it, recorded in the metadata directory.
+struct SourceRecord {
+  uint64_t size = 0;
+  proto::VolumeId volume_id;
+  std::string meta_dir;
+  // What a replica's bitmap was kept for: the size, and the mtime of a regular file. A source
+  // changed since (written outside blkmirror) makes that bitmap blind to the changes.
+  std::string stamp;
+};
+
+Result<SourceRecord> RecordSource(const PushArgs& args, uint32_t block_size) {
+  auto info = io::StatPath(args.source);
+  if (!info.ok()) return info.status().Context("--source");
+  if (info->size == 0) return Status::Invalid("the source {} is empty", args.source);
+  SourceRecord r;
+  r.size = info->size;
+  ASSIGN_OR_RETURN(r.volume_id, VolumeIdFor(args.source));
+  r.meta_dir =
       args.meta_dir.empty() ? DefaultMetaDir(args.source, info->is_block_device) : args.meta_dir;
-  Status made = EnsureDir(meta_dir);
-  if (!made.ok()) return fail(made);
+  RETURN_IF_ERROR(EnsureDir(r.meta_dir));
   struct stat st {};
   stat(args.source.c_str(), &st);
-  std::string source_stamp =
-      info->is_block_device
-          ? fmt::format("size {}", info->size)
-          : fmt::format("size {} mtime {}.{:09d}", info->size, st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
-  // A replica's bitmap says what it misses of the source as it was when the bitmap was kept
-  // (its stamp: size and mtime, for a regular file). A source changed since (written outside
-  // blkmirror) makes that bitmap blind to the changes: that replica gets a full copy.
-  Status recorded = WriteKeyValues(meta_dir + "/volume",
-                                   {{"volume_id", engine::IdHex(*volume_id)},
-                                    {"source_path", args.source},
-                                    {"source", source_stamp},
-                                    {"block_size", std::to_string(bs)},
-                                    {"volume_size", std::to_string(info->size)}});
-  if (!recorded.ok()) return fail(recorded);
+  r.stamp = info->is_block_device ? fmt::format("size {}", info->size)
+                                  : fmt::format("size {} mtime {}.{:09d}", info->size,
+                                                st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
+  RETURN_IF_ERROR(WriteKeyValues(r.meta_dir + "/volume",
+                                 {{"volume_id", engine::IdHex(r.volume_id)},
+                                  {"source_path", args.source},
+                                  {"source", r.stamp},
+                                  {"block_size", std::to_string(block_size)},
+                                  {"volume_size", std::to_string(info->size)}}));
+  return r;
+}
 
-  // Buffers: every write the Replicator may have in flight (a window per peer that may be
-  // behind, besides the quorum's), its own (compressed payloads), and reads ahead of them.
-  engine::ReplicatorOptions sizing;
-  sizing.window = args.window;
-  sizing.quorum = args.quorum;
-  sizing.compress = *compress;
-  const uint32_t write_slots = engine::Replicator::WriteSlots(sizing, endpoints.size());
-  const uint32_t readahead = std::max<uint32_t>(4, args.window);
-  const uint32_t buffers =
-      write_slots + engine::Replicator::OwnBuffers(sizing, endpoints.size()) + readahead;
-  auto loop = MakeLoop(bs, buffers, std::max<unsigned>(256, 4 * buffers));
-  if (!loop.ok()) return fail(loop.status());
-  io::UringOpenOptions open_options;
-  open_options.queue_depth = static_cast<uint32_t>(loop->pool->count());
-  auto source = io::OpenUringDevice(*loop->ring, args.source, open_options);
-  if (!source.ok()) return fail(source.status());
-  if (!args.test_source_fault.empty()) {
-    auto spec = io::DiskFaultSpec::Parse(args.test_source_fault);
-    if (!spec.ok()) return fail(spec.status(), kExitUsage);
-    spdlog::warn("TEST SOURCE FAULT INJECTION ACTIVE: {} (never use this in production)",
-                 args.test_source_fault);
-    *source = std::make_unique<io::FaultyBlockDevice>(std::move(*source), *spec);
-  }
+// --checksum-skip: what one replica's checksum comparison found.
+struct Comparison {
+  proto::ReplicaId replica;
+  std::vector<engine::DiffRange> diffs;
+};
 
-  transport::TransportOptions transport_options;
-  transport_options.tcp_zerocopy = args.tcp_zerocopy;
-  transport_options.source_address = args.bind;
-  ApplyDpdkArgs(args.dpdk, transport_options);
-  ApplyTlsArgs(args.tls, key, transport_options);
-  auto transports = MakeTransports(*loop, args.transport, args.test_fault, transport_options);
-  if (!transports.ok()) {
-    return fail(transports.status(), transports.status().code() == ErrorCode::kInvalidArgument
-                                         ? kExitUsage
-                                         : kExitFailed);
-  }
-
-  // --checksum-skip: compare CRCs with every replica first (a verify session each), per piece of
-  // --checksum-block-size.
-  struct Checksums {
-    proto::ReplicaId replica;
-    std::vector<engine::DiffRange> diffs;
-  };
-  std::vector<std::optional<Checksums>> checksums(endpoints.size());
-  if (args.checksum_skip) {
-    for (size_t i = 0; i < endpoints.size(); ++i) {
-      engine::VerifyOptions vo;
-      vo.block_size = *piece_size;
-      vo.volume_id = *volume_id;
-      vo.key = key;
-      auto report = engine::Verify(*loop->ring, *loop->pool, **source, *transports->preferred,
-                                   endpoints[i], vo, transports->fallback.get());
-      if (!report.ok()) {
-        spdlog::warn("{}: checksum comparison failed ({}); it gets a full copy",
-                     endpoints[i].ToString(), report.status().message());
-        continue;
-      }
-      spdlog::info("{}: {} of {} pieces of {} differ", endpoints[i].ToString(),
-                   report->differing_blocks, report->blocks, FormatBytes(*piece_size));
-      checksums[i] = Checksums{report->replica_id, report->diffs};
-    }
-  }
-
-  engine::ReplicatorOptions options;
-  options.ack = *ack;
-  options.block_size = bs;
-  options.window = args.window;
-  options.volume_size = (*source)->size();
-  options.volume_id = *volume_id;
-  options.quorum = args.quorum;
-  options.peer_timeout = *timeout;
-  options.ack_timeout = *ack_timeout;
-  options.key = key;
-  options.compress = *compress;
-  // Pieces smaller than a block go as extents (protocol 2).
-  const bool pieces_wanted =
-      *piece_size < bs && std::any_of(checksums.begin(), checksums.end(),
-                                      [](const auto& c) { return c.has_value(); });
-  options.extents = pieces_wanted;
-  std::vector<std::unique_ptr<engine::DirtyBitmap>> bitmaps;
-  std::vector<engine::DirtyBitmap*> bitmap_ptrs;
-  auto rep = engine::Replicator::Create(*loop->ring, *loop->pool, options);
-  if (!rep.ok()) return fail(rep.status());
-  std::vector<engine::PeerConfig> peers;
-  for (const auto& ep : endpoints) {
-    peers.push_back({transports->preferred.get(), ep, transports->fallback.get()});
-  }
-  Status connected = (*rep)->Connect(peers);
-  if (!connected.ok()) return fail(connected);
-
-  // One bitmap per replica, by its data identity (declared before the Replicator, which syncs
-  // the bitmaps attached to it as it goes: they must outlive it).
-  bool resumed = false;
-  auto stats0 = (*rep)->stats();
-  for (size_t i = 0; i < stats0.size(); ++i) {
-    engine::BitmapKey bkey{bs, (*source)->size(), *volume_id, stats0[i].replica_id};
-    if (stats0[i].state != engine::PeerState::kInSession) {
-      // Unreachable: its bitmap file stays as it is; nothing is sent to it this time.
-      bitmaps.push_back(engine::DirtyBitmap::InMemory(bkey));
-      bitmap_ptrs.push_back(bitmaps.back().get());
+// A verify session with each replica, per piece of --checksum-block-size. A replica whose
+// comparison fails gets a full copy (said in the log).
+std::vector<std::optional<Comparison>> CompareChecksums(const Loop& loop, io::BlockDevice& source,
+                                                        const Transports& transports,
+                                                        const PushSettings& s,
+                                                        const proto::VolumeId& volume_id) {
+  std::vector<std::optional<Comparison>> out(s.endpoints.size());
+  for (size_t i = 0; i < s.endpoints.size(); ++i) {
+    engine::VerifyOptions vo;
+    vo.block_size = s.piece_size;
+    vo.volume_id = volume_id;
+    vo.key = s.key;
+    auto report = engine::Verify(*loop.ring, *loop.pool, source, *transports.preferred,
+                                 s.endpoints[i], vo, transports.fallback.get());
+    if (!report.ok()) {
+      spdlog::warn("{}: checksum comparison failed ({}); it gets a full copy",
+                   s.endpoints[i].ToString(), report.status().message());
       continue;
     }
-    const std::string path = BitmapPath(meta_dir, stats0[i].replica_id);
+    spdlog::info("{}: {} of {} pieces of {} differ", s.endpoints[i].ToString(),
+                 report->differing_blocks, report->blocks, FormatBytes(s.piece_size));
+    out[i] = Comparison{report->replica_id, report->diffs};
+  }
+  return out;
+}
+
+// One dirty bitmap per replica, by its data identity, set as engine/resync_start.h decides.
+struct ReplicaBitmaps {
+  std::vector<std::unique_ptr<engine::DirtyBitmap>> owned;
+  std::vector<engine::DirtyBitmap*> of_peer;  // index: peer
+  engine::PeerMask kept = 0;  // peers in session: their bitmap is a file, kept as blocks go
+  bool resumed = false;       // some replica did not start from scratch
+};
+
+Result<ReplicaBitmaps> PrepareBitmaps(const ReplicationPlan& plan, const SourceRecord& source,
+                                      uint32_t block_size,
+                                      const std::vector<std::optional<Comparison>>& comparisons,
+                                      const std::vector<engine::PeerStats>& stats) {
+  ReplicaBitmaps out;
+  for (size_t i = 0; i < stats.size(); ++i) {
+    engine::BitmapKey bkey{block_size, source.size, source.volume_id, stats[i].replica_id};
+    if (stats[i].state != engine::PeerState::kInSession) {
+      // Unreachable: its bitmap file stays as it is; nothing is sent to it this time.
+      out.owned.push_back(engine::DirtyBitmap::InMemory(bkey));
+      out.of_peer.push_back(out.owned.back().get());
+      continue;
+    }
+    const std::string path = BitmapPath(source.meta_dir, stats[i].replica_id);
     const std::string stamp_path = path + ".source";
     auto stamp = ReadKeyValues(stamp_path);
-    bool stamp_ok = stamp.ok() && (*stamp)["source"] == source_stamp;
+    const bool stamp_ok = stamp.ok() && (*stamp)["source"] == source.stamp;
     bool existed = false;
-    auto bitmap = engine::DirtyBitmap::Open(path, bkey, &existed);
-    if (!bitmap.ok()) return fail(bitmap.status());
-    engine::DirtyBitmap& b = **bitmap;
-    const auto& sums = checksums[i];
-    if (sums && sums->replica == stats0[i].replica_id) {
-      // The comparison is authoritative for what it saw: dirty exactly where the CRCs differ.
-      b.ClearAll();
-      for (const auto& d : sums->diffs) b.SetRange(d.offset, d.length);
-      resumed = true;
-    } else if (plan.repair && !existed) {
-      b.ClearAll();  // no history for this replica: repair exactly what verify found
-    } else if (args.full || !existed || !stamp_ok) {
-      if (existed && !args.full) {
-        spdlog::warn("{}: {} changed since this replica's last push ({} -> {}): its bitmap cannot "
-                     "say what changed; sending every block (--checksum-skip sends only the "
-                     "blocks that differ)",
-                     stats0[i].peer, args.source, stamp.ok() ? (*stamp)["source"] : "unknown",
-                     source_stamp);
-      }
-      b.SetAll();
-    } else {
-      resumed = true;
-      spdlog::info("{}: resuming: {} of {} blocks to send", stats0[i].peer, b.CountSet(),
-                   b.blocks());
+    ASSIGN_OR_RETURN(auto bitmap, engine::DirtyBitmap::Open(path, bkey, &existed));
+    const auto& compared = comparisons[i];
+    const bool usable = compared && compared->replica == stats[i].replica_id;
+    const engine::ResyncStart start = engine::ChooseResyncStart(
+        {.compared = usable, .bitmap_existed = existed, .source_unchanged = stamp_ok},
+        {.full = plan.args.full, .repair = plan.repair});
+    engine::ApplyResyncStart(start, usable ? std::span(compared->diffs)
+                                           : std::span<const engine::DiffRange>(),
+                             *bitmap);
+    if (start == engine::ResyncStart::kSourceChanged) {
+      spdlog::warn("{}: {} changed since this replica's last push ({} -> {}): its bitmap cannot "
+                   "say what changed; sending every block (--checksum-skip sends only the "
+                   "blocks that differ)",
+                   stats[i].peer, plan.args.source, stamp.ok() ? (*stamp)["source"] : "unknown",
+                   source.stamp);
+    } else if (start == engine::ResyncStart::kResume) {
+      spdlog::info("{}: resuming: {} of {} blocks to send", stats[i].peer, bitmap->CountSet(),
+                   bitmap->blocks());
     }
+    out.resumed |= engine::Resumes(start);
     // verify --repair: the blocks it found differing (on top of whatever else is dirty).
-    for (const auto& d : plan.extra_dirty) b.SetRange(d.offset, d.length);
-    Status synced = b.Sync();
-    if (!synced.ok()) return fail(synced);
+    for (const auto& d : plan.extra_dirty) bitmap->SetRange(d.offset, d.length);
+    RETURN_IF_ERROR(bitmap->Sync());
     // The bitmap is durable for this source now: only then may the stamp say so.
-    if (!stamp_ok) {
-      Status stamped = WriteKeyValues(stamp_path, {{"source", source_stamp}});
-      if (!stamped.ok()) return fail(stamped);
-    }
-    (*rep)->AttachBitmap(i, &b);
-    bitmap_ptrs.push_back(&b);
-    bitmaps.push_back(std::move(*bitmap));
+    if (!stamp_ok) RETURN_IF_ERROR(WriteKeyValues(stamp_path, {{"source", source.stamp}}));
+    out.kept |= engine::PeerMask{1} << i;
+    out.of_peer.push_back(bitmap.get());
+    out.owned.push_back(std::move(bitmap));
   }
+  return out;
+}
 
-  // The pieces of blocks that differ, on the replicas whose comparison this run relies on.
-  Pieces pieces;
-  if (pieces_wanted) {
-    std::vector<std::vector<engine::DiffRange>> diffs;
-    engine::PeerMask compared = 0;
-    for (size_t i = 0; i < checksums.size(); ++i) {
-      if (checksums[i] && checksums[i]->replica == stats0[i].replica_id) {
-        diffs.push_back(checksums[i]->diffs);
-        compared |= engine::PeerMask{1} << i;
-      }
+// The pieces of blocks that differ, on the replicas whose comparison this run relies on.
+Pieces PiecesFor(const std::vector<std::optional<Comparison>>& comparisons,
+                 const std::vector<engine::PeerStats>& stats, uint64_t blocks,
+                 uint32_t block_size, uint32_t piece_size, uint64_t size) {
+  std::vector<std::vector<engine::DiffRange>> diffs;
+  engine::PeerMask compared = 0;
+  for (size_t i = 0; i < comparisons.size(); ++i) {
+    if (comparisons[i] && comparisons[i]->replica == stats[i].replica_id) {
+      diffs.push_back(comparisons[i]->diffs);
+      compared |= engine::PeerMask{1} << i;
     }
-    pieces = Pieces::From(diffs, bitmaps[0]->blocks(), bs, *piece_size, (*source)->size());
-    pieces.peers = compared;
   }
+  Pieces pieces = Pieces::From(diffs, blocks, block_size, piece_size, size);
+  pieces.peers = compared;
+  return pieces;
+}
 
-  // What this run sends to whom: each live replica's dirty blocks.
-  engine::SendPlan send_plan(bitmaps[0]->blocks(), bitmap_ptrs.size());
-  const engine::PeerMask live = (*rep)->live_peers();
-  for (size_t i = 0; i < bitmap_ptrs.size(); ++i) {
-    if (live >> i & 1) send_plan.AddDirty(i, *bitmap_ptrs[i]);
-  }
-  PushReport report;
-  report.blocks_skipped = send_plan.blocks() - send_plan.CountAny(live);
-  uint64_t dirty_bytes = 0;
-  {
-    engine::SendPlan count = send_plan;
-    while (auto item = count.Next(live)) {
-      if (pieces.Has(item->block) && (item->peers & ~pieces.peers) == 0) {
-        for (uint32_t k = pieces.first[item->block]; k < pieces.first[item->block + 1]; ++k) {
-          dirty_bytes += pieces.ranges[k].second;
-        }
-      } else {
-        dirty_bytes += std::min<uint64_t>(bs, (*source)->size() - item->block * bs);
+// Bytes the plan will read and send (a block in pieces counts its pieces), for the progress.
+uint64_t BytesToSend(engine::SendPlan plan, engine::PeerMask live, const Pieces& pieces,
+                     uint32_t block_size, uint64_t size) {
+  uint64_t bytes = 0;
+  while (auto item = plan.Next(live)) {
+    if (pieces.Has(item->block) && (item->peers & ~pieces.peers) == 0) {
+      for (uint32_t k = pieces.first[item->block]; k < pieces.first[item->block + 1]; ++k) {
+        bytes += pieces.ranges[k].second;
       }
+    } else {
+      bytes += std::min<uint64_t>(block_size, size - item->block * block_size);
     }
   }
-  bool show = args.progress == 1 || (args.progress == -1 && isatty(STDERR_FILENO));
-  Progress progress(cmd, dirty_bytes, show);
-  PushLoop push(*loop->ring, *loop->pool, **source, **rep, bs, send_plan, pieces, progress);
-  if (hold_at) {
-    struct sigaction sa {};
-    sa.sa_handler = OnReleaseHold;
-    sigaction(SIGUSR1, &sa, nullptr);
-    push.HoldAt(*hold_at);
-  }
-  Status result = push.Run(report);
-  progress.Finish();
-  push.Drain();
-  Status closed = (*rep)->Close();
-  if (result.ok()) result = closed;
-  auto stats = (*rep)->stats();
-  if (!result.ok()) return fail(result);
-  // A block sent in pieces is written in part, which leaves its bit set (engine/replicator.h):
-  // once a compared replica closed its session cleanly (every piece durable there), the block is
-  // what the source holds.
-  for (size_t i = 0; i < stats.size() && pieces_wanted; ++i) {
+  return bytes;
+}
+
+// A block sent in pieces is written in part, which leaves its bit set (engine/replicator.h):
+// once a compared replica closed its session cleanly (every piece durable there), the block is
+// what the source holds.
+Status SettlePieces(const Pieces& pieces, const std::vector<engine::PeerStats>& stats,
+                    const ReplicaBitmaps& bitmaps) {
+  for (size_t i = 0; i < stats.size(); ++i) {
     if (!(pieces.peers >> i & 1) || stats[i].state != engine::PeerState::kClosed) continue;
     for (uint64_t b = 0; b + 1 < pieces.first.size(); ++b) {
-      if (pieces.Has(b)) bitmap_ptrs[i]->Clear(b);
+      if (pieces.Has(b)) bitmaps.of_peer[i]->Clear(b);
     }
-    Status synced = bitmap_ptrs[i]->Sync();
-    if (!synced.ok()) return fail(synced);
+    RETURN_IF_ERROR(bitmaps.of_peer[i]->Sync());
   }
+  return Status::Ok();
+}
 
+// The summary: one line (and one per lost replica) on stdout, or --json, or into plan.result.
+void Report(const ReplicationPlan& plan, const PushSettings& s, const PushReport& report,
+            const std::vector<engine::PeerStats>& stats, const ReplicaBitmaps& bitmaps,
+            const std::string& unavailable) {
+  const PushArgs& args = plan.args;
   uint64_t retransmits = 0, crc_mismatches = 0, bytes_sent = 0, zero_bytes = 0, wire_bytes = 0;
   nlohmann::json peers_json = nlohmann::json::array();
   std::string transport_used;
   for (size_t i = 0; i < stats.size(); ++i) {
-    const auto& s = stats[i];
-    retransmits += s.retransmits;
-    crc_mismatches += s.crc_mismatches;
-    bytes_sent += s.bytes_sent;
-    zero_bytes += s.zero_bytes;
-    wire_bytes += s.wire_bytes;
-    transport_used = transport_used.empty() || transport_used == s.transport ? s.transport : "mixed";
-    std::string why = !s.fallback_reason.empty() ? s.fallback_reason : transports->unavailable;
+    const auto& p = stats[i];
+    retransmits += p.retransmits;
+    crc_mismatches += p.crc_mismatches;
+    bytes_sent += p.bytes_sent;
+    zero_bytes += p.zero_bytes;
+    wire_bytes += p.wire_bytes;
+    transport_used = transport_used.empty() || transport_used == p.transport ? p.transport : "mixed";
+    std::string why = !p.fallback_reason.empty() ? p.fallback_reason : unavailable;
     nlohmann::json peer = {
-        {"peer", s.peer},
-        {"transport", s.transport},
+        {"peer", p.peer},
+        {"transport", p.transport},
         {"fallback_reason", why.empty() ? nlohmann::json(nullptr) : nlohmann::json(why)},
-        {"state", StateName(s, bitmap_ptrs[i])},
-        {"replica_id", engine::IdHex(s.replica_id)},
-        {"blocks_sent", s.blocks_sent},
-        {"bytes_sent", s.bytes_sent},
-        {"zero_bytes", s.zero_bytes},
-        {"wire_bytes", s.wire_bytes},
-        {"blocks_acked", s.blocks_acked},
-        {"bytes_acked", s.bytes_acked},
-        {"blocks_dirty", bitmap_ptrs[i]->CountSet()},
-        {"retransmits", s.retransmits},
-        {"crc_mismatches", s.crc_mismatches},
-        {"blocks_behind", s.blocks_behind}};
-    if (!s.lost_reason.empty()) peer["lost_reason"] = s.lost_reason;
+        {"state", StateName(p, bitmaps.of_peer[i])},
+        {"replica_id", engine::IdHex(p.replica_id)},
+        {"blocks_sent", p.blocks_sent},
+        {"bytes_sent", p.bytes_sent},
+        {"zero_bytes", p.zero_bytes},
+        {"wire_bytes", p.wire_bytes},
+        {"blocks_acked", p.blocks_acked},
+        {"bytes_acked", p.bytes_acked},
+        {"blocks_dirty", bitmaps.of_peer[i]->CountSet()},
+        {"retransmits", p.retransmits},
+        {"crc_mismatches", p.crc_mismatches},
+        {"blocks_behind", p.blocks_behind}};
+    if (!p.lost_reason.empty()) peer["lost_reason"] = p.lost_reason;
     peers_json.push_back(peer);
   }
   double rate = report.seconds > 0 ? static_cast<double>(report.bytes) / report.seconds : 0;
@@ -654,15 +594,15 @@ int RunReplication(const ReplicationPlan& plan) {
                           {"bytes_sent", bytes_sent},
                           {"zero_bytes", zero_bytes},
                           {"wire_bytes", wire_bytes},
-                          {"compress", compress->ToString()},
-                          {"compress_mode", engine::CompressModeName(compress->mode)},
+                          {"compress", s.compress.ToString()},
+                          {"compress_mode", engine::CompressModeName(s.compress.mode)},
                           {"blocks_skipped", report.blocks_skipped},
-                          {"resumed", resumed},
+                          {"resumed", bitmaps.resumed},
                           {"seconds", report.seconds},
                           {"bytes_per_second", rate},
                           {"transport", transport_used},
                           {"ack", args.ack},
-                          {"block_size", bs},
+                          {"block_size", s.block_size},
                           {"window", args.window},
                           {"quorum", args.quorum == 0 ? stats.size() : args.quorum},
                           {"peers", peers_json},
@@ -677,23 +617,149 @@ int RunReplication(const ReplicationPlan& plan) {
     } else {
       std::printf("%s\n", out.dump().c_str());
     }
-  } else {
-    std::printf("%s %s in %.2f s (%s) to %zu peer(s) over %s, ack %s; %llu blocks skipped; ack "
-                "latency p50 %.1f us, p99 %.1f us; %llu retransmits, %llu CRC mismatches\n",
-                cmd == "push" ? "pushed" : "repaired",
-                FormatBytes(static_cast<double>(report.bytes)).c_str(), report.seconds,
-                FormatRate(rate).c_str(), stats.size(), transport_used.c_str(), args.ack.c_str(),
-                static_cast<unsigned long long>(report.blocks_skipped), p50, p99,
-                static_cast<unsigned long long>(retransmits),
-                static_cast<unsigned long long>(crc_mismatches));
-    for (size_t i = 0; i < stats.size(); ++i) {
-      if (stats[i].state == engine::PeerState::kLost) {
-        std::printf("  %s: lost (%s); %llu blocks left dirty for the next push\n",
-                    stats[i].peer.c_str(), stats[i].lost_reason.c_str(),
-                    static_cast<unsigned long long>(bitmap_ptrs[i]->CountSet()));
-      }
+    return;
+  }
+  std::printf("%s %s in %.2f s (%s) to %zu peer(s) over %s, ack %s; %llu blocks skipped; ack "
+              "latency p50 %.1f us, p99 %.1f us; %llu retransmits, %llu CRC mismatches\n",
+              plan.command == "push" ? "pushed" : "repaired",
+              FormatBytes(static_cast<double>(report.bytes)).c_str(), report.seconds,
+              FormatRate(rate).c_str(), stats.size(), transport_used.c_str(), args.ack.c_str(),
+              static_cast<unsigned long long>(report.blocks_skipped), p50, p99,
+              static_cast<unsigned long long>(retransmits),
+              static_cast<unsigned long long>(crc_mismatches));
+  for (size_t i = 0; i < stats.size(); ++i) {
+    if (stats[i].state == engine::PeerState::kLost) {
+      std::printf("  %s: lost (%s); %llu blocks left dirty for the next push\n",
+                  stats[i].peer.c_str(), stats[i].lost_reason.c_str(),
+                  static_cast<unsigned long long>(bitmaps.of_peer[i]->CountSet()));
     }
   }
+}
+
+}  // namespace
+
+int RunReplication(const ReplicationPlan& plan) {
+  const PushArgs& args = plan.args;
+  const std::string& cmd = plan.command;
+  auto fail = [&cmd](const Status& s, int code = kExitFailed) {
+    PrintError(cmd, s);
+    return code;
+  };
+  auto settings = CheckArgs(args);
+  if (!settings.ok()) return fail(settings.status(), kExitUsage);
+  const PushSettings& s = *settings;
+  const uint32_t bs = s.block_size;
+  if (s.hold_at) {
+    spdlog::warn("TEST HOLD ACTIVE: the push stops after {} bytes submitted until SIGUSR1 (never "
+                 "use this in production)",
+                 *s.hold_at);
+  }
+  auto source_record = RecordSource(args, bs);
+  if (!source_record.ok()) return fail(source_record.status());
+
+  // Buffers: every write the Replicator may have in flight (a window per peer that may be
+  // behind, besides the quorum's), its own (compressed payloads), and reads ahead of them.
+  engine::ReplicatorOptions options;
+  options.ack = s.ack;
+  options.block_size = bs;
+  options.window = args.window;
+  options.volume_id = source_record->volume_id;
+  options.quorum = args.quorum;
+  options.peer_timeout = s.peer_timeout;
+  options.ack_timeout = s.ack_timeout;
+  options.key = s.key;
+  options.compress = s.compress;
+  const size_t peer_count = s.endpoints.size();
+  const uint32_t readahead = std::max<uint32_t>(4, args.window);
+  const uint32_t buffers = engine::Replicator::WriteSlots(options, peer_count) +
+                           engine::Replicator::OwnBuffers(options, peer_count) + readahead;
+  auto loop = MakeLoop(bs, buffers, std::max<unsigned>(256, 4 * buffers));
+  if (!loop.ok()) return fail(loop.status());
+  io::UringOpenOptions open_options;
+  open_options.queue_depth = static_cast<uint32_t>(loop->pool->count());
+  auto source = io::OpenUringDevice(*loop->ring, args.source, open_options);
+  if (!source.ok()) return fail(source.status());
+  if (!args.test_source_fault.empty()) {
+    auto spec = io::DiskFaultSpec::Parse(args.test_source_fault);
+    if (!spec.ok()) return fail(spec.status(), kExitUsage);
+    spdlog::warn("TEST SOURCE FAULT INJECTION ACTIVE: {} (never use this in production)",
+                 args.test_source_fault);
+    *source = std::make_unique<io::FaultyBlockDevice>(std::move(*source), *spec);
+  }
+  options.volume_size = (*source)->size();
+
+  transport::TransportOptions transport_options;
+  transport_options.tcp_zerocopy = args.tcp_zerocopy;
+  transport_options.source_address = args.bind;
+  ApplyDpdkArgs(args.dpdk, transport_options);
+  ApplyTlsArgs(args.tls, s.key, transport_options);
+  auto transports = MakeTransports(*loop, args.transport, args.test_fault, transport_options);
+  if (!transports.ok()) {
+    return fail(transports.status(), transports.status().code() == ErrorCode::kInvalidArgument
+                                         ? kExitUsage
+                                         : kExitFailed);
+  }
+
+  std::vector<std::optional<Comparison>> comparisons(peer_count);
+  if (args.checksum_skip) {
+    comparisons =
+        CompareChecksums(*loop, **source, *transports, s, source_record->volume_id);
+  }
+  // Pieces smaller than a block go as extents (protocol 2).
+  const bool pieces_wanted =
+      s.piece_size < bs && std::any_of(comparisons.begin(), comparisons.end(),
+                                       [](const auto& c) { return c.has_value(); });
+  options.extents = pieces_wanted;
+  ReplicaBitmaps bitmaps;  // before the Replicator, which marks them as it goes: they outlive it
+  auto rep = engine::Replicator::Create(*loop->ring, *loop->pool, options);
+  if (!rep.ok()) return fail(rep.status());
+  std::vector<engine::PeerConfig> peers;
+  for (const auto& ep : s.endpoints) {
+    peers.push_back({transports->preferred.get(), ep, transports->fallback.get()});
+  }
+  Status connected = (*rep)->Connect(peers);
+  if (!connected.ok()) return fail(connected);
+  auto prepared = PrepareBitmaps(plan, *source_record, bs, comparisons, (*rep)->stats());
+  if (!prepared.ok()) return fail(prepared.status());
+  bitmaps = std::move(prepared).value();
+  for (size_t i = 0; i < bitmaps.of_peer.size(); ++i) {
+    if (bitmaps.kept >> i & 1) (*rep)->AttachBitmap(i, bitmaps.of_peer[i]);
+  }
+  const uint64_t blocks = bitmaps.of_peer[0]->blocks();
+  Pieces pieces;
+  if (pieces_wanted) {
+    pieces = PiecesFor(comparisons, (*rep)->stats(), blocks, bs, s.piece_size, (*source)->size());
+  }
+
+  // What this run sends to whom: each live replica's dirty blocks.
+  engine::SendPlan send_plan(blocks, bitmaps.of_peer.size());
+  const engine::PeerMask live = (*rep)->live_peers();
+  for (size_t i = 0; i < bitmaps.of_peer.size(); ++i) {
+    if (live >> i & 1) send_plan.AddDirty(i, *bitmaps.of_peer[i]);
+  }
+  PushReport report;
+  report.blocks_skipped = send_plan.blocks() - send_plan.CountAny(live);
+  bool show = args.progress == 1 || (args.progress == -1 && isatty(STDERR_FILENO));
+  Progress progress(cmd, BytesToSend(send_plan, live, pieces, bs, (*source)->size()), show);
+  PushLoop push(*loop->ring, *loop->pool, **source, **rep, bs, send_plan, pieces, progress);
+  if (s.hold_at) {
+    struct sigaction sa {};
+    sa.sa_handler = OnReleaseHold;
+    sigaction(SIGUSR1, &sa, nullptr);
+    push.HoldAt(*s.hold_at);
+  }
+  Status result = push.Run(report);
+  progress.Finish();
+  push.Drain();
+  Status closed = (*rep)->Close();
+  if (result.ok()) result = closed;
+  const auto stats = (*rep)->stats();
+  if (!result.ok()) return fail(result);
+  if (pieces_wanted) {
+    Status settled = SettlePieces(pieces, stats, bitmaps);
+    if (!settled.ok()) return fail(settled);
+  }
+  Report(plan, s, report, stats, bitmaps, transports->unavailable);
   return kExitOk;
 }
 
