@@ -468,7 +468,7 @@ class ReplicaServer::Impl {
   // than max_peer_timeout (a primary asking for no timeout, 0, gets that bound).
   uint64_t SilenceLimitNs(const Session& s) const {
     auto max = std::chrono::duration_cast<std::chrono::nanoseconds>(options_.max_peer_timeout);
-    uint64_t asked = uint64_t{s.hello.peer_timeout_ms} * 1'000'000;
+    uint64_t asked = ToNs(std::chrono::milliseconds(s.hello.peer_timeout_ms));
     auto limit = static_cast<uint64_t>(max.count());
     return asked == 0 || asked > limit ? limit : asked;
   }

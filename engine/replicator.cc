@@ -21,6 +21,8 @@ constexpr uint64_t kByeTag = UINT64_MAX;
 constexpr uint64_t kControlTag = UINT64_MAX - 1;
 constexpr uint32_t kNoWrite = UINT32_MAX;
 constexpr uint64_t kBitmapSyncIntervalNs = 500'000'000;
+// How long Close waits for what is in flight to settle.
+constexpr std::chrono::seconds kCloseTimeout{30};
 
 }  // namespace
 
@@ -515,7 +517,7 @@ class Replicator::Impl {
   }
 
   Status Close() {
-    auto deadline = NowNs() + 30'000'000'000ull;
+    auto deadline = NowNs() + ToNs(kCloseTimeout);
     // Let everything in flight settle first: completions (the caller normally has them already)
     // and, at ack level `sent`, the replicas' receipts for blocks still held for a resend.
     while (!idle() && failure_.ok() && NowNs() < deadline) {
@@ -758,13 +760,10 @@ class Replicator::Impl {
 
   // Heartbeats out; silence, and being alive without progress, in.
   void Tick(uint64_t now) {
-    const uint64_t timeout = static_cast<uint64_t>(options_.peer_timeout.count()) * 1000000;
+    const uint64_t timeout = ToNs(options_.peer_timeout);
     const uint64_t ack_timeout =
-        options_.ack_timeout.count() > 0
-            ? static_cast<uint64_t>(options_.ack_timeout.count()) * 1000000
-            : timeout;
-    const uint64_t handshake_timeout =
-        static_cast<uint64_t>(options_.handshake_timeout.count()) * 1000000;
+        options_.ack_timeout.count() > 0 ? ToNs(options_.ack_timeout) : timeout;
+    const uint64_t handshake_timeout = ToNs(options_.handshake_timeout);
     for (auto& p : peers_) {
       if (p->stats.state == PeerState::kConnecting && p->conn_open &&
           now - p->last_rx_ns > handshake_timeout) {

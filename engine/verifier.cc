@@ -69,7 +69,7 @@ class VerifyRun {
     RETURN_IF_ERROR(handshake_.Start(*t_, conn_));
 
     uint64_t last_event = NowNs();
-    const uint64_t timeout_ns = static_cast<uint64_t>(options_.reply_timeout.count()) * 1000000;
+    const uint64_t timeout_ns = ToNs(options_.reply_timeout);
     while (status_.ok() && (!ready_ || compared_blocks_ < total_blocks_)) {
       bool progress = false;
       if (ready_) progress |= Issue();

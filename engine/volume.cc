@@ -967,7 +967,7 @@ class Volume::Impl {
           if (rs == PeerState::kLost || rs == PeerState::kClosed) {
             p.state = VolumePeerState::kLost;
             p.backoff = options_.reconnect_min;
-            p.next_attempt_ns = now + Ns(p.backoff);
+            p.next_attempt_ns = now + ToNs(p.backoff);
             spdlog::warn("volume: {} lost; writes go on while the quorum holds, it will be "
                          "reconnected and resynced",
                          p.name);
@@ -1001,11 +1001,7 @@ class Volume::Impl {
   void Backoff(Peer& p, uint64_t now) {
     p.backoff = p.backoff.count() == 0 ? options_.reconnect_min
                                        : std::min(options_.reconnect_max, p.backoff * 2);
-    p.next_attempt_ns = now + Ns(p.backoff);
-  }
-
-  static uint64_t Ns(std::chrono::milliseconds d) {
-    return static_cast<uint64_t>(d.count()) * 1'000'000;
+    p.next_attempt_ns = now + ToNs(p.backoff);
   }
 
   io::Ring& ring_;
