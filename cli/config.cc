@@ -124,116 +124,197 @@ class Reader {
     return *s;
   }
 
-  void ReadResource(const toml::table& t, ResourceConfig& r) {
+  // One key of a table: its name and how its value is read into `Config`. Each table's list of
+  // keys is what it reads and what an unknown key's message names.
+  template <typename Config>
+  struct Field {
+    std::string_view key;
+    void (*read)(Reader&, const toml::node& value, const std::string& where, Config&);
+  };
+
+  template <typename Config, size_t N>
+  void ReadFields(const toml::table& t, const std::string& prefix,
+                  const Field<Config> (&fields)[N], Config& config) {
     for (auto&& [k, v] : t) {
       const std::string key(k.str());
-      const std::string where = "resource." + key;
-      if (key == "transport") {
-        r.transport = Choice(v, where, kTransportChoices);
-      } else if (key == "ack") {
-        r.ack = Choice(v, where, kAckChoices);
-      } else if (key == "block-size") {
-        r.block_size = Quantity(v, where, [&](const std::string& text) {
-          return ParseBlockSize(text, "block-size").status();
-        });
-      } else if (key == "window") {
-        if (auto n = Integer(v, where, 1, proto::kMaxWindow)) r.window = static_cast<uint32_t>(*n);
-      } else if (key == "quorum") {
-        if (auto n = Integer(v, where, 0, engine::kMaxPeers)) r.quorum = static_cast<uint32_t>(*n);
-      } else if (key == "resync-rate") {
-        r.resync_rate = Quantity(v, where, [](const std::string& text) {
-          auto n = ParseSize(text);
-          if (!n.ok()) return n.status();
-          return *n == 0 ? Status::Invalid("0 bytes per second would never resync") : Status::Ok();
-        });
-      } else if (key == "key-file") {
-        r.key_file = Path(v, where);
-        if (!r.key_file.empty() && files_ == CheckFiles::kYes) {
-          if (auto key_loaded = engine::LoadKeyFile(r.key_file); !key_loaded.ok()) {
-            Problem(Line(v), where, key_loaded.status().message());
-          }
-        }
-      } else if (key == "tls") {
-        if (auto b = v.value<bool>()) {
-          r.tls = *b;
-        } else {
-          Problem(Line(v), where, "expected true or false");
-        }
-      } else if (key == "cert" || key == "cert-key" || key == "ca") {
-        std::string path = Path(v, where);
-        if (!path.empty() && files_ == CheckFiles::kYes && access(path.c_str(), R_OK) != 0) {
-          Problem(Line(v), where, fmt::format("cannot read {}: {}", path, std::strerror(errno)));
-        }
-        (key == "cert" ? r.cert : key == "ca" ? r.ca : r.cert_key) = path;
-      } else if (key == "peer-timeout") {
-        r.peer_timeout = Duration(v, where);
-      } else if (key == "ack-timeout") {
-        r.ack_timeout = Duration(v, where);
-      } else if (key == "compress") {
-        if (auto text = String(v, where)) {
-          if (auto spec = engine::CompressSpec::Parse(*text); spec.ok()) {
-            r.compress = *text;
-          } else {
-            Problem(Line(v), where, spec.status().message());
-          }
-        }
-      } else if (key == "compress-mode") {
-        if (auto text = String(v, where)) {
-          if (auto mode = engine::ParseCompressMode(*text); mode.ok()) {
-            r.compress_mode = *text;
-          } else {
-            Problem(Line(v), where, mode.status().message());
-          }
-        }
-      } else {
-        Unknown(k, where, {"transport", "ack", "block-size", "window", "quorum", "resync-rate",
-                           "key-file", "peer-timeout", "ack-timeout", "compress", "compress-mode",
-                           "tls", "cert", "cert-key", "ca"});
+      const std::string where = prefix + key;
+      auto field = std::find_if(std::begin(fields), std::end(fields),
+                                [&](const Field<Config>& f) { return f.key == key; });
+      if (field != std::end(fields)) {
+        field->read(*this, v, where, config);
+        continue;
       }
+      std::vector<std::string_view> known;
+      for (const Field<Config>& f : fields) known.push_back(f.key);
+      Problem(Line(k), where, fmt::format("unknown key (known here: {})", fmt::join(known, ", ")));
     }
+  }
+
+  // A path to a file the process must be able to read (checked when files are).
+  std::string ReadablePath(const toml::node& v, const std::string& where) {
+    std::string path = Path(v, where);
+    if (!path.empty() && files_ == CheckFiles::kYes && access(path.c_str(), R_OK) != 0) {
+      Problem(Line(v), where, fmt::format("cannot read {}: {}", path, std::strerror(errno)));
+    }
+    return path;
+  }
+
+  void ReadResource(const toml::table& t, ResourceConfig& r) {
+    using F = Field<ResourceConfig>;
+    static constexpr F kFields[] = {
+        {"transport",
+         [](Reader& in, const toml::node& v, const std::string& where, ResourceConfig& c) {
+           c.transport = in.Choice(v, where, kTransportChoices);
+         }},
+        {"ack",
+         [](Reader& in, const toml::node& v, const std::string& where, ResourceConfig& c) {
+           c.ack = in.Choice(v, where, kAckChoices);
+         }},
+        {"block-size",
+         [](Reader& in, const toml::node& v, const std::string& where, ResourceConfig& c) {
+           c.block_size = in.Quantity(v, where, [](const std::string& text) {
+             return ParseBlockSize(text, "block-size").status();
+           });
+         }},
+        {"window",
+         [](Reader& in, const toml::node& v, const std::string& where, ResourceConfig& c) {
+           if (auto n = in.Integer(v, where, 1, proto::kMaxWindow)) {
+             c.window = static_cast<uint32_t>(*n);
+           }
+         }},
+        {"quorum",
+         [](Reader& in, const toml::node& v, const std::string& where, ResourceConfig& c) {
+           if (auto n = in.Integer(v, where, 0, engine::kMaxPeers)) {
+             c.quorum = static_cast<uint32_t>(*n);
+           }
+         }},
+        {"resync-rate",
+         [](Reader& in, const toml::node& v, const std::string& where, ResourceConfig& c) {
+           c.resync_rate = in.Quantity(v, where, [](const std::string& text) {
+             auto n = ParseSize(text);
+             if (!n.ok()) return n.status();
+             return *n == 0 ? Status::Invalid("0 bytes per second would never resync")
+                            : Status::Ok();
+           });
+         }},
+        {"key-file",
+         [](Reader& in, const toml::node& v, const std::string& where, ResourceConfig& c) {
+           c.key_file = in.Path(v, where);
+           if (!c.key_file.empty() && in.files_ == CheckFiles::kYes) {
+             if (auto loaded = engine::LoadKeyFile(c.key_file); !loaded.ok()) {
+               in.Problem(Line(v), where, loaded.status().message());
+             }
+           }
+         }},
+        {"peer-timeout",
+         [](Reader& in, const toml::node& v, const std::string& where, ResourceConfig& c) {
+           c.peer_timeout = in.Duration(v, where);
+         }},
+        {"ack-timeout",
+         [](Reader& in, const toml::node& v, const std::string& where, ResourceConfig& c) {
+           c.ack_timeout = in.Duration(v, where);
+         }},
+        {"compress",
+         [](Reader& in, const toml::node& v, const std::string& where, ResourceConfig& c) {
+           if (auto text = in.String(v, where)) {
+             if (auto spec = engine::CompressSpec::Parse(*text); spec.ok()) {
+               c.compress = *text;
+             } else {
+               in.Problem(Line(v), where, spec.status().message());
+             }
+           }
+         }},
+        {"compress-mode",
+         [](Reader& in, const toml::node& v, const std::string& where, ResourceConfig& c) {
+           if (auto text = in.String(v, where)) {
+             if (auto mode = engine::ParseCompressMode(*text); mode.ok()) {
+               c.compress_mode = *text;
+             } else {
+               in.Problem(Line(v), where, mode.status().message());
+             }
+           }
+         }},
+        {"tls",
+         [](Reader& in, const toml::node& v, const std::string& where, ResourceConfig& c) {
+           if (auto b = v.value<bool>()) {
+             c.tls = *b;
+           } else {
+             in.Problem(Line(v), where, "expected true or false");
+           }
+         }},
+        {"cert",
+         [](Reader& in, const toml::node& v, const std::string& where, ResourceConfig& c) {
+           c.cert = in.ReadablePath(v, where);
+         }},
+        {"cert-key",
+         [](Reader& in, const toml::node& v, const std::string& where, ResourceConfig& c) {
+           c.cert_key = in.ReadablePath(v, where);
+         }},
+        {"ca",
+         [](Reader& in, const toml::node& v, const std::string& where, ResourceConfig& c) {
+           c.ca = in.ReadablePath(v, where);
+         }},
+    };
+    ReadFields(t, "resource.", kFields, r);
   }
 
   void ReadNode(const toml::table& t, NodeConfig& n) {
     const std::string prefix = "node." + n.name + ".";
-    for (auto&& [k, v] : t) {
-      const std::string key(k.str());
-      const std::string where = prefix + key;
-      if (key == "role") {
-        static constexpr std::string_view kRoles[] = {"primary", "replica"};
-        n.role = Choice(v, where, kRoles);
-      } else if (key == "disk") {
-        n.disk = Path(v, where);
-      } else if (key == "address") {
-        n.address = Address(v, where);
-        n.address_line = Line(v);
-      } else if (key == "export") {
-        ReadExports(v, where, n);
-      } else if (key == "bind") {
-        if (auto s = String(v, where)) n.bind = *s;
-      } else if (key == "meta-dir") {
-        n.meta_dir = Path(v, where);
-      } else if (key == "metrics") {
-        n.metrics = Endpoint(v, where);
-      } else if (key == "dpdk-port") {
-        if (auto s = String(v, where)) n.dpdk_port = *s;
-      } else if (key == "dpdk-ip") {
-        if (auto s = String(v, where)) {
-          in_addr a{};
-          if (inet_pton(AF_INET, s->c_str(), &a) != 1) {
-            Problem(Line(v), where, fmt::format("'{}' is not an IPv4 address", *s));
-          } else {
-            n.dpdk_ip = *s;
-          }
-        }
-      } else if (key == "dpdk-mtu") {
-        if (auto m = Integer(v, where, kMinDpdkMtu, kMaxDpdkMtu)) {
-          n.dpdk_mtu = static_cast<uint32_t>(*m);
-        }
-      } else {
-        Unknown(k, where, {"role", "disk", "address", "export", "bind", "meta-dir", "metrics",
-                           "dpdk-port", "dpdk-ip", "dpdk-mtu"});
-      }
-    }
+    using F = Field<NodeConfig>;
+    static constexpr F kFields[] = {
+        {"role",
+         [](Reader& in, const toml::node& v, const std::string& where, NodeConfig& c) {
+           static constexpr std::string_view kRoles[] = {"primary", "replica"};
+           c.role = in.Choice(v, where, kRoles);
+         }},
+        {"disk",
+         [](Reader& in, const toml::node& v, const std::string& where, NodeConfig& c) {
+           c.disk = in.Path(v, where);
+         }},
+        {"address",
+         [](Reader& in, const toml::node& v, const std::string& where, NodeConfig& c) {
+           c.address = in.Address(v, where);
+           c.address_line = Line(v);
+         }},
+        {"export",
+         [](Reader& in, const toml::node& v, const std::string& where, NodeConfig& c) {
+           in.ReadExports(v, where, c);
+         }},
+        {"bind",
+         [](Reader& in, const toml::node& v, const std::string& where, NodeConfig& c) {
+           if (auto s = in.String(v, where)) c.bind = *s;
+         }},
+        {"meta-dir",
+         [](Reader& in, const toml::node& v, const std::string& where, NodeConfig& c) {
+           c.meta_dir = in.Path(v, where);
+         }},
+        {"metrics",
+         [](Reader& in, const toml::node& v, const std::string& where, NodeConfig& c) {
+           c.metrics = in.Endpoint(v, where);
+         }},
+        {"dpdk-port",
+         [](Reader& in, const toml::node& v, const std::string& where, NodeConfig& c) {
+           if (auto s = in.String(v, where)) c.dpdk_port = *s;
+         }},
+        {"dpdk-ip",
+         [](Reader& in, const toml::node& v, const std::string& where, NodeConfig& c) {
+           if (auto s = in.String(v, where)) {
+             in_addr a{};
+             if (inet_pton(AF_INET, s->c_str(), &a) != 1) {
+               in.Problem(Line(v), where, fmt::format("'{}' is not an IPv4 address", *s));
+             } else {
+               c.dpdk_ip = *s;
+             }
+           }
+         }},
+        {"dpdk-mtu",
+         [](Reader& in, const toml::node& v, const std::string& where, NodeConfig& c) {
+           if (auto m = in.Integer(v, where, kMinDpdkMtu, kMaxDpdkMtu)) {
+             c.dpdk_mtu = static_cast<uint32_t>(*m);
+           }
+         }},
+    };
+    ReadFields(t, prefix, kFields, n);
     if (n.disk.empty() && !t.contains("disk")) {
       Problem(n.line, prefix + "disk", "missing: the node's copy of the volume (a file or device)");
     }
@@ -260,11 +341,6 @@ class Reader {
     } else {
       one(v);
     }
-  }
-
-  void Unknown(const toml::key& k, const std::string& where,
-               std::initializer_list<std::string_view> known) {
-    Problem(Line(k), where, fmt::format("unknown key (known here: {})", fmt::join(known, ", ")));
   }
 
   static std::string_view TypeName(const toml::node& v) {
