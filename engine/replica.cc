@@ -529,8 +529,10 @@ class ReplicaServer::Impl {
   size_t MaxBlock() const { return pool_.buffer_size() - transport::kReceiveHeadroom; }
 
   Status AcquireDevice(uint64_t volume_size, TargetUse use) {
-    bool in_use = std::any_of(sessions_.begin(), sessions_.end(),
-                              [](const auto& x) { return x->uses_device; });
+    // A session that has posted its last frame with nothing on the disk is done with the target.
+    bool in_use = std::any_of(sessions_.begin(), sessions_.end(), [](const auto& x) {
+      return x->uses_device && !(x->phase >= Phase::kLastFrame && x->ops == 0);
+    });
     if (device_ && (in_use || device_ops_ > 0)) {
       if (use == TargetUse::kWrite && device_->size() < volume_size) {
         return Status::Error(ErrorCode::kBusy,

@@ -209,10 +209,7 @@ class VerifyRun {
       }
       return;
     }
-    if (c.kind == transport::CompletionKind::kSent) {
-      if (bye_sent_) t_->Close(conn_);
-      return;
-    }
+    if (c.kind == transport::CompletionKind::kSent) return;
     if (c.kind != transport::CompletionKind::kRecv) return;
     if (c.data) t_->Release(c.conn, std::move(c.data));
     auto frame = proto::Decode(c.header);
@@ -305,11 +302,20 @@ class VerifyRun {
     item.signal = true;
     bye_sent_ = true;
     if (!t_->Post(std::span(&item, 1)).ok()) t_->Close(conn_);
-    deadline = Clock::now() + std::chrono::seconds(2);
-    while (!closed_ && Clock::now() < deadline) {
-      (void)ring_.Wait(std::chrono::milliseconds(20));
-      PollAll();
-    }
+    // The replica ends the session on our Bye (its last frame, then it closes): once it has
+    // closed, it is done with the target, and a write session right after (push
+    // --checksum-skip to a replica that must grow) is not refused for this one.
+    auto wait_closed = [&](std::chrono::seconds bound) {
+      const auto until = Clock::now() + bound;
+      while (!closed_ && Clock::now() < until) {
+        (void)ring_.Wait(std::chrono::milliseconds(20));
+        PollAll();
+      }
+    };
+    wait_closed(std::chrono::seconds(2));
+    if (closed_) return;
+    t_->Close(conn_);
+    wait_closed(std::chrono::seconds(1));
   }
 
   io::Ring& ring_;

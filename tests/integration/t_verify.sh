@@ -56,6 +56,17 @@ push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" --checksum-skip --check
 "$BLKMIRROR" verify --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" > /dev/null 2>&1 || fail "not equal after --checksum-block-size 1M"
 expect_fail 2 "--checksum-block-size 12K must divide --block-size 1M" \
   push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" --checksum-skip --checksum-block-size 12K
+step "push --checksum-skip to a replica that must grow, right after its comparison, 30 times"
+# The comparison's verify session must be over on the replica before the write session asks
+# for the larger target; it once was not, now and then ("in use by verify sessions").
+head -c $((3 << 20)) /dev/urandom > "$TEST_TMP/grow-src"
+serve g "$TEST_TMP/grow-rep"
+for i in $(seq 30); do
+  truncate -s 1M "$TEST_TMP/grow-rep"
+  push --source "$TEST_TMP/grow-src" --peer "127.0.0.1:$PORT_g" --checksum-skip \
+    || fail "push --checksum-skip to a shorter replica, round $i: $(tail -n 2 "$TEST_TMP/push.log")"
+  cmp -s "$TEST_TMP/grow-src" "$TEST_TMP/grow-rep" || fail "the grown replica differs, round $i"
+done
 step "push --full sends everything"
 push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" --full || fail "push --full"
 [ "$(json .bytes_sent)" = $(((20 << 20) + 777)) ] || fail "--full sent $(json .bytes_sent) bytes"
