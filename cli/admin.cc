@@ -89,8 +89,7 @@ Result<std::string> ReadUntil(int fd, char stop, size_t limit, uint64_t deadline
 }
 
 uint64_t DeadlineNs() {
-  return NowNs() + static_cast<uint64_t>(
-                       std::chrono::duration_cast<std::chrono::nanoseconds>(kAdminIoTimeout).count());
+  return NowNs() + ToNs(kAdminIoTimeout);
 }
 
 }  // namespace

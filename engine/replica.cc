@@ -467,9 +467,8 @@ class ReplicaServer::Impl {
   // How long the primary of `s` may stay silent: what it asked for in Hello, but never more
   // than max_peer_timeout (a primary asking for no timeout, 0, gets that bound).
   uint64_t SilenceLimitNs(const Session& s) const {
-    auto max = std::chrono::duration_cast<std::chrono::nanoseconds>(options_.max_peer_timeout);
     uint64_t asked = ToNs(std::chrono::milliseconds(s.hello.peer_timeout_ms));
-    auto limit = static_cast<uint64_t>(max.count());
+    const uint64_t limit = ToNs(options_.max_peer_timeout);
     return asked == 0 || asked > limit ? limit : asked;
   }
 
@@ -482,9 +481,7 @@ class ReplicaServer::Impl {
         return;
       case Phase::kHello:
       case Phase::kAuth: {
-        auto limit = static_cast<uint64_t>(
-            std::chrono::duration_cast<std::chrono::nanoseconds>(options_.handshake_timeout)
-                .count());
+        const uint64_t limit = ToNs(options_.handshake_timeout);
         if (now - s.connected_ns > limit) {
           Refuse(s, Status::Error(ErrorCode::kTimeout,
                                   fmt::format("no {} within {} ms of connecting (handshake limit)",

@@ -453,8 +453,7 @@ RdmaTransport::RdmaTransport(const TransportContext& context, const RdmaOptions&
   wake_op_.handler = this;
   wake_op_.kind = Op::Kind::kWake;
   if (options_.send_queue_depth == 0) options_.send_queue_depth = 1;
-  poll_budget_ns_ = static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(rdma_options_.poll_budget).count());
+  poll_budget_ns_ = ToNs(rdma_options_.poll_budget);
 }
 
 RdmaTransport::~RdmaTransport() {
