@@ -23,6 +23,19 @@ used=$(du -k "$TEST_TMP/dst" | cut -f1)
 [ "$used" -le $(((5 << 10) + 1024)) ] || fail "the replica uses $used KiB: its zero blocks were not punched"
 echo "ok   pushed: 5 MiB of data, 14 MiB as zero ranges; the replica uses $used KiB"
 
+step "push: a source whose size is no multiple of 512 and whose last, short block is zeros"
+# A zero range is whole sectors (docs/protocol.md, Zero): that tail goes as data.
+random_file "$TEST_TMP/odd" $(((3 << 20) + 4096))
+head -c 312 /dev/zero >> "$TEST_TMP/odd"
+truncate -s $(((4 << 20) + 312)) "$TEST_TMP/odd"
+random_file "$TEST_TMP/odd-dst" $(((4 << 20) + 312))
+serve o "$TEST_TMP/odd-dst"
+push --source "$TEST_TMP/odd" --peer "127.0.0.1:$PORT_o" --block-size 64K \
+  || fail "push of a zero tail of 312 bytes: $(tail -n 3 "$TEST_TMP/push.log")"
+same "$TEST_TMP/odd" "$TEST_TMP/odd-dst"
+[ "$(json .zero_bytes)" = $(((1 << 20) - 65536)) ] || fail "zero ranges of $(json .zero_bytes) bytes"
+kill "$PID_o"; wait "$PID_o" 2>/dev/null || true
+
 # zero_bytes_at_least N: until the volume's replica has had N bytes as zero ranges (its status
 # file is written once a second), 20 s at most; prints the count.
 zero_bytes_at_least() {

@@ -227,6 +227,26 @@ TEST_F(ReplicatorTest, ZeroBlocksGoAsZeroRangesWhereTheReplicaTakesThem) {
   EXPECT_EQ(stats[1].crc_mismatches, 0u);
 }
 
+// A zero range is whole sectors: the short, all-zero tail of a volume whose size is no multiple
+// of 512 goes as data (a Zero frame of 312 bytes is malformed, and the replica would drop us).
+TEST_F(ReplicatorTest, AShortTailOfZerosGoesAsData) {
+  auto data = RandomBytes(3 * (16 << 10) + 312, 4);
+  std::fill(data.begin() + (16 << 10), data.begin() + 2 * (16 << 10), std::byte{0});
+  std::fill(data.begin() + 3 * (16 << 10), data.end(), std::byte{0});
+  Replica& r = AddReplica(data.size());
+  std::fill(r.device->mutable_contents().begin(), r.device->mutable_contents().end(),
+            std::byte{0xee});
+  ASSERT_TRUE(StartPrimary(Options(data.size(), AckLevel::kDurable)).ok());
+  Status s = Push(data);
+  ASSERT_TRUE(s.ok()) << s.message();
+  CloseAll();
+  EXPECT_TRUE(Equal(r.device->contents(), data));
+  EXPECT_EQ(r.device->zeroes(), 1u);
+  EXPECT_EQ(r.device->writes(), 3u);
+  EXPECT_EQ(rep_->stats()[0].zero_bytes, 16u << 10);
+  EXPECT_EQ(rep_->stats()[0].bytes_sent, 2u * (16 << 10) + 312);
+}
+
 // --compress: payloads that compress go compressed (each block once, whatever the peers), those
 // that do not go as they are; the replicas end equal to the source.
 TEST_F(ReplicatorTest, CompressedPayloadsWhereTheySave) {
@@ -696,6 +716,19 @@ TEST_F(ExtentTest, ExtentsOfAnySectorAlignedRangeReachTheReplica) {
     EXPECT_EQ(s.code(), ErrorCode::kInvalidArgument) << c.offset << "+" << c.length;
   }
   CloseAll();
+}
+
+// A zero range asked for outright must be whole sectors, also at the volume's short end.
+TEST_F(ExtentTest, AZeroRangeOfPartSectorsIsRefusedNotSent) {
+  const uint64_t size = 4 * kBlock + 312;
+  Replica& r = AddReplica(size);
+  ASSERT_TRUE(StartPrimary(ExtentOptions(size, AckLevel::kDurable)).ok());
+  Status zero = rep_->SubmitZero(4 * kBlock, 312, false, 1);
+  EXPECT_EQ(zero.code(), ErrorCode::kInvalidArgument);
+  EXPECT_NE(zero.message().find("not whole sectors"), std::string::npos) << zero.message();
+  ASSERT_TRUE(rep_->SubmitZero(3 * kBlock, kBlock, false, 2).ok());  // whole sectors: goes
+  CloseAll();
+  EXPECT_EQ(r.device->zeroes(), 1u);
 }
 
 TEST_F(ExtentTest, ZeroRangesAndFlushesReachTheReplica) {
