@@ -1,6 +1,13 @@
 #!/bin/bash
 # verify: equal copies exit 0; differing blocks are named by offset and length, exit 1.
 source "$(dirname "$0")/lib.sh"
+# change_byte OFFSET: the replica's byte at OFFSET becomes the complement of the source's (a
+# fixed letter would equal a random source byte now and then, and change nothing).
+change_byte() {
+  local b
+  b=$(od -An -tu1 -j "$1" -N1 "$TEST_TMP/src" | tr -d ' ')
+  printf "\\$(printf %03o $((b ^ 255)))" | dd of="$TEST_TMP/rep" bs=1 seek="$1" conv=notrunc status=none
+}
 random_file "$TEST_TMP/src" $(((20 << 20) + 777))
 serve r "$TEST_TMP/rep"
 push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" || fail "push: $(cat "$TEST_TMP/push.log")"
@@ -9,9 +16,9 @@ step "equal"
   || fail "verify of equal copies failed: $(cat "$TEST_TMP/v.log")"
 expect_in "$TEST_TMP/v.out" "matches"
 step "three blocks differ"
-printf 'X' | dd of="$TEST_TMP/rep" bs=1 seek=$(((5 << 20) + 7)) conv=notrunc status=none
+change_byte $(((5 << 20) + 7))
 head -c $((2 << 20)) /dev/urandom | dd of="$TEST_TMP/rep" bs=1M seek=10 conv=notrunc status=none
-printf 'Y' | dd of="$TEST_TMP/rep" bs=1 seek=$(((20 << 20) + 700)) conv=notrunc status=none
+change_byte $(((20 << 20) + 700))
 rc=0; "$BLKMIRROR" verify --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" > "$TEST_TMP/v.out" 2> "$TEST_TMP/v.log" || rc=$?
 [ "$rc" = 1 ] || fail "verify of differing copies exited $rc: $(cat "$TEST_TMP/v.log")"
 expect_in "$TEST_TMP/v.out" "offset 5242880 length 1048576"
@@ -34,7 +41,7 @@ jq -e '.repaired == true and .repair.bytes_sent == (2 * 1048576 + 1048576 + 777)
   || fail "repair: $(jq -c '{repaired, repair}' "$TEST_TMP/v.json")"
 "$BLKMIRROR" verify --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" > /dev/null 2>&1 || fail "not equal after verify --repair"
 step "push --checksum-skip sends only the pieces whose CRCs differ (4K; 1M with --checksum-block-size 1M)"
-printf 'Z' | dd of="$TEST_TMP/rep" bs=1 seek=$(((7 << 20) + 3)) conv=notrunc status=none
+change_byte $(((7 << 20) + 3))
 push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" --checksum-skip || fail "push --checksum-skip: $(cat "$TEST_TMP/push.log")"
 [ "$(json .bytes_sent)" = 4096 ] || fail "--checksum-skip sent $(json .bytes_sent) bytes for a 1-byte change"
 "$BLKMIRROR" verify --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" > /dev/null 2>&1 || fail "not equal after --checksum-skip"
@@ -43,13 +50,13 @@ push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" || fail "push after --c
 [ "$(json .bytes_sent)" = 0 ] || fail "a push after --checksum-skip resent $(json .bytes_sent) bytes"
 # Two differing pieces on either side of a block boundary come back as one range: both blocks
 # are dirty, and each sends its piece.
-printf 'Q' | dd of="$TEST_TMP/rep" bs=1 seek=$(((12 << 20) - 2)) conv=notrunc status=none
-printf 'Q' | dd of="$TEST_TMP/rep" bs=1 seek=$(((12 << 20) + 2)) conv=notrunc status=none
+change_byte $(((12 << 20) - 2))
+change_byte $(((12 << 20) + 2))
 push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" --checksum-skip || fail "push --checksum-skip across a block boundary: $(cat "$TEST_TMP/push.log")"
 [ "$(json .bytes_sent)" = 8192 ] || fail "--checksum-skip sent $(json .bytes_sent) bytes for two pieces on either side of a block boundary"
 "$BLKMIRROR" verify --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" > /dev/null 2>&1 || fail "not equal after --checksum-skip across a block boundary"
-printf 'Z' | dd of="$TEST_TMP/rep" bs=1 seek=$(((9 << 20) + 5)) conv=notrunc status=none
-printf 'Z' | dd of="$TEST_TMP/rep" bs=1 seek=$(((20 << 20) + 700)) conv=notrunc status=none
+change_byte $(((9 << 20) + 5))
+change_byte $(((20 << 20) + 700))
 push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" --checksum-skip --checksum-block-size 1M \
   || fail "push --checksum-block-size 1M: $(cat "$TEST_TMP/push.log")"
 [ "$(json .bytes_sent)" = $(((1 << 20) + 777)) ] || fail "--checksum-block-size 1M sent $(json .bytes_sent) bytes"
