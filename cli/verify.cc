@@ -67,12 +67,18 @@ int RunVerify(const VerifyArgs& args) {
   nlohmann::json repair;
   int repair_rc = kExitOk;
   if (args.repair && !equal) {
+    // The repair opens transports of its own: these go first (a DPDK port takes its device,
+    // a memif socket, for itself: a second one in the same process is refused).
+    transports->preferred.reset();
+    transports->fallback.reset();
     ReplicationPlan plan;
     plan.command = "verify";
     plan.args.source = args.source;
     plan.args.peers = {args.peer};
     plan.args.block_size = args.block_size;
     plan.args.transport = args.transport;
+    plan.args.dpdk = args.dpdk;
+    plan.args.tls = args.tls;
     plan.args.key_file = args.key_file;
     plan.args.meta_dir = args.meta_dir;
     plan.args.bind = args.bind;
@@ -82,8 +88,8 @@ int RunVerify(const VerifyArgs& args) {
     plan.result = &repair;
     repair_rc = RunReplication(plan);
     if (repair_rc != kExitOk) {
-      spdlog::error("repair of {} failed (a push running against it refuses a second writer: "
-                    "rerun verify --repair once it is done)",
+      spdlog::error("repair of {} failed (the error above says why); the differing blocks are "
+                    "listed below: rerun verify --repair once that is mended",
                     peer->ToString());
     }
   }

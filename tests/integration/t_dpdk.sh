@@ -117,6 +117,15 @@ rc=0
   > "$TEST_TMP/verify1.json" 2> "$TEST_TMP/verify1.log" || rc=$?
 [ "$rc" = 0 ] || dfail "verify over memif: exit $rc" "$TEST_TMP/verify1.log" "$TEST_TMP/serve-m1.log"
 [ "$(jq '.diffs | length' "$TEST_TMP/verify1.json")" = 0 ] || fail "verify reports diffs: $(head -c 300 "$TEST_TMP/verify1.json")"
+# verify --repair over memif: the comparison and the write session both go over DPDK.
+head -c 4096 /dev/urandom | dd of="$DATA/rep1" bs=4096 seek=1000 conv=notrunc status=none
+rc=0
+"$BLKMIRROR" verify --repair --json --source "$DATA/src1" --peer "127.0.0.1:$PORT_m1" "${CL1[@]}" \
+  > "$TEST_TMP/verify1.json" 2> "$TEST_TMP/verify1.log" || rc=$?
+[ "$rc" = 1 ] || dfail "verify --repair over memif: exit $rc" "$TEST_TMP/verify1.log" "$TEST_TMP/serve-m1.log"
+jq -e '.repaired == true and .repair.peers[0].transport == "dpdk"' "$TEST_TMP/verify1.json" > /dev/null \
+  || fail "verify --repair over memif: $(jq -c '{repaired, repair}' "$TEST_TMP/verify1.json" | head -c 400)"
+same "$DATA/src1" "$DATA/rep1"
 kill "$PID_m1"; wait "$PID_m1" 2>/dev/null || true
 rm -f "$DATA/src1" "$DATA/rep1"
 lap

@@ -42,6 +42,15 @@ expect_in "$TEST_TMP/push.log" "tls: no kTLS here"  # this host's kernel has no 
 # shellcheck disable=SC2046
 "$BLKMIRROR" verify --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_c" $(certs primary) \
   > "$TEST_TMP/verify.out" 2>&1 || fail "verify over TLS: $(cat "$TEST_TMP/verify.out")"
+# verify --repair: its write session is TLS too.
+head -c 4096 /dev/urandom | dd of="$TEST_TMP/rep-c" bs=4096 seek=5 conv=notrunc status=none
+rc=0
+# shellcheck disable=SC2046
+"$BLKMIRROR" verify --repair --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_c" $(certs primary) \
+  > "$TEST_TMP/verify.out" 2>&1 || rc=$?
+[ "$rc" = 1 ] || fail "verify --repair over TLS exited $rc: $(cat "$TEST_TMP/verify.out")"
+expect_in "$TEST_TMP/verify.out" "repaired: 1048576 bytes resent"
+same "$TEST_TMP/src" "$TEST_TMP/rep-c"
 before=$(sha256sum < "$TEST_TMP/rep-c")
 
 step "refused: a certificate of another CA, both sides say so"
