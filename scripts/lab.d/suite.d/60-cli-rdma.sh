@@ -3,8 +3,8 @@
 # push from rxe0's address --transport rdma and --transport auto (a 32 MiB random file, compared
 # byte for byte, "transport": "rdma" in the JSON); --transport auto against an address with no
 # RDMA device falls back to TCP and says why; a mixed fan-out (one peer over RDMA, one over TCP);
-# zero ranges and --compress lz4 over RDMA (cmp, verify); --transport rdma to that address is a
-# clear error.
+# verify --repair over RDMA; zero ranges and --compress lz4 over RDMA (cmp, verify);
+# --transport rdma to that address is a clear error.
 set -euo pipefail
 . "$LAB_REPO/scripts/lab.d/lib.sh"
 . "$LAB_REPO/scripts/lab.d/cli.sh"
@@ -52,6 +52,14 @@ cmp "$tmp/src" "$tmp/r.img" && cmp "$tmp/src" "$tmp/n.img" || fail "a replica di
 echo "--- verify over RDMA"
 "$bin" verify --source "$tmp/src" --peer "$LAB_IP1:7000" --transport rdma --bind "$LAB_IP0" > "$tmp/v.out" 2> "$tmp/v.log" || fail "verify over rdma"
 grep -q matches "$tmp/v.out" || fail "verify: $(cat "$tmp/v.out")"
+
+echo "--- verify --repair over RDMA (the comparison, then a write session, in one process)"
+head -c $((1 << 20)) /dev/urandom | dd of="$tmp/r.img" bs=1M seek=7 conv=notrunc status=none
+rc=0; "$bin" verify --repair --source "$tmp/src" --peer "$LAB_IP1:7000" --transport rdma --bind "$LAB_IP0" \
+  --meta-dir "$tmp/m7" > "$tmp/vr.out" 2> "$tmp/vr.log" || rc=$?
+[ "$rc" = 1 ] || fail "verify --repair over rdma exited $rc: $(tail -n 3 "$tmp/vr.log")"
+grep -q "repaired: 1048576 bytes resent" "$tmp/vr.out" || fail "verify --repair: $(cat "$tmp/vr.out")"
+cmp "$tmp/src" "$tmp/r.img" || fail "the replica differs after verify --repair over rdma"
 
 echo "--- zero ranges and compressed payloads over RDMA"
 # 8 MiB of text (compresses), 8 MiB of zeros (a zero range, no payload), 16 MiB random (as is).
