@@ -103,6 +103,7 @@ int RunVerify(const VerifyArgs& args) {
                           {"bytes", report->bytes},
                           {"block_size", options.block_size},
                           {"differing_blocks", report->differing_blocks},
+                          {"replica_bytes", report->replica_bytes},
                           {"diffs", diffs},
                           {"seconds", seconds}};
     if (args.repair) {
@@ -127,6 +128,13 @@ int RunVerify(const VerifyArgs& args) {
                   static_cast<unsigned long long>(repair.value("bytes_sent", uint64_t{0})),
                   peer->ToString().c_str());
     }
+  }
+  if (!args.json && report->replica_bytes != (*source)->size()) {
+    // Shorter: the ranges past its end differ above. Longer: the bytes past the source's end
+    // are no part of the volume, and a push to it is refused until it is removed or truncated.
+    std::printf("  its copy holds %llu bytes, the source %llu\n",
+                static_cast<unsigned long long>(report->replica_bytes),
+                static_cast<unsigned long long>((*source)->size()));
   }
   if (repair_rc != kExitOk) return repair_rc;
   // Differences found and repaired still exit 1: the copies differed when verify looked.

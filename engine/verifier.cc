@@ -224,6 +224,7 @@ class VerifyRun {
       } else if (*open) {
         ready_ = true;
         report_.replica_id = handshake_.hello_ok().replica_id;
+        report_.replica_bytes = handshake_.hello_ok().capacity;
       }
       return;
     }

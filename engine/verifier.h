@@ -42,6 +42,7 @@ struct DiffRange {
 
 struct VerifyReport {
   proto::ReplicaId replica_id;  // the copy that was compared
+  uint64_t replica_bytes = 0;   // the size of that copy (its HelloOk's capacity)
   uint64_t blocks = 0;
   uint64_t bytes = 0;
   uint64_t differing_blocks = 0;

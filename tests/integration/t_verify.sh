@@ -77,6 +77,15 @@ done
 step "push --full sends everything"
 push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" --full || fail "push --full"
 [ "$(json .bytes_sent)" = $(((20 << 20) + 777)) ] || fail "--full sent $(json .bytes_sent) bytes"
+step "a replica whose copy is longer than the source: the volume's bytes match, and verify says so"
+cp "$TEST_TMP/src" "$TEST_TMP/long-rep"
+head -c $((1 << 20)) /dev/urandom >> "$TEST_TMP/long-rep"
+serve l "$TEST_TMP/long-rep"
+"$BLKMIRROR" verify --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_l" > "$TEST_TMP/v.out" 2> "$TEST_TMP/v.log" \
+  || fail "verify of a longer copy: $(cat "$TEST_TMP/v.log")"
+expect_in "$TEST_TMP/v.out" "its copy holds $(((21 << 20) + 777)) bytes, the source $(((20 << 20) + 777))"
+"$BLKMIRROR" verify --json --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_l" 2> /dev/null \
+  | jq -e ".replica_bytes == $(((21 << 20) + 777))" > /dev/null || fail "verify --json has no replica_bytes"
 step "a replica without a copy"
 serve e "$TEST_TMP/nothing-here"
 rc=0; "$BLKMIRROR" verify --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_e" > /dev/null 2> "$TEST_TMP/v.log" || rc=$?
