@@ -63,6 +63,16 @@ push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" --checksum-skip --check
 "$BLKMIRROR" verify --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" > /dev/null 2>&1 || fail "not equal after --checksum-block-size 1M"
 expect_fail 2 "--checksum-block-size 12K must divide --block-size 1M" \
   push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" --checksum-skip --checksum-block-size 12K
+step "a source written outside blkmirror since the last push: the bitmap is blind to it, every block goes"
+b=$(od -An -tu1 -j $(((3 << 20) + 5)) -N1 "$TEST_TMP/src" | tr -d ' ')
+printf "\\$(printf %03o $((b ^ 255)))" | dd of="$TEST_TMP/src" bs=1 seek=$(((3 << 20) + 5)) conv=notrunc status=none
+push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" || fail "push after an outside write"
+expect_in "$TEST_TMP/push.log" "changed since this replica's last push"
+[ "$(json .bytes_sent)" = $(((20 << 20) + 777)) ] || fail "after an outside write, sent $(json .bytes_sent) bytes"
+[ "$(json .resumed)" = false ] || fail "resumed should be false after an outside write"
+"$BLKMIRROR" verify --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" > /dev/null 2>&1 || fail "not equal after the full copy"
+push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" || fail "push after the full copy"
+[ "$(json .bytes_sent)" = 0 ] || fail "the stamp was not renewed: $(json .bytes_sent) bytes sent again"
 step "push --checksum-skip to a replica that must grow, right after its comparison, 30 times"
 # The comparison's verify session must be over on the replica before the write session asks
 # for the larger target; it once was not, now and then ("in use by verify sessions").
