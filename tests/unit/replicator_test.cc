@@ -67,7 +67,13 @@ class ReplicatorTest : public ::testing::Test {
     RETURN_IF_ERROR(primary_transport_->Register(*primary_pool_));
     ASSIGN_OR_RETURN(rep_, Replicator::Create(*ring_, *primary_pool_, options));
     std::vector<PeerConfig> peers;
-    for (auto& r : replicas_) peers.push_back({primary_transport_.get(), r->endpoint});
+    for (auto& r : replicas_) {
+      if (unreachable_first_) {
+        peers.push_back({&unreachable_, r->endpoint, primary_transport_.get()});
+      } else {
+        peers.push_back({primary_transport_.get(), r->endpoint});
+      }
+    }
     RETURN_IF_ERROR(rep_->StartConnect(peers));
     for (int i = 0; i < 1000 && !rep_->ready() && rep_->failure().ok(); ++i) Step();
     RETURN_IF_ERROR(rep_->failure());
@@ -122,6 +128,35 @@ class ReplicatorTest : public ::testing::Test {
     EXPECT_TRUE(rep_->closed());
     for (int i = 0; i < 10; ++i) Step();
   }
+
+  // A preferred transport that reaches no peer (as RDMA where no device does): with
+  // unreachable_first_, every peer gets it first and the loopback transport as its fallback.
+  class Unreachable final : public transport::Transport {
+   public:
+    std::string_view name() const override { return "nowhere"; }
+    Status Register(io::BufferPool&) override { return Status::Ok(); }
+    Result<transport::Endpoint> Listen(const transport::Endpoint&) override {
+      return Status::Error(ErrorCode::kUnavailable, "nowhere listens");
+    }
+    Result<transport::ConnId> Connect(const transport::Endpoint& peer,
+                                      std::chrono::milliseconds) override {
+      ++connects;
+      return Status::Error(ErrorCode::kUnavailable,
+                           fmt::format("no device here reaches {}", peer.ToString()));
+    }
+    Status Post(std::span<const transport::WorkItem>) override {
+      return Status::Error(ErrorCode::kUnavailable, "nowhere has no connection");
+    }
+    size_t SendSpace(transport::ConnId) const override { return 0; }
+    size_t Poll(std::span<transport::Completion>) override { return 0; }
+    void Release(transport::ConnId, io::BufferRef) override {}
+    void Trust(transport::ConnId) override {}
+    void Close(transport::ConnId) override {}
+    std::string PeerName(transport::ConnId) const override { return ""; }
+    int connects = 0;
+  };
+  Unreachable unreachable_;
+  bool unreachable_first_ = false;
 
   transport::LoopbackNetwork net_;
   std::unique_ptr<io::Ring> ring_;
@@ -225,6 +260,27 @@ TEST_F(ReplicatorTest, ZeroBlocksGoAsZeroRangesWhereTheReplicaTakesThem) {
   EXPECT_EQ(stats[1].zero_bytes, 0u);
   EXPECT_EQ(stats[1].bytes_sent, data.size());
   EXPECT_EQ(stats[1].crc_mismatches, 0u);
+}
+
+// A preferred transport that cannot reach a peer gives way to the fallback, per peer, and the
+// reason stays in the peer's stats (push --json fallback_reason).
+TEST_F(ReplicatorTest, APeerThePreferredTransportCannotReachGoesOverTheFallback) {
+  auto data = RandomBytes(4 * (16 << 10), 8);
+  Replica& a = AddReplica(data.size());
+  Replica& b = AddReplica(data.size());
+  unreachable_first_ = true;
+  ASSERT_TRUE(StartPrimary(Options(data.size(), AckLevel::kDurable)).ok());
+  EXPECT_EQ(unreachable_.connects, 2);
+  Status s = Push(data);
+  ASSERT_TRUE(s.ok()) << s.message();
+  CloseAll();
+  EXPECT_TRUE(Equal(a.device->contents(), data));
+  EXPECT_TRUE(Equal(b.device->contents(), data));
+  for (const auto& st : rep_->stats()) {
+    EXPECT_EQ(st.transport, primary_transport_->name());
+    EXPECT_NE(st.fallback_reason.find("nowhere: no device here reaches"), std::string::npos)
+        << st.fallback_reason;
+  }
 }
 
 // A zero range is whole sectors: the short, all-zero tail of a volume whose size is no multiple
