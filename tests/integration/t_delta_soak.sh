@@ -56,8 +56,8 @@ same "$src" "$TEST_TMP/rep-b"
 
 # change FILE: up to 5 ranges of FILE rewritten (random bytes or zeros, any alignment).
 change() {
-  local k off len
-  for k in $(seq $((RANDOM % 5 + 1))); do
+  local off len
+  for _ in $(seq $((RANDOM % 5 + 1))); do
     off=$(((RANDOM * 32768 + RANDOM) % size))
     len=$((RANDOM % 30000 + 1))
     [ $((off + len)) -le "$size" ] || len=$((size - off))
