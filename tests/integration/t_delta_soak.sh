@@ -8,7 +8,8 @@
 # equal the source, and after a push a resumed push must send nothing (the bitmaps and the
 # source stamp say in sync). The bugs this shape of test found: a range of differing pieces
 # across a block boundary left unsent, a zero tail of part of a sector sent as a malformed Zero,
-# a verify session still holding a target that must grow, verify --repair without --tls.
+# a verify session still holding a target that must grow (replicas are truncated now and then),
+# verify --repair without --tls.
 #
 #   DELTA_SOAK_SECONDS  time budget for the rounds (default 40; 3 rounds at least)
 #   DELTA_SOAK_SEED     random seed (default: the pid; printed, so a failure can be replayed:
@@ -90,6 +91,8 @@ while [ "$rounds" -lt 3 ] || [ $((SECONDS - start)) -lt "$budget" ]; do
   if [ "$how" != 2 ]; then
     change "$TEST_TMP/rep-a"
     [ $((RANDOM % 2)) = 0 ] && change "$TEST_TMP/rep-b"
+    # Now and then a replica lost its end: the write session after the comparison grows it.
+    [ $((RANDOM % 6)) = 0 ] && truncate -s $((RANDOM * 32 % size)) "$TEST_TMP/rep-b"
   fi
   [ $((RANDOM % 2)) = 0 ] && change "$src"
   echo "round $rounds: $what, block $bs"
