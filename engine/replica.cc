@@ -340,7 +340,7 @@ class ReplicaServer::Impl {
   void OnHello(Session& s, const proto::Hello& h, const proto::RawHeader& raw) {
     s.hello = h;
     s.hello_raw = raw;
-    if (!options_.key) return Accept(s, {});
+    if (!options_.key) return Admit(s, {});
     // Authenticate before anything else: an unproven peer learns nothing and touches nothing.
     s.nonce_r = RandomNonce();
     proto::Frame f;
@@ -362,11 +362,11 @@ class ReplicaServer::Impl {
                                      "authentication failed: the primary's proof does not match "
                                      "this replica's key (wrong --key-file?)"));
     }
-    Accept(s, nonce_p);
+    Admit(s, nonce_p);
   }
 
-  // The checks of a (proven, where a key is set) Hello, then HelloOk.
-  void Accept(Session& s, const std::optional<Nonce>& nonce_p) {
+  // Admission: the checks of a (proven, where a key is set) Hello, then HelloOk.
+  void Admit(Session& s, const std::optional<Nonce>& nonce_p) {
     const proto::Hello& h = s.hello;
     uint16_t version = std::min(h.max_version, options_.max_version);
     if (version < h.min_version || version < proto::kMinProtocolVersion) {
