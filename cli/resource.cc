@@ -61,13 +61,13 @@ class Filler {
     if (!given_(flag) && value) field = *value;
     Record(flag, field);
   }
-  // A field filled otherwise.
+
+ private:
   template <typename T>
   void Record(std::string_view flag, const T& field) {
     if (settings_ != nullptr) (*settings_)[std::string(flag.substr(2))] = SettingText(field);
   }
 
- private:
   const FlagGiven& given_;
   ResourceSettings* settings_;
 };
@@ -84,11 +84,7 @@ void FillTransport(Filler& fill, const ResourceConfig& c, const NodeConfig& n,
   fill("--transport", transport, c.transport);
   fill("--dpdk-port", dpdk.port, n.dpdk_port);
   fill("--dpdk-ip", dpdk.ip, n.dpdk_ip);
-  if (n.dpdk_mtu != 0) {
-    fill("--dpdk-mtu", dpdk.mtu, n.dpdk_mtu);
-  } else {
-    fill.Record("--dpdk-mtu", dpdk.mtu);
-  }
+  fill("--dpdk-mtu", dpdk.mtu, n.dpdk_mtu != 0 ? std::optional(n.dpdk_mtu) : std::nullopt);
 }
 
 std::vector<std::string> PeerAddresses(const ResourceConfig& c, const NodeConfig& self) {
@@ -155,11 +151,7 @@ bool ApplyResource(const ResourceArgs& r, const FlagGiven& given, VolumeArgs& ar
   const ResourceConfig& c = l.parsed.config;
   const NodeConfig& n = *l.self;
   fill("--disk", args.disk, n.disk);
-  if (!n.exports.empty()) {
-    fill("--export", args.exports, n.exports);
-  } else {
-    fill.Record("--export", args.exports);
-  }
+  fill("--export", args.exports, n.exports.empty() ? std::nullopt : std::optional(n.exports));
   fill("--name", args.name, c.name);
   fill("--resync-rate", args.resync_rate, c.resync_rate);
   fill("--metrics", args.metrics, n.metrics);

@@ -313,9 +313,8 @@ class Replicator::Impl {
     }
     ASSIGN_OR_RETURN(uint32_t wi, Start(WriteKind::kData, offset, length, token, mask, origin));
     Write& w = writes_[wi];
-    // A zero range is whole sectors (docs/protocol.md, Zero): the short tail of a volume whose
-    // size is no multiple of 512 goes as data, zeros or not.
-    w.zero = options_.zero_blocks && length % proto::kSectorSize == 0 &&
+    // Zeros go as a Zero frame only where one can carry them (proto::IsWholeSectors).
+    w.zero = options_.zero_blocks && proto::IsWholeSectors(offset, length) &&
              IsAllZero(buffer.data(), length);
     // A zero block's CRC is needed only by a replica that takes no zero ranges (SendData).
     w.crc = w.zero ? 0 : Crc32c(buffer.data(), length);
@@ -332,7 +331,7 @@ class Replicator::Impl {
     if (!options_.extents) return Status::Invalid("zero ranges need protocol {} (extents)",
                                                   proto::kExtentsVersion);
     RETURN_IF_ERROR(CheckExtent(offset, length, options_.volume_size).Context("zero range"));
-    if (length % proto::kSectorSize != 0) {
+    if (!proto::IsWholeSectors(offset, length)) {
       return Status::Invalid("zero range at offset {}: {} bytes are not whole sectors of {} (a "
                              "short tail at the volume's end goes as data)",
                              offset, length, proto::kSectorSize);

@@ -369,8 +369,7 @@ Result<Body> DecodeBody(FrameType type, uint16_t flags, uint32_t payload_len, co
       z.offset = r.U64(kOffBody + 8);
       z.length = r.U64(kOffBody + 16);
       if (!r.ZeroFrom(24)) return reserved("Zero");
-      if (z.length == 0 || z.length % kSectorSize != 0 || z.offset % kSectorSize != 0 ||
-          z.offset > UINT64_MAX - z.length) {
+      if (!IsWholeSectors(z.offset, z.length) || z.offset > UINT64_MAX - z.length) {
         return Status::Protocol("Zero seq {}: bad range [{}, +{})", z.seq, z.offset, z.length);
       }
       auto level = flags & kDataAckMask;

@@ -199,6 +199,11 @@ struct Zero {
   uint64_t offset = 0;  // a multiple of kSectorSize
   uint64_t length = 0;  // a multiple of kSectorSize, > 0; offset + length within the volume
 };
+// What a Zero frame's range must be, whatever the volume: whole sectors, not empty. (A short
+// tail at the end of a volume whose size is no multiple of the sector goes as Data.)
+inline bool IsWholeSectors(uint64_t offset, uint64_t length) {
+  return length > 0 && offset % kSectorSize == 0 && length % kSectorSize == 0;
+}
 
 // The replica acks a Flush's seq once every write with a lower seq in the session is durable.
 struct Flush {

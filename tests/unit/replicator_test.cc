@@ -52,6 +52,12 @@ class ReplicatorTest : public ::testing::Test {
     return *replicas_.back();
   }
 
+  // Fills a replica's target with non-zero bytes: zeros must then be written, not assumed.
+  static void Poison(Replica& r) {
+    std::fill(r.device->mutable_contents().begin(), r.device->mutable_contents().end(),
+              std::byte{0xee});
+  }
+
   // The primary: a pool, a transport, and a Replicator to every replica added so far.
   Status StartPrimary(ReplicatorOptions options) {
     options_ = options;
@@ -240,10 +246,8 @@ TEST_F(ReplicatorTest, ZeroBlocksGoAsZeroRangesWhereTheReplicaTakesThem) {
   replica_max_version_ = 1;
   Replica& old = AddReplica(data.size());
   // Both targets start non-zero: the zeros must be written, not assumed.
-  std::fill(modern.device->mutable_contents().begin(), modern.device->mutable_contents().end(),
-            std::byte{0xee});
-  std::fill(old.device->mutable_contents().begin(), old.device->mutable_contents().end(),
-            std::byte{0xee});
+  Poison(modern);
+  Poison(old);
   ASSERT_TRUE(StartPrimary(Options(data.size(), AckLevel::kDurable)).ok());
   Status s = Push(data);
   ASSERT_TRUE(s.ok()) << s.message();
@@ -290,8 +294,7 @@ TEST_F(ReplicatorTest, AShortTailOfZerosGoesAsData) {
   std::fill(data.begin() + (16 << 10), data.begin() + 2 * (16 << 10), std::byte{0});
   std::fill(data.begin() + 3 * (16 << 10), data.end(), std::byte{0});
   Replica& r = AddReplica(data.size());
-  std::fill(r.device->mutable_contents().begin(), r.device->mutable_contents().end(),
-            std::byte{0xee});
+  Poison(r);
   ASSERT_TRUE(StartPrimary(Options(data.size(), AckLevel::kDurable)).ok());
   Status s = Push(data);
   ASSERT_TRUE(s.ok()) << s.message();
