@@ -73,10 +73,9 @@ class Compressor {
 // The faster choice then holds for a while (kMinHoldNs, doubling up to kMaxHoldNs while the same
 // choice keeps winning; at least kDecisiveHoldNs when a whole probe found it kDecisive times as
 // fast: probes cost the loser's rate while they run), and the probes run again, since data and
-// load change. Compression wins
-// ties within kTieShare: it saves the link for everything else on it. A probe in which no write
-// comes for kIdleNs (an idle volume) says nothing and starts over. Times are passed in, so a
-// test drives it without a clock.
+// load change. Compression wins ties within kTieShare: it saves the link for everything else on
+// it. A probe in which no write comes for kIdleNs (an idle volume) says nothing and starts over.
+// Times are passed in, so a test drives it without a clock.
 class CompressGovernor {
  public:
   static constexpr double kGiveUpFactor = 1.5;
