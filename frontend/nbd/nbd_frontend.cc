@@ -76,7 +76,9 @@ struct Client {
   nbd::ServerHandshake handshake{nbd::ExportInfo{}};
   bool transmission = false;
   bool closing = false;      // no new operation starts; freed once none is in flight
-  bool close_after = false;  // close once the send queue is empty (DISC, a fatal error)
+  bool close_after = false;  // close once the send queue is empty (DISC, a fatal error, the
+                             // server's shutdown); no new request is read, but the rest of one
+                             // begun is (a WRITE's payload), so that it completes and is answered
   std::string close_reason;
 
   // Receiving.
@@ -336,7 +338,8 @@ class NbdFrontendImpl final : public NbdFrontend, public io::RingHandler {
   // --- receiving --------------------------------------------------------------------------------
 
   void StartRecv(Client& c) {
-    if (c.closing || c.close_after || c.recv_inflight) return;
+    if (c.closing || c.recv_inflight) return;
+    if (c.close_after && (c.rx == Client::Rx::kHandshake || c.rx == Client::Rx::kHeader)) return;
     std::byte* dst = nullptr;
     size_t len = 0;
     switch (c.rx) {
