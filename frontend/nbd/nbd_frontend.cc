@@ -6,11 +6,11 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
-#include <deque>
 
 #include <spdlog/spdlog.h>
 
 #include "common/clock.h"
+#include "common/fixed_ring.h"
 #include "common/log_limiter.h"
 #include "io/acceptor.h"
 #include "proto/frame.h"
@@ -26,6 +26,12 @@ constexpr uint32_t kNone = UINT32_MAX;
 constexpr size_t kMaxIov = 1024;
 // A client whose replies cannot leave (it stopped reading) is closed after this.
 constexpr uint64_t kSendStallNs = 60'000'000'000;
+// A client's reply queue holds what its requests in progress will answer (max_requests; counted
+// twice, as a READ's reply stays in progress until sent) and this many replies more: those given
+// at once (write acks, errors, CACHE, BLOCK_STATUS, handshake replies). Its next message is read
+// only while the queue has room for what that message adds (ReplyRoom), so a client that sends
+// and never reads holds a bounded queue until kSendStallNs closes it.
+constexpr size_t kSpareReplies = 16;
 
 class NbdFrontendImpl;
 
@@ -97,7 +103,7 @@ struct Client {
   // Sending.
   Op send_op;
   bool send_inflight = false;
-  std::deque<SendItem> sendq;
+  FixedRing<SendItem> sendq;  // sized at setup: ReplyRoom keeps it from filling
   std::array<iovec, kMaxIov> iov{};
   size_t iov_items = 0;  // SendItems covered by the SENDMSG in flight
   msghdr msg{};
@@ -120,6 +126,7 @@ class NbdFrontendImpl final : public NbdFrontend, public io::RingHandler {
       c.send_op.handler = this;
       c.send_op.kind = Op::Kind::kSend;
       c.send_op.client = i;
+      c.sendq.Init(2 * size_t{options_.max_requests} + kSpareReplies);
     }
     const size_t requests = size_t{options_.max_clients} * options_.max_requests;
     requests_.resize(requests);
@@ -128,6 +135,8 @@ class NbdFrontendImpl final : public NbdFrontend, public io::RingHandler {
     // them as it goes, and reading pauses when none is free.
     const size_t segments = std::max<size_t>(requests * 4, pool.count() * 2);
     segments_.resize(segments);
+    ready_.Init(segments);
+    pending_reads_.Init(requests);
     for (uint32_t i = static_cast<uint32_t>(segments); i-- > 0;) free_segments_.push_back(i);
   }
 
@@ -339,7 +348,8 @@ class NbdFrontendImpl final : public NbdFrontend, public io::RingHandler {
 
   void StartRecv(Client& c) {
     if (c.closing || c.recv_inflight) return;
-    if (c.close_after && (c.rx == Client::Rx::kHandshake || c.rx == Client::Rx::kHeader)) return;
+    const bool new_message = c.rx == Client::Rx::kHandshake || c.rx == Client::Rx::kHeader;
+    if (new_message && (c.close_after || !ReplyRoom(c))) return;
     std::byte* dst = nullptr;
     size_t len = 0;
     switch (c.rx) {
@@ -610,10 +620,23 @@ class NbdFrontendImpl final : public NbdFrontend, public io::RingHandler {
 
   // --- replies ----------------------------------------------------------------------------------
 
+  // Whether the queue has room for the reply of one more message (a request or an option): what
+  // is queued, plus a reply to come for each request in progress, stays below its capacity.
+  static bool ReplyRoom(const Client& c) {
+    return c.sendq.size() + c.outstanding < c.sendq.capacity();
+  }
+
+  void Queue(Client& c, SendItem item) {
+    if (c.sendq.full()) {  // ReplyRoom before each read keeps this from happening
+      return CloseClient(c, fmt::format("{} replies queued: the reply queue is full", c.sendq.size()));
+    }
+    c.sendq.push_back(std::move(item));
+  }
+
   void QueueBytes(Client& c, std::vector<std::byte> bytes) {
     SendItem item;
     item.bytes = std::move(bytes);
-    c.sendq.push_back(std::move(item));
+    Queue(c, std::move(item));
   }
 
   void QueueSimple(Client& c, uint64_t cookie, uint32_t error) {
@@ -621,7 +644,7 @@ class NbdFrontendImpl final : public NbdFrontend, public io::RingHandler {
     auto h = nbd::EncodeSimpleReply(error, cookie);
     std::memcpy(item.head.data(), h.data(), h.size());
     item.head_len = static_cast<uint32_t>(h.size());
-    c.sendq.push_back(std::move(item));
+    Queue(c, std::move(item));
   }
 
   void QueueError(Client& c, uint64_t cookie, uint32_t error, std::string_view message) {
@@ -662,7 +685,7 @@ class NbdFrontendImpl final : public NbdFrontend, public io::RingHandler {
       std::memcpy(item.head.data(), h.data(), h.size());
       item.head_len = static_cast<uint32_t>(h.size());
     }
-    c.sendq.push_back(std::move(item));
+    Queue(c, std::move(item));
     StartSend(c);
   }
 
@@ -674,7 +697,8 @@ class NbdFrontendImpl final : public NbdFrontend, public io::RingHandler {
     }
     const bool structured = c.handshake.negotiated().structured_replies;
     size_t n = 0, items = 0;
-    for (SendItem& item : c.sendq) {
+    for (size_t i = 0; i < c.sendq.size(); ++i) {
+      SendItem& item = c.sendq[i];
       // This item's iovecs, skipping what an earlier partial send already took.
       size_t skip = item.sent;
       auto add = [&](const void* p, size_t len) {
@@ -778,7 +802,7 @@ class NbdFrontendImpl final : public NbdFrontend, public io::RingHandler {
       }
     }
     // Segments already queued for the volume belong to freed requests: drop them.
-    std::erase_if(ready_, [this](uint32_t si) { return segments_[si].request == kNone; });
+    ready_.erase_if([this](uint32_t si) { return segments_[si].request == kNone; });
     c.sendq.clear();
     close(c.fd);
     c.fd = -1;
@@ -794,8 +818,8 @@ class NbdFrontendImpl final : public NbdFrontend, public io::RingHandler {
   std::vector<uint32_t> free_requests_;
   std::vector<Segment> segments_;
   std::vector<uint32_t> free_segments_;
-  std::deque<uint32_t> ready_;          // segments for the volume, in order
-  std::deque<uint32_t> pending_reads_;  // READs still making segments
+  FixedRing<uint32_t> ready_;          // segments for the volume, in order
+  FixedRing<uint32_t> pending_reads_;  // READs still making segments
   bool shutting_down_ = false;
   uint64_t connections_ = 0;
   LogLimiter refusals_{kLogBurst, kLogPeriodNs};

@@ -11,8 +11,10 @@
 // read into (no copy either way).
 //
 // Limits: at most `max_clients` connections (one more is closed at accept, logged), at most
-// `max_requests` requests in progress per client (reading pauses until one is answered), and
-// requests wait for pool buffers (reading pauses) rather than fail. A client that breaks the
+// `max_requests` requests in progress per client (reading pauses until one is answered), a
+// fixed reply queue per client (reading pauses until replies leave: a client that never reads
+// cannot make it grow), and requests wait for pool buffers (reading pauses) rather than fail.
+// Nothing is allocated per request but an error reply's text. A client that breaks the
 // protocol is told why when the protocol allows it (an error reply) and closed, with a log line
 // naming it; the others go on.
 //

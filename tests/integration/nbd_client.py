@@ -277,6 +277,29 @@ def bad(sock_path):
     s.shutdown(socket.SHUT_WR)
     check("a truncated request header ends the connection", closed(s))
     s.close()
+
+    # Each of these is answered at once (EINVAL); a server that kept reading would queue 100000
+    # replies. It stops reading while its reply queue is full: the rest stays in the socket.
+    s, size = raw_open(sock_path)
+    s.settimeout(2)
+    batch = request(CMD_READ, size, 4096, 11) * 1000
+    taken = 0
+    try:
+        for _ in range(100):
+            s.sendall(batch)
+            taken += len(batch) // 28
+    except socket.timeout:
+        pass
+    check("a client that sends without reading its replies is held back", taken < 50000,
+          f"{taken} of 100000 requests taken")
+    replies = 0
+    while replies < taken:
+        r = read_reply(s)
+        if r != (EINVAL, 11):
+            break
+        replies += 1
+    check("and once it reads, its replies come", replies == taken, f"{replies} of {taken}")
+    s.close()
     return ok
 
 
