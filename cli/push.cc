@@ -41,11 +41,20 @@ struct PushReport {
   // Where the loop waited, for finding what limits a push (in --json as "waits_ms").
   uint64_t wait_acks_ns = 0;   // blocks read, window full: waiting for replicas
   uint64_t wait_reads_ns = 0;  // window open, nothing read yet: waiting for the source
+  int interrupted = 0;         // the signal that stopped it early (0: it ran to the end)
 };
 
 // --test-hold-at: set by SIGUSR1, which releases a held push.
 std::atomic<bool> g_hold_released{false};
 void OnReleaseHold(int) { g_hold_released.store(true); }
+
+// SIGINT, SIGTERM: the push submits nothing more, lets what is in flight be acked, and ends its
+// sessions cleanly, so that the bitmaps keep exactly what is left for the next run. A second
+// signal ends the process at once (what is acked is safe then too, its clears may be lost).
+std::atomic<int> g_interrupt{0};
+void OnInterrupt(int sig) {
+  if (g_interrupt.exchange(sig) != 0) _exit(128 + sig);
+}
 
 // --checksum-skip at a granularity finer than the block: per block, the pieces that differ on
 // some replica (the union over the replicas compared), sent as extents instead of the block.
@@ -123,8 +132,12 @@ class PushLoop {
     uint64_t start = NowNs();
     for (;;) {
       RETURN_IF_ERROR(rep_.failure());
+      if (const int sig = g_interrupt.load(); sig != 0 && rep_.in_flight() == 0) {
+        report.interrupted = sig;
+        break;
+      }
       const bool holding = Holding();
-      if (holding && !held_ && rep_.in_flight() == 0) {
+      if (TestHeld() && !held_ && rep_.in_flight() == 0) {
         held_ = true;
         spdlog::warn("TEST HOLD: {} bytes submitted and acked; holding until SIGUSR1",
                      submitted_bytes_);
@@ -200,7 +213,9 @@ class PushLoop {
   }
 
  private:
-  bool Holding() const {
+  // Nothing more is submitted: interrupted, or held for a test.
+  bool Holding() const { return g_interrupt.load() != 0 || TestHeld(); }
+  bool TestHeld() const {
     return hold_at_ > 0 && submitted_bytes_ >= hold_at_ && !g_hold_released.load();
   }
 
@@ -740,7 +755,8 @@ int RunReplication(const ReplicationPlan& plan) {
   PushReport report;
   report.blocks_skipped = send_plan.blocks() - send_plan.CountAny(live);
   bool show = args.progress == 1 || (args.progress == -1 && isatty(STDERR_FILENO));
-  Progress progress(cmd, BytesToSend(send_plan, live, pieces, bs, (*source)->size()), show);
+  const uint64_t to_send = BytesToSend(send_plan, live, pieces, bs, (*source)->size());
+  Progress progress(cmd, to_send, show);
   PushLoop push(*loop->ring, *loop->pool, **source, **rep, bs, send_plan, pieces, progress);
   if (s.hold_at) {
     struct sigaction sa {};
@@ -748,6 +764,10 @@ int RunReplication(const ReplicationPlan& plan) {
     sigaction(SIGUSR1, &sa, nullptr);
     push.HoldAt(*s.hold_at);
   }
+  struct sigaction on_interrupt {};
+  on_interrupt.sa_handler = OnInterrupt;
+  sigaction(SIGINT, &on_interrupt, nullptr);
+  sigaction(SIGTERM, &on_interrupt, nullptr);
   Status result = push.Run(report);
   progress.Finish();
   push.Drain();
@@ -755,6 +775,18 @@ int RunReplication(const ReplicationPlan& plan) {
   if (result.ok()) result = closed;
   const auto stats = (*rep)->stats();
   if (!result.ok()) return fail(result);
+  if (report.interrupted != 0) {
+    // Pieces are not settled: a block sent in part stays dirty, and goes whole next time.
+    uint64_t left = 0;
+    for (const auto& bitmap : bitmaps.of_peer) left = std::max(left, bitmap->CountSet());
+    PrintError(cmd, Status::Error(ErrorCode::kClosed,
+                                  fmt::format("interrupted by SIG{} after {} of {}; {} blocks are "
+                                              "not yet on every replica: the same command resumes",
+                                              sigabbrev_np(report.interrupted),
+                                              FormatBytes(static_cast<double>(report.bytes)),
+                                              FormatBytes(static_cast<double>(to_send)), left)));
+    return 128 + report.interrupted;
+  }
   if (pieces_wanted) {
     Status settled = SettlePieces(pieces, stats, bitmaps);
     if (!settled.ok()) return fail(settled);
