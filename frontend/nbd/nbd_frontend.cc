@@ -628,7 +628,8 @@ class NbdFrontendImpl final : public NbdFrontend, public io::RingHandler {
 
   void Queue(Client& c, SendItem item) {
     if (c.sendq.full()) {  // ReplyRoom before each read keeps this from happening
-      return CloseClient(c, fmt::format("{} replies queued: the reply queue is full", c.sendq.size()));
+      return CloseClient(c, fmt::format("{} replies queued: its reply queue is full",
+                                        c.sendq.size()));
     }
     c.sendq.push_back(std::move(item));
   }
