@@ -38,7 +38,7 @@ IHAVEOPT = 0x49484156454F5054
 REPLY_MAGIC = 0x0003E889045565A9
 REQUEST_MAGIC = 0x25609513
 SIMPLE_REPLY_MAGIC = 0x67446698
-OPT_GO = 7
+OPT_LIST, OPT_GO = 3, 7
 CMD_READ, CMD_WRITE = 0, 1
 EINVAL, ENOSPC, EOVERFLOW = 22, 28, 75
 
@@ -299,6 +299,24 @@ def bad(sock_path):
             break
         replies += 1
     check("and once it reads, its replies come", replies == taken, f"{replies} of {taken}")
+    s.close()
+
+    # The same in the handshake: NBD_OPT_LIST over and over, its replies never read.
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(sock_path)
+    recv_exact(s, 18)
+    s.sendall(struct.pack(">I", 3))
+    s.settimeout(2)
+    batch = struct.pack(">QII", IHAVEOPT, OPT_LIST, 0) * 1000
+    taken = 0
+    try:
+        for _ in range(100):
+            s.sendall(batch)
+            taken += 1000
+    except socket.timeout:
+        pass
+    check("a client that sends options without reading the replies is held back", taken < 50000,
+          f"{taken} of 100000 options taken")
     s.close()
     return ok
 
