@@ -352,6 +352,7 @@ class Replicator::Impl {
       for (uint64_t b = first; b <= last; ++b) {
         p->hot.Touched(b);
         p->bitmap->Set(b);
+        p->session_acked[b / 64] &= ~(uint64_t{1} << (b % 64));
       }
       if (p->bitmap->has_unsynced_sets()) RETURN_IF_ERROR(p->bitmap->Sync());
     }

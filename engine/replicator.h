@@ -207,8 +207,10 @@ class Replicator {
   // With `generations`: posts them to peer `index` (in order with its data) with `flags`
   // (proto::kGenSyncStart, kGenInSync; kGenConsistent follows `generations`).
   Status SendGeneration(size_t index, uint16_t flags);
-  // New data written without any peer (none in session): marks its blocks in every peer's
-  // bitmap, durably, as a write they all miss.
+  // Blocks every peer must get again: new data written without any peer (none in session), or
+  // blocks whose write reached the peers but failed on the primary's own disk. Marks them in
+  // every peer's bitmap, durably, and forgets them as acked in the current sessions (a clean
+  // close does not clear them). Call while no write of them is in flight.
   Status MarkMissed(uint64_t offset, uint64_t length);
   // Ends peer `index`'s session (it is lost with `reason`): the caller will not replicate to it.
   void Reject(size_t index, Status reason);

@@ -160,6 +160,7 @@ class Volume::Impl {
     events += TakeRequests();
     events += PollDisk();
     events += PollReplicator();
+    ResyncFailedWrites();
     StartWaiting();
     if (stop_ == Stop::kRunning) {
       events += PumpResync();
@@ -303,6 +304,7 @@ class Volume::Impl {
     bool local_pending = false;
     int32_t local_res = 0;
     bool rep_pending = false;
+    bool replicated = false;   // a write or zero range that went to the Replicator
     bool buffer_away = false;  // the Replicator holds the buffer
     bool flush_pending = false;
     Status rep_status;
@@ -531,6 +533,7 @@ class Volume::Impl {
       return;
     }
     op.rep_pending = true;
+    op.replicated = true;
   }
 
   void SubmitReplicaFlush(uint32_t oi) {
@@ -665,7 +668,43 @@ class Volume::Impl {
     }
     if (op.replied && !op.local_pending && !op.buffer_away && !op.rep_pending &&
         !op.flush_pending) {
+      if (op.replicated && op.local_res < 0) failed_locally_.push_back({op.offset, op.length});
       Retire(oi);
+    }
+  }
+
+  // Writes the local disk failed after they went to the replicas: their copy of those blocks
+  // may hold what this disk does not. Once no peer holds such a write any more (a slow peer's
+  // late ack would clear the bits), its blocks go back into every replica's bitmap and into the
+  // plan of those in session: the background resync copies what this disk holds (or, if the
+  // disk fails that read too, leaves them dirty).
+  void ResyncFailedWrites() {
+    for (size_t k = 0; k < failed_locally_.size();) {
+      const auto [offset, length] = failed_locally_[k];
+      if (rep_->RangeInFlight(offset, length)) {
+        ++k;
+        continue;
+      }
+      failed_locally_.erase(failed_locally_.begin() + static_cast<ptrdiff_t>(k));
+      Status marked = rep_->MarkMissed(offset, length);
+      if (!marked.ok()) {
+        spdlog::error("volume: the replicas' blocks of [{}, +{}), which the local disk failed to "
+                      "write, could not be marked for a resync: {}",
+                      offset, length, marked.message());
+        continue;
+      }
+      const uint64_t first = offset / block_size_;
+      const uint64_t last = (offset + std::max<uint64_t>(length, 1) - 1) / block_size_;
+      for (PeerMask m = rep_->live_peers(); m != 0; m &= m - 1) {
+        const auto i = static_cast<size_t>(std::countr_zero(m));
+        for (uint64_t b = first; b <= last; ++b) plan_->Add(i, b);
+        Peer& p = peers_[i];
+        if (p.state == VolumePeerState::kInSync) {
+          StartResync(i, "the local disk failed a write there");
+        } else {
+          p.resync_total += (last - first + 1) * block_size_;
+        }
+      }
     }
   }
 
@@ -1025,6 +1064,9 @@ class Volume::Impl {
   std::vector<Op> ops_;
   std::vector<uint32_t> free_ops_;
   std::vector<uint32_t> waiting_;  // admitted, not yet started, in arrival order
+  // [offset, length) of writes the local disk failed after they went to the replicas, until
+  // ResyncFailedWrites puts them back into the replicas' bitmaps (a disk error: rare).
+  std::vector<std::pair<uint64_t, uint64_t>> failed_locally_;
   std::vector<frontend::Request> requests_;
   std::vector<Peer> peers_;
   uint64_t next_order_ = 0;

@@ -17,6 +17,7 @@
 #include "io/forwarding_block_device.h"
 #include "io/mem/mem_block_device.h"
 #include "io/ring.h"
+#include "io/testing/faulty_block_device.h"
 #include "tests/unit/loopback_replica.h"
 #include "transport/loopback/loopback_transport.h"
 
@@ -299,6 +300,7 @@ class VolumeTest : public ::testing::Test {
   transport::LoopbackNetwork net_;
   std::unique_ptr<io::Ring> ring_;
   std::unique_ptr<io::MemBlockDevice> local_;
+  std::unique_ptr<io::BlockDevice> faulty_;  // between local_ and disk_, when a test breaks it
   std::unique_ptr<HookedDisk> disk_;
   std::vector<std::unique_ptr<testing::LoopbackReplica>> replicas_;
   std::unique_ptr<io::BufferPool> pool_;
@@ -622,6 +624,31 @@ TEST_F(VolumeTest, FlushAndFuaAreDurableOnTheReplicasAtEveryAckLevel) {
   fua = Write(3 * kBlock, b, /*fua=*/true);
   ASSERT_TRUE(Drain());
   EXPECT_TRUE(fua_durable);
+  ExpectEverywhere(model_);
+}
+
+// A write the local disk fails, after it went to the replicas: the client gets the error, and
+// the replicas do not keep a block this disk does not hold. The block goes back into their
+// bitmaps and the background resync copies this disk's version, partial block or whole.
+TEST_P(VolumeAckLevels, AWriteTheLocalDiskFailsLeavesNoReplicaDifferent) {
+  io::DiskFaultSpec spec;
+  spec.fail_nth_write = 2;
+  faulty_ = std::make_unique<io::FaultyBlockDevice>(
+      std::make_unique<io::ForwardingBlockDevice>(*local_), spec);
+  disk_ = std::make_unique<HookedDisk>(*faulty_);
+  AddReplica();
+  AddReplica();
+  StartVolume({GetParam()});
+  const uint64_t ok = Write(0, RandomBytes(kBlock, rng_));
+  ASSERT_TRUE(Drain());
+  const auto lost = RandomBytes(8192, rng_);
+  const uint64_t failed = Write(2 * kBlock + 4096, lost);  // the disk's second write
+  std::memcpy(model_.data() + 2 * kBlock + 4096, local_->contents().data() + 2 * kBlock + 4096,
+              lost.size());  // what the disk holds there: not the failed write's bytes
+  ASSERT_TRUE(Drain());
+  EXPECT_EQ(frontend_->done[ok].res, 0);
+  EXPECT_EQ(frontend_->done[failed].res, -EIO);
+  ASSERT_TRUE(RunUntil([&] { return AllInSync(); }));
   ExpectEverywhere(model_);
 }
 
