@@ -25,7 +25,10 @@ constexpr uint32_t kNone = UINT32_MAX;
 // READ of max_payload in segments with a chunk header each, must fit (checked at Create).
 constexpr size_t kMaxIov = 1024;
 // A client whose replies cannot leave (it stopped reading) is closed after this.
-constexpr uint64_t kSendStallNs = 60'000'000'000;
+constexpr uint64_t kSendStallNs = ToNs(std::chrono::seconds(60));
+// A client that has not finished its handshake this long after it connected is closed: until
+// then it holds one of the --max-clients places.
+constexpr uint64_t kHandshakeNs = ToNs(std::chrono::seconds(10));
 // A client's reply queue holds what its requests in progress will answer (max_requests; counted
 // twice, as a READ's reply stays in progress until sent) and this many replies more: those given
 // at once (write acks, errors, CACHE, BLOCK_STATUS, handshake replies). Its next message is read
@@ -81,6 +84,7 @@ struct Client {
   std::string peer;
   nbd::ServerHandshake handshake{nbd::ExportInfo{}};
   bool transmission = false;
+  uint64_t connected_ns = 0;
   bool closing = false;      // no new operation starts; freed once none is in flight
   bool close_after = false;  // close once the send queue is empty (DISC, a fatal error, the
                              // server's shutdown); no new request is read, but the rest of one
@@ -201,6 +205,10 @@ class NbdFrontendImpl final : public NbdFrontend, public io::RingHandler {
       }
       if (c.send_inflight && now - c.send_started_ns > kSendStallNs) {
         CloseClient(c, "its replies have not left for 60 s (it stopped reading)");
+        continue;
+      }
+      if (!c.transmission && now - c.connected_ns > kHandshakeNs) {
+        CloseClient(c, "no handshake within 10 s of connecting");
         continue;
       }
       StartRecv(c);  // resumes a receive that waited for a buffer, a segment or a request slot
@@ -324,6 +332,7 @@ class NbdFrontendImpl final : public NbdFrontend, public io::RingHandler {
     c.peer = fmt::format("{}#{}", s.peer, ++connections_);  // unix peers have no address
     c.handshake = nbd::ServerHandshake(options_.export_info);
     c.transmission = false;
+    c.connected_ns = NowNs();
     c.closing = false;
     c.close_after = false;
     c.close_reason.clear();

@@ -10,7 +10,8 @@
 // is received straight into a pool buffer; a READ reply is sent from the pool buffers the volume
 // read into (no copy either way).
 //
-// Limits: at most `max_clients` connections (one more is closed at accept, logged), at most
+// Limits: at most `max_clients` connections (one more is closed at accept, logged; one that has
+// not finished its handshake 10 s after connecting is closed), at most
 // `max_requests` requests in progress per client (reading pauses until one is answered), a
 // fixed reply queue per client (reading pauses until replies leave: a client that never reads
 // cannot make it grow), and requests wait for pool buffers (reading pauses) rather than fail.

@@ -22,6 +22,9 @@
                                               exit 0 when the server answered each as expected
     nbd_client.py SOCKET hold N                open N connections (raw handshake) and hold them
                                               until stdin closes; prints "held K" (K that got in)
+    nbd_client.py SOCKET silent N              open N connections that never answer the
+                                              greeting; prints "connected N", then, at the end of
+                                              stdin, "closed K" (K the server closed meanwhile)
 
 The raw client speaks the protocol from the NBD document (fixed newstyle, NBD_OPT_GO), written
 here independently of the C++ codec on purpose. Run with Debian's python3 (libnbd's module).
@@ -334,6 +337,26 @@ def hold(sock_path, n):
     return True
 
 
+def silent(sock_path, n):
+    conns = []
+    for _ in range(n):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(sock_path)
+        conns.append(s)
+    print(f"connected {len(conns)}", flush=True)
+    sys.stdin.read()
+    def ended(s):  # the greeting, then the end of the stream
+        s.settimeout(10)
+        try:
+            while s.recv(4096):
+                pass
+            return True
+        except (ConnectionResetError, socket.timeout):
+            return False
+    print(f"closed {sum(1 for s in conns if ended(s))}", flush=True)
+    return True
+
+
 if __name__ == "__main__":
     sock, mode = sys.argv[1], sys.argv[2]
     args = sys.argv[3:]
@@ -348,6 +371,8 @@ if __name__ == "__main__":
         good = bad(sock)
     elif mode == "hold":
         good = hold(sock, int(args[0]))
+    elif mode == "silent":
+        good = silent(sock, int(args[0]))
     else:
         sys.exit(f"unknown mode {mode}")
     sys.exit(0 if good else 1)

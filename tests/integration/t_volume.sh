@@ -90,7 +90,7 @@ for port in "$PORT_a" "$PORT_b"; do
   expect_in "$TEST_TMP/v.out" "matches"
 done
 
-step "bad clients: malformed, oversized, out of range, truncated, vanishing; too many"
+step "bad clients: malformed, oversized, out of range, truncated, vanishing, flooding, silent; too many"
 volume x "$TEST_TMP/disk" --peer "127.0.0.1:$PORT_a" --max-clients 4
 wait_in_sync x
 cp "$TEST_TMP/disk" "$TEST_TMP/before"
@@ -101,6 +101,20 @@ read -r line <&"${HOLD[0]}" || true
 expect_in "$TEST_TMP/volume-x.log" "clients connected (--max-clients)"
 exec {HOLD[1]}>&-
 wait "$HOLD_PID" || true
+# Connections that never do the handshake take every place, and are closed after 10 s.
+coproc SILENT { "${client[@]}" "$SOCK_x" silent 4; }
+read -r line <&"${SILENT[0]}" || true
+[ "$line" = "connected 4" ] || fail "silent clients: '$line'"
+for _ in $(seq 300); do
+  [ "$(grep -c "no handshake within 10 s" "$TEST_TMP/volume-x.log")" -ge 4 ] && break
+  sleep 0.1
+done
+[ "$(grep -c "no handshake within 10 s" "$TEST_TMP/volume-x.log")" = 4 ] \
+  || fail "clients that never did the handshake were not all closed: $(grep -c "no handshake" "$TEST_TMP/volume-x.log") of 4"
+exec {SILENT[1]}>&-
+read -r line <&"${SILENT[0]}" || true
+[ "$line" = "closed 4" ] || fail "silent clients: '$line'"
+nbdinfo "$URI_x" > /dev/null || fail "nbdinfo after the silent clients were closed"
 kill -0 "$PID_x" || fail "the volume died"
 stop_volume x
 same "$TEST_TMP/before" "$TEST_TMP/disk"
