@@ -617,12 +617,8 @@ class Volume::Impl {
       // Peers it could not go to (behind: their window was full) miss these blocks; their bits
       // are set, and the background resync sends them.
       for (PeerMask m = c.skipped; m != 0; m &= m - 1) {
-        const auto i = static_cast<size_t>(std::countr_zero(m));
-        for (uint64_t b = op->first_block; b <= op->last_block; ++b) plan_->Add(i, b);
-        Peer& p = peers_[i];
-        if (p.state == VolumePeerState::kInSync) StartResync(i, "it fell behind the others");
-        if (op->kind != Kind::kResync) p.resync_total += (op->last_block - op->first_block + 1) *
-                                                         block_size_;
+        PlanResync(static_cast<size_t>(std::countr_zero(m)), op->first_block, op->last_block,
+                   "it fell behind the others", op->kind == Kind::kResync);
       }
       if (op->kind == Kind::kResync) {
         for (PeerMask m = op->resync_peers & ~c.skipped; m != 0; m &= m - 1) {
@@ -696,15 +692,22 @@ class Volume::Impl {
       const uint64_t first = offset / block_size_;
       const uint64_t last = (offset + std::max<uint64_t>(length, 1) - 1) / block_size_;
       for (PeerMask m = rep_->live_peers(); m != 0; m &= m - 1) {
-        const auto i = static_cast<size_t>(std::countr_zero(m));
-        for (uint64_t b = first; b <= last; ++b) plan_->Add(i, b);
-        Peer& p = peers_[i];
-        if (p.state == VolumePeerState::kInSync) {
-          StartResync(i, "the local disk failed a write there");
-        } else {
-          p.resync_total += (last - first + 1) * block_size_;
-        }
+        PlanResync(static_cast<size_t>(std::countr_zero(m)), first, last,
+                   "the local disk failed a write there", false);
       }
+    }
+  }
+
+  // Blocks [first, last] go into peer `i`'s plan for the background resync: one starts (`why`)
+  // if it is in sync, which counts its whole plan; else they add to the bytes it counts, unless
+  // `counted` (a resync copy that skipped it: its blocks were counted when first planned).
+  void PlanResync(size_t i, uint64_t first, uint64_t last, std::string_view why, bool counted) {
+    for (uint64_t b = first; b <= last; ++b) plan_->Add(i, b);
+    Peer& p = peers_[i];
+    if (p.state == VolumePeerState::kInSync) {
+      StartResync(i, why);
+    } else if (!counted) {
+      p.resync_total += (last - first + 1) * block_size_;
     }
   }
 

@@ -6,8 +6,9 @@
 #     compressed): a 64 MiB push makes as many calls as a 16 MiB one (768 blocks of 64 KiB more),
 #     give or take a few, on both sides.
 #  2. The volume under NBD writes: two 10-second fio runs of 4 KiB writes, rate-limited to 200 and
-#     2000 a second, so that both see as many once-a-second status updates (which allocate): the
-#     faster run's extra writes cost less than one call in 32.
+#     2000 a second, so that both see as many once-a-second status updates (which allocate; one
+#     more in either is allowed for): the faster run's extra writes cost less than one call in
+#     32. (A std::deque in the NBD frontend's queues cost 0.15 a write: 2700 calls here.)
 #  3. TLS, printed and not checked: OpenSSL's record layer allocates per record (design.md).
 source "$(dirname "$0")/lib.sh"
 [ -n "${MALLOC_COUNT_LIB:-}" ] && [ -f "$MALLOC_COUNT_LIB" ] \
@@ -85,8 +86,9 @@ for rate in 200 2000; do
 done
 slow=$(calls vol200) fast=$(calls vol2000)
 more=$((writes[2000] - writes[200]))
-[ "$more" -ge 5000 ] || fail "fio wrote only ${writes[2000]} times at 2000 a second (and ${writes[200]} at 200)"
-[ $((fast - slow)) -le $((32 + more / 32)) ] \
+[ "$more" -ge 10000 ] || fail "fio wrote only ${writes[2000]} times at 2000 a second (and ${writes[200]} at 200)"
+# Slack: the two volumes' lives may differ by one status update (about 260 calls here).
+[ $((fast - slow)) -le $((512 + more / 32)) ] \
   || fail "the volume allocates per write: $slow calls for ${writes[200]} writes, $fast for ${writes[2000]}"
 echo "ok   volume: $slow calls for ${writes[200]} writes, $fast for ${writes[2000]}"
 

@@ -128,6 +128,14 @@ class ReplicatorTest : public ::testing::Test {
                                     : Status::Error(ErrorCode::kTimeout, "push did not finish");
   }
 
+  // Push, then CloseAll: what a test does before it compares the replicas with the source.
+  ::testing::AssertionResult PushAndClose(const std::vector<std::byte>& data) {
+    Status s = Push(data);
+    if (!s.ok()) return ::testing::AssertionFailure() << s.message();
+    CloseAll();
+    return ::testing::AssertionSuccess();
+  }
+
   void CloseAll() {
     rep_->StartClose();
     for (int i = 0; i < 1000 && !rep_->closed(); ++i) Step();
@@ -249,9 +257,7 @@ TEST_F(ReplicatorTest, ZeroBlocksGoAsZeroRangesWhereTheReplicaTakesThem) {
   Poison(modern);
   Poison(old);
   ASSERT_TRUE(StartPrimary(Options(data.size(), AckLevel::kDurable)).ok());
-  Status s = Push(data);
-  ASSERT_TRUE(s.ok()) << s.message();
-  CloseAll();
+  ASSERT_TRUE(PushAndClose(data));
   EXPECT_TRUE(Equal(modern.device->contents(), data));
   EXPECT_TRUE(Equal(old.device->contents(), data));
   EXPECT_EQ(modern.device->zeroes(), 3u);
@@ -275,9 +281,7 @@ TEST_F(ReplicatorTest, APeerThePreferredTransportCannotReachGoesOverTheFallback)
   unreachable_first_ = true;
   ASSERT_TRUE(StartPrimary(Options(data.size(), AckLevel::kDurable)).ok());
   EXPECT_EQ(unreachable_.connects, 2);
-  Status s = Push(data);
-  ASSERT_TRUE(s.ok()) << s.message();
-  CloseAll();
+  ASSERT_TRUE(PushAndClose(data));
   EXPECT_TRUE(Equal(a.device->contents(), data));
   EXPECT_TRUE(Equal(b.device->contents(), data));
   for (const auto& st : rep_->stats()) {
@@ -296,9 +300,7 @@ TEST_F(ReplicatorTest, AShortTailOfZerosGoesAsData) {
   Replica& r = AddReplica(data.size());
   Poison(r);
   ASSERT_TRUE(StartPrimary(Options(data.size(), AckLevel::kDurable)).ok());
-  Status s = Push(data);
-  ASSERT_TRUE(s.ok()) << s.message();
-  CloseAll();
+  ASSERT_TRUE(PushAndClose(data));
   EXPECT_TRUE(Equal(r.device->contents(), data));
   EXPECT_EQ(r.device->zeroes(), 1u);
   EXPECT_EQ(r.device->writes(), 3u);
@@ -324,9 +326,7 @@ TEST_F(ReplicatorTest, CompressedPayloadsWhereTheySave) {
     o.compress = *parsed;
     o.compress.mode = CompressMode::kAlways;  // auto would decide by this machine's speed
     ASSERT_TRUE(StartPrimary(o).ok());
-    Status s = Push(data);
-    ASSERT_TRUE(s.ok()) << s.message();
-    CloseAll();
+    ASSERT_TRUE(PushAndClose(data));
     EXPECT_TRUE(Equal(a.device->contents(), data));
     EXPECT_TRUE(Equal(b.device->contents(), data));
     for (const auto& st : rep_->stats()) {
@@ -425,9 +425,7 @@ TEST_F(ReplicatorTest, CorruptedBlocksAreNackedResentAndNeverWritten) {
   auto data = RandomBytes(30 * (16 << 10), 4);
   Replica& r = AddReplica(data.size(), 64 << 10, "flip-rx-data:every=3");
   ASSERT_TRUE(StartPrimary(Options(data.size(), AckLevel::kDurable)).ok());
-  Status s = Push(data);
-  ASSERT_TRUE(s.ok()) << s.message();
-  CloseAll();
+  ASSERT_TRUE(PushAndClose(data));
   EXPECT_TRUE(Equal(r.device->contents(), data));
   // The first transmission of seqs 2, 5, ..., 29: exactly 10, whatever the timing.
   ASSERT_EQ(r.faulty->faults_injected(), 10u);
@@ -447,9 +445,7 @@ TEST_F(ReplicatorTest, ABlockRejectedUpToItsLastAllowedTryStillArrives) {
   auto o = Options(data.size(), AckLevel::kDurable);
   o.max_retries = 3;
   ASSERT_TRUE(StartPrimary(o).ok());
-  Status s = Push(data);
-  ASSERT_TRUE(s.ok()) << s.message();
-  CloseAll();
+  ASSERT_TRUE(PushAndClose(data));
   EXPECT_TRUE(Equal(r.device->contents(), data));
   ASSERT_EQ(r.faulty->faults_injected(), 9u);  // seqs 3, 7, 11, three times each
   EXPECT_EQ(rep_->stats()[0].retransmits, 9u);
@@ -600,9 +596,7 @@ TEST_F(ReplicatorTest, QuorumCarriesOnWhenAReplicaIsLost) {
   ASSERT_TRUE(Push(first).ok());
   replicas_[1]->Stop();
   done_.clear();
-  Status s = Push(data);
-  ASSERT_TRUE(s.ok()) << s.message();
-  CloseAll();
+  ASSERT_TRUE(PushAndClose(data));
   auto stats = rep_->stats();
   EXPECT_EQ(stats[1].state, PeerState::kLost);
   EXPECT_FALSE(stats[1].lost_reason.empty());

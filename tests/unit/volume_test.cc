@@ -461,6 +461,9 @@ TEST_F(VolumeTest, AReplicaThatFellBehindIsSentWhatItMissed) {
   EXPECT_NE(volume_->status().peers[1].state, VolumePeerState::kInSync);
   frozen_ = 0;
   ASSERT_TRUE(RunUntil([&] { return AllInSync(); }));
+  const auto status = volume_->status();
+  EXPECT_EQ(status.peers[1].resync_done_bytes, status.peers[1].resync_total_bytes)
+      << "each block counted once";
   ExpectEverywhere(model_);
 }
 
