@@ -67,8 +67,9 @@ struct PushArgs {
   bool json = false;
   int progress = -1;  // -1: on a terminal; 0: never; 1: always
   std::string meta_dir;
+  // What to send; at most one of the three (none: --resume, the default).
   bool full = false;           // ignore the bitmaps: send every block
-  bool resume = true;          // the default when metadata exists (--resume says it explicitly)
+  bool resume = false;         // send what the bitmaps say a replica may miss
   bool checksum_skip = false;  // compare per-block CRCs first, send only the differing blocks
   std::string checksum_block_size = "4K";  // --checksum-skip's granularity (at most the block)
   uint32_t quorum = 0;         // 0: every peer

@@ -350,8 +350,9 @@ Result<PushSettings> CheckArgs(const PushArgs& args) {
   s.ack = *ack;
   ASSIGN_OR_RETURN(s.block_size, ParseBlockSize(args.block_size, "--block-size"));
   RETURN_IF_ERROR(CheckReplicaSet(args.window, args.peers.size(), args.quorum));
-  if (args.full && args.checksum_skip) {
-    return Status::Invalid("--full and --checksum-skip contradict each other");
+  if (int{args.full} + int{args.resume} + int{args.checksum_skip} > 1) {
+    return Status::Invalid("--full, --resume and --checksum-skip each choose what to send: give "
+                           "at most one");
   }
   ASSIGN_OR_RETURN(s.compress, ParseCompressArgs(args.compress, args.compress_mode));
   ASSIGN_OR_RETURN(s.piece_size, ParseBlockSize(args.checksum_block_size, "--checksum-block-size"));

@@ -63,6 +63,8 @@ push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" --checksum-skip --check
 "$BLKMIRROR" verify --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" > /dev/null 2>&1 || fail "not equal after --checksum-block-size 1M"
 expect_fail 2 "--checksum-block-size 12K must divide --block-size 1M" \
   push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" --checksum-skip --checksum-block-size 12K
+expect_fail 2 "--full, --resume and --checksum-skip each choose what to send: give at most one" \
+  push --source "$TEST_TMP/src" --peer "127.0.0.1:$PORT_r" --checksum-skip --resume
 step "a source written outside blkmirror since the last push: the bitmap is blind to it, every block goes"
 b=$(od -An -tu1 -j $(((3 << 20) + 5)) -N1 "$TEST_TMP/src" | tr -d ' ')
 printf "\\$(printf %03o $((b ^ 255)))" | dd of="$TEST_TMP/src" bs=1 seek=$(((3 << 20) + 5)) conv=notrunc status=none
