@@ -125,28 +125,19 @@ class Replicator::Impl {
   // an unreachable peer is lost with the reason. Blocks up to `timeout` per transport tried.
   Status ConnectTransport(Peer& p, std::chrono::milliseconds timeout) {
     const PeerConfig& config = p.config;
-    // With a fallback, the preferred transport gets a shorter try.
-    auto first_timeout = config.fallback != nullptr
-                             ? std::min(timeout, std::chrono::milliseconds(5000))
-                             : timeout;
-    auto conn = config.transport->Connect(config.endpoint, first_timeout);
     p.t = config.transport;
     p.stats.fallback_reason.clear();
-    if (!conn.ok() && config.fallback != nullptr) {
-      p.stats.fallback_reason =
-          fmt::format("{}: {}", config.transport->name(), conn.status().message());
-      spdlog::info("{}: falling back to {} ({})", p.name, config.fallback->name(),
-                   p.stats.fallback_reason);
-      conn = config.fallback->Connect(config.endpoint, timeout);
-      p.t = config.fallback;
-    }
+    auto conn =
+        transport::ConnectWithFallback(*config.transport, config.fallback, config.endpoint, timeout);
     if (!conn.ok()) {
       p.stats.state = PeerState::kLost;
       p.stats.lost_reason = conn.status().message();
       spdlog::error("lost replica {}: {}", p.name, p.stats.lost_reason);
       return conn.status();
     }
-    p.conn = *conn;
+    p.t = conn->transport;
+    p.conn = conn->conn;
+    p.stats.fallback_reason = std::move(conn->fallback_reason);
     p.conn_open = true;
     p.stats.state = PeerState::kConnecting;
     p.stats.transport = std::string(p.t->name());

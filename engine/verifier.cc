@@ -50,15 +50,10 @@ class VerifyRun {
     const uint64_t size = source_.size();
     if (size == 0) return Status::Invalid("{}: the source is empty", source_.name());
     total_blocks_ = (size + options_.block_size - 1) / options_.block_size;
-    auto conn = t_->Connect(peer, options_.connect_timeout);
-    if (!conn.ok() && fallback_ != nullptr) {
-      spdlog::info("{}: falling back to {} ({}: {})", peer_, fallback_->name(), t_->name(),
-                   conn.status().message());
-      t_ = fallback_;
-      conn = t_->Connect(peer, options_.connect_timeout);
-    }
-    if (!conn.ok()) return conn.status();
-    conn_ = *conn;
+    ASSIGN_OR_RETURN(auto conn, transport::ConnectWithFallback(*t_, fallback_, peer,
+                                                               options_.connect_timeout));
+    t_ = conn.transport;
+    conn_ = conn.conn;
     proto::Hello hello;
     hello.kind = proto::SessionKind::kVerify;
     hello.block_size = options_.block_size;

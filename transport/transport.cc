@@ -1,4 +1,7 @@
+#include <algorithm>
 #include <charconv>
+
+#include <spdlog/spdlog.h>
 
 #include "transport/transport.h"
 
@@ -55,6 +58,24 @@ Status UnexpectedData(const std::string& peer, bool accepting_side) {
   return Status::Protocol("{}: unexpected Data frame (Data goes from the primary, which "
                           "connects, to the replica only)",
                           peer);
+}
+
+Result<FallbackConnection> ConnectWithFallback(Transport& preferred, Transport* fallback,
+                                               const Endpoint& peer,
+                                               std::chrono::milliseconds timeout) {
+  const auto first_timeout =
+      fallback != nullptr ? std::min(timeout, kPreferredConnectTimeout) : timeout;
+  auto conn = preferred.Connect(peer, first_timeout);
+  if (conn.ok()) return FallbackConnection{&preferred, *conn, ""};
+  if (fallback == nullptr) return conn.status();
+  std::string reason = fmt::format("{}: {}", preferred.name(), conn.status().message());
+  spdlog::info("{}: falling back to {} ({})", peer.ToString(), fallback->name(), reason);
+  auto second = fallback->Connect(peer, timeout);
+  if (!second.ok()) {
+    return Status::Error(second.status().code(),
+                         fmt::format("{} (and {})", second.status().message(), reason));
+  }
+  return FallbackConnection{fallback, *second, std::move(reason)};
 }
 
 std::string Endpoint::ToString() const {

@@ -186,6 +186,24 @@ class Transport {
   virtual std::string PeerName(ConnId conn) const = 0;
 };
 
+// A connection to a peer through a preferred transport or, failing that, its fallback (transport
+// auto: RDMA, then TCP): the transport it is on, and why the preferred one is not ("" when it is).
+struct FallbackConnection {
+  Transport* transport = nullptr;
+  ConnId conn = kNoConn;
+  std::string fallback_reason;
+};
+
+// With a fallback, the preferred transport gets at most this long to connect.
+inline constexpr std::chrono::milliseconds kPreferredConnectTimeout{5000};
+
+// Connects to `peer` with `preferred` and, if that fails and `fallback` is not null, with
+// `fallback` (logged, with the reason). Each blocks at most `timeout`. When both fail, the error
+// is the fallback's, naming the preferred one's too.
+Result<FallbackConnection> ConnectWithFallback(Transport& preferred, Transport* fallback,
+                                               const Endpoint& peer,
+                                               std::chrono::milliseconds timeout);
+
 // Everything a backend may need from its loop.
 struct TransportContext {
   io::Ring* ring = nullptr;
