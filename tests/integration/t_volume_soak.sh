@@ -1,6 +1,7 @@
 #!/bin/bash
-# A randomized soak of the volume with two replicas (--quorum 1; block size, ack level and
-# compression drawn at random): rounds of a writer at depth 8 (every completed write logged)
+# A randomized soak of the volume with two replicas (--quorum 1; block size, ack level,
+# compression and peer security (none, key-file authentication, TLS with the key's PSK) drawn at
+# random): rounds of a writer at depth 8 (every completed write logged)
 # broken one random way:
 #   crash   one replica killed, then the volume killed (kill -9) in the middle of the writes; the
 #           replica restarted, the volume restarted on the same disk;
@@ -20,9 +21,16 @@ RANDOM=$seed
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 size=$(((RANDOM % 4 + 1) * 32 << 20))
-sizes=(64K 128K 1M) acks=(durable received sent) codecs=(none lz4)
-bs=${sizes[RANDOM % 3]} ack=${acks[RANDOM % 3]} codec=${codecs[RANDOM % 2]}
-echo "volume soak: seed $seed, $rounds rounds, $((size >> 20)) MiB, block $bs, ack $ack, compress $codec"
+sizes=(64K 128K 1M) acks=(durable received sent) codecs=(none lz4 zstd) secs=(none key tls)
+bs=${sizes[RANDOM % 3]} ack=${acks[RANDOM % 3]} codec=${codecs[RANDOM % 3]} sec=${secs[RANDOM % 3]}
+echo "volume soak: seed $seed, $rounds rounds, $((size >> 20)) MiB, block $bs, ack $ack," \
+  "compress $codec, security $sec"
+security=()
+if [ "$sec" != none ]; then
+  "$BLKMIRROR" keygen "$TEST_TMP/key" > /dev/null
+  security=(--key-file "$TEST_TMP/key")
+  [ "$sec" = tls ] && security+=(--tls)
+fi
 truncate -s "$size" "$TEST_TMP/disk"
 declare -A port pid
 # replica NAME: serve NAME's target on its own port (the same one after a restart).
@@ -30,7 +38,7 @@ replica() {
   local out=$TEST_TMP/serve-$1.out
   : > "$out"
   "$BLKMIRROR" serve --listen "127.0.0.1:${port[$1]}" --target "$TEST_TMP/rep-$1" --pool-size 64M \
-    > "$out" 2>> "$TEST_TMP/serve-$1.log" &
+    "${security[@]}" > "$out" 2>> "$TEST_TMP/serve-$1.log" &
   pid[$1]=$!
   PIDS+=("$!")
   for _ in $(seq 100); do
@@ -45,7 +53,7 @@ for r in a b; do
 done
 start_volume() {
   volume v "$TEST_TMP/disk" --peer "127.0.0.1:${port[a]}" --peer "127.0.0.1:${port[b]}" --quorum 1 \
-    --block-size "$bs" --ack "$ack" --compress "$codec" --peer-timeout 2s
+    --block-size "$bs" --ack "$ack" --compress "$codec" --peer-timeout 2s "${security[@]}"
 }
 start_volume
 wait_in_sync v 120
@@ -71,12 +79,21 @@ for round in $(seq "$rounds"); do
     start_volume
     what="crash: $victim killed, then the volume"
   else
+    lost=$(grep -c 'lost replica' "$TEST_TMP/volume-v.log" || true)
     kill -STOP "$PID_v"
     sleep $((RANDOM % 3 + 3))
-    touch "$TEST_TMP/resumed"
     kill -CONT "$PID_v"
     wait "$writer" 2> /dev/null || true
-    # Its status file said in sync before the pause: wait for one written since.
+    # Both replicas ended their sessions during the pause. Its status file said in sync before
+    # it, and may say so once more before the volume has read that: wait until it has seen both
+    # go, then for a status written since.
+    for _ in $(seq 300); do
+      [ "$(grep -c 'lost replica' "$TEST_TMP/volume-v.log" || true)" -ge $((lost + 2)) ] && break
+      sleep 0.1
+    done
+    [ "$(grep -c 'lost replica' "$TEST_TMP/volume-v.log" || true)" -ge $((lost + 2)) ] \
+      || fail "round $round: the volume did not see both replicas end their sessions in its pause"
+    touch "$TEST_TMP/resumed"
     for _ in $(seq 300); do
       [ "$TEST_TMP/run/v.json" -nt "$TEST_TMP/resumed" ] && break
       sleep 0.1
