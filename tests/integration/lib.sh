@@ -81,10 +81,13 @@ volume_status() {
 }
 
 # wait_in_sync NAME [SECONDS]: until every peer of volume NAME is in sync (status file, updated
-# once a second), or fail naming their states.
+# once a second), or fail naming their states. Only a status written after the call counts: one
+# written before it may predate what the caller just did (a replica killed, a link cut).
 wait_in_sync() {
-  local until=$((SECONDS + ${2:-60})) states=""
+  local until=$((SECONDS + ${2:-60})) states="" asked=$TEST_TMP/.wait-in-sync
+  touch "$asked"
   while [ "$SECONDS" -lt "$until" ]; do
+    [ "$TEST_TMP/run/$1.json" -nt "$asked" ] || { sleep 0.1; continue; }
     states=$(volume_status "$1" '[.peers[].state] | join(",")' 2>/dev/null || true)
     if [ -n "$states" ] && [ "$(echo "$states" | tr ',' '\n' | grep -vc '^in_sync$')" = 0 ]; then
       return 0
