@@ -1054,15 +1054,15 @@ class Replicator::Impl {
       Fail(no_quorum);
       return;
     }
-    // Writes waiting on this peer: they now need what the remaining targets can give. Without a
-    // quorum left (a volume lives on), those that cannot reach theirs fail.
+    // Writes waiting on this peer: they now need what the remaining targets can give. With
+    // fewer than min_live peers left (a volume lives on), those that cannot reach theirs fail.
     PeerMask live_mask = live_peers();
     for (uint32_t wi = 0; wi < writes_.size(); ++wi) {
       Write& w = writes_[wi];
       if (!w.used || w.done || !(w.targets >> p.index & 1) || (w.counted >> p.index & 1)) continue;
       uint32_t reached = static_cast<uint32_t>(std::popcount(w.counted));
       uint32_t can = reached + static_cast<uint32_t>(std::popcount(w.targets & live_mask & ~w.counted));
-      if (live < quorum_ && can < w.need) {
+      if (live < options_.min_live && can < w.need) {
         Finish(wi, no_quorum);
         continue;
       }

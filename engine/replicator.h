@@ -88,6 +88,10 @@ struct ReplicatorOptions {
   // cannot reach theirs fail, Submit refuses new ones (kUnavailable: no peer, or kBusy), and
   // lost peers may Rejoin. Without it (push) the Replicator fails for good.
   bool survive_quorum_loss = false;
+  // With survive_quorum_loss, writes in flight to a peer that is lost fail when fewer than
+  // `min_live` peers are left in session; else they complete with the peers they reach (none, at
+  // 0: a volume at --quorum 0 then has only its own copy, and the lost peers' bits stay set).
+  uint32_t min_live = 0;
   // Bytes of blocks whose dirty bits stay set after their durable ack, per peer (HotBlocks): a
   // rewrite of a hot block needs no bitmap sync; a crash of the primary resends what is hot.
   // 0: bits clear at the durable ack (push: every block is written once, and a push killed

@@ -54,8 +54,11 @@ class Volume::Impl {
     r.survive_quorum_loss = true;
     r.hot_bytes = kHotBytes;
     quorum_ = static_cast<uint32_t>(std::min<uint64_t>(options_.quorum, options_.peers.size()));
-    // The Replicator needs min(its quorum, live peers): every live one when ours is 0.
+    // The Replicator needs min(its quorum, live peers): every live one when ours is 0. Writes in
+    // flight to a peer that is lost fail only below our quorum (at 0, never: they complete from
+    // the local disk, and the lost peer's bits stay set for its resync).
     r.quorum = quorum_;
+    r.min_live = quorum_;
     gens_ = options_.generations;
     r.generations = &gens_;
     synced_at_ = options_.peer_synced_at;
@@ -629,9 +632,10 @@ class Volume::Impl {
     }
     if (!c.status.ok() && op->rep_status.ok()) op->rep_status = c.status;
     // A FUA write below durable: durable on the quorum once a flush after it is acked.
+    // (With no replica left, at quorum 0, the local disk's FUA is all there is.)
     if (!(c.token & kFlushBit) && op->fua && c.status.ok() &&
         options_.replication.ack != proto::AckLevel::kDurable && !op->flush_pending &&
-        op->kind != Kind::kResync) {
+        op->kind != Kind::kResync && rep_->live_peers() != 0) {
       SubmitReplicaFlush(oi);
     }
     MaybeFinish(oi);

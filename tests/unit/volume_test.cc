@@ -569,6 +569,32 @@ TEST_F(VolumeTest, APrimaryAloneWritesLocallyAndTheReplicaGetsTheWritesBack) {
   ExpectEverywhere(model_);
 }
 
+// At quorum 0 a write needs every replica in session, and none once none is: writes in flight
+// to a replica that is lost complete (from the local disk) instead of failing with EIO, with one
+// replica left or with none; the lost ones get those writes back in their resync.
+TEST_F(VolumeTest, AtQuorumZeroWritesInFlightToALostReplicaSucceed) {
+  AddReplica();
+  AddReplica();
+  StartVolume({AckLevel::kDurable, kAlone});
+  for (size_t victim : {size_t{1}, size_t{0}}) {
+    frozen_ = uint64_t{1} << victim;  // it holds the writes sent to it, unacked
+    std::vector<uint64_t> ids;
+    for (int i = 0; i < 6; ++i) {
+      ids.push_back(Write((victim * 8 + static_cast<uint64_t>(i)) * kBlock + 512,
+                          RandomBytes(4096, rng_)));
+    }
+    ASSERT_TRUE(RunUntil([&] { return volume_->status().peers[victim].bytes_in_flight > 0; }));
+    replicas_[victim]->Stop();
+    frozen_ = 0;
+    ASSERT_TRUE(Drain());
+    for (uint64_t id : ids) EXPECT_EQ(frontend_->done[id].res, 0) << "replica " << victim << " lost";
+  }
+  EXPECT_EQ(volume_->status().live_peers, 0u);
+  for (auto& r : replicas_) r->Start(net_, *ring_);
+  ASSERT_TRUE(RunUntil([&] { return AllInSync(); }));
+  ExpectEverywhere(model_);
+}
+
 // Below the quorum a write fails with EIO (and is not acked as replicated); reads go on. Once
 // the replica is back, writes succeed again and what it missed is resynced.
 TEST_F(VolumeTest, BelowTheQuorumWritesFailWithEioAndReadsGoOn) {
