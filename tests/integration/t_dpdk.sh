@@ -6,6 +6,8 @@
 #     naming the peer), serve restarted on the same socket and port, then resume.
 #  3. two network namespaces joined by a veth pair (MTU 9000), af_packet on each end, tbf on the
 #     push's side, packet faults (drop, dup, reorder, corrupt) in both processes: byte-identical.
+#     The volume over the same link and faults: its replica killed mid-writes and restarted,
+#     then the volume itself; every completed write reads back, in sync, copies identical.
 #     Then af_xdp on the same veth (skipped loudly when its port cannot open here).
 #  4. cross-transport: push --transport tcp to a dpdk serve works; push --transport dpdk to a
 #     tcp-only serve fails (exit 3, "does not serve dpdk"). push --compress lz4 over memif: fewer
@@ -350,6 +352,54 @@ mtu_used=$(grep -o 'connected: packets to .*MTU [0-9]*' "$TEST_TMP/push-af.log" 
 echo "    MTU used: ${mtu_used:-?}"
 lap
 
+step "3c. the volume over af_packet with packet faults: its replica, then the volume, killed mid-writes"
+kill "$PID_af"; wait "$PID_af" 2>/dev/null || true
+client=(/usr/bin/python3 "$(dirname "$0")/nbd_client.py")
+printf '#!/bin/sh\nexec ip netns exec %s %s "$@"\n' "$NSA" "$BLKMIRROR" > "$TEST_TMP/blkmirror-a"
+chmod +x "$TEST_TMP/blkmirror-a"
+truncate -s $((64 << 20)) "$DATA/vdisk3"
+serve_v3() {
+  must_serve vr "$NSB" "$IPB:7000" "$DATA/rep-v3" --insecure --transport dpdk "${AF_B[@]}" \
+    --test-packet-faults "$FAULTS"
+}
+# (--quorum 0: writes go on while the replica is down, and it is resynced when it is back.)
+volume_v3() {
+  BLKMIRROR=$TEST_TMP/blkmirror-a volume v3 "$DATA/vdisk3" --peer "$IPB:7000" --quorum 0 \
+    --peer-timeout 2s --transport dpdk "${AF_A[@]}" --test-packet-faults "$FAULTS"
+}
+serve_v3
+volume_v3
+wait_in_sync v3 120
+for victim in replica volume; do
+  acked=$TEST_TMP/acked-v3-$victim.log
+  "${client[@]}" "$SOCK_v3" logwrites 2000 "$acked" 8 > "$TEST_TMP/writer-v3-$victim.out" 2>&1 &
+  writer=$!
+  for _ in $(seq 600); do
+    [ -f "$acked" ] && [ "$(wc -l < "$acked")" -ge 300 ] && break
+    sleep 0.05
+  done
+  if [ "$victim" = replica ]; then
+    kill -9 "$PID_vr"; wait "$PID_vr" 2>/dev/null || true
+    serve_v3
+    wait "$writer" || dfail "writes failed while the replica was down: $(tail -n 2 \
+      "$TEST_TMP/writer-v3-$victim.out")" "$TEST_TMP/volume-v3.log"
+  else
+    kill -9 "$PID_v3"
+    wait "$writer" 2>/dev/null || true
+    wait "$PID_v3" 2>/dev/null || true
+    volume_v3
+  fi
+  "${client[@]}" "$SOCK_v3" checklog "$acked" nbd > /dev/null \
+    || dfail "$victim killed: a completed write does not read back" "$TEST_TMP/volume-v3.log"
+  wait_in_sync v3 120
+  echo "    $victim killed after $(wc -l < "$acked") completed writes: all read back, in sync"
+done
+kill -TERM "$PID_v3"
+wait_exit "$PID_v3" || dfail "volume v3 did not exit cleanly" "$TEST_TMP/volume-v3.log"
+same "$DATA/vdisk3" "$DATA/rep-v3"
+kill "$PID_vr"; wait "$PID_vr" 2>/dev/null || true
+lap
+
 step "3b. af_xdp on the same veth pair"
 # The af_xdp PMD's XDP program takes every packet of the queue, TCP included: the control
 # connection cannot share the interface, so it gets a second veth pair.
@@ -364,7 +414,6 @@ ip -n "$NSB" link set "$IFCB" up
 ip netns exec "$NSA" tc qdisc del dev "$IFA" root 2>/dev/null || true
 ip -n "$NSA" link set "$IFA" mtu 3000
 ip -n "$NSB" link set "$IFB" mtu 3000
-kill "$PID_af"; wait "$PID_af" 2>/dev/null || true
 random_file "$DATA/src-xdp" $(((16 << 20) + 99))
 # --dpdk-mtu 3000: at 1500 the mbufs are smaller than the 2048-byte minimum AF_XDP umem chunk.
 XDP_B=(--transport dpdk --dpdk-port "af_xdp:$IFB" --dpdk-ip "$IPB" --dpdk-mtu 3000)
