@@ -57,7 +57,9 @@ constexpr size_t kPrimaryBuffers = kMaxWindow + 8;  // the window, and stray fra
 constexpr size_t kReplicaBuffers = 4;
 constexpr int kMaxRecords = 96;
 constexpr int kSettleRounds = 32;
-constexpr uint64_t kDestroyLimitNs = 200'000'000;  // far more than destruction takes unwaited
+// Destruction waits for nothing; a wait for a peer (the close timeout is 30 s) would show, while a
+// loaded machine's scheduling (218 ms seen under a test run beside it) does not.
+constexpr uint64_t kDestroyLimitNs = 5'000'000'000;
 
 engine::Key TheKey() {
   engine::Key k;
