@@ -66,7 +66,6 @@ constexpr size_t kServerBuffers = 4;
 constexpr int kMaxConnects = 8;   // client connections per input
 constexpr int kMaxRecords = 64;   // frames per input
 constexpr int kSettleSteps = 64;  // steps for the server to settle once the clients are gone
-constexpr uint64_t kSettleLimitNs = 200'000'000;  // far more than settling takes without a wait
 const transport::Endpoint kEndpoint{"replica", 7000};
 
 engine::Key TheKey() {
@@ -749,7 +748,7 @@ void Run::Finish() {
              "{} of the replica's {} buffers are still out after every client closed",
              ServerPool().count() - ServerPool().available(), ServerPool().count());
   server_.reset();
-  FUZZ_CHECK(NowNs() - t0 < kSettleLimitNs,
+  FUZZ_CHECK(NowNs() - t0 < kNoWaitLimitNs,
              "the replica took {} ms to shut down: sessions were left after every client closed",
              (NowNs() - t0) / 1000000);
 
