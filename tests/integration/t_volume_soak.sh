@@ -84,15 +84,14 @@ for round in $(seq "$rounds"); do
     sleep $((RANDOM % 3 + 3))
     kill -CONT "$PID_v"
     wait "$writer" 2> /dev/null || true
-    # Both replicas ended their sessions during the pause. Its status file said in sync before
-    # it, and may say so once more before the volume has read that: wait until it has seen both
-    # go (wait_in_sync below then trusts only a status written since).
-    for _ in $(seq 300); do
+    # Both replicas end their sessions during the pause (unless their loops were late). Its
+    # status file said in sync before it, and may say so once more before the volume has read
+    # that: wait until it has seen both go (wait_in_sync below then trusts only a status
+    # written since); a replica that has not ended its session in 10 s kept it.
+    for _ in $(seq 100); do
       [ "$(grep -c 'lost replica' "$TEST_TMP/volume-v.log" || true)" -ge $((lost + 2)) ] && break
       sleep 0.1
     done
-    [ "$(grep -c 'lost replica' "$TEST_TMP/volume-v.log" || true)" -ge $((lost + 2)) ] \
-      || fail "round $round: the volume did not see both replicas end their sessions in its pause"
     what="pause: the volume stopped past the peer timeout"
   fi
   "${client[@]}" "$SOCK_v" checklog "$log" nbd > /dev/null \
