@@ -127,8 +127,8 @@ class Replicator::Impl {
     const PeerConfig& config = p.config;
     p.t = config.transport;
     p.stats.fallback_reason.clear();
-    auto conn =
-        transport::ConnectWithFallback(*config.transport, config.fallback, config.endpoint, timeout);
+    auto conn = transport::ConnectWithFallback(*config.transport, config.fallback,
+                                               config.endpoint, timeout);
     if (!conn.ok()) {
       p.stats.state = PeerState::kLost;
       p.stats.lost_reason = conn.status().message();

@@ -587,7 +587,9 @@ TEST_F(VolumeTest, AtQuorumZeroWritesInFlightToALostReplicaSucceed) {
     replicas_[victim]->Stop();
     frozen_ = 0;
     ASSERT_TRUE(Drain());
-    for (uint64_t id : ids) EXPECT_EQ(frontend_->done[id].res, 0) << "replica " << victim << " lost";
+    for (uint64_t id : ids) {
+      EXPECT_EQ(frontend_->done[id].res, 0) << "replica " << victim << " lost";
+    }
   }
   EXPECT_EQ(volume_->status().live_peers, 0u);
   for (auto& r : replicas_) r->Start(net_, *ring_);
