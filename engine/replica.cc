@@ -131,6 +131,7 @@ class ReplicaServer::Impl {
     bool bye = false;         // ended by the primary's Bye (a clean end)
     bool flushed = false;     // kFlushing is over
     bool flush_ok = false;    // ... and the flush succeeded: the final Ack says durable
+    bool disk_failed = false;  // a write, zero or flush of it failed: no Flush is acked since
     uint64_t connected_ns = 0;
     uint64_t drain_deadline_ns = 0;  // set when the session starts to end
     proto::Hello hello;
@@ -1030,6 +1031,7 @@ class ReplicaServer::Impl {
                            err == ENOSPC ? "replica disk full: " : "replica disk error: ", what,
                            op.length, op.offset, options_.target_name));
       spdlog::error("{}: {}", s.peer, status.message());
+      s.disk_failed = true;
       if (s.phase == Phase::kWriter) Refuse(s, status);
       FreeOp(oi);
       ReleaseQueued();
@@ -1055,10 +1057,11 @@ class ReplicaServer::Impl {
       ++s.blocks;
       s.bytes += op.length;
     }
-    // A flush is acked (at any level) once it is done; a write at durable once it is, since it
-    // was issued with dsync.
-    if ((op.kind == DiskOp::Kind::kFlush || s.level == proto::AckLevel::kDurable) &&
-        s.phase != Phase::kClosed) {
+    // A flush is acked (at any level) once it is done, unless a write before it failed; a write
+    // at durable once it is, since it was issued with dsync.
+    const bool settles = op.kind == DiskOp::Kind::kFlush ? !s.disk_failed
+                                                          : s.level == proto::AckLevel::kDurable;
+    if (settles && s.phase != Phase::kClosed) {
       s.acked.Mark(op.seq);
       s.ack_dirty = true;
     }
@@ -1115,8 +1118,9 @@ class ReplicaServer::Impl {
     Session& s = **it;
     --s.ops;
     s.flushed = true;
-    s.flush_ok = c.res >= 0;
-    if (!s.flush_ok) {
+    // A write that failed before (after Bye, the session was not refused for it) is not durable.
+    s.flush_ok = c.res >= 0 && !s.disk_failed;
+    if (c.res < 0) {
       spdlog::error("{}: final flush of {} failed: {}", s.peer, options_.target_name,
                     std::strerror(-c.res));
     }

@@ -11,6 +11,7 @@
 #include "engine/replica.h"
 #include "engine/testing/kept_target.h"
 #include "io/mem/mem_block_device.h"
+#include "io/testing/faulty_block_device.h"
 #include "io/ring.h"
 #include "transport/loopback/loopback_transport.h"
 #include "transport/testing/faulty_transport.h"
@@ -23,6 +24,7 @@ struct LoopbackReplicaOptions {
   std::string fault;            // a FaultSpec, "" for none
   std::optional<Key> key;
   uint16_t max_version = proto::kMaxProtocolVersion;
+  std::optional<io::DiskFaultSpec> disk_fault;  // on the target each session opens
 };
 
 struct LoopbackReplica {
@@ -59,6 +61,15 @@ struct LoopbackReplica {
     o.key = options.key;
     o.max_version = options.max_version;
     o.open_target = KeptTarget(*device);
+    if (options.disk_fault) {
+      o.open_target = [kept = o.open_target, spec = *options.disk_fault](
+                          uint64_t volume_size,
+                          TargetUse use) -> Result<std::unique_ptr<io::BlockDevice>> {
+        ASSIGN_OR_RETURN(auto target, kept(volume_size, use));
+        return std::unique_ptr<io::BlockDevice>(
+            std::make_unique<io::FaultyBlockDevice>(std::move(target), spec));
+      };
+    }
     o.generations.load = [this](const proto::VolumeId& v) -> Result<TargetGenerations> {
       return v == kept_volume ? kept : TargetGenerations{};
     };

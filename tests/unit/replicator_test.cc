@@ -891,6 +891,9 @@ class RawClient {
           error.assign(reinterpret_cast<const char*>(cs[k].control.data()), cs[k].control.size());
         }
         if (f.ok()) types.push_back(f->type());
+        if (f.ok() && f->type() == proto::FrameType::kAck) {
+          acks.push_back(std::get<proto::Ack>(f->body));
+        }
       }
     }
     return error;
@@ -904,7 +907,15 @@ class RawClient {
     return false;
   }
   bool closed() const { return closed_; }
+  // Whether an Ack received so far covers `seq`.
+  bool Acked(uint64_t seq) const {
+    return std::any_of(acks.begin(), acks.end(), [&](const proto::Ack& a) {
+      return seq < a.cumulative ||
+             (seq >= a.sack_base && seq - a.sack_base < 64 && (a.sack_bits >> (seq - a.sack_base) & 1));
+    });
+  }
   std::vector<proto::FrameType> types;
+  std::vector<proto::Ack> acks;
   std::function<void()> step;
 
  private:
@@ -1053,6 +1064,48 @@ TEST_F(ReplicaInputTest, Protocol2RangesAreCheckedAndProtocol1HasNoZeroOrFlush) 
   EXPECT_EQ(replicas_[0]->device->writes(), 0u);
   EXPECT_EQ(replicas_[0]->device->zeroes(), 0u);
   ExpectStillServing();
+}
+
+// A write the replica's disk fails ends the session with an Error; a Flush behind it is never
+// acked: its ack would tell the primary that the failed block is durable.
+TEST_F(ReplicaInputTest, AFlushBehindAWriteTheDiskFailedIsNeverAcked) {
+  Replica& r = *replicas_[0];
+  r.Stop();
+  r.options.disk_fault = io::DiskFaultSpec{};
+  r.options.disk_fault->fail_nth_write = 1;
+  r.Start(net_, *ring_);
+  auto c = Client();
+  Open(*c, proto::kExtentsVersion);
+  std::vector<std::byte> block(16 << 10, std::byte{7});
+  c->Send(DataFrame(0, 0, 16 << 10, Crc32c(block.data(), block.size())), block.data());
+  proto::Frame flush;
+  flush.body = proto::Flush{1};
+  c->Send(flush);
+  std::string err = c->Drain(200);
+  EXPECT_NE(err.find("replica disk error"), std::string::npos) << err;
+  EXPECT_FALSE(c->Acked(1)) << "the Flush was acked after the write before it failed";
+}
+
+// The same after Bye: a write that fails while the session ends gets no durable final Ack.
+TEST_F(ReplicaInputTest, AWriteTheDiskFailsAfterByeGetsNoDurableFinalAck) {
+  Replica& r = *replicas_[0];
+  r.Stop();
+  r.options.disk_fault = io::DiskFaultSpec{};
+  r.options.disk_fault->fail_nth_write = 1;
+  r.Start(net_, *ring_);
+  auto c = Client();
+  Open(*c);
+  std::vector<std::byte> block(16 << 10, std::byte{7});
+  c->Send(DataFrame(0, 0, 16 << 10, Crc32c(block.data(), block.size())), block.data());
+  proto::Frame bye;
+  bye.body = proto::Bye{};
+  c->Send(bye);
+  c->Drain(200);
+  EXPECT_TRUE(c->closed());
+  for (const proto::Ack& a : c->acks) {
+    EXPECT_FALSE(a.level == AckLevel::kDurable && a.cumulative > 0)
+        << "the failed write was acked durable by the final flush";
+  }
 }
 
 TEST_F(ReplicaInputTest, ABadCrcIsNackedAndNotWritten) {
