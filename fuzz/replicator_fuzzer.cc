@@ -316,6 +316,7 @@ void Run::Record(ByteReader& in) {
           f.payload_len ? std::as_bytes(std::span(proof)) : std::span<const std::byte>();
       if (Send(r, h, payload)) {
         r.hello_ok_sent = true;
+        r.t->Trust(r.conn);  // as a replica that admitted the session: Data may come
         r.proof_ok_sent |= with_proof && !(arg & 1);
       }
       break;
