@@ -836,7 +836,7 @@ class Replicator::Impl {
       Release(p, pw);
       return;
     }
-    if (options_.ack == proto::AckLevel::kSent) Reached(p, pw);
+    if (options_.ack == proto::AckLevel::kSent && !IsFlush(pw)) Reached(p, pw);
     if (pw.resend && p.stats.state == PeerState::kInSession) {
       pw.resend = false;
       SendData(p, pw);
@@ -952,7 +952,7 @@ class Replicator::Impl {
         p.session_acked[b / 64] |= uint64_t{1} << (b % 64);
       });
     }
-    if (options_.ack != proto::AckLevel::kSent) Reached(p, pw);
+    if (options_.ack != proto::AckLevel::kSent || IsFlush(pw)) Reached(p, pw);
     if (!pw.sending) Release(p, pw);
   }
 
@@ -1071,6 +1071,10 @@ class Replicator::Impl {
     }
   }
 
+
+  // A Flush promises durability: it reaches its ack level only at the replica's ack, whatever
+  // the level (a write at `sent` reaches it once it left).
+  bool IsFlush(const PeerWrite& pw) const { return writes_[pw.write].kind == WriteKind::kFlush; }
 
   // Peer `p` reached the ack level for this write.
   void Reached(Peer& p, PeerWrite& pw) {

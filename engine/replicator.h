@@ -250,7 +250,8 @@ class Replicator {
   Status SubmitZero(uint64_t offset, uint64_t length, bool unmap, uint64_t token,
                     PeerMask peers = kAllPeers, WriteOrigin origin = WriteOrigin::kCopy);
   // With `extents`: completes once every write submitted before it is durable on the quorum
-  // (for ack levels below durable; at durable every completed write already is).
+  // (for ack levels below durable; at durable every completed write already is), at `sent`
+  // too: at the replicas' acks.
   Status SubmitFlush(uint64_t token, PeerMask peers = kAllPeers);
 
   // Processes what the transports report (acks, heartbeats, timeouts); moves finished writes

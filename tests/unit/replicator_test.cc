@@ -849,6 +849,26 @@ TEST_F(ExtentTest, APartialWriteSettlesOnlyABlockThatWasCleanBefore) {
   rep_.reset();
 }
 
+// At ack level sent a write completes once it left, but a Flush only once the replica acked it:
+// it promises durability.
+TEST_F(ExtentTest, AtSentAFlushCompletesOnlyOnceTheReplicaAckedIt) {
+  const uint64_t size = 8 * kBlock;
+  Replica& r = AddReplica(size);
+  ASSERT_TRUE(StartPrimary(ExtentOptions(size, AckLevel::kSent)).ok());
+  auto bytes = RandomBytes(kBlock, 47);
+  ASSERT_TRUE(Write(0, bytes).ok());
+  frozen_ = 1;  // the replica takes nothing in from now on
+  size_t before = done_.size();
+  ASSERT_TRUE(rep_->SubmitFlush(100).ok());
+  for (int i = 0; i < 50; ++i) Step();
+  EXPECT_EQ(done_.size(), before) << "the Flush completed while the replica had not seen it";
+  frozen_ = 0;
+  ASSERT_TRUE(Settle(before).ok());
+  EXPECT_EQ(done_.back().token, 100u);
+  EXPECT_TRUE(Equal(r.device->durable_contents(), bytes));
+  CloseAll();
+}
+
 TEST_F(ExtentTest, AReplicaThatSpeaksOnlyProtocol1IsRefusedClearly) {
   replica_max_version_ = 1;
   AddReplica(1 << 20);
