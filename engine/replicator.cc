@@ -24,6 +24,23 @@ constexpr uint64_t kBitmapSyncIntervalNs = 500'000'000;
 // How long Close waits for what is in flight to settle.
 constexpr std::chrono::seconds kCloseTimeout{30};
 
+// A set of blocks as bits in 64-bit words (the per-peer sets of acked blocks below).
+bool TestBlock(const std::vector<uint64_t>& set, uint64_t b) { return (set[b / 64] >> (b % 64)) & 1; }
+void AddBlock(std::vector<uint64_t>& set, uint64_t b) { set[b / 64] |= uint64_t{1} << (b % 64); }
+void RemoveBlock(std::vector<uint64_t>& set, uint64_t b) {
+  set[b / 64] &= ~(uint64_t{1} << (b % 64));
+}
+// Calls fn(b) for every block in `set` and empties it.
+template <typename Fn>
+void DrainBlocks(std::vector<uint64_t>& set, Fn fn) {
+  for (uint64_t word = 0; word < set.size(); ++word) {
+    for (uint64_t bits = set[word]; bits != 0; bits &= bits - 1) {
+      fn(word * 64 + static_cast<uint64_t>(std::countr_zero(bits)));
+    }
+    set[word] = 0;
+  }
+}
+
 }  // namespace
 
 class Replicator::Impl {
@@ -161,7 +178,10 @@ class Replicator::Impl {
     p.released = SeqTracker(span_);
     p.acked = SeqTracker(span_);
     std::fill(p.writes.begin(), p.writes.end(), PeerWrite{});
-    std::fill(p.session_acked.begin(), p.session_acked.end(), 0);
+    std::fill(p.acked_volatile.begin(), p.acked_volatile.end(), 0);
+    std::fill(p.flushing.begin(), p.flushing.end(), 0);
+    p.flush_pending = false;
+    p.acked_since_flush = 0;
     p.closing = false;
     p.holding = 0;
     p.unacked = 0;
@@ -343,7 +363,8 @@ class Replicator::Impl {
       for (uint64_t b = first; b <= last; ++b) {
         p->hot.Touched(b);
         p->bitmap->Set(b);
-        p->session_acked[b / 64] &= ~(uint64_t{1} << (b % 64));
+        RemoveBlock(p->acked_volatile, b);
+        RemoveBlock(p->flushing, b);
       }
       if (p->bitmap->has_unsynced_sets()) RETURN_IF_ERROR(p->bitmap->Sync());
     }
@@ -359,10 +380,30 @@ class Replicator::Impl {
     return SendToTargets(wi);
   }
 
+  // The Replicator's own Flush (flush_interval) to the peers due one: in session, of protocol
+  // 2 or later, with acked writes no Flush covers yet and none pending, and window room.
+  void MaybeFlush(uint64_t now) {
+    if (options_.flush_interval.count() == 0 || wire_level_ == proto::AckLevel::kDurable) return;
+    const uint64_t interval = ToNs(options_.flush_interval);
+    PeerMask due = 0;
+    for (const auto& p : peers_) {
+      if (p->stats.state == PeerState::kInSession && !p->closing && p->bitmap != nullptr &&
+          p->handshake.hello_ok().version >= proto::kExtentsVersion && !p->flush_pending &&
+          p->acked_since_flush > 0 && now - p->last_flush_ns >= interval) {
+        due |= PeerMask{1} << p->index;
+      }
+    }
+    due &= WithRoom(due);
+    if (due == 0 || free_.empty() || !failure_.ok()) return;
+    auto wi = Start(WriteKind::kFlush, 0, 0, 0, due, WriteOrigin::kCopy, /*own=*/true);
+    if (wi.ok()) (void)SendToTargets(*wi);
+  }
+
   // Takes a write slot for a write of `kind` to the live peers of `mask`, once the checks that
   // every kind shares pass; marks its blocks dirty (durably) in every target's bitmap first.
+  // `own`: the Replicator's own write (a Flush), which no completion reports.
   Result<uint32_t> Start(WriteKind kind, uint64_t offset, uint64_t length, uint64_t token,
-                         PeerMask mask, WriteOrigin origin) {
+                         PeerMask mask, WriteOrigin origin, bool own = false) {
     if (!failure_.ok()) return failure_;
     PeerMask targets = mask & live_peers();
     if (targets == 0) {
@@ -394,14 +435,19 @@ class Replicator::Impl {
     for (auto& p : peers_) {
       const bool marks = (targets >> p->index & 1) || origin == WriteOrigin::kNewData;
       if (kind == WriteKind::kFlush || !marks || p->bitmap == nullptr) continue;
-      // Clean: the bit is clear, or set only because the block is hot (the replica holds it).
-      uint8_t clean = 0;
-      if (!p->bitmap->Test(first) || p->hot.hot(first)) clean |= 1;
-      if (!p->bitmap->Test(last) || p->hot.hot(last)) clean |= 2;
-      w.clean_before[p->index] = clean;
+      // Clean: the bit is clear, or set only because the block is hot or its newest write was
+      // acked below durable (either way the replica holds it).
+      auto clean = [&](uint64_t b) {
+        return !p->bitmap->Test(b) || p->hot.hot(b) || TestBlock(p->acked_volatile, b) ||
+               TestBlock(p->flushing, b);
+      };
+      w.clean_before[p->index] = (clean(first) ? 1 : 0) | (clean(last) ? 2 : 0);
+      // Until this write's ack, neither an earlier ack nor a Flush sent before it settles them.
       for (uint64_t b = first; b <= last; ++b) {
         p->hot.Touched(b);
         p->bitmap->Set(b);
+        RemoveBlock(p->acked_volatile, b);
+        RemoveBlock(p->flushing, b);
       }
       if (p->bitmap->has_unsynced_sets()) {
         Status s = p->bitmap->Sync();
@@ -434,7 +480,8 @@ class Replicator::Impl {
     w.reported = false;
     w.status = Status();
     w.start_ns = NowNs();
-    ++in_flight_;
+    w.own = own;
+    if (!own) ++in_flight_;
     return wi;
   }
 
@@ -452,6 +499,7 @@ class Replicator::Impl {
       pw.seq = seq;
       pw.sent_ns = now;
       if (w.kind == WriteKind::kData) p->stats.bytes_in_flight += w.length;
+      if (w.kind == WriteKind::kFlush) StartFlushCover(*p, seq, now);
       ++w.holding;
       ++p->holding;
       if (p->unacked++ == 0) p->last_progress_ns = now;  // the ack clock starts now
@@ -465,6 +513,7 @@ class Replicator::Impl {
     PollTransports();
     uint64_t now = NowNs();
     Tick(now);
+    MaybeFlush(now);
     if (now - last_bitmap_sync_ns_ > kBitmapSyncIntervalNs) {
       last_bitmap_sync_ns_ = now;
       SyncBitmaps();
@@ -602,6 +651,7 @@ class Replicator::Impl {
     uint32_t holding = 0;  // peers that may still need the buffer
     bool done = false;     // queued for Poll
     bool reported = false;
+    bool own = false;      // the Replicator's own (a Flush): reported to no one
     Status status;
   };
 
@@ -622,7 +672,8 @@ class Replicator::Impl {
         : released(span),
           acked(span),
           writes(span),
-          session_acked((blocks + 63) / 64, 0),
+          acked_volatile((blocks + 63) / 64, 0),
+          flushing((blocks + 63) / 64, 0),
           hot(blocks, hot_capacity) {}
     size_t index = 0;
     PeerConfig config;
@@ -636,7 +687,15 @@ class Replicator::Impl {
     SeqTracker released;
     SeqTracker acked;
     std::vector<PeerWrite> writes;        // by seq % span
-    std::vector<uint64_t> session_acked;  // blocks acked at the wire level in this session
+    // Below ack level durable, with a bitmap: blocks whose newest write to this peer was acked
+    // (and no Flush sent since covers), and those the pending Flush covers: acked before it
+    // was sent, not written since. Its ack clears their bits; a clean end clears both sets'.
+    std::vector<uint64_t> acked_volatile;
+    std::vector<uint64_t> flushing;
+    bool flush_pending = false;
+    uint64_t flush_seq = 0;
+    uint64_t last_flush_ns = 0;
+    uint64_t acked_since_flush = 0;  // blocks added to acked_volatile since the last Flush
     DirtyBitmap* bitmap = nullptr;
     HotBlocks hot;  // blocks whose bit stays set a while after their durable ack
     uint64_t last_rx_ns = 0;
@@ -903,11 +962,9 @@ class Replicator::Impl {
       // The replica's final flush at the end of a `received` session: everything it acked
       // received is durable now.
       if (a.cumulative == p.next_seq && p.bitmap != nullptr) {
-        for (uint64_t word = 0; word < p.session_acked.size(); ++word) {
-          for (uint64_t bits = p.session_acked[word]; bits != 0; bits &= bits - 1) {
-            p.bitmap->Clear(word * 64 + static_cast<uint64_t>(std::countr_zero(bits)));
-          }
-        }
+        DrainBlocks(p.acked_volatile, [&](uint64_t b) { p.bitmap->Clear(b); });
+        DrainBlocks(p.flushing, [&](uint64_t b) { p.bitmap->Clear(b); });
+        p.flush_pending = false;
       }
       return;
     }
@@ -940,20 +997,30 @@ class Replicator::Impl {
     }
     if (w.kind == WriteKind::kData) p.stats.bytes_in_flight -= w.length;
     if (wire_level_ == proto::AckLevel::kDurable) {
-      if (p.bitmap != nullptr) ForEachSettledBlock(p, w, [&](uint64_t b) {
-          if (options_.hot_bytes > 0) {
-            p.hot.Settled(b, *p.bitmap);
-          } else {
-            p.bitmap->Clear(b);
-          }
-        });
-    } else {
+      if (p.bitmap != nullptr) ForEachSettledBlock(p, w, [&](uint64_t b) { Settle(p, b); });
+    } else if (p.bitmap != nullptr) {
       ForEachSettledBlock(p, w, [&](uint64_t b) {
-        p.session_acked[b / 64] |= uint64_t{1} << (b % 64);
+        AddBlock(p.acked_volatile, b);
+        ++p.acked_since_flush;
       });
+      if (w.kind == WriteKind::kFlush && p.flush_pending && seq == p.flush_seq &&
+          p.stats.state == PeerState::kInSession) {
+        DrainBlocks(p.flushing, [&](uint64_t b) { Settle(p, b); });
+        p.flush_pending = false;
+      }
     }
     if (options_.ack != proto::AckLevel::kSent || IsFlush(pw)) Reached(p, pw);
     if (!pw.sending) Release(p, pw);
+  }
+
+  // Block `b` is durable on peer `p` as the primary holds it: its bit clears, or stays set a
+  // while as hot (hot_bytes).
+  void Settle(Peer& p, uint64_t b) {
+    if (options_.hot_bytes > 0) {
+      p.hot.Settled(b, *p.bitmap);
+    } else {
+      p.bitmap->Clear(b);
+    }
   }
 
   void OnNack(Peer& p, const proto::Nack& n) {
@@ -1105,8 +1172,25 @@ class Replicator::Impl {
     w.done_ns = NowNs();
     if (w.governed) governor_.Completed();
     w.status = std::move(status);
+    if (w.own) {
+      w.reported = true;
+      MaybeFree(wi);
+      return;
+    }
     done_[(done_head_ + done_count_) % done_.size()] = wi;
     ++done_count_;
+  }
+
+  // A Flush leaves for peer `p` under `seq`: unless one is pending, it covers the blocks acked
+  // so far (acked_volatile moves into flushing).
+  void StartFlushCover(Peer& p, uint64_t seq, uint64_t now) {
+    ++p.stats.flushes_sent;
+    if (p.bitmap == nullptr || wire_level_ == proto::AckLevel::kDurable || p.flush_pending) return;
+    p.acked_volatile.swap(p.flushing);  // flushing was empty: nothing pending
+    p.flush_pending = true;
+    p.flush_seq = seq;
+    p.last_flush_ns = now;
+    p.acked_since_flush = 0;
   }
 
   void MaybeFree(uint32_t wi) {
@@ -1253,9 +1337,6 @@ bool Replicator::closed() const { return impl_->closed(); }
 bool Replicator::idle() const { return impl_->idle(); }
 std::vector<PeerStats> Replicator::stats() const { return impl_->stats(); }
 const HotBlocks& Replicator::hot_blocks(size_t index) const { return impl_->hot_blocks(index); }
-PeerState Replicator::state(size_t index) const { return impl_->peer(index).stats.state; }
-const proto::ReplicaId& Replicator::replica_id(size_t index) const {
-  return impl_->peer(index).stats.replica_id;
-}
+const PeerStats& Replicator::peer_stats(size_t index) const { return impl_->peer(index).stats; }
 
 }  // namespace blkmirror::engine

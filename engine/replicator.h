@@ -28,8 +28,10 @@
 //     (the lost peer's blocks stay dirty in its bitmap, for the next resync); below K the
 //     Replicator fails: in-flight writes complete with that error and Submit refuses new ones.
 //   - With a DirtyBitmap attached to a peer, the bit of every block is set durably before the
-//     block is sent to it, and cleared when the peer acks it durable (at lower ack levels: when
-//     the session ends cleanly, the replica flushes and acks everything durable).
+//     block is sent to it, and cleared when the peer acks it durable (at lower ack levels: at
+//     the ack of a Flush sent after the block's ack and before any newer write of it, the
+//     Replicator's own every flush_interval or the caller's; or when the session ends cleanly
+//     and the replica flushes and acks everything durable).
 //
 // Thread safety: none; the Replicator, its ring, pool and transports belong to one thread.
 #pragma once
@@ -97,6 +99,12 @@ struct ReplicatorOptions {
   // 0: bits clear at the durable ack (push: every block is written once, and a push killed
   // midway resumes from exactly what was not acked).
   uint64_t hot_bytes = 0;
+  // Below ack level durable, a peer (of protocol 2 or later, with a dirty bitmap) whose acked
+  // writes no Flush has covered yet gets one of the Replicator's own this often; its ack clears
+  // the bits of the blocks acked before it was sent and not written since. It bounds what the
+  // loss of the peer, or of the primary, leaves dirty beyond the writes in flight. Any Flush the
+  // caller submits does the same. 0: only at the session's end (the replica's final flush).
+  std::chrono::microseconds flush_interval{std::chrono::seconds(1)};
   // A volume's sessions (protocol 3): this primary's data generations, sent to every replica
   // after its HelloOk and before any data (the replica answers with its own, refusing a primary
   // that is behind it or diverged: ErrorCode::kDiverged). The caller owns it and may change it
@@ -165,6 +173,7 @@ struct PeerStats {
   uint64_t retransmits = 0;
   uint64_t crc_mismatches = 0;
   uint64_t blocks_behind = 0;  // writes not sent to it while it was behind (sent later)
+  uint64_t flushes_sent = 0;   // Flush frames: the caller's and the Replicator's own
   uint64_t bytes_in_flight = 0;  // of blocks sent in this session and not yet acked
   // Each write, from its first send to the replica's ack at the wire level (received or durable).
   LatencyHistogram ack_latency;
@@ -283,9 +292,8 @@ class Replicator {
   bool idle() const;
 
   std::vector<PeerStats> stats() const;
-  // One peer's state and replica identity, without copying every PeerStats.
-  PeerState state(size_t index) const;
-  const proto::ReplicaId& replica_id(size_t index) const;
+  // One peer's, without copying them all.
+  const PeerStats& peer_stats(size_t index) const;
 
  private:
   class Impl;

@@ -97,7 +97,7 @@ class Volume::Impl {
   // the resyncs.
   void FinishStart() {
     for (size_t i = 0; i < peers_.size(); ++i) {
-      if (rep_->state(i) == PeerState::kConnecting) return;
+      if (rep_->peer_stats(i).state == PeerState::kConnecting) return;
     }
     if (!rep_->failure().ok()) {
       failure_ = rep_->failure();
@@ -124,7 +124,7 @@ class Volume::Impl {
     const uint64_t now = NowNs();
     for (size_t i = 0; i < peers_.size(); ++i) {
       Peer& p = peers_[i];
-      if (rep_->state(i) == PeerState::kInSession) {
+      if (rep_->peer_stats(i).state == PeerState::kInSession) {
         failure_ = OnSessionOpen(i);
         if (!failure_.ok()) return;
         continue;
@@ -879,7 +879,7 @@ class Volume::Impl {
   // the resync of what that bitmap has dirty.
   Status OnSessionOpen(size_t i) {
     Peer& p = peers_[i];
-    const proto::ReplicaId id = rep_->replica_id(i);
+    const proto::ReplicaId id = rep_->peer_stats(i).replica_id;
     if (!p.bitmap || p.bitmap_id != id) {
       bool existed = false;
       auto bitmap = options_.bitmap_for(i, id, &existed);
@@ -1006,7 +1006,7 @@ class Volume::Impl {
     const uint64_t now = NowNs();
     for (size_t i = 0; i < peers_.size(); ++i) {
       Peer& p = peers_[i];
-      const PeerState rs = rep_->state(i);
+      const PeerState rs = rep_->peer_stats(i).state;
       switch (p.state) {
         case VolumePeerState::kInSync:
         case VolumePeerState::kResyncing:

@@ -52,7 +52,8 @@ inline constexpr uint8_t kAfterClose = 3;  //   the client closes the connection
 //           bit 5 block size 8 KiB (else 4 KiB), bit 6 two replicas (else one),
 //           bit 7 authenticate (primary and fake replicas share a key)
 // setup[1]: bits 0-3 volume blocks - 1, bit 4 short last block, bits 5-7 max_retries
-// setup[2]: bits 0-1 quorum (0: all peers), bit 2 attach in-memory dirty bitmaps
+// setup[2]: bits 0-1 quorum (0: all peers), bit 2 attach in-memory dirty bitmaps, bit 3 the
+//           primary sends its own Flush whenever one is due (flush_interval 1 us; else never)
 //
 // ctl: bits 0-2 action, bit 3 which fake replica, bits 4-7 `arg`.
 namespace replicator_input {

@@ -349,13 +349,14 @@ uint8_t Ctl(uint8_t action, uint8_t arg = 0, bool peer1 = false) {
   return static_cast<uint8_t>(action | (peer1 ? ri::kPeer1 : 0) | arg << ri::kArgShift);
 }
 
-// setup: ack, window, block 4 KiB, volume blocks, retries, quorum, bitmaps.
+// setup: ack, window, block 4 KiB, volume blocks, retries, quorum, bitmaps, own flushes.
 Seed ReplicatorSetup(uint8_t ack, uint8_t window, bool two, bool key, uint8_t blocks,
-                     uint8_t retries, uint8_t quorum = 0, bool bitmaps = false) {
+                     uint8_t retries, uint8_t quorum = 0, bool bitmaps = false,
+                     bool own_flushes = false) {
   Seed s;
   s.U8(static_cast<uint8_t>(ack | (window - 1) << 2 | (two ? 0x40 : 0) | (key ? 0x80 : 0)));
   s.U8(static_cast<uint8_t>((blocks - 1) | retries << 5));
-  s.U8(static_cast<uint8_t>(quorum | (bitmaps ? 0x04 : 0)));
+  s.U8(static_cast<uint8_t>(quorum | (bitmaps ? 0x04 : 0) | (own_flushes ? 0x08 : 0)));
   return s;
 }
 
@@ -446,6 +447,20 @@ void ReplicatorSeeds(const fs::path& dir) {
     s.U8(Ctl(ri::kRaw, 1)).Header(Make(proto::Heartbeat{1, 0}));
     s.U8(Ctl(ri::kControl, 6)).U8(1);
     Save(dir, "received_final_flush", s);
+  }
+  {
+    // Received level over protocol 2, the primary flushing on its own: its Flush (seq 3) covers
+    // the three blocks acked before it, not block 0's rewrite (seq 4) that leaves after it. The
+    // replica then closes: no later Flush or final flush covers the rewrite.
+    Seed s = ReplicatorSetup(1, 4, false, false, 5, 1, 0, true, true);
+    s.U8(Ctl(ri::kHelloOk)).U8(2).U8(0).U8(0).U8(1);
+    Submit(s, 3, 0);
+    Ack(s, 1, 3, 3, 0);
+    s.U8(Ctl(ri::kStep, 0));
+    Submit(s, 1, 0);
+    Ack(s, 1, 5, 5, 0);
+    s.U8(Ctl(ri::kStep, 1));
+    Save(dir, "received_own_flushes", s);
   }
   {
     // Handshake refusals: a capacity one byte short, garbage from the other replica.

@@ -2,7 +2,8 @@
 // the input chooses.
 //
 // A Replicator (options from the input's first bytes: ack level, window, block size, volume,
-// retries, quorum, one or two replicas, a shared key, in-memory dirty bitmaps) connects over the
+// retries, quorum, one or two replicas, a shared key, in-memory dirty bitmaps, its own flushes at
+// every turn or never) connects over the
 // loopback transport to fake replicas. The input (fuzz/input_formats.h, replicator_input) then
 // interleaves writes submitted to the Replicator with frames the fake replicas send: HelloOk
 // with arbitrary fields (and correct or wrong proofs), Acks with arbitrary cumulative points and
@@ -19,8 +20,13 @@
 //   - Every submitted write completes exactly once, with its offset and length; a write that
 //     completes OK reached its ack level (the replica received it, or acked it) on as many of
 //     its peers as the quorum needs, minus those lost on the way.
+//   - The primary's own Flush frames go only to replicas that accepted protocol 2, each under
+//     the next seq of its session.
 //   - A replica's dirty-bitmap bit is clear only when the newest write of that block sent to it
-//     was acked durable (else a crash of the primary would lose the block on that replica).
+//     was acked durable (else a crash of the primary would lose the block on that replica):
+//     acked at durable; or acked below it before the replica acked a later Flush (a Flush makes
+//     every write the replica received before it durable: the model takes every write acked
+//     before the Flush's ack, a superset of what the primary may clear); or by the final flush.
 //   - Once every replica has closed: no write is left in flight, idle() and closed() hold, the
 //     Replicator is destroyed without waiting on the ring, and every primary buffer is back.
 #include <array>
@@ -57,6 +63,7 @@ constexpr size_t kPrimaryBuffers = kMaxWindow + 8;  // the window, and stray fra
 constexpr size_t kReplicaBuffers = 4;
 constexpr int kMaxRecords = 96;
 constexpr int kSettleRounds = 32;
+constexpr uint64_t kFlushToken = 0;  // writes' tokens start at 1
 
 engine::Key TheKey() {
   engine::Key k;
@@ -119,6 +126,7 @@ Options ParseSetup(ByteReader& in) {
   o.rep.quorum = std::min<uint32_t>(c & 3, static_cast<uint32_t>(o.replicas));
   o.quorum = o.rep.quorum == 0 ? static_cast<uint32_t>(o.replicas) : o.rep.quorum;
   o.bitmaps = c & 0x04;
+  o.rep.flush_interval = std::chrono::microseconds((c & 0x08) ? 1 : 0);
   // Far beyond one run: the timeout paths run (and never fire), the run stays deterministic.
   o.rep.peer_timeout = std::chrono::milliseconds(3'600'000);
   for (uint8_t i = 0; i < 16; ++i) o.rep.volume_id.bytes[i] = static_cast<uint8_t>(0xF0 | i);
@@ -144,9 +152,11 @@ struct FakeReplica {
   // What it said.
   bool hello_ok_sent = false;
   bool proof_ok_sent = false;
+  uint16_t version = 0;  // in the last HelloOk sent
+  uint64_t flushes = 0;  // the primary's Flush frames, as its stats count them
   std::set<uint64_t> acked;    // seqs covered by wire-level Acks
   std::set<uint64_t> durable;  // seqs acked durable (directly, or by the final flush)
-  // seq -> token, as the primary assigns them (in Submit order, per peer).
+  // seq -> token, as the primary assigns them (in Submit order, per peer; kFlushToken: a Flush).
   std::vector<uint64_t> seq_token;
 };
 
@@ -316,6 +326,7 @@ void Run::Record(ByteReader& in) {
           f.payload_len ? std::as_bytes(std::span(proof)) : std::span<const std::byte>();
       if (Send(r, h, payload)) {
         r.hello_ok_sent = true;
+        r.version = ok.version;
         r.t->Trust(r.conn);  // as a replica that admitted the session: Data may come
         r.proof_ok_sent |= with_proof && !(arg & 1);
       }
@@ -350,7 +361,16 @@ void Run::Record(ByteReader& in) {
       for (uint64_t i = 0; i < 64; ++i) {
         if ((a.sack_bits >> i) & 1) covered.insert(a.sack_base + i);
       }
-      if (a.level == wire_) r.acked.insert(covered.begin(), covered.end());
+      if (a.level == wire_) {
+        // A Flush acked now makes durable every write acked before (below its seq).
+        for (uint64_t s : covered) {
+          if (s >= r.seq_token.size() || r.seq_token[s] != kFlushToken || r.acked.count(s)) continue;
+          for (uint64_t w : r.acked) {
+            if (w < s) r.durable.insert(w);
+          }
+        }
+        r.acked.insert(covered.begin(), covered.end());
+      }
       if (a.level == AckLevel::kDurable) {
         if (wire_ == AckLevel::kDurable) {
           r.durable.insert(covered.begin(), covered.end());
@@ -365,7 +385,9 @@ void Run::Record(ByteReader& in) {
       n.seq = in.U8();
       n.reason = (arg & 1) ? proto::NackReason::kIoError : proto::NackReason::kCrcMismatch;
       n.err = in.U8();
-      n.offset = n.seq < r.seq_token.size() ? writes_[r.seq_token[n.seq]].offset : 0;
+      if (n.seq < r.seq_token.size() && r.seq_token[n.seq] != kFlushToken) {
+        n.offset = writes_.at(r.seq_token[n.seq]).offset;
+      }
       n.expected_crc = 1;
       n.actual_crc = 2;
       proto::Frame f;
@@ -496,6 +518,13 @@ uint32_t Run::LostTargets(engine::PeerMask targets) const {
 void Run::TakeCompletions() {
   for (;;) {
     size_t n = rep_->Poll(done_);
+    // The primary's own Flushes leave in Poll, each under its replica's next seq.
+    for (size_t p = 0; p < o_.replicas; ++p) {
+      FakeReplica& r = replicas_[p];
+      for (; r.flushes < rep_->peer_stats(p).flushes_sent; ++r.flushes) {
+        r.seq_token.push_back(kFlushToken);
+      }
+    }
     for (size_t i = 0; i < n; ++i) {
       const engine::WriteCompletion& c = done_[i];
       auto it = writes_.find(c.token);
@@ -594,6 +623,17 @@ void Run::OnPrimaryFrame(FakeReplica& r, transport::Completion& c) {
       FUZZ_CHECK(r.hello_ok_sent, "Bye before the session opened");
       r.bye = true;
       return;
+    case FrameType::kFlush: {
+      const uint64_t seq = std::get<proto::Flush>(f->body).seq;
+      FUZZ_CHECK(r.hello_ok_sent && r.version >= proto::kExtentsVersion,
+                 "Flush seq {} to a replica that did not accept protocol {}", seq,
+                 proto::kExtentsVersion);
+      FUZZ_CHECK(!o_.rep.key || r.proof_ok_sent,
+                 "Flush seq {} to a replica that never proved it holds the key", seq);
+      FUZZ_CHECK(seq < r.seq_token.size() && r.seq_token[seq] == kFlushToken,
+                 "Flush under seq {}, which the primary gave no Flush", seq);
+      return;
+    }
     case FrameType::kHeartbeat:
     case FrameType::kError:
       return;
@@ -610,7 +650,8 @@ void Run::OnData(FakeReplica& r, const proto::Frame& f, const io::BufferRef& dat
   FUZZ_CHECK(d.seq < r.seq_token.size(), "Data seq {}, but only {} writes went to replica {}",
              d.seq, r.seq_token.size(), r.index);
   const uint64_t token = r.seq_token[d.seq];
-  const WriteInfo& w = writes_[token];
+  FUZZ_CHECK(token != kFlushToken, "Data under seq {}, the seq of a Flush", d.seq);
+  const WriteInfo& w = writes_.at(token);
   FUZZ_CHECK(d.offset == w.offset && d.length == w.length && d.crc == w.crc,
              "Data seq {} says {} bytes at {} CRC 0x{:08x}; the write was {} at {} CRC 0x{:08x}",
              d.seq, d.length, d.offset, d.crc, w.length, w.offset, w.crc);
@@ -675,7 +716,8 @@ void Run::Finish() {
     // The newest block sent to this replica for each block of the volume.
     std::vector<std::optional<uint64_t>> newest(blocks_);
     for (uint64_t s = 0; s < r.seq_token.size(); ++s) {
-      newest[writes_[r.seq_token[s]].offset / o_.rep.block_size] = s;
+      if (r.seq_token[s] == kFlushToken) continue;
+      newest[writes_.at(r.seq_token[s]).offset / o_.rep.block_size] = s;
     }
     for (uint64_t b = 0; b < blocks_; ++b) {
       if (r.bitmap->Test(b)) continue;

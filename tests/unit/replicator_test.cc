@@ -703,7 +703,9 @@ TEST_F(ReplicatorTest, ResyncSendsOnlyDirtyBlocksToTheirPeers) {
 TEST_F(ReplicatorTest, AReceivedSessionEndsDurableAndCleansItsBitmap) {
   auto data = RandomBytes(16 * (16 << 10), 17);
   Replica& r = AddReplica(data.size());
-  ASSERT_TRUE(StartPrimary(Options(data.size(), AckLevel::kReceived)).ok());
+  auto o = Options(data.size(), AckLevel::kReceived);
+  o.flush_interval = std::chrono::microseconds(0);  // no flush but the final one
+  ASSERT_TRUE(StartPrimary(o).ok());
   BitmapKey key{16 << 10, data.size(), {}, {}};
   auto bitmap = DirtyBitmap::InMemory(key);
   rep_->AttachBitmap(0, bitmap.get());
@@ -714,6 +716,49 @@ TEST_F(ReplicatorTest, AReceivedSessionEndsDurableAndCleansItsBitmap) {
   EXPECT_EQ(bitmap->CountSet(), 0u) << "the final durable ack clears them";
   EXPECT_TRUE(Equal(r.device->durable_contents(), data));
   rep_.reset();  // the bitmap must outlive the Replicator
+}
+
+// A push at `received` flushes each replica every flush_interval: the bits of acked blocks clear
+// while the session goes on (a reconnect resends only what no flush covered). Its flushes are the
+// Replicator's own: no completion reports them.
+TEST_F(ReplicatorTest, AReceivedSessionFlushesOnItsOwnAndCleansItsBitmapAsItGoes) {
+  auto data = RandomBytes(16 * (16 << 10), 18);
+  Replica& r = AddReplica(data.size());
+  auto o = Options(data.size(), AckLevel::kReceived);
+  o.flush_interval = std::chrono::microseconds(1);
+  ASSERT_TRUE(StartPrimary(o).ok());
+  auto bitmap = DirtyBitmap::InMemory(BitmapKey{16 << 10, data.size(), {}, {}});
+  rep_->AttachBitmap(0, bitmap.get());
+  ASSERT_TRUE(Push(data).ok());
+  for (int i = 0; i < 1000 && (bitmap->CountSet() > 0 || !rep_->idle()); ++i) Step();
+  EXPECT_EQ(bitmap->CountSet(), 0u);
+  EXPECT_GE(r.device->flushes(), 1u);
+  EXPECT_TRUE(Equal(r.device->durable_contents(), data));
+  EXPECT_EQ(done_.size(), 16u) << "the Replicator's own flushes are not completions";
+  EXPECT_EQ(rep_->in_flight(), 0u);
+  EXPECT_GE(rep_->stats()[0].flushes_sent, 1u);
+  CloseAll();
+  rep_.reset();
+}
+
+// A replica of protocol 1 has no Flush: its bits clear at the session's end only.
+TEST_F(ReplicatorTest, AProtocol1ReplicaGetsNoFlushAndItsBitsClearAtTheEnd) {
+  auto data = RandomBytes(16 * (16 << 10), 19);
+  replica_max_version_ = 1;
+  Replica& r = AddReplica(data.size());
+  auto o = Options(data.size(), AckLevel::kReceived);
+  o.flush_interval = std::chrono::microseconds(1);
+  ASSERT_TRUE(StartPrimary(o).ok());
+  auto bitmap = DirtyBitmap::InMemory(BitmapKey{16 << 10, data.size(), {}, {}});
+  rep_->AttachBitmap(0, bitmap.get());
+  ASSERT_TRUE(Push(data).ok());
+  for (int i = 0; i < 100; ++i) Step();
+  EXPECT_EQ(bitmap->CountSet(), 16u);
+  EXPECT_EQ(rep_->stats()[0].flushes_sent, 0u);
+  CloseAll();
+  EXPECT_EQ(bitmap->CountSet(), 0u);
+  EXPECT_TRUE(Equal(r.device->durable_contents(), data));
+  rep_.reset();
 }
 
 // ---- Protocol 2: extents, zero ranges, flushes (a volume's writes) ---------------------------
@@ -867,6 +912,113 @@ TEST_F(ExtentTest, AtSentAFlushCompletesOnlyOnceTheReplicaAckedIt) {
   EXPECT_EQ(done_.back().token, 100u);
   EXPECT_TRUE(Equal(r.device->durable_contents(), bytes));
   CloseAll();
+}
+
+// Below durable, a Flush's ack settles what the replica acked before the Flush was sent: the
+// session need not end for the dirty bits of acked writes to clear.
+TEST_F(ExtentTest, AFlushAckSettlesTheBlocksAckedBeforeIt) {
+  const uint64_t size = 8 * kBlock;
+  Replica& r = AddReplica(size);
+  auto o = ExtentOptions(size, AckLevel::kReceived);
+  o.flush_interval = std::chrono::microseconds(0);  // only the flushes this test submits
+  ASSERT_TRUE(StartPrimary(o).ok());
+  auto bitmap = DirtyBitmap::InMemory(BitmapKey{kBlock, size, {}, {}});
+  bitmap->ClearAll();
+  bitmap->Set(5);  // behind: no write of this session covers it
+  rep_->AttachBitmap(0, bitmap.get());
+  std::vector<std::byte> image(size);
+  auto whole = RandomBytes(kBlock, 41);
+  auto part = RandomBytes(4096, 42);
+  for (uint64_t b : {0, 1}) {
+    ASSERT_TRUE(Write(b * kBlock, whole).ok());
+    std::memcpy(image.data() + b * kBlock, whole.data(), kBlock);
+  }
+  ASSERT_TRUE(Write(2 * kBlock + 4096, part).ok());  // a clean block, in part
+  std::memcpy(image.data() + 2 * kBlock + 4096, part.data(), part.size());
+  ASSERT_TRUE(Write(5 * kBlock + 4096, part).ok());  // a dirty block, in part: still behind
+  std::memcpy(image.data() + 5 * kBlock + 4096, part.data(), part.size());
+  for (uint64_t b : {0, 1, 2, 5}) EXPECT_TRUE(bitmap->Test(b)) << "received acks clear nothing";
+  size_t before = done_.size();
+  ASSERT_TRUE(rep_->SubmitFlush(100).ok());
+  ASSERT_TRUE(Settle(before).ok());
+  for (uint64_t b : {0, 1, 2}) EXPECT_FALSE(bitmap->Test(b)) << b;
+  EXPECT_TRUE(bitmap->Test(5)) << "a partial write cannot make a dirty block whole";
+  for (uint64_t b : {0, 1, 2}) {
+    EXPECT_EQ(std::memcmp(r.device->durable_contents().data() + b * kBlock,
+                          image.data() + b * kBlock, kBlock),
+              0)
+        << b;
+  }
+  CloseAll();
+  EXPECT_TRUE(bitmap->Test(5));
+  rep_.reset();
+}
+
+// A write sent after the Flush (the same block again, in flight or acked while the Flush waits
+// for the replica's disk) is not made durable by it: its bit stays set until a later Flush or the
+// session's end.
+TEST_F(ExtentTest, AWriteSentAfterAFlushKeepsItsBitThroughThatFlushsAck) {
+  const uint64_t size = 8 * kBlock;
+  Replica& r = AddReplica(size);
+  auto o = ExtentOptions(size, AckLevel::kReceived);
+  o.flush_interval = std::chrono::microseconds(0);
+  ASSERT_TRUE(StartPrimary(o).ok());
+  auto bitmap = DirtyBitmap::InMemory(BitmapKey{kBlock, size, {}, {}});
+  bitmap->ClearAll();
+  rep_->AttachBitmap(0, bitmap.get());
+  auto v1 = RandomBytes(kBlock, 43);
+  auto v2 = RandomBytes(kBlock, 44);
+  ASSERT_TRUE(Write(0, v1).ok());
+  ASSERT_TRUE(Write(kBlock, v1).ok());
+  // The Flush and the block's next write leave in the same turn, the write after the Flush.
+  size_t before = done_.size();
+  ASSERT_TRUE(rep_->SubmitFlush(100).ok());
+  auto buf = primary_pool_->TryGet();
+  ASSERT_TRUE(buf.has_value());
+  std::memcpy(buf->data(), v2.data(), kBlock);
+  ASSERT_TRUE(rep_->Submit(0, std::move(*buf), kBlock, 101).ok());
+  for (int i = 0; i < 1000 && (done_.size() < before + 2 || !rep_->idle()); ++i) Step();
+  ASSERT_EQ(done_.size(), before + 2);
+  EXPECT_FALSE(bitmap->Test(1)) << "acked before the Flush was sent: durable at its ack";
+  EXPECT_TRUE(bitmap->Test(0)) << "its newest write left after the Flush";
+  CloseAll();
+  EXPECT_FALSE(bitmap->Test(0)) << "the session's final flush covers it";
+  EXPECT_EQ(std::memcmp(r.device->durable_contents().data(), v2.data(), kBlock), 0);
+  rep_.reset();
+}
+
+// New data that a peer misses (written to the others only) keeps that peer's bit set, even when
+// an earlier write of the block reached it and was acked in the same session.
+TEST_F(ExtentTest, NewDataAPeerMissedKeepsItsBitThroughTheSessionsEnd) {
+  const uint64_t size = 8 * kBlock;
+  AddReplica(size);
+  AddReplica(size);
+  auto o = ExtentOptions(size, AckLevel::kReceived);
+  o.flush_interval = std::chrono::microseconds(0);
+  ASSERT_TRUE(StartPrimary(o).ok());
+  std::vector<std::unique_ptr<DirtyBitmap>> bitmaps;
+  for (size_t i = 0; i < 2; ++i) {
+    bitmaps.push_back(DirtyBitmap::InMemory(BitmapKey{kBlock, size, {}, {}}));
+    bitmaps.back()->ClearAll();
+    rep_->AttachBitmap(i, bitmaps.back().get());
+  }
+  ASSERT_TRUE(Write(0, RandomBytes(kBlock, 45)).ok());  // both replicas ack it
+  auto buf = primary_pool_->TryGet();
+  ASSERT_TRUE(buf.has_value());
+  auto v2 = RandomBytes(4096, 46);
+  std::memcpy(buf->data(), v2.data(), v2.size());
+  size_t before = done_.size();
+  ASSERT_TRUE(rep_->Submit(4096, std::move(*buf), 4096, 102, 0b01, WriteOrigin::kNewData).ok());
+  ASSERT_TRUE(Settle(before).ok());
+  before = done_.size();
+  ASSERT_TRUE(rep_->SubmitFlush(103).ok());
+  ASSERT_TRUE(Settle(before).ok());
+  EXPECT_FALSE(bitmaps[0]->Test(0));
+  EXPECT_TRUE(bitmaps[1]->Test(0)) << "replica 1 missed the second write";
+  CloseAll();
+  EXPECT_FALSE(bitmaps[0]->Test(0));
+  EXPECT_TRUE(bitmaps[1]->Test(0)) << "replica 1 missed the second write";
+  rep_.reset();
 }
 
 TEST_F(ExtentTest, AReplicaThatSpeaksOnlyProtocol1IsRefusedClearly) {

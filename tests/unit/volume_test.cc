@@ -409,6 +409,34 @@ TEST_F(VolumeTest, AResyncCopyNeverOverwritesANewerClientWrite) {
   ExpectEverywhere(model_);
 }
 
+// At `received`, no client FLUSH needed: the volume's own Flushes (about once a second) make the
+// replicas' copies durable and settle their dirty bits while the session goes on. A replica that
+// then loses power and comes back holds every block without a resync.
+TEST_F(VolumeTest, AtReceivedTheVolumesOwnFlushesSettleTheReplicasBits) {
+  AddReplica();
+  AddReplica();
+  StartVolume({AckLevel::kReceived, /*quorum=*/1});
+  for (int i = 0; i < 100; ++i) {
+    const uint64_t offset = (rng_() % ((kSize - kBlock) / 512)) * 512;
+    Write(offset, RandomBytes((1 + rng_() % 64) * 512, rng_));
+  }
+  ASSERT_TRUE(Drain());
+  ASSERT_TRUE(RunUntil([&] {
+    const auto st = volume_->status();
+    return st.peers[0].dirty_bytes == 0 && st.peers[1].dirty_bytes == 0;
+  })) << "the acked writes never settled";
+  EXPECT_TRUE(Same(replicas_[1]->device->durable_contents(), model_));
+  replicas_[1]->device->DropUnsynced();  // power loss: nothing lost that was settled
+  replicas_[1]->Stop();
+  ASSERT_TRUE(RunUntil([&] {
+    return volume_->status().peers[1].state == VolumePeerState::kLost;
+  }));
+  EXPECT_EQ(volume_->status().peers[1].dirty_bytes, 0u) << "nothing to resync";
+  replicas_[1]->Start(net_, *ring_);
+  ASSERT_TRUE(RunUntil([&] { return AllInSync(); }));
+  ExpectEverywhere(model_);
+}
+
 // A lost replica above the quorum: writes go on; it comes back (a restart over the same data),
 // is reconnected and resynced in the background while the writes go on, and ends identical.
 TEST_F(VolumeTest, ALostReplicaIsResyncedInTheBackgroundWhileWritesGoOn) {
