@@ -14,8 +14,7 @@ Result<proto::AckLevel> ParseAck(std::string_view text) {
 Result<uint32_t> ParseBlockSize(std::string_view text, std::string_view flag) {
   auto bytes = ParseSize(text);
   if (!bytes.ok()) return bytes.status().Context(flag);
-  if (*bytes < proto::kBlockAlign || *bytes % proto::kBlockAlign != 0 ||
-      *bytes > proto::kMaxBlockSize) {
+  if (!proto::ValidBlockSize(*bytes)) {
     return Status::Invalid("{} {}: must be a multiple of 4K between 4K and 64M", flag, text);
   }
   return static_cast<uint32_t>(*bytes);

@@ -1258,8 +1258,7 @@ class Replicator::Impl {
 
 Result<std::unique_ptr<Replicator>> Replicator::Create(io::Ring& ring, io::BufferPool& pool,
                                                        const ReplicatorOptions& options) {
-  if (options.block_size < proto::kBlockAlign || options.block_size % proto::kBlockAlign != 0 ||
-      options.block_size > proto::kMaxBlockSize) {
+  if (!proto::ValidBlockSize(options.block_size)) {
     return Status::Invalid("block size {} is not a multiple of {} between {} and {}",
                            options.block_size, proto::kBlockAlign, proto::kBlockAlign,
                            proto::kMaxBlockSize);

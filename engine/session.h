@@ -1,5 +1,5 @@
-// Pieces of the session protocol that the primary-side engines (Replicator, Verifier) share:
-// building frames, reading a peer's Error frame, checking its HelloOk.
+// Pieces of the session protocol that both sides' engines (Replicator, Verifier, ReplicaServer)
+// share: building frames, reading a peer's Error frame; and the primary's check of a HelloOk.
 #pragma once
 
 #include <optional>

@@ -37,7 +37,7 @@ constexpr uint32_t kResyncInFlight = 8;
 // activity log covers about as much).
 constexpr uint64_t kHotBytes = uint64_t{4} << 30;
 // How long a shutdown waits for the requests in flight, then for the sessions to end.
-constexpr uint64_t kShutdownNs = 30'000'000'000;
+constexpr std::chrono::seconds kShutdownTimeout{30};
 
 uint64_t Token(uint32_t index, uint32_t gen) { return uint64_t{gen} << 32 | index; }
 
@@ -181,7 +181,7 @@ class Volume::Impl {
       return;
     }
     stop_ = Stop::kDraining;
-    stop_deadline_ns_ = NowNs() + kShutdownNs;
+    stop_deadline_ns_ = NowNs() + ToNs(kShutdownTimeout);
     frontend_.Shutdown();
   }
 

@@ -170,10 +170,6 @@ uint16_t KnownFlags(FrameType type) {
   }
 }
 
-bool ValidBlockSize(uint32_t bs) {
-  return bs >= kBlockAlign && bs <= kMaxBlockSize && bs % kBlockAlign == 0;
-}
-
 Result<Body> DecodeBody(FrameType type, uint16_t flags, uint32_t payload_len, const Reader& r) {
   auto reserved = [&](const char* type_name) {
     return Status::Protocol("{} frame: reserved header bytes are not zero", type_name);

@@ -51,6 +51,10 @@ inline constexpr uint32_t kMaxControlPayload = 4096;
 inline constexpr uint32_t kMaxBlockSize = 64u << 20;
 // Block sizes are multiples of this (the O_DIRECT granularity every device supports).
 inline constexpr uint32_t kBlockAlign = 4096;
+// A block size the protocol carries: a multiple of kBlockAlign, at most kMaxBlockSize.
+constexpr bool ValidBlockSize(uint64_t bs) {
+  return bs >= kBlockAlign && bs <= kMaxBlockSize && bs % kBlockAlign == 0;
+}
 // Extents (protocol 2) start and end on multiples of this.
 inline constexpr uint32_t kSectorSize = 512;
 inline constexpr uint32_t kMaxErrorText = 1024;
