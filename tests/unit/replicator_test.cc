@@ -718,47 +718,49 @@ TEST_F(ReplicatorTest, AReceivedSessionEndsDurableAndCleansItsBitmap) {
   rep_.reset();  // the bitmap must outlive the Replicator
 }
 
-// A push at `received` flushes each replica every flush_interval: the bits of acked blocks clear
-// while the session goes on (a reconnect resends only what no flush covered). Its flushes are the
-// Replicator's own: no completion reports them.
-TEST_F(ReplicatorTest, AReceivedSessionFlushesOnItsOwnAndCleansItsBitmapAsItGoes) {
+// A push at `received` with a bitmap, the Replicator flushing on its own whenever one is due.
+class OwnFlushTest : public ReplicatorTest {
+ protected:
+  // Pushes `data` to one replica of protocol `version`, then steps a while.
+  Replica& PushFlushingOften(const std::vector<std::byte>& data, uint16_t version) {
+    replica_max_version_ = version;
+    Replica& r = AddReplica(data.size());
+    auto o = Options(data.size(), AckLevel::kReceived);
+    o.flush_interval = std::chrono::microseconds(1);
+    EXPECT_TRUE(StartPrimary(o).ok());
+    bitmap_ = DirtyBitmap::InMemory(BitmapKey{16 << 10, data.size(), {}, {}});
+    rep_->AttachBitmap(0, bitmap_.get());
+    EXPECT_TRUE(Push(data).ok());
+    for (int i = 0; i < 1000 && (bitmap_->CountSet() > 0 || !rep_->idle()); ++i) Step();
+    return r;
+  }
+  void TearDown() override { rep_.reset(); }  // before the bitmap
+  std::unique_ptr<DirtyBitmap> bitmap_;
+};
+
+// The bits of acked blocks clear while the session goes on (a reconnect resends only what no
+// flush covered). The flushes are the Replicator's own: no completion reports them.
+TEST_F(OwnFlushTest, AReceivedSessionFlushesOnItsOwnAndCleansItsBitmapAsItGoes) {
   auto data = RandomBytes(16 * (16 << 10), 18);
-  Replica& r = AddReplica(data.size());
-  auto o = Options(data.size(), AckLevel::kReceived);
-  o.flush_interval = std::chrono::microseconds(1);
-  ASSERT_TRUE(StartPrimary(o).ok());
-  auto bitmap = DirtyBitmap::InMemory(BitmapKey{16 << 10, data.size(), {}, {}});
-  rep_->AttachBitmap(0, bitmap.get());
-  ASSERT_TRUE(Push(data).ok());
-  for (int i = 0; i < 1000 && (bitmap->CountSet() > 0 || !rep_->idle()); ++i) Step();
-  EXPECT_EQ(bitmap->CountSet(), 0u);
+  Replica& r = PushFlushingOften(data, proto::kExtentsVersion);
+  EXPECT_EQ(bitmap_->CountSet(), 0u);
   EXPECT_GE(r.device->flushes(), 1u);
   EXPECT_TRUE(Equal(r.device->durable_contents(), data));
   EXPECT_EQ(done_.size(), 16u) << "the Replicator's own flushes are not completions";
   EXPECT_EQ(rep_->in_flight(), 0u);
   EXPECT_GE(rep_->stats()[0].flushes_sent, 1u);
   CloseAll();
-  rep_.reset();
 }
 
 // A replica of protocol 1 has no Flush: its bits clear at the session's end only.
-TEST_F(ReplicatorTest, AProtocol1ReplicaGetsNoFlushAndItsBitsClearAtTheEnd) {
+TEST_F(OwnFlushTest, AProtocol1ReplicaGetsNoFlushAndItsBitsClearAtTheEnd) {
   auto data = RandomBytes(16 * (16 << 10), 19);
-  replica_max_version_ = 1;
-  Replica& r = AddReplica(data.size());
-  auto o = Options(data.size(), AckLevel::kReceived);
-  o.flush_interval = std::chrono::microseconds(1);
-  ASSERT_TRUE(StartPrimary(o).ok());
-  auto bitmap = DirtyBitmap::InMemory(BitmapKey{16 << 10, data.size(), {}, {}});
-  rep_->AttachBitmap(0, bitmap.get());
-  ASSERT_TRUE(Push(data).ok());
-  for (int i = 0; i < 100; ++i) Step();
-  EXPECT_EQ(bitmap->CountSet(), 16u);
+  Replica& r = PushFlushingOften(data, 1);
+  EXPECT_EQ(bitmap_->CountSet(), 16u);
   EXPECT_EQ(rep_->stats()[0].flushes_sent, 0u);
   CloseAll();
-  EXPECT_EQ(bitmap->CountSet(), 0u);
+  EXPECT_EQ(bitmap_->CountSet(), 0u);
   EXPECT_TRUE(Equal(r.device->durable_contents(), data));
-  rep_.reset();
 }
 
 // ---- Protocol 2: extents, zero ranges, flushes (a volume's writes) ---------------------------
