@@ -1134,6 +1134,20 @@ class ReplicaInputTest : public ReplicatorTest {
     f.body = proto::Data{seq, offset, len, crc};
     return f;
   }
+  // The replica's disk fails its next session's first write.
+  void FailFirstWrite() {
+    Replica& r = *replicas_[0];
+    r.Stop();
+    r.options.disk_fault = io::DiskFaultSpec{};
+    r.options.disk_fault->fail_nth_write = 1;
+    r.Start(net_, *ring_);
+  }
+  // Sends block 0 under `seq` with its right CRC.
+  void SendBlock(RawClient& c, uint64_t seq) {
+    block_.assign(16 << 10, std::byte{7});
+    c.Send(DataFrame(seq, 0, 16 << 10, Crc32c(block_.data(), block_.size())), block_.data());
+  }
+  std::vector<std::byte> block_;
   // After a bad client, a good push still works.
   void ExpectStillServing() {
     auto data = RandomBytes(1 << 20, 9);
@@ -1243,15 +1257,10 @@ TEST_F(ReplicaInputTest, Protocol2RangesAreCheckedAndProtocol1HasNoZeroOrFlush) 
 // A write the replica's disk fails ends the session with an Error; a Flush behind it is never
 // acked: its ack would tell the primary that the failed block is durable.
 TEST_F(ReplicaInputTest, AFlushBehindAWriteTheDiskFailedIsNeverAcked) {
-  Replica& r = *replicas_[0];
-  r.Stop();
-  r.options.disk_fault = io::DiskFaultSpec{};
-  r.options.disk_fault->fail_nth_write = 1;
-  r.Start(net_, *ring_);
+  FailFirstWrite();
   auto c = Client();
   Open(*c, proto::kExtentsVersion);
-  std::vector<std::byte> block(16 << 10, std::byte{7});
-  c->Send(DataFrame(0, 0, 16 << 10, Crc32c(block.data(), block.size())), block.data());
+  SendBlock(*c, 0);
   proto::Frame flush;
   flush.body = proto::Flush{1};
   c->Send(flush);
@@ -1262,15 +1271,10 @@ TEST_F(ReplicaInputTest, AFlushBehindAWriteTheDiskFailedIsNeverAcked) {
 
 // The same after Bye: a write that fails while the session ends gets no durable final Ack.
 TEST_F(ReplicaInputTest, AWriteTheDiskFailsAfterByeGetsNoDurableFinalAck) {
-  Replica& r = *replicas_[0];
-  r.Stop();
-  r.options.disk_fault = io::DiskFaultSpec{};
-  r.options.disk_fault->fail_nth_write = 1;
-  r.Start(net_, *ring_);
+  FailFirstWrite();
   auto c = Client();
   Open(*c);
-  std::vector<std::byte> block(16 << 10, std::byte{7});
-  c->Send(DataFrame(0, 0, 16 << 10, Crc32c(block.data(), block.size())), block.data());
+  SendBlock(*c, 0);
   proto::Frame bye;
   bye.body = proto::Bye{};
   c->Send(bye);
