@@ -181,7 +181,7 @@ class Replicator::Impl {
     std::fill(p.acked_volatile.begin(), p.acked_volatile.end(), 0);
     std::fill(p.flushing.begin(), p.flushing.end(), 0);
     p.flush_pending = false;
-    p.acked_since_flush = 0;
+    p.acked_since_flush = false;
     p.closing = false;
     p.holding = 0;
     p.unacked = 0;
@@ -389,7 +389,7 @@ class Replicator::Impl {
     for (const auto& p : peers_) {
       if (p->stats.state == PeerState::kInSession && !p->closing && p->bitmap != nullptr &&
           p->handshake.hello_ok().version >= proto::kExtentsVersion && !p->flush_pending &&
-          p->acked_since_flush > 0 && now - p->last_flush_ns >= interval) {
+          p->acked_since_flush && now - p->last_flush_ns >= interval) {
         due |= PeerMask{1} << p->index;
       }
     }
@@ -695,7 +695,7 @@ class Replicator::Impl {
     bool flush_pending = false;
     uint64_t flush_seq = 0;
     uint64_t last_flush_ns = 0;
-    uint64_t acked_since_flush = 0;  // blocks added to acked_volatile since the last Flush
+    bool acked_since_flush = false;  // blocks went into acked_volatile since the last Flush
     DirtyBitmap* bitmap = nullptr;
     HotBlocks hot;  // blocks whose bit stays set a while after their durable ack
     uint64_t last_rx_ns = 0;
@@ -1001,7 +1001,7 @@ class Replicator::Impl {
     } else if (p.bitmap != nullptr) {
       ForEachSettledBlock(p, w, [&](uint64_t b) {
         AddBlock(p.acked_volatile, b);
-        ++p.acked_since_flush;
+        p.acked_since_flush = true;
       });
       if (w.kind == WriteKind::kFlush && p.flush_pending && seq == p.flush_seq &&
           p.stats.state == PeerState::kInSession) {
@@ -1190,7 +1190,7 @@ class Replicator::Impl {
     p.flush_pending = true;
     p.flush_seq = seq;
     p.last_flush_ns = now;
-    p.acked_since_flush = 0;
+    p.acked_since_flush = false;
   }
 
   void MaybeFree(uint32_t wi) {

@@ -82,9 +82,9 @@ for ack in durable received sent; do
     || fail "fio mixed sizes at $ack: $(tail -n 5 "$TEST_TMP/fio2-$ack.txt")"
   # The replicas' dirty bits settle while the volume runs, at every level: below durable at the
   # acks of the volume's own flushes (about one a second), without a client FLUSH.
-  until=$((SECONDS + 20))
+  deadline=$((SECONDS + 20))
   until [ "$(volume_status w '[.peers[].dirty_bytes] | add')" = 0 ]; do
-    [ "$SECONDS" -lt "$until" ] \
+    [ "$SECONDS" -lt "$deadline" ] \
       || fail "ack $ack: dirty bytes $(volume_status w '[.peers[].dirty_bytes]') 20 s after the writes"
     sleep 0.3
   done
