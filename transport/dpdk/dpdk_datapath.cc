@@ -90,7 +90,7 @@ size_t DpdkTransport::Transmit(Conn& conn, uint64_t now) {
       if (m == nullptr) continue;
       auto* data = rte_pktmbuf_mtod(m, std::byte*);
       std::span<std::byte> a{data + kPacketOverhead, p.a.size()};
-      std::memcpy(a.data(), p.a.data(), p.a.size());
+      if (!p.a.empty()) std::memcpy(a.data(), p.a.data(), p.a.size());  // none past the header
       std::span<const std::byte> b = p.b;
       if (attach) {
         rte_mbuf* seg = port_->Attach(p.b.data(), static_cast<uint16_t>(p.b.size()));
