@@ -11,6 +11,9 @@ BUILD_PACKAGES=(g++ cmake ninja-build pkg-config liburing-dev libisal-dev libcli
                 jq python3 iproute2 util-linux netcat-openbsd iperf3
                 libnbd-bin python3-libnbd nbdkit fio qemu-utils python3-matplotlib
                 help2man man-db bsdextrautils dpkg-dev file systemd-container)
+# clang and its sanitizer runtimes: the libFuzzer targets (scripts/fuzz) and the ASan and TSan
+# builds of scripts/test.
+CLANG_PACKAGES=(clang libclang-rt-14-dev llvm-14)
 
 say() { printf '%s: %s\n' "$(basename "$0")" "$*" >&2; }
 die() { printf '%s: FAILED: %s\n' "$(basename "$0")" "$*" >&2; exit 1; }

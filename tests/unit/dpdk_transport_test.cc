@@ -15,7 +15,7 @@
 namespace blkmirror::transport {
 namespace {
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#ifdef BLKMIRROR_SANITIZED
 constexpr bool kSanitized = true;
 #else
 constexpr bool kSanitized = false;
