@@ -6,14 +6,15 @@
 #
 # Adding a test: drop an executable NN-name.sh into suite.d/ (exit 0 = PASS). It runs from the repo root with the
 # LAB_* environment (see net.sh) and its own TEST_LOGDIR (on the writable share). Per-test timeout:
-# SUITE_TEST_TIMEOUT seconds (default 600); 15 s before it, the state of the test's processes and the tails of its
-# logs go to TEST_LOGDIR/hang.txt and the console (lab_hang_report). Exit status: number of failed tests (capped at
+# SUITE_TEST_TIMEOUT seconds (default 400: the whole suite must fit scripts/lab's LAB_TIMEOUT); 15 s before it, the
+# state of the test's processes and the tails of its logs go to TEST_LOGDIR/hang.txt and the console
+# (lab_hang_report). Exit status: number of failed tests (capped at
 # 100), 0 if all passed.
 set -uo pipefail
 here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
 # shellcheck source=scripts/lab.d/lib.sh
 . "$here/lib.sh"
-tmo=${SUITE_TEST_TIMEOUT:-600}
+tmo=${SUITE_TEST_TIMEOUT:-400}
 logroot=${LAB_OUT:-/tmp}/suite
 rm -rf "$logroot" && mkdir -p "$logroot"
 
@@ -33,12 +34,14 @@ for t in "$here"/suite.d/*.sh; do
     export TEST_LOGDIR=$logroot/$name
     mkdir -p "$TEST_LOGDIR"
     t0=$EPOCHREALTIME
-    (sleep $((tmo > 30 ? tmo - 15 : tmo / 2)) && lab_hang_report > "$TEST_LOGDIR/hang.txt" 2>&1) &
+    # The report goes to the console as it is made: a test stuck in the kernel may never let the
+    # pipeline below end, and then only the console tells what it was stuck on.
+    (sleep $((tmo > 30 ? tmo - 15 : tmo / 2)) &&
+        lab_hang_report 2>&1 | tee "$TEST_LOGDIR/hang.txt" | sed -u 's/^/    hang: /') &
     watcher=$!
     timeout -k 10 "$tmo" "$t" 2>&1 | tee "$logroot/$name.log" | sed -u 's/^/    /'
     rc=${PIPESTATUS[0]}
     kill "$watcher" 2>/dev/null; wait "$watcher" 2>/dev/null
-    [ -s "$TEST_LOGDIR/hang.txt" ] && sed 's/^/    hang: /' "$TEST_LOGDIR/hang.txt"
     dt=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
     if [ "$rc" -eq 0 ]; then
         verdict=PASS
