@@ -8,8 +8,7 @@
 # LAB_* environment (see net.sh) and its own TEST_LOGDIR (on the writable share). Per-test timeout:
 # SUITE_TEST_TIMEOUT seconds (default 400: the whole suite must fit scripts/lab's LAB_TIMEOUT); 15 s before it, the
 # state of the test's processes and the tails of its logs go to TEST_LOGDIR/hang.txt and the console
-# (lab_hang_report). Exit status: number of failed tests (capped at
-# 100), 0 if all passed.
+# (lab_hang_report). Exit status: number of failed tests (capped at 100), 0 if all passed.
 set -uo pipefail
 here=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
 # shellcheck source=scripts/lab.d/lib.sh
